@@ -1,0 +1,268 @@
+//! Broker configuration: defaults, then a TOML file, then `STROM_*` environment variables,
+//! then command-line flags. Keys are Kafka's names (`num.partitions`, `log.dirs`, ...).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::topic_config::TopicDefaults;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config file {path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("setting `{key}` = `{value}`: {msg}")]
+    Invalid { key: String, value: String, msg: String },
+    #[error("`{0}` is not of the form key=value")]
+    NotKeyValue(String),
+}
+
+/// Every broker setting Strom understands, with its default. `STROM_` + the key upper-cased
+/// with dots as underscores is its environment variable.
+const BROKER_KEYS: &[(&str, &str)] = &[
+    ("listeners", "PLAINTEXT://127.0.0.1:9092"),
+    ("advertised.listeners", ""),
+    ("log.dirs", "./strom-data"),
+    ("node.id", "0"),
+    ("broker.id", ""),
+    ("num.partitions", "1"),
+    ("default.replication.factor", "1"),
+    ("auto.create.topics.enable", "true"),
+    ("socket.request.max.bytes", "104857600"),
+    ("message.max.bytes", "1048588"),
+    ("log.segment.bytes", "1073741824"),
+    ("log.roll.ms", "604800000"),
+    ("log.index.interval.bytes", "4096"),
+    ("log.flush.interval.messages", "9223372036854775807"),
+    ("log.flush.interval.ms", "9223372036854775807"),
+    ("log.flush.on.ack", "true"),
+    ("log.retention.ms", "604800000"),
+    ("log.retention.bytes", "-1"),
+    ("log.cleanup.policy", "delete"),
+    ("log.message.timestamp.type", "CreateTime"),
+    ("min.insync.replicas", "1"),
+    ("cluster.id", "strom-cluster"),
+    ("queued.max.requests", "32"),
+    ("connections.max.send.wait.ms", "30000"),
+];
+
+/// The resolved broker configuration.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    pub cores: usize,
+    pub num_partitions: i32,
+    pub auto_create_topics: bool,
+    pub request_bytes_max: usize,
+    pub cluster_id: String,
+    /// Requests of one connection that may be in flight at once (Kafka's `queued.max.requests`).
+    pub connection_requests_inflight_max: usize,
+    /// How long a response may wait for a slow reader's socket before the connection is closed.
+    pub send_wait_ms_max: u64,
+    pub topic_defaults: TopicDefaults,
+    /// The raw key/value pairs, for DescribeConfigs on the broker resource.
+    pub raw: BTreeMap<String, String>,
+}
+
+/// Where settings came from, lowest precedence first.
+pub struct ConfigSources {
+    pub file: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub overrides: Vec<String>,
+    pub cores: Option<usize>,
+}
+
+fn parse<T: std::str::FromStr>(raw: &BTreeMap<String, String>, key: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = raw.get(key).map(String::as_str).unwrap_or("");
+    value.trim().parse::<T>().map_err(|e| ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+/// `PLAINTEXT://host:port`, `host:port` or a list of them (the first is used).
+fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
+    let invalid = |msg: &str| ConfigError::Invalid { key: key.into(), value: value.into(), msg: msg.into() };
+    let first = value.split(',').next().unwrap_or("").trim();
+    let addr = match first.split_once("://") {
+        Some((proto, rest)) if proto.eq_ignore_ascii_case("PLAINTEXT") => rest,
+        Some((proto, _)) => return Err(invalid(&format!("listener protocol {proto} is not supported (only PLAINTEXT)"))),
+        None => first,
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid("expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((if host.is_empty() { "0.0.0.0".to_string() } else { host.to_string() }, port))
+}
+
+impl BrokerConfig {
+    pub fn load(sources: ConfigSources) -> Result<BrokerConfig, ConfigError> {
+        let mut raw: BTreeMap<String, String> =
+            BROKER_KEYS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(path) = &sources.file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File { path: path.clone(), msg: e.to_string() })?;
+            let table: toml::Table =
+                text.parse().map_err(|e: toml::de::Error| ConfigError::File { path: path.clone(), msg: e.to_string() })?;
+            flatten_toml("", &table, &mut raw);
+        }
+        for (key, _) in BROKER_KEYS {
+            let env_key = format!("STROM_{}", key.to_uppercase().replace('.', "_"));
+            if let Some((_, v)) = sources.env.iter().find(|(k, _)| *k == env_key) {
+                raw.insert(key.to_string(), v.clone());
+            }
+        }
+        for kv in &sources.overrides {
+            let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError::NotKeyValue(kv.clone()))?;
+            raw.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        for key in raw.keys() {
+            if !BROKER_KEYS.iter().any(|(k, _)| k == key) {
+                tracing::warn!("unknown setting `{key}` ignored");
+            }
+        }
+        if raw.get("broker.id").is_some_and(|v| !v.is_empty()) {
+            let id = raw["broker.id"].clone();
+            raw.insert("node.id".into(), id);
+        }
+        let (host, port) = parse_listener("listeners", &raw["listeners"])?;
+        let listen: SocketAddr = format!("{host}:{port}")
+            .parse()
+            .or_else(|_| {
+                use std::net::ToSocketAddrs;
+                format!("{host}:{port}").to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
+            })
+            .map_err(|_| ConfigError::Invalid {
+                key: "listeners".into(),
+                value: raw["listeners"].clone(),
+                msg: "cannot resolve host".into(),
+            })?;
+        let (adv_host, adv_port) = match raw["advertised.listeners"].as_str() {
+            "" => {
+                let h = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+                (h, port)
+            }
+            v => parse_listener("advertised.listeners", v)?,
+        };
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = sources.cores.unwrap_or(online).max(1);
+        let request_bytes_max: usize = parse(&raw, "socket.request.max.bytes")?;
+        let num_partitions: i32 = parse(&raw, "num.partitions")?;
+        if num_partitions < 1 {
+            return Err(ConfigError::Invalid {
+                key: "num.partitions".into(),
+                value: num_partitions.to_string(),
+                msg: "must be >= 1".into(),
+            });
+        }
+        let topic_defaults = TopicDefaults::from_broker(&raw)?;
+        Ok(BrokerConfig {
+            listen,
+            advertised_host: adv_host,
+            advertised_port: adv_port as i32,
+            data_dir: PathBuf::from(&raw["log.dirs"].split(',').next().unwrap_or("./strom-data").trim()),
+            node_id: parse(&raw, "node.id")?,
+            cores,
+            num_partitions,
+            auto_create_topics: parse(&raw, "auto.create.topics.enable")?,
+            request_bytes_max,
+            cluster_id: raw["cluster.id"].clone(),
+            connection_requests_inflight_max: parse::<usize>(&raw, "queued.max.requests")?.clamp(1, 1024),
+            send_wait_ms_max: parse(&raw, "connections.max.send.wait.ms")?,
+            topic_defaults,
+            raw,
+        })
+    }
+}
+
+/// `a = { b = 1 }` and `"a.b" = 1` both become `a.b = "1"`.
+fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => flatten_toml(&key, t, out),
+            toml::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            toml::Value::Array(a) => {
+                let items: Vec<String> = a
+                    .iter()
+                    .map(|x| match x {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                out.insert(key, items.join(","));
+            }
+            other => {
+                out.insert(key, other.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: &[&str]) -> Result<BrokerConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file.map(|text| {
+            let p = dir.path().join("strom.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        BrokerConfig::load(ConfigSources {
+            file: path,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            cores: Some(1),
+        })
+    }
+
+    #[test]
+    fn defaults_serve_single_node_on_loopback() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.data_dir, PathBuf::from("./strom-data"));
+        assert!(c.auto_create_topics);
+        assert_eq!(c.num_partitions, 1);
+        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("127.0.0.1", 9092));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = "\"num.partitions\" = 2\nlog = { dirs = \"/tmp/a\" }\nlisteners = \"PLAINTEXT://127.0.0.1:1\"\n";
+        let c = load(Some(file), &[("STROM_NUM_PARTITIONS", "3")], &["listeners=127.0.0.1:7"]).unwrap();
+        assert_eq!(c.num_partitions, 3);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/a"));
+        assert_eq!(c.listen.port(), 7);
+        let c = load(Some(file), &[("STROM_NUM_PARTITIONS", "3")], &["num.partitions=5"]).unwrap();
+        assert_eq!(c.num_partitions, 5);
+    }
+
+    #[test]
+    fn advertised_listener_is_separate() {
+        let c = load(None, &[], &["listeners=PLAINTEXT://0.0.0.0:9000", "advertised.listeners=PLAINTEXT://broker.local:19000"]).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("broker.local", 19000));
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let e = load(None, &[], &["num.partitions=zero"]).unwrap_err().to_string();
+        assert!(e.contains("num.partitions"), "{e}");
+        assert!(load(None, &[], &["listeners=SSL://127.0.0.1:1"]).is_err());
+        assert!(load(None, &[], &["novalue"]).is_err());
+        assert!(load(Some("not = [valid"), &[], &[]).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The one table of supported APIs and versions. ApiVersions advertises exactly this table and
+//! `docs/kafka_compat.md` lists the same ranges (a test keeps them equal).
+//!
+//! `advertised_min` may be lower than `decode_min`: librdkafka enables features only when the
+//! advertised range overlaps fixed ranges (for example it needs Produce to advertise min 0, or it
+//! silently stops compressing), while the versions it really sends are all >= `decode_min`.
+
+use kafka_protocol::messages::ApiKey;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ApiSupport {
+    pub key: ApiKey,
+    pub advertised_min: i16,
+    pub decode_min: i16,
+    pub max: i16,
+}
+
+const fn api(key: ApiKey, advertised_min: i16, decode_min: i16, max: i16) -> ApiSupport {
+    ApiSupport { key, advertised_min, decode_min, max }
+}
+
+pub const SUPPORTED_APIS: &[ApiSupport] = &[
+    api(ApiKey::Produce, 0, 3, 9),
+    api(ApiKey::Fetch, 4, 4, 12),
+    api(ApiKey::ListOffsets, 1, 1, 7),
+    api(ApiKey::Metadata, 0, 0, 12),
+    api(ApiKey::ApiVersions, 0, 0, 3),
+    api(ApiKey::CreateTopics, 2, 2, 7),
+    api(ApiKey::DeleteTopics, 1, 1, 6),
+    api(ApiKey::DescribeConfigs, 1, 1, 4),
+    api(ApiKey::AlterConfigs, 0, 0, 2),
+    api(ApiKey::CreatePartitions, 0, 0, 3),
+    api(ApiKey::IncrementalAlterConfigs, 0, 0, 1),
+    api(ApiKey::DescribeCluster, 0, 0, 1),
+];
+
+pub fn support(key: ApiKey) -> Option<&'static ApiSupport> {
+    SUPPORTED_APIS.iter().find(|a| a.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::Message;
+
+    /// Every advertised version can be decoded by the protocol crate.
+    #[test]
+    fn table_is_within_the_protocol_crate() {
+        for a in SUPPORTED_APIS {
+            let v = a.key.valid_versions();
+            assert!(a.decode_min >= v.min && a.max <= v.max, "{:?}: {}..{} outside {}", a.key, a.decode_min, a.max, v);
+            assert!(a.advertised_min <= a.decode_min);
+        }
+        let _ = kafka_protocol::messages::ProduceRequest::VERSIONS;
+    }
+
+    /// docs/kafka_compat.md lists exactly this table, as `| Name | key | min..max |` rows.
+    #[test]
+    fn compat_doc_matches_table() {
+        let doc = include_str!("../../../docs/kafka_compat.md");
+        for a in SUPPORTED_APIS {
+            let row = format!("| {:?} | {} | {}..{} |", a.key, a.key as i16, a.advertised_min, a.max);
+            assert!(doc.contains(&row), "docs/kafka_compat.md lacks the row `{row}`");
+        }
+        let rows = doc.lines().filter(|l| l.starts_with("| ") && l.contains("..") && l.matches('|').count() >= 4).count();
+        assert!(rows >= SUPPORTED_APIS.len());
+    }
+}

@@ -1,0 +1,136 @@
+//! Metadata (key 3): brokers, topics and partition leaders; creates requested topics when
+//! `auto.create.topics.enable` and the request allow it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::ResponseError as E;
+
+use super::{str_bytes, Ctx, HandlerResult};
+use crate::metadata::controller::{validate_topic_name, ControllerOp};
+use crate::metadata::TopicMeta;
+
+pub fn broker(ctx: &Ctx<'_>) -> MetadataResponseBroker {
+    let c = &ctx.shard.config;
+    let mut b = MetadataResponseBroker::default();
+    b.node_id = BrokerId(c.node_id);
+    b.host = str_bytes(&c.advertised_host);
+    b.port = c.advertised_port;
+    b
+}
+
+pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.shard.config.node_id);
+    let mut r = MetadataResponseTopic::default();
+    r.name = Some(TopicName(str_bytes(&t.name)));
+    r.topic_id = uuid::Uuid::from_bytes(t.id);
+    r.is_internal = t.name.starts_with("__");
+    r.topic_authorized_operations = i32::MIN;
+    r.partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut e = MetadataResponsePartition::default();
+            e.partition_index = i as i32;
+            e.leader_id = node;
+            e.leader_epoch = p.leader_epoch;
+            e.replica_nodes = vec![node];
+            e.isr_nodes = vec![node];
+            e
+        })
+        .collect();
+    r
+}
+
+fn error_entry(name: &str, code: E) -> MetadataResponseTopic {
+    let mut r = MetadataResponseTopic::default();
+    r.name = Some(TopicName(str_bytes(name)));
+    r.error_code = code.code();
+    r.topic_authorized_operations = i32::MIN;
+    r
+}
+
+pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
+    let req: MetadataRequest = ctx.decode(body)?;
+    let config = &ctx.shard.config;
+    // v0 had no way to ask for "all topics" but an empty list; v1+ uses null.
+    let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match req.topics {
+        None => None,
+        Some(ts) if ts.is_empty() && ctx.version == 0 => None,
+        Some(ts) => Some(ts.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()),
+    };
+    // Before v4 every Metadata request allowed auto-creation.
+    let allow_create = config.auto_create_topics && (ctx.version < 4 || req.allow_auto_topic_creation);
+    let mut topics = Vec::new();
+    match wanted {
+        None => {
+            let meta = ctx.shard.meta();
+            topics.extend(meta.topics.values().map(|t| topic_entry(ctx, t)));
+        }
+        Some(list) => {
+            let mut seen = BTreeMap::new();
+            for (name, id) in list {
+                let name = match name {
+                    Some(n) => n,
+                    None => match ctx.shard.meta().topic_by_id(id.as_bytes()) {
+                        Some(t) => t.name.to_string(),
+                        None => {
+                            let mut e = error_entry("", E::UnknownTopicId);
+                            e.name = None;
+                            e.topic_id = id;
+                            topics.push(e);
+                            continue;
+                        }
+                    },
+                };
+                if seen.insert(name.clone(), ()).is_some() {
+                    continue;
+                }
+                topics.push(lookup_or_create(ctx, &name, allow_create).await);
+            }
+        }
+    }
+    let mut resp = MetadataResponse::default();
+    resp.brokers = vec![broker(ctx)];
+    resp.cluster_id = Some(str_bytes(&config.cluster_id));
+    resp.controller_id = BrokerId(config.node_id);
+    resp.cluster_authorized_operations = i32::MIN;
+    resp.topics = topics;
+    Ok(ctx.respond(&resp))
+}
+
+async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> MetadataResponseTopic {
+    if let Some(t) = ctx.shard.meta().topic(name) {
+        return topic_entry(ctx, t);
+    }
+    if validate_topic_name(name).is_err() {
+        return error_entry(name, E::InvalidTopicException);
+    }
+    if !allow_create {
+        return error_entry(name, E::UnknownTopicOrPartition);
+    }
+    let op = ControllerOp::CreateTopic {
+        name: name.to_string(),
+        partitions: ctx.shard.config.num_partitions,
+        overrides: BTreeMap::new(),
+        validate_only: false,
+    };
+    match ctx.controller(op).await {
+        Ok(()) => {}
+        // Created concurrently by another request: fine.
+        Err(e) if e.code == E::TopicAlreadyExists.code() => {}
+        Err(e) => {
+            tracing::warn!("auto-creating topic {name}: {}", e.message);
+            let mut entry = error_entry(name, E::UnknownTopicOrPartition);
+            entry.error_code = e.code;
+            return entry;
+        }
+    }
+    match ctx.shard.meta().topic(name) {
+        Some(t) => topic_entry(ctx, t),
+        None => error_entry(name, E::LeaderNotAvailable),
+    }
+}

@@ -1,0 +1,88 @@
+//! Produce (key 0): appends one record batch per partition on the owning shards.
+//! acks=0 gets no response; acks=1 is answered after the local append; acks=all after the
+//! append and, when `flush.on.ack` is set, after the batch is fdatasync'ed (group commit).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError as E;
+
+use super::{str_bytes, Ctx, HandlerResult, Outcome};
+use crate::shard::ops::{ProducePart, ProduceResult};
+use crate::shard::{ShardOp, ShardReply};
+
+pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
+    let req: ProduceRequest = ctx.decode(body)?;
+    let acks = req.acks;
+    let meta = ctx.shard.meta();
+    // Position of every partition in the response, and the work per owning shard.
+    let mut slots: Vec<(usize, Vec<ProduceResult>)> = Vec::new();
+    let mut per_shard: BTreeMap<usize, Vec<(usize, usize, ProducePart)>> = BTreeMap::new();
+    for (ti, topic) in req.topic_data.iter().enumerate() {
+        let name: Arc<str> = Arc::from(topic.name.0.as_str());
+        let mut results = Vec::with_capacity(topic.partition_data.len());
+        for (pi, part) in topic.partition_data.iter().enumerate() {
+            let mut pending = ProduceResult { base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, ..Default::default() };
+            if !matches!(acks, 0 | 1 | -1) {
+                pending.error = E::InvalidRequiredAcks.code();
+            } else if let Some(owner) = meta.owner(&name, part.index) {
+                per_shard.entry(owner).or_default().push((
+                    ti,
+                    pi,
+                    ProducePart { topic: name.clone(), partition: part.index, records: part.records.clone(), acks },
+                ));
+            } else {
+                pending.error = E::UnknownTopicOrPartition.code();
+            }
+            results.push(pending);
+        }
+        slots.push((ti, results));
+    }
+    let calls = per_shard.into_iter().map(|(shard_id, parts)| async move {
+        let positions: Vec<(usize, usize)> = parts.iter().map(|(t, p, _)| (*t, *p)).collect();
+        let work = parts.into_iter().map(|(_, _, p)| p).collect();
+        (positions, ctx.shard.call(shard_id, ShardOp::Produce(work)).await)
+    });
+    for (positions, reply) in futures::future::join_all(calls).await {
+        let results = match reply {
+            ShardReply::Produce(r) => r,
+            _ => vec![ProduceResult { error: E::NotLeaderOrFollower.code(), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, message: None }; positions.len()],
+        };
+        for ((t, p), r) in positions.into_iter().zip(results) {
+            slots[t].1[p] = r;
+        }
+    }
+    if acks == 0 {
+        return Ok(Outcome::NoResponse);
+    }
+    let mut resp = ProduceResponse::default();
+    resp.responses = req
+        .topic_data
+        .iter()
+        .zip(slots)
+        .map(|(topic, (_, results))| {
+            let mut t = TopicProduceResponse::default();
+            t.name = topic.name.clone();
+            t.partition_responses = topic
+                .partition_data
+                .iter()
+                .zip(results)
+                .map(|(part, r)| {
+                    let mut p = PartitionProduceResponse::default();
+                    p.index = part.index;
+                    p.error_code = r.error;
+                    p.base_offset = r.base_offset;
+                    p.log_append_time_ms = r.log_append_time_ms;
+                    p.log_start_offset = r.log_start_offset;
+                    p.error_message = r.message.as_deref().map(str_bytes);
+                    p
+                })
+                .collect();
+            t
+        })
+        .collect();
+    Ok(ctx.respond(&resp))
+}

@@ -1,0 +1,201 @@
+//! `strom`: a Kafka-compatible event-streaming broker, shard-per-core on io_uring.
+
+mod config;
+mod kafka;
+mod metadata;
+mod shard;
+mod topic_config;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+
+use config::{BrokerConfig, ConfigSources};
+use metadata::ClusterMeta;
+use shard::mesh::MESH_CHANNEL_CAPACITY;
+use shard::table::ShardTable;
+use shard::ShardContext;
+
+/// Wall-clock milliseconds since the Unix epoch (record timestamps, segment age).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "strom", version, about = "Strom: a Kafka-compatible event-streaming broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (the default when no subcommand is given).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+struct ServeArgs {
+    /// TOML file of settings with Kafka's names, e.g. `"num.partitions" = 3`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Number of shards (pinned cores); default: all online cores.
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Data directory (Kafka's `log.dirs`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address (Kafka's `listeners`), e.g. 127.0.0.1:9092.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Address given to clients (Kafka's `advertised.listeners`).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Any setting by its Kafka name; repeatable.
+    #[arg(short = 'o', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => a,
+        None => cli.serve,
+    };
+    if let Err(e) = serve(args) {
+        eprintln!("strom: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut overrides = Vec::new();
+    if let Some(d) = &args.data_dir {
+        overrides.push(format!("log.dirs={}", d.display()));
+    }
+    if let Some(l) = &args.listen {
+        overrides.push(format!("listeners={l}"));
+    }
+    if let Some(a) = &args.advertise {
+        overrides.push(format!("advertised.listeners={a}"));
+    }
+    overrides.extend(args.set.iter().cloned());
+    let config = BrokerConfig::load(ConfigSources {
+        file: args.config.clone(),
+        env: std::env::vars().collect(),
+        overrides,
+        cores: args.cores,
+    })
+    .map_err(|e| e.to_string())?;
+    let config = Arc::new(config);
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let snapshot = metadata::store::load(&config.data_dir).map_err(|e| e.to_string())?;
+    let table = ShardTable::new(config.cores);
+    let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
+    remove_orphan_partitions(&config.data_dir, &meta);
+    probe_port(&config)?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+    }
+    let ctx = ShardContext {
+        config: config.clone(),
+        meta: Arc::new(ArcSwap::from_pointee(meta)),
+        mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
+        shutdown,
+    };
+    tracing::info!(
+        "strom {} starting: {} shard(s), data in {}, {} topic(s)",
+        env!("CARGO_PKG_VERSION"),
+        config.cores,
+        config.data_dir.display(),
+        snapshot.topics.len()
+    );
+    let placement = match CpuSet::online() {
+        Ok(cpus) if cpus.len() >= config.cores => PoolPlacement::MaxSpread(config.cores, Some(cpus)),
+        _ => PoolPlacement::Unbound(config.cores),
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("strom-shard")
+        // Long fetches and scans yield at least this often (see shared notes on zero-copy fetch).
+        .preempt_timer(Duration::from_millis(2))
+        .on_all_shards(move || shard::run(ctx))
+        .map_err(|e| format!("starting shards: {e}"))?;
+    let mut failed = false;
+    for r in handles.join_all() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("shard failed: {e}");
+                failed = true;
+            }
+            Err(e) => {
+                tracing::error!("shard panicked: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err("a shard failed; see the log above".into());
+    }
+    tracing::info!("clean shutdown complete");
+    Ok(())
+}
+
+/// One broker per data directory: an exclusive `flock` held for the process's life.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: flock on an fd we own, no memory effects.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("{} is in use by another strom process", dir.display()));
+    }
+    Ok(f)
+}
+
+/// Shards bind with SO_REUSEPORT, which would silently share a port with another broker; this
+/// check makes "address in use" a clear startup error instead.
+fn probe_port(config: &BrokerConfig) -> Result<(), String> {
+    strom_net::listener::check_free(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))
+}
+
+/// Partition directories of topics that no longer exist (a crash between persisting a topic
+/// deletion and removing its logs) are removed at startup.
+fn remove_orphan_partitions(data_dir: &std::path::Path, meta: &ClusterMeta) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !entry.path().is_dir() || name == metadata::store::META_DIR {
+            continue;
+        }
+        let Some((topic, p)) = name.rsplit_once('-') else { continue };
+        let Ok(p) = p.parse::<i32>() else { continue };
+        if meta.owner(topic, p).is_none() {
+            tracing::warn!("removing {}: its topic or partition no longer exists", entry.path().display());
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::error!("removing {}: {e}", entry.path().display());
+            }
+        }
+    }
+}

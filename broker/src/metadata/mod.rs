@@ -1,0 +1,11 @@
+//! Cluster metadata: topics, their partitions and owning shards, topic config overrides.
+//!
+//! The controller (shard 0) is the only writer. It persists every change with [`store`]
+//! before applying it, then publishes a new immutable [`ClusterMeta`] that every shard reads
+//! without locks (`ArcSwap`).
+
+pub mod controller;
+pub mod model;
+pub mod store;
+
+pub use model::{ClusterMeta, TopicMeta};

@@ -1,0 +1,153 @@
+//! Durable metadata snapshots: `<data>/__strom_meta/topics.snapshot`.
+//!
+//! Layout: magic `STRMMETA` (8 bytes), format version (u32 BE), payload length (u64 BE),
+//! CRC-32C of the payload (u32 BE), payload (rkyv archive of `MetadataSnapshot`).
+//! Written to a temporary file, fdatasync'ed, renamed over the old one, then the directory is
+//! fsync'ed, so a crash leaves either the old or the new snapshot, never a mix.
+
+use std::path::{Path, PathBuf};
+
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+
+use super::model::MetadataSnapshot;
+
+const MAGIC: &[u8; 8] = b"STRMMETA";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
+pub const META_DIR: &str = "__strom_meta";
+const FILE: &str = "topics.snapshot";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaStoreError {
+    #[error("metadata {op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("metadata snapshot {path} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+pub fn meta_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(META_DIR)
+}
+
+fn encode(snap: &MetadataSnapshot) -> Vec<u8> {
+    // The snapshot holds only strings, maps and integers: serialization cannot fail.
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(snap).expect("metadata snapshot serializes");
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<MetadataSnapshot, MetaStoreError> {
+    let corrupt = |why: String| MetaStoreError::Corrupt { path: path.to_path_buf(), why };
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+        return Err(corrupt("bad magic or short header".into()));
+    }
+    let version = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!("unknown format version {version}")));
+    }
+    let len = u64::from_be_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes"));
+    let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len).ok_or_else(|| corrupt("truncated".into()))?;
+    if crc32c::crc32c(payload) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<MetadataSnapshot, rkyv::rancor::Error>(&aligned).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Reads the snapshot at startup (before the shards run, so plain blocking I/O is fine).
+/// A missing file means a new, empty cluster.
+pub fn load(data_dir: &Path) -> Result<MetadataSnapshot, MetaStoreError> {
+    let dir = meta_dir(data_dir);
+    let path = dir.join(FILE);
+    std::fs::create_dir_all(&dir).map_err(|source| MetaStoreError::Io { op: "create", path: dir.clone(), source })?;
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&path, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MetadataSnapshot::default()),
+        Err(source) => Err(MetaStoreError::Io { op: "read", path, source }),
+    }
+}
+
+/// Durably replaces the snapshot. Runs on the controller shard, through io_uring.
+pub async fn save(data_dir: &Path, snap: &MetadataSnapshot) -> Result<(), MetaStoreError> {
+    let dir = meta_dir(data_dir);
+    let path = dir.join(FILE);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: glommio::GlommioError<()>| MetaStoreError::Io { op, path: p, source: e.into() }
+    };
+    let bytes = encode(snap);
+    let len = bytes.len();
+    let file: BufferedFile = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&tmp)
+        .await
+        .map_err(io("create", &tmp))?;
+    let written = file.write_at(bytes, 0).await.map_err(io("write", &tmp))?;
+    if written != len {
+        let _ = file.close().await;
+        return Err(MetaStoreError::Io {
+            op: "write",
+            path: tmp,
+            source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write (disk full?)"),
+        });
+    }
+    file.fdatasync().await.map_err(io("fdatasync", &tmp))?;
+    file.close().await.map_err(io("close", &tmp))?;
+    glommio::io::rename(&tmp, &path).await.map_err(io("rename", &path))?;
+    let d = Directory::open(&dir).await.map_err(io("open dir", &dir))?;
+    d.sync().await.map_err(io("fsync dir", &dir))?;
+    d.close().await.map_err(io("close dir", &dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::model::TopicRecord;
+
+    #[test]
+    fn snapshot_round_trips_and_detects_corruption() {
+        let mut snap = MetadataSnapshot { version: 7, topics: vec![] };
+        snap.topics.push(TopicRecord {
+            name: "orders".into(),
+            id: [9; 16],
+            partition_shards: vec![0, 1, 0],
+            partition_epochs: vec![0, 0, 3],
+            overrides: [("retention.ms".to_string(), "1000".to_string())].into_iter().collect(),
+        });
+        let p = Path::new("x");
+        let mut bytes = encode(&snap);
+        assert_eq!(decode(p, &bytes).unwrap(), snap);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        assert!(matches!(decode(p, &bytes), Err(MetaStoreError::Corrupt { .. })));
+        assert!(decode(p, &bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn save_then_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        std::fs::create_dir_all(meta_dir(&data)).unwrap();
+        let snap = MetadataSnapshot { version: 3, topics: vec![] };
+        let d2 = data.clone();
+        let s2 = snap.clone();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { save(&d2, &s2).await.unwrap() })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(load(&data).unwrap(), snap);
+    }
+}

@@ -1,0 +1,157 @@
+//! Shards: one pinned glommio executor per core, each owning a set of partitions.
+//!
+//! Every shard accepts connections (SO_REUSEPORT spreads them). A request that touches
+//! partitions of other shards is split; each part travels as a [`ShardOp`] over a bounded
+//! channel of the full mesh to its owner, and the replies are put back together in request
+//! order. Shard-local state is `Rc`/`RefCell`; nothing here is shared between threads except the
+//! metadata snapshot (`ArcSwap`, read without locks) and the shutdown flag.
+
+pub mod mesh;
+pub mod ops;
+pub mod table;
+
+use std::cell::Cell;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use strom_storage::LogManager;
+
+use crate::config::BrokerConfig;
+use crate::metadata::controller::Controller;
+use crate::metadata::ClusterMeta;
+use crate::now_ms;
+use mesh::{Mesh, ShardMsg};
+pub use ops::{ShardOp, ShardReply};
+use table::ShardTable;
+
+/// How often a shard checks the shutdown flag and the flush policy of its logs.
+const TICK_MS: u64 = 50;
+
+/// Everything a shard needs to start; cloned into each executor.
+#[derive(Clone)]
+pub struct ShardContext {
+    pub config: Arc<BrokerConfig>,
+    pub meta: Arc<ArcSwap<ClusterMeta>>,
+    pub mesh: MeshBuilder<ShardMsg, Full>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Per-shard counters (read by the metrics endpoint, later).
+#[derive(Default)]
+pub struct ShardStats {
+    pub cross_shard_sent: Cell<u64>,
+    pub cross_shard_channel_full: Cell<u64>,
+    pub connections: Cell<u64>,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub table: ShardTable,
+    pub config: Arc<BrokerConfig>,
+    pub meta: Arc<ArcSwap<ClusterMeta>>,
+    pub logs: LogManager,
+    pub controller: Option<Controller>,
+    pub stats: ShardStats,
+    mesh: Mesh,
+}
+
+impl Shard {
+    /// Runs `op` on shard `to`: directly if that is this shard, else over the mesh.
+    pub async fn call(self: &Rc<Self>, to: usize, op: ShardOp) -> ShardReply {
+        if to == self.id {
+            ops::execute(self, op).await
+        } else {
+            self.mesh.call(self, to, op).await
+        }
+    }
+
+    pub fn meta(&self) -> Arc<ClusterMeta> {
+        self.meta.load_full()
+    }
+}
+
+/// The body of one shard's executor. Returns after a clean shutdown.
+pub async fn run(ctx: ShardContext) -> Result<(), String> {
+    let (senders, receivers) = ctx.mesh.join().await.map_err(|_| "joining the shard mesh failed".to_string())?;
+    let id = senders.peer_id();
+    let table = ShardTable::new(senders.nr_consumers());
+    let shard = Rc::new(Shard {
+        id,
+        table,
+        config: ctx.config.clone(),
+        meta: ctx.meta.clone(),
+        logs: LogManager::new(ctx.config.data_dir.clone()),
+        controller: (id == 0).then(Controller::new),
+        stats: ShardStats::default(),
+        mesh: Mesh::new(senders),
+    });
+    open_owned_logs(&shard).await?;
+    mesh::spawn_receivers(&shard, receivers);
+
+    let fd = strom_net::listener::bind_shared(ctx.config.listen).map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
+    // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
+    let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+    tracing::info!(shard = id, "listening on {}", ctx.config.listen);
+    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
+
+    while !ctx.shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        flush_due_logs(&shard).await;
+    }
+    drop(acceptor);
+    tracing::info!(shard = id, "shutting down: flushing and closing logs");
+    if let Err(e) = shard.logs.close_all().await {
+        tracing::error!(shard = id, "closing logs: {e}");
+    }
+    Ok(())
+}
+
+async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), String> {
+    let meta = shard.meta();
+    let now = now_ms();
+    for topic in meta.topics.values() {
+        for (p, pm) in topic.partitions.iter().enumerate() {
+            if pm.shard == shard.id {
+                shard
+                    .logs
+                    .open_or_create(&topic.name, p as i32, topic.config.log_config(), now)
+                    .await
+                    .map_err(|e| format!("opening {}-{p}: {e}", topic.name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                shard.stats.connections.set(shard.stats.connections.get() + 1);
+                glommio::spawn_local(crate::kafka::connection::serve(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.id, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Kafka's `flush.messages` / `flush.ms`: flush logs whose policy says so.
+async fn flush_due_logs(shard: &Rc<Shard>) {
+    let now = now_ms();
+    for ((topic, p), log) in shard.logs.all() {
+        if log.needs_flush(now) {
+            if let Err(e) = log.flush().await {
+                tracing::error!("flushing {topic}-{p}: {e}");
+            }
+        }
+    }
+}

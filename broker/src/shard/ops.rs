@@ -1,0 +1,284 @@
+//! Work a shard does for the partitions it owns, whichever shard received the request.
+//! Results carry Kafka error codes: each storage error becomes a code in exactly one place
+//! per operation (`produce_error`, `read_error`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{select, select_all};
+use kafka_protocol::ResponseError as E;
+use strom_storage::{BatchError, LeaderEpoch, LogConfig, Offset, ReadSlice, StorageError};
+
+use super::Shard;
+use crate::metadata::controller::{ControllerOp, ControllerReply};
+use crate::now_ms;
+
+pub struct ProducePart {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub records: Option<Bytes>,
+    pub acks: i16,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ProduceResult {
+    pub error: i16,
+    pub message: Option<String>,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+pub struct FetchPart {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: u32,
+    pub min_one_batch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchResult {
+    pub error: i16,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    pub slice: Option<ReadSlice>,
+}
+
+pub struct OffsetQuery {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OffsetAnswer {
+    pub error: i16,
+    pub timestamp: i64,
+    pub offset: i64,
+    pub leader_epoch: i32,
+}
+
+pub enum ShardOp {
+    Produce(Vec<ProducePart>),
+    Fetch(Vec<FetchPart>),
+    /// Completes when any listed partition's high watermark passes the given offset, or after `wait_ms`.
+    WaitForData { parts: Vec<(Arc<str>, i32, i64)>, wait_ms: u64 },
+    ListOffsets(Vec<OffsetQuery>),
+    OpenLogs { topic: Arc<str>, partitions: Vec<i32>, config: LogConfig, fresh: bool },
+    RemoveLogs { topic: Arc<str>, partitions: Vec<i32> },
+    UpdateLogConfig { topic: Arc<str>, config: LogConfig },
+    Controller(ControllerOp),
+}
+
+pub enum ShardReply {
+    Produce(Vec<ProduceResult>),
+    Fetch(Vec<FetchResult>),
+    Waited,
+    ListOffsets(Vec<OffsetAnswer>),
+    Done(Result<(), String>),
+    Controller(ControllerReply),
+    /// The target shard is gone (shutting down).
+    Unavailable,
+}
+
+pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
+    match op {
+        ShardOp::Produce(parts) => {
+            let results = futures::future::join_all(parts.into_iter().map(|p| produce(shard, p))).await;
+            ShardReply::Produce(results)
+        }
+        ShardOp::Fetch(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                out.push(fetch(shard, p).await);
+            }
+            ShardReply::Fetch(out)
+        }
+        ShardOp::WaitForData { parts, wait_ms } => {
+            wait_for_data(shard, parts, wait_ms).await;
+            ShardReply::Waited
+        }
+        ShardOp::ListOffsets(qs) => {
+            let mut out = Vec::with_capacity(qs.len());
+            for q in qs {
+                out.push(list_offset(shard, q).await);
+            }
+            ShardReply::ListOffsets(out)
+        }
+        ShardOp::OpenLogs { topic, partitions, config, fresh } => {
+            ShardReply::Done(open_logs(shard, &topic, &partitions, config, fresh).await)
+        }
+        ShardOp::RemoveLogs { topic, partitions } => {
+            let mut res = Ok(());
+            for p in partitions {
+                if let Err(e) = shard.logs.remove(&topic, p).await {
+                    tracing::error!("removing {topic}-{p}: {e}");
+                    res = Err(e.to_string());
+                }
+            }
+            ShardReply::Done(res)
+        }
+        ShardOp::UpdateLogConfig { topic, config } => {
+            for ((t, _), log) in shard.logs.all() {
+                if *t == *topic {
+                    log.update_config(config.clone());
+                }
+            }
+            ShardReply::Done(Ok(()))
+        }
+        ShardOp::Controller(op) => match &shard.controller {
+            Some(c) => ShardReply::Controller(c.apply(shard, op).await),
+            None => ShardReply::Unavailable,
+        },
+    }
+}
+
+async fn open_logs(shard: &Rc<Shard>, topic: &str, partitions: &[i32], config: LogConfig, fresh: bool) -> Result<(), String> {
+    for &p in partitions {
+        if fresh {
+            // A directory left by a deleted topic of the same name must not leak its data into
+            // the new topic.
+            let dir = shard.config.data_dir.join(format!("{topic}-{p}"));
+            if dir.exists() {
+                tracing::warn!("removing stale partition directory {}", dir.display());
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("removing stale {}: {e}", dir.display()))?;
+            }
+        }
+        shard.logs.open_or_create(topic, p, config.clone(), now_ms()).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn produce_error(e: &StorageError) -> (i16, String) {
+    match e {
+        StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => (E::CorruptMessage.code(), e.to_string()),
+        StorageError::InvalidBatch(_) => (E::InvalidRecord.code(), e.to_string()),
+        _ => (E::KafkaStorageError.code(), e.to_string()),
+    }
+}
+
+fn fail(code: E, msg: impl Into<String>) -> ProduceResult {
+    ProduceResult { error: code.code(), message: Some(msg.into()), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+}
+
+async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
+    let meta = shard.meta();
+    let (Some(topic), Some(log)) = (meta.topic(&p.topic), shard.logs.get(&p.topic, p.partition)) else {
+        return fail(E::UnknownTopicOrPartition, "unknown topic or partition");
+    };
+    let config = &topic.config;
+    let Some(records) = p.records else {
+        return fail(E::InvalidRecord, "null records");
+    };
+    if records.len() > config.max_message_bytes {
+        return fail(
+            E::MessageTooLarge,
+            format!("batch of {} bytes exceeds max.message.bytes {}", records.len(), config.max_message_bytes),
+        );
+    }
+    if let Err(e) = strom_storage::validate_batch(&records) {
+        let code = if matches!(e, BatchError::CrcMismatch { .. }) { E::CorruptMessage } else { E::InvalidRecord };
+        tracing::debug!("rejected batch for {}-{}: {e}", p.topic, p.partition);
+        return fail(code, e.to_string());
+    }
+    if p.acks == -1 && config.min_insync_replicas > 1 {
+        return fail(E::NotEnoughReplicas, format!("min.insync.replicas={} but the ISR has 1 member", config.min_insync_replicas));
+    }
+    let epoch = topic.partitions.get(p.partition as usize).map_or(0, |m| m.leader_epoch);
+    let info = match log.append(&records, LeaderEpoch(epoch), now_ms()).await {
+        Ok(info) => info,
+        Err(e) => {
+            let (code, msg) = produce_error(&e);
+            tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
+            return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 };
+        }
+    };
+    let must_flush = (p.acks == -1 && config.flush_on_ack) || log.needs_flush(now_ms());
+    if must_flush {
+        if let Err(e) = log.flush().await {
+            tracing::error!("flush of {}-{} failed: {e}", p.topic, p.partition);
+            return fail(E::KafkaStorageError, e.to_string());
+        }
+    }
+    ProduceResult {
+        error: 0,
+        message: None,
+        base_offset: info.base_offset.0,
+        log_append_time_ms: info.log_append_time_ms,
+        log_start_offset: info.log_start_offset.0,
+    }
+}
+
+fn read_error(e: &StorageError) -> i16 {
+    match e {
+        StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
+        _ => E::KafkaStorageError.code(),
+    }
+}
+
+async fn fetch(shard: &Rc<Shard>, p: FetchPart) -> FetchResult {
+    let Some(log) = shard.logs.get(&p.topic, p.partition) else {
+        return FetchResult { error: E::UnknownTopicOrPartition.code(), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, slice: None };
+    };
+    let hw = log.high_watermark().0;
+    let mut r = FetchResult { error: 0, high_watermark: hw, last_stable_offset: hw, log_start_offset: log.log_start_offset().0, slice: None };
+    match log.read(Offset(p.offset), p.max_bytes, p.min_one_batch).await {
+        Ok(slice) => r.slice = slice,
+        Err(e) => {
+            if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                tracing::error!("read of {}-{} at {} failed: {e}", p.topic, p.partition, p.offset);
+            }
+            r.error = read_error(&e);
+        }
+    }
+    r
+}
+
+async fn wait_for_data(shard: &Rc<Shard>, parts: Vec<(Arc<str>, i32, i64)>, wait_ms: u64) {
+    let mut listeners = Vec::new();
+    for (topic, p, offset) in &parts {
+        let Some(log) = shard.logs.get(topic, *p) else { return };
+        let listener = log.listen();
+        // Checked after listening, so an append in between is not missed.
+        if log.high_watermark().0 > *offset || *offset < log.log_start_offset().0 {
+            return;
+        }
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        return;
+    }
+    let timer = glommio::timer::Timer::new(Duration::from_millis(wait_ms));
+    let any = select_all(listeners.into_iter().map(Box::pin));
+    let _ = select(Box::pin(any), Box::pin(timer)).await;
+}
+
+async fn list_offset(shard: &Rc<Shard>, q: OffsetQuery) -> OffsetAnswer {
+    let meta = shard.meta();
+    let epoch = meta.topic(&q.topic).and_then(|t| t.partitions.get(q.partition as usize)).map_or(-1, |m| m.leader_epoch);
+    let Some(log) = shard.logs.get(&q.topic, q.partition) else {
+        return OffsetAnswer { error: E::UnknownTopicOrPartition.code(), timestamp: -1, offset: -1, leader_epoch: -1 };
+    };
+    let ok = |offset: i64, timestamp: i64| OffsetAnswer { error: 0, timestamp, offset, leader_epoch: epoch };
+    match q.timestamp {
+        // LATEST: the high watermark (= last stable offset: no transactions yet).
+        -1 => ok(log.high_watermark().0, -1),
+        // EARLIEST
+        -2 => ok(log.log_start_offset().0, -1),
+        // MAX_TIMESTAMP (KIP-734)
+        -3 => match log.max_timestamp() {
+            Some((o, ts)) => ok(o.0, ts),
+            None => ok(-1, -1),
+        },
+        ts if ts < 0 => OffsetAnswer { error: E::InvalidRequest.code(), timestamp: -1, offset: -1, leader_epoch: epoch },
+        ts => match log.offset_for_timestamp(ts).await {
+            Ok(Some((o, found))) => ok(o.0, found),
+            Ok(None) => ok(-1, -1),
+            Err(e) => OffsetAnswer { error: read_error(&e), timestamp: -1, offset: -1, leader_epoch: epoch },
+        },
+    }
+}

@@ -1,0 +1,174 @@
+//! Topic-level configs (Kafka names), their broker-level defaults and validation.
+
+use std::collections::BTreeMap;
+
+use strom_storage::{LogConfig, TimestampType};
+
+use crate::config::ConfigError;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Long { min: i64 },
+    Int { min: i64 },
+    Bool,
+    TimestampType,
+    CleanupPolicy,
+}
+
+/// (topic key, broker key holding its default, kind)
+const TOPIC_KEYS: &[(&str, &str, Kind)] = &[
+    ("cleanup.policy", "log.cleanup.policy", Kind::CleanupPolicy),
+    ("flush.messages", "log.flush.interval.messages", Kind::Long { min: 1 }),
+    ("flush.ms", "log.flush.interval.ms", Kind::Long { min: 0 }),
+    ("flush.on.ack", "log.flush.on.ack", Kind::Bool),
+    ("index.interval.bytes", "log.index.interval.bytes", Kind::Int { min: 0 }),
+    ("max.message.bytes", "message.max.bytes", Kind::Int { min: 0 }),
+    ("message.timestamp.type", "log.message.timestamp.type", Kind::TimestampType),
+    ("min.insync.replicas", "min.insync.replicas", Kind::Int { min: 1 }),
+    ("retention.bytes", "log.retention.bytes", Kind::Long { min: i64::MIN }),
+    ("retention.ms", "log.retention.ms", Kind::Long { min: -1 }),
+    ("segment.bytes", "log.segment.bytes", Kind::Int { min: 14 }),
+    ("segment.ms", "log.roll.ms", Kind::Long { min: 1 }),
+];
+
+/// Checks one topic-level setting; the error text is returned to clients as is.
+pub fn validate(key: &str, value: &str) -> Result<(), String> {
+    let Some((_, _, kind)) = TOPIC_KEYS.iter().find(|(k, _, _)| *k == key) else {
+        return Err(format!("Unknown topic config name: {key}"));
+    };
+    let v = value.trim();
+    let ok = match kind {
+        Kind::Long { min } => v.parse::<i64>().is_ok_and(|n| n >= *min),
+        Kind::Int { min } => v.parse::<i32>().is_ok_and(|n| n as i64 >= *min),
+        Kind::Bool => matches!(v.to_ascii_lowercase().as_str(), "true" | "false"),
+        Kind::TimestampType => matches!(v, "CreateTime" | "LogAppendTime"),
+        Kind::CleanupPolicy => {
+            !v.is_empty() && v.split(',').all(|p| matches!(p.trim(), "delete" | "compact"))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("Invalid value {value} for configuration {key}"))
+    }
+}
+
+/// Broker-level defaults of every topic config.
+#[derive(Clone, Debug, Default)]
+pub struct TopicDefaults {
+    values: BTreeMap<&'static str, String>,
+}
+
+impl TopicDefaults {
+    pub fn from_broker(raw: &BTreeMap<String, String>) -> Result<TopicDefaults, ConfigError> {
+        let mut values = BTreeMap::new();
+        for (topic_key, broker_key, _) in TOPIC_KEYS {
+            let v = raw.get(*broker_key).cloned().unwrap_or_default();
+            validate(topic_key, &v).map_err(|msg| ConfigError::Invalid {
+                key: broker_key.to_string(),
+                value: v.clone(),
+                msg,
+            })?;
+            values.insert(*topic_key, v);
+        }
+        Ok(TopicDefaults { values })
+    }
+
+    /// Resolves a topic's overrides over these defaults.
+    pub fn resolve(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
+        let get = |k: &str| overrides.get(k).or_else(|| self.values.get(k)).map(String::as_str).unwrap_or("");
+        let long = |k: &str| get(k).trim().parse::<i64>().unwrap_or(i64::MAX);
+        TopicConfig {
+            segment_bytes: long("segment.bytes").max(14) as u64,
+            segment_ms: long("segment.ms").max(1) as u64,
+            index_interval_bytes: long("index.interval.bytes").clamp(0, u32::MAX as i64) as u32,
+            cleanup_policy: get("cleanup.policy").to_string(),
+            max_message_bytes: long("max.message.bytes").clamp(0, i32::MAX as i64) as usize,
+            timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
+                TimestampType::LogAppendTime
+            } else {
+                TimestampType::CreateTime
+            },
+            min_insync_replicas: long("min.insync.replicas") as i32,
+            flush_messages: long("flush.messages").max(1) as u64,
+            flush_ms: long("flush.ms").max(0) as u64,
+            flush_on_ack: get("flush.on.ack").eq_ignore_ascii_case("true"),
+        }
+    }
+
+    /// Every topic config with its effective value and whether the topic overrides it.
+    pub fn describe<'a>(&'a self, overrides: &'a BTreeMap<String, String>) -> impl Iterator<Item = (&'static str, String, bool)> + 'a {
+        TOPIC_KEYS.iter().map(move |(k, _, _)| match overrides.get(*k) {
+            Some(v) => (*k, v.clone(), true),
+            None => (*k, self.values.get(k).cloned().unwrap_or_default(), false),
+        })
+    }
+}
+
+/// A topic's effective configuration.
+#[derive(Clone, Debug)]
+pub struct TopicConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub index_interval_bytes: u32,
+    pub cleanup_policy: String,
+    pub max_message_bytes: usize,
+    pub timestamp_type: TimestampType,
+    pub min_insync_replicas: i32,
+    pub flush_messages: u64,
+    pub flush_ms: u64,
+    pub flush_on_ack: bool,
+}
+
+impl TopicConfig {
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            index_interval_bytes: self.index_interval_bytes,
+            flush_messages: self.flush_messages,
+            flush_ms: self.flush_ms,
+            timestamp_type: self.timestamp_type,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_follows_kafka_rules() {
+        assert!(validate("retention.ms", "-1").is_ok());
+        assert!(validate("retention.ms", "-2").is_err());
+        assert!(validate("segment.bytes", "13").is_err());
+        assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate("cleanup.policy", "shred").is_err());
+        assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
+        assert!(validate("no.such.config", "1").is_err());
+        assert!(validate("flush.on.ack", "maybe").is_err());
+    }
+
+    #[test]
+    fn overrides_win_over_broker_defaults() {
+        let mut raw = BTreeMap::new();
+        for (_, broker_key, kind) in TOPIC_KEYS {
+            let v = match kind {
+                Kind::Bool => "true",
+                Kind::TimestampType => "CreateTime",
+                Kind::CleanupPolicy => "delete",
+                _ => "100",
+            };
+            raw.insert(broker_key.to_string(), v.to_string());
+        }
+        let d = TopicDefaults::from_broker(&raw).unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "5".to_string());
+        let c = d.resolve(&o);
+        assert_eq!(c.segment_bytes, 100);
+        assert_eq!(c.segment_bytes, 100);
+        assert!(c.flush_on_ack);
+        let described: Vec<_> = d.describe(&o).filter(|(_, _, overridden)| *overridden).collect();
+        assert_eq!(described, vec![("retention.ms", "5".to_string(), true)]);
+    }
+}

@@ -1,0 +1,20 @@
+//! Sockets, framing and zero-copy send for Strom. Knows nothing about Kafka.
+//!
+//! - [`frame`]: length-prefixed request frames, refused before allocation when too large.
+//! - [`sender`]: writes response chunks (bytes and file ranges) to a non-blocking socket;
+//!   file ranges go out with `sendfile(2)`, so their bytes never pass through user space.
+//! - [`side_ring`]: a small per-thread io_uring used only to wait for socket writability,
+//!   because glommio 0.9 has no public readiness API.
+
+mod error;
+pub mod frame;
+pub mod limits;
+pub mod listener;
+pub mod sender;
+mod side_ring;
+mod sys;
+
+pub use error::NetError;
+pub use frame::FrameReader;
+pub use sender::{OutChunk, ResponseSender};
+pub use sys::{set_nonblocking, set_nodelay};

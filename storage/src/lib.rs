@@ -1,0 +1,36 @@
+//! Partition logs for Strom: segmented, append-only logs of Kafka record batches (magic 2),
+//! with sparse offset and time indexes and crash recovery.
+//!
+//! The chain of nouns is `LogManager` (all logs of one shard) -> `PartitionLog` -> `SegmentSet`
+//! -> `Segment` (with its appender, reader and `SegmentIndex`), plus `batch` (header view, CRC)
+//! and `recovery`. Everything runs on one glommio executor thread; see `docs/on_disk_format.md`
+//! for the bytes on disk and the recovery rules.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod checkpoint;
+mod config;
+mod error;
+mod file_io;
+mod group_commit;
+pub mod limits;
+mod log_manager;
+mod partition_log;
+mod records;
+mod recovery;
+mod segment;
+mod segment_appender;
+mod segment_fd;
+mod segment_index;
+mod segment_reader;
+mod segment_set;
+pub mod testing;
+mod types;
+
+pub use batch::{validate_batch, BatchError, BatchHeader, BatchHeaderInfo, BATCH_HEADER_BYTES};
+pub use config::{LogConfig, TimestampType};
+pub use error::StorageError;
+pub use log_manager::LogManager;
+pub use partition_log::{AppendInfo, PartitionLog, ReadSlice, SegmentFd};
+pub use types::{LeaderEpoch, Offset};

@@ -1,0 +1,64 @@
+//! Bounds of the storage layer, each with the reason for its value.
+
+/// Size of a record batch v2 header, the fixed part before the records.
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// Bytes of a batch header counted outside `batchLength` (baseOffset and batchLength itself).
+pub const BATCH_LENGTH_OVERHEAD_BYTES: usize = 12;
+
+/// Largest segment file the log rolls at. Positions in the offset index are `u32`, and Kafka
+/// itself caps `segment.bytes` at `i32::MAX`.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// Smallest `segment.bytes` honoured: below one batch header every segment holds one batch anyway.
+pub const SEGMENT_BYTES_MIN: u64 = BATCH_HEADER_BYTES as u64;
+
+/// Largest single batch `append` accepts. Kafka's `message.max.bytes` is far below this; the bound
+/// exists so that a segment (at most `SEGMENT_BYTES_MAX` before its last batch) plus one batch still
+/// has `u32` byte positions.
+pub const BATCH_BYTES_MAX: u64 = 1 << 30;
+
+/// Offsets in index entries are stored relative to the segment base as `u32`; a batch whose last
+/// offset would not fit forces a roll (Kafka does the same).
+pub const RELATIVE_OFFSET_MAX: i64 = u32::MAX as i64;
+
+/// Smallest `index.interval.bytes` used; 0 would mean "an entry per batch", which 1 already gives.
+pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1;
+
+/// Largest `index.interval.bytes` used, so that the read path's lookup window stays bounded.
+pub const INDEX_INTERVAL_BYTES_MAX: u32 = 16 << 20;
+
+/// Bytes of one offset index entry: relative offset u32 + position u32.
+pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
+
+/// Bytes of one time index entry: timestamp i64 + relative offset u32.
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+
+/// Extra bytes read past the index interval when the read path looks for a batch: one read then
+/// covers the whole stretch between two index entries plus a typical batch.
+pub const READ_WALK_SLACK_BYTES: usize = 64 << 10;
+
+/// Upper bound of one read while walking batch headers, whatever the index interval.
+pub const READ_WALK_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+/// Bytes read per call while recovery validates batches (CRC needs every byte).
+pub const RECOVERY_CHUNK_BYTES: usize = 1 << 20;
+
+/// Bytes read when probing whether an index entry points at a valid batch during recovery.
+pub const RECOVERY_PROBE_CHUNK_BYTES: usize = 64 << 10;
+
+/// Closed segments loaded concurrently when a log opens: enough to overlap the kernel workers
+/// that run io_uring's opens and stats, few enough to bound descriptors and memory in flight.
+pub const SEGMENT_OPEN_CONCURRENCY: usize = 16;
+
+/// Longest topic name Kafka allows; with `-{partition}` appended, directory names stay within
+/// NAME_MAX (255) for partitions below 100000, as in Kafka.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+const _: () = assert!(READ_WALK_CHUNK_BYTES_MAX >= READ_WALK_SLACK_BYTES);
+const _: () = assert!(INDEX_INTERVAL_BYTES_MIN <= INDEX_INTERVAL_BYTES_MAX);
+const _: () = assert!(READ_WALK_SLACK_BYTES >= BATCH_HEADER_BYTES);
+const _: () = assert!(RECOVERY_PROBE_CHUNK_BYTES >= BATCH_HEADER_BYTES);
+const _: () = assert!(TOPIC_NAME_BYTES_MAX + "-99999".len() <= 255);

@@ -1,0 +1,634 @@
+//! `PartitionLog`: one partition's log — append with offset assignment, reads bounded by the
+//! high watermark, timestamp lookups, group-commit flush, roll, clean close.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use event_listener::{Event, EventListener};
+use glommio::sync::Semaphore;
+
+use crate::batch::{
+    assign_offset_and_epoch, parse_single, set_log_append_time, BatchHeader, BATCH_HEADER_BYTES,
+};
+use crate::checkpoint::{write_clean_shutdown, CleanShutdown};
+use crate::config::{LogConfig, TimestampType};
+use crate::error::StorageError;
+use crate::file_io::{remove_file, std_io_err, sync_dir};
+use crate::group_commit::GroupCommit;
+use crate::limits::{
+    BATCH_BYTES_MAX, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES, RELATIVE_OFFSET_MAX,
+};
+use crate::recovery::open_log;
+use crate::segment::Segment;
+use crate::segment_set::SegmentSet;
+use crate::types::{LeaderEpoch, Offset};
+
+pub use crate::segment_fd::SegmentFd;
+
+/// What an append assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: Offset,
+    /// Offset of the batch's last record.
+    pub last_offset: Offset,
+    /// The append time stamped into the batch, or -1 unless the log uses LogAppendTime.
+    pub log_append_time_ms: i64,
+    /// The log start offset after the append.
+    pub log_start_offset: Offset,
+}
+
+/// A byte range of whole batches in a segment file, to be sent with sendfile by a thread other
+/// than the owner.
+#[derive(Clone, Debug)]
+pub struct ReadSlice {
+    /// Descriptor of the segment file (stays valid after the segment is deleted).
+    pub fd: Arc<SegmentFd>,
+    /// Byte position of the first batch in the file.
+    pub position: u64,
+    /// Bytes of whole batches.
+    pub len: u32,
+    /// Base offset of the first batch (may be below the offset asked for).
+    pub first_offset: Offset,
+}
+
+impl ReadSlice {
+    /// Reads the bytes with a blocking pread. For tests and tools; a shard thread sends the
+    /// range with sendfile instead.
+    pub fn read_blocking(&self) -> std::io::Result<Vec<u8>> {
+        let file = std::fs::File::from(self.fd.try_clone_owned()?);
+        let mut out = vec![0u8; self.len as usize];
+        file.read_exact_at(&mut out, self.position)?;
+        Ok(out)
+    }
+}
+
+/// End of a batch that is above the high watermark: where reads may stop once the high
+/// watermark passes it.
+#[derive(Clone, Copy, Debug)]
+struct BatchEnd {
+    next_offset: i64,
+    segment_base: i64,
+    position: u64,
+}
+
+/// One partition's log. Every method is called from the single owning executor thread.
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: RefCell<LogConfig>,
+    segments: RefCell<SegmentSet>,
+    /// Serializes appends, rolls and close, in arrival order (glommio's semaphore is FIFO).
+    append_lock: Semaphore,
+    log_start: Cell<i64>,
+    log_end: Cell<i64>,
+    high_watermark: Cell<i64>,
+    /// (segment base, byte position) that reads stop at: the end of the last batch below the
+    /// high watermark.
+    hw_mark: Cell<(i64, u64)>,
+    /// Ends of batches above the high watermark, oldest first.
+    pending_ends: RefCell<VecDeque<BatchEnd>>,
+    max_timestamp: Cell<Option<(i64, i64)>>,
+    size_bytes: Cell<u64>,
+    commit: GroupCommit,
+    hw_event: Event,
+    closed: Cell<bool>,
+    sync_failed: Cell<bool>,
+}
+
+impl fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.dir)
+            .field("log_start", &self.log_start.get())
+            .field("log_end", &self.log_end.get())
+            .field("high_watermark", &self.high_watermark.get())
+            .field("segments", &self.segments.borrow().len())
+            .finish()
+    }
+}
+
+impl PartitionLog {
+    /// Opens (creating `dir` if missing) and recovers the log. `now_ms` is wall clock ms.
+    pub async fn open(
+        dir: PathBuf,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<Rc<PartitionLog>, StorageError> {
+        let opened = open_log(&dir, &config, now_ms).await?;
+        let segments = opened.segments;
+        let active = segments
+            .active()
+            .expect("open_log leaves at least one segment");
+        let log_end = active.next_offset();
+        let mut max_timestamp: Option<(i64, i64)> = None;
+        for segment in segments.all() {
+            if let Some(entry) = segment.index.borrow().max_timestamp() {
+                if max_timestamp.is_none_or(|(_, ts)| entry.timestamp > ts) {
+                    max_timestamp = Some((
+                        segment.base_offset() + i64::from(entry.rel_offset),
+                        entry.timestamp,
+                    ));
+                }
+            }
+        }
+        let log = PartitionLog {
+            dir,
+            config: RefCell::new(config),
+            size_bytes: Cell::new(segments.size_bytes()),
+            hw_mark: Cell::new((active.base_offset(), active.size())),
+            segments: RefCell::new(segments),
+            append_lock: Semaphore::new(1),
+            log_start: Cell::new(opened.log_start),
+            log_end: Cell::new(log_end),
+            high_watermark: Cell::new(log_end),
+            pending_ends: RefCell::new(VecDeque::new()),
+            max_timestamp: Cell::new(max_timestamp),
+            commit: GroupCommit::default(),
+            hw_event: Event::new(),
+            closed: Cell::new(false),
+            sync_failed: Cell::new(false),
+        };
+        Ok(Rc::new(log))
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn closed_error(&self) -> StorageError {
+        StorageError::Closed {
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StorageError> {
+        if self.closed.get() {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), StorageError> {
+        self.check_open()?;
+        if self.sync_failed.get() {
+            return Err(StorageError::SyncFailed {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> Result<Rc<Segment>, StorageError> {
+        self.segments
+            .borrow()
+            .active()
+            .ok_or_else(|| self.closed_error())
+    }
+
+    /// Appends one already-validated batch (see `validate_batch`): assigns baseOffset = log end
+    /// offset and partitionLeaderEpoch in the written copy; with LogAppendTime also sets
+    /// maxTimestamp = `now_ms` and the timestamp-type bit and recomputes the CRC. Rolls first if
+    /// the active segment is non-empty and too big or too old. On a write error the segment is
+    /// cut back, no offset is consumed, and the error is returned.
+    pub async fn append(
+        &self,
+        batch: &[u8],
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        // Single node: the high watermark follows the log end offset.
+        self.append_with(batch, leader_epoch, now_ms, true).await
+    }
+
+    /// `append`, optionally leaving the high watermark where it is (replication will advance it
+    /// with `set_high_watermark` once followers have the batch).
+    pub(crate) async fn append_with(
+        &self,
+        batch: &[u8],
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+        advance_high_watermark: bool,
+    ) -> Result<AppendInfo, StorageError> {
+        self.check_writable()?;
+        let header = parse_single(batch)?;
+        let len = batch.len() as u64;
+        if len > BATCH_BYTES_MAX {
+            return Err(StorageError::BatchTooLarge {
+                len,
+                max: BATCH_BYTES_MAX,
+            });
+        }
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.closed_error())?;
+        self.check_writable()?;
+        let config = self.config.borrow().clone();
+        let base_offset = self.log_end.get();
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        self.maybe_roll(len, last_offset, &config, now_ms).await?;
+        let active = self.active()?;
+
+        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+        let mut first = batch.to_vec();
+        assign_offset_and_epoch(&mut first, base_offset, leader_epoch.0);
+        if log_append_time {
+            set_log_append_time(&mut first, now_ms);
+        }
+        let stamped = BatchHeader::view(&first)
+            .map(BatchHeader::info)
+            .expect("parse_single checked that the batch holds a whole header");
+        let mut stamped_header = [0u8; BATCH_HEADER_BYTES];
+        stamped_header.copy_from_slice(&first[..BATCH_HEADER_BYTES]);
+        let rest = |from: usize| -> Vec<u8> {
+            let mut out = Vec::with_capacity(batch.len() - from);
+            if from < BATCH_HEADER_BYTES {
+                out.extend_from_slice(&stamped_header[from..]);
+                out.extend_from_slice(&batch[BATCH_HEADER_BYTES..]);
+            } else {
+                out.extend_from_slice(&batch[from..]);
+            }
+            out
+        };
+        active
+            .append_batch(first, &rest, &stamped, config.index_interval_clamped())
+            .await?;
+
+        assert!(last_offset + 1 > self.log_end.get(), "offsets only grow");
+        self.log_end.set(last_offset + 1);
+        self.size_bytes.set(self.size_bytes.get() + len);
+        self.commit
+            .on_append(u64::try_from(header.records_count).unwrap_or(1), now_ms);
+        if self
+            .max_timestamp
+            .get()
+            .is_none_or(|(_, ts)| stamped.max_timestamp > ts)
+        {
+            self.max_timestamp
+                .set(Some((base_offset, stamped.max_timestamp)));
+        }
+        self.pending_ends.borrow_mut().push_back(BatchEnd {
+            next_offset: last_offset + 1,
+            segment_base: active.base_offset(),
+            position: active.size(),
+        });
+        if advance_high_watermark {
+            self.advance_high_watermark(last_offset + 1);
+        }
+        Ok(AppendInfo {
+            base_offset: Offset(base_offset),
+            last_offset: Offset(last_offset),
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            log_start_offset: Offset(self.log_start.get()),
+        })
+    }
+
+    /// Starts a new segment at the log end offset if the active one is non-empty and the batch
+    /// would overflow it, it is older than `segment.ms`, or the batch's offsets would not fit
+    /// its index.
+    async fn maybe_roll(
+        &self,
+        len: u64,
+        last_offset: i64,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let active = self.active()?;
+        if active.is_empty() {
+            return Ok(());
+        }
+        let too_big = active.size() + len > config.segment_bytes_clamped();
+        let age_ms = now_ms.saturating_sub(active.created_ms());
+        let too_old = age_ms >= 0 && age_ms as u64 >= config.segment_ms;
+        let too_far = last_offset - active.base_offset() > RELATIVE_OFFSET_MAX;
+        if !(too_big || too_old || too_far) {
+            return Ok(());
+        }
+        active.seal_time_index().await?;
+        if let Err(e) = active.sync_all().await {
+            self.sync_failed.set(true);
+            return Err(e);
+        }
+        let base = self.log_end.get();
+        let segment = Segment::create(&self.dir, base, now_ms).await?;
+        sync_dir(&self.dir).await?;
+        tracing::debug!(dir = %self.dir.display(), base, too_big, too_old, too_far, "rolled segment");
+        self.segments.borrow_mut().push(Rc::new(segment));
+        if let Err(e) = active.close_index_files().await {
+            // Synced already; a failed close loses nothing.
+            tracing::warn!(segment = %active.paths.log.display(), error = %e, "closing index files");
+        }
+        Ok(())
+    }
+
+    /// Group commit: returns once every byte appended before the call is fdatasynced. Callers
+    /// arriving while a sync runs wait for it, then share one more.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.check_open()?;
+        self.commit.flush(|| self.sync_active()).await
+    }
+
+    async fn sync_active(&self) -> Result<(), StorageError> {
+        if self.sync_failed.get() {
+            return Err(StorageError::SyncFailed {
+                dir: self.dir.clone(),
+            });
+        }
+        let active = self.active()?;
+        let result = active.sync_log().await;
+        if result.is_err() {
+            // After a failed fdatasync the kernel may have dropped the dirty pages and a retry
+            // could succeed without them; refuse to pretend anything later is durable.
+            self.sync_failed.set(true);
+        }
+        result
+    }
+
+    /// First offset of the log.
+    pub fn log_start_offset(&self) -> Offset {
+        Offset(self.log_start.get())
+    }
+
+    /// Next offset to assign.
+    pub fn log_end_offset(&self) -> Offset {
+        Offset(self.log_end.get())
+    }
+
+    /// Offset below which records may be read (== log end offset after each append on a single node).
+    pub fn high_watermark(&self) -> Offset {
+        Offset(self.high_watermark.get())
+    }
+
+    /// Moves the high watermark forward (for replication). Panics if `hw` is above the log end
+    /// offset or below the current high watermark.
+    pub fn set_high_watermark(&self, hw: Offset) {
+        assert!(
+            hw.0 <= self.log_end.get(),
+            "high watermark {hw} above log end offset {}",
+            self.log_end.get()
+        );
+        assert!(
+            hw.0 >= self.high_watermark.get(),
+            "high watermark moves only forward"
+        );
+        self.advance_high_watermark(hw.0);
+    }
+
+    fn advance_high_watermark(&self, hw: i64) {
+        {
+            let mut pending = self.pending_ends.borrow_mut();
+            while let Some(end) = pending.front().copied() {
+                if end.next_offset > hw {
+                    break;
+                }
+                self.hw_mark.set((end.segment_base, end.position));
+                pending.pop_front();
+            }
+        }
+        if hw > self.high_watermark.get() {
+            self.high_watermark.set(hw);
+            self.hw_event.notify(usize::MAX);
+        }
+    }
+
+    /// Byte position in `segment` that reads must not pass.
+    fn read_limit(&self, segment: &Segment) -> u64 {
+        let (hw_base, hw_position) = self.hw_mark.get();
+        match segment.base_offset().cmp(&hw_base) {
+            std::cmp::Ordering::Less => segment.size(),
+            std::cmp::Ordering::Equal => hw_position.min(segment.size()),
+            std::cmp::Ordering::Greater => 0,
+        }
+    }
+
+    fn read_chunk_bytes(&self) -> usize {
+        let interval = self.config.borrow().index_interval_clamped() as usize;
+        (interval + READ_WALK_SLACK_BYTES).min(READ_WALK_CHUNK_BYTES_MAX)
+    }
+
+    fn out_of_range(&self, offset: Offset) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            requested: offset.0,
+            log_start: self.log_start.get(),
+            log_end: self.log_end.get(),
+        }
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, never past the high
+    /// watermark, from one segment: at most `max_bytes` bytes, except that the first batch is
+    /// returned whole if `min_one_batch` (KIP-74). Ok(None) when `offset` is at or above the high
+    /// watermark (up to the log end offset) or when no whole batch fits and `min_one_batch` is
+    /// false. Err(OffsetOutOfRange) below the log start or above the log end offset.
+    pub async fn read(
+        &self,
+        offset: Offset,
+        max_bytes: u32,
+        min_one_batch: bool,
+    ) -> Result<Option<ReadSlice>, StorageError> {
+        self.check_open()?;
+        if offset.0 < self.log_start.get() || offset.0 > self.log_end.get() {
+            return Err(self.out_of_range(offset));
+        }
+        if offset.0 >= self.high_watermark.get() {
+            return Ok(None);
+        }
+        let chunk_bytes = self.read_chunk_bytes();
+        let mut segment = self
+            .segments
+            .borrow()
+            .floor(offset.0)
+            .ok_or_else(|| self.out_of_range(offset))?;
+        // Each round moves to a later segment or returns, so it runs at most once per segment.
+        loop {
+            if offset.0 >= segment.next_offset() {
+                let next = self.segments.borrow().after(segment.base_offset());
+                match next {
+                    Some(next) => {
+                        segment = next;
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            let limit = self.read_limit(&segment);
+            let range = segment
+                .read_range(offset.0, max_bytes, min_one_batch, limit, chunk_bytes)
+                .await?;
+            return Ok(range.map(|r| ReadSlice {
+                fd: segment.fd(),
+                position: r.position,
+                len: u32::try_from(r.len).expect("a range is at most one segment"),
+                first_offset: Offset(r.first_offset),
+            }));
+        }
+    }
+
+    /// First offset whose timestamp is >= `timestamp`, with that timestamp (Kafka ListOffsets
+    /// by timestamp): exact per record for uncompressed CreateTime batches, the batch's base
+    /// offset and maxTimestamp otherwise. None if no batch below the high watermark qualifies.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(Offset, i64)>, StorageError> {
+        self.check_open()?;
+        let chunk_bytes = self.read_chunk_bytes();
+        let segments = self.segments.borrow().all();
+        for segment in segments {
+            let max = segment.index.borrow().max_timestamp();
+            if max.is_none_or(|m| m.timestamp < timestamp) {
+                continue;
+            }
+            let limit = self.read_limit(&segment);
+            if limit == 0 {
+                break;
+            }
+            if let Some((offset, ts)) = segment
+                .find_timestamp(timestamp, limit, chunk_bytes)
+                .await?
+            {
+                return Ok(Some((Offset(offset), ts)));
+            }
+            if limit < segment.size() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Largest batch maxTimestamp in the log and the base offset of the first batch carrying it.
+    pub fn max_timestamp(&self) -> Option<(Offset, i64)> {
+        self.max_timestamp
+            .get()
+            .map(|(offset, ts)| (Offset(offset), ts))
+    }
+
+    /// A listener that fires on the next advance of the high watermark. Create it before
+    /// checking the high watermark to not miss an advance.
+    pub fn listen(&self) -> EventListener {
+        self.hw_event.listen()
+    }
+
+    /// Replaces the configuration; takes effect from the next append.
+    pub fn update_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Bytes in all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.get()
+    }
+
+    /// Number of fdatasyncs `flush` has started (shared ones count once).
+    pub fn flush_count(&self) -> u64 {
+        self.commit.syncs()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.borrow().len()
+    }
+
+    /// Whether `flush.messages` or `flush.ms` asks for a flush at `now_ms`.
+    pub fn needs_flush(&self, now_ms: i64) -> bool {
+        let config = self.config.borrow();
+        self.commit
+            .needs_flush(now_ms, config.flush_messages, config.flush_ms)
+    }
+
+    /// Clean shutdown: waits for appends in flight, flushes, writes the clean-shutdown marker,
+    /// closes the files. The log is unusable afterwards.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        if self.closed.get() {
+            return Ok(());
+        }
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.closed_error())?;
+        if self.closed.get() {
+            return Ok(());
+        }
+        let marked = self.write_clean_marker().await;
+        self.closed.set(true);
+        let closed = self.close_segments().await;
+        marked.and(closed)
+    }
+
+    async fn write_clean_marker(&self) -> Result<(), StorageError> {
+        if self.sync_failed.get() {
+            return Err(StorageError::SyncFailed {
+                dir: self.dir.clone(),
+            });
+        }
+        self.flush().await?;
+        let active = self.active()?;
+        active.seal().await?;
+        let marker = CleanShutdown {
+            log_end_offset: self.log_end.get(),
+            active_base: active.base_offset(),
+            active_size: active.size(),
+        };
+        write_clean_shutdown(&self.dir, marker).await
+    }
+
+    async fn close_segments(&self) -> Result<(), StorageError> {
+        let segments = self.segments.borrow_mut().take_all();
+        let mut result = Ok(());
+        for segment in segments {
+            // A read in flight may still hold the segment; its files then close when it ends.
+            if let Ok(segment) = Rc::try_unwrap(segment) {
+                let closed = segment.close().await;
+                if result.is_ok() {
+                    result = closed;
+                }
+            }
+        }
+        result
+    }
+
+    /// Closes the log (without the clean-shutdown marker) and removes its directory.
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.closed_error())?;
+        self.closed.set(true);
+        let closed = self.close_segments().await;
+        if let Err(e) = closed {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "error closing files of a deleted log");
+        }
+        // Listing and rmdir have no io_uring operations; deletion is rare.
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(std_io_err("list", &self.dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| std_io_err("list", &self.dir, e))?;
+            remove_file(&entry.path()).await?;
+        }
+        std::fs::remove_dir(&self.dir).map_err(|e| std_io_err("remove dir", &self.dir, e))?;
+        if let Some(parent) = self.dir.parent() {
+            sync_dir(parent).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "partition_log_tests.rs"]
+mod tests;

@@ -1,0 +1,72 @@
+//! `SegmentSet`: the segments of one log ordered by base offset; the last one is active.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::segment::Segment;
+
+/// Segments of a log by base offset. Never empty while the log is open.
+#[derive(Default)]
+pub(crate) struct SegmentSet {
+    segments: BTreeMap<i64, Rc<Segment>>,
+}
+
+impl SegmentSet {
+    /// Adds a segment (its base offset must be above every other's).
+    pub fn push(&mut self, segment: Rc<Segment>) {
+        if let Some((&last, _)) = self.segments.last_key_value() {
+            assert!(
+                segment.base_offset() > last,
+                "segments are added in offset order"
+            );
+        }
+        self.segments.insert(segment.base_offset(), segment);
+    }
+
+    /// The active (last) segment.
+    pub fn active(&self) -> Option<Rc<Segment>> {
+        self.segments.last_key_value().map(|(_, s)| Rc::clone(s))
+    }
+
+    /// The first segment.
+    pub fn first(&self) -> Option<Rc<Segment>> {
+        self.segments.first_key_value().map(|(_, s)| Rc::clone(s))
+    }
+
+    /// The segment whose base offset is the largest one <= `offset`.
+    pub fn floor(&self, offset: i64) -> Option<Rc<Segment>> {
+        self.segments
+            .range(..=offset)
+            .next_back()
+            .map(|(_, s)| Rc::clone(s))
+    }
+
+    /// The segment after the one with `base_offset`.
+    pub fn after(&self, base_offset: i64) -> Option<Rc<Segment>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.segments
+            .range((Excluded(base_offset), Unbounded))
+            .next()
+            .map(|(_, s)| Rc::clone(s))
+    }
+
+    /// All segments in offset order.
+    pub fn all(&self) -> Vec<Rc<Segment>> {
+        self.segments.values().cloned().collect()
+    }
+
+    /// Number of segments.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Total bytes of all `.log` files.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size()).sum()
+    }
+
+    /// Removes and returns every segment.
+    pub fn take_all(&mut self) -> Vec<Rc<Segment>> {
+        std::mem::take(&mut self.segments).into_values().collect()
+    }
+}

@@ -1,0 +1,835 @@
+"""A small, independent Kafka wire-protocol client used by the black-box tests.
+
+It speaks just enough of the protocol to drive the broker by hand: request headers v1/v2,
+ApiVersions v0/v3, Metadata v1/v4, Produce v3/v7, Fetch v4, ListOffsets v1 and CreateTopics v2,
+plus record batches (magic 2) with a pure-Python CRC-32C. It deliberately shares no code with
+the broker or with the client libraries, so that it can serve as a second opinion.
+"""
+
+import gzip
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# ---------------------------------------------------------------------------------------------
+# Constants
+
+API_PRODUCE = 0
+API_FETCH = 1
+API_LIST_OFFSETS = 2
+API_METADATA = 3
+API_API_VERSIONS = 18
+API_CREATE_TOPICS = 19
+API_DELETE_TOPICS = 20
+
+NONE = 0
+OFFSET_OUT_OF_RANGE = 1
+CORRUPT_MESSAGE = 2
+UNKNOWN_TOPIC_OR_PARTITION = 3
+LEADER_NOT_AVAILABLE = 5
+MESSAGE_TOO_LARGE = 10
+INVALID_TOPIC_EXCEPTION = 17
+INVALID_REQUIRED_ACKS = 21
+UNSUPPORTED_VERSION = 35
+TOPIC_ALREADY_EXISTS = 36
+INVALID_PARTITIONS = 37
+INVALID_REPLICATION_FACTOR = 38
+INVALID_CONFIG = 40
+KAFKA_STORAGE_ERROR = 56
+INVALID_RECORD = 87
+
+EARLIEST = -2
+LATEST = -1
+
+CODEC_NONE = 0
+CODEC_GZIP = 1
+CODEC_SNAPPY = 2
+CODEC_LZ4 = 3
+CODEC_ZSTD = 4
+CODEC_NAMES = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+# ---------------------------------------------------------------------------------------------
+# CRC-32C (Castagnoli), table driven, reflected polynomial 0x82F63B78.
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    table = _CRC_TABLE
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283
+
+# ---------------------------------------------------------------------------------------------
+# Primitive encoding
+
+
+def zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63)
+
+
+def unzigzag(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
+
+
+def uvarint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("uvarint of a negative number")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    return uvarint(zigzag(n) & 0xFFFFFFFFFFFFFFFF)
+
+
+class Writer:
+    def __init__(self):
+        self.buf = bytearray()
+
+    def int8(self, v):
+        self.buf += struct.pack(">b", v)
+        return self
+
+    def int16(self, v):
+        self.buf += struct.pack(">h", v)
+        return self
+
+    def int32(self, v):
+        self.buf += struct.pack(">i", v)
+        return self
+
+    def int64(self, v):
+        self.buf += struct.pack(">q", v)
+        return self
+
+    def boolean(self, v):
+        self.buf += b"\x01" if v else b"\x00"
+        return self
+
+    def string(self, s: Optional[str]):
+        if s is None:
+            return self.int16(-1)
+        b = s.encode() if isinstance(s, str) else bytes(s)
+        self.int16(len(b))
+        self.buf += b
+        return self
+
+    def bytes_(self, b: Optional[bytes]):
+        if b is None:
+            return self.int32(-1)
+        self.int32(len(b))
+        self.buf += b
+        return self
+
+    def array(self, items, fn):
+        if items is None:
+            return self.int32(-1)
+        self.int32(len(items))
+        for it in items:
+            fn(self, it)
+        return self
+
+    def uvarint(self, v):
+        self.buf += uvarint(v)
+        return self
+
+    def compact_string(self, s: Optional[str]):
+        if s is None:
+            return self.uvarint(0)
+        b = s.encode()
+        self.uvarint(len(b) + 1)
+        self.buf += b
+        return self
+
+    def tagged_fields(self):
+        return self.uvarint(0)
+
+    def raw(self, b: bytes):
+        self.buf += b
+        return self
+
+    def done(self) -> bytes:
+        return bytes(self.buf)
+
+
+class Reader:
+    def __init__(self, data: bytes, pos: int = 0):
+        self.data = data
+        self.pos = pos
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def _take(self, n):
+        if self.pos + n > len(self.data):
+            raise ValueError(f"truncated: need {n} bytes at {self.pos}, have {len(self.data) - self.pos}")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def int8(self):
+        return struct.unpack(">b", self._take(1))[0]
+
+    def int16(self):
+        return struct.unpack(">h", self._take(2))[0]
+
+    def int32(self):
+        return struct.unpack(">i", self._take(4))[0]
+
+    def uint32(self):
+        return struct.unpack(">I", self._take(4))[0]
+
+    def int64(self):
+        return struct.unpack(">q", self._take(8))[0]
+
+    def boolean(self):
+        return self._take(1) != b"\x00"
+
+    def string(self):
+        n = self.int16()
+        if n < 0:
+            return None
+        return self._take(n).decode()
+
+    def bytes_(self):
+        n = self.int32()
+        if n < 0:
+            return None
+        return bytes(self._take(n))
+
+    def array(self, fn):
+        n = self.int32()
+        if n < 0:
+            return None
+        return [fn(self) for _ in range(n)]
+
+    def uvarint(self):
+        shift = 0
+        result = 0
+        while True:
+            b = self._take(1)[0]
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint too long")
+
+    def varint(self):
+        return unzigzag(self.uvarint())
+
+    def compact_array(self, fn):
+        n = self.uvarint()
+        if n == 0:
+            return None
+        return [fn(self) for _ in range(n - 1)]
+
+    def compact_string(self):
+        n = self.uvarint()
+        if n == 0:
+            return None
+        return self._take(n - 1).decode()
+
+    def tagged_fields(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()  # tag
+            size = self.uvarint()
+            self._take(size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Record batches (magic 2)
+
+
+@dataclass
+class Record:
+    value: Optional[bytes]
+    key: Optional[bytes] = None
+    headers: List[Tuple[str, Optional[bytes]]] = field(default_factory=list)
+    timestamp: Optional[int] = None  # absolute, ms
+    offset: Optional[int] = None  # filled when decoding
+
+
+def _encode_record(rec: Record, offset_delta: int, base_ts: int) -> bytes:
+    body = bytearray()
+    body += b"\x00"  # attributes
+    ts = rec.timestamp if rec.timestamp is not None else base_ts
+    body += varint(ts - base_ts)
+    body += varint(offset_delta)
+    if rec.key is None:
+        body += varint(-1)
+    else:
+        body += varint(len(rec.key)) + rec.key
+    if rec.value is None:
+        body += varint(-1)
+    else:
+        body += varint(len(rec.value)) + rec.value
+    body += varint(len(rec.headers))
+    for hk, hv in rec.headers:
+        hkb = hk.encode()
+        body += varint(len(hkb)) + hkb
+        if hv is None:
+            body += varint(-1)
+        else:
+            body += varint(len(hv)) + hv
+    return varint(len(body)) + bytes(body)
+
+
+def compress(codec: int, data: bytes) -> bytes:
+    if codec == CODEC_NONE:
+        return data
+    if codec == CODEC_GZIP:
+        return gzip.compress(data)
+    from kafka import codec as kc  # optional codecs come from kafka-python's helpers
+
+    if codec == CODEC_SNAPPY:
+        return kc.snappy_encode(data)
+    if codec == CODEC_LZ4:
+        return kc.lz4_encode(data)
+    if codec == CODEC_ZSTD:
+        return kc.zstd_encode(data)
+    raise ValueError(f"unknown codec {codec}")
+
+
+def decompress(codec: int, data: bytes) -> bytes:
+    if codec == CODEC_NONE:
+        return data
+    if codec == CODEC_GZIP:
+        return gzip.decompress(data)
+    from kafka import codec as kc
+
+    if codec == CODEC_SNAPPY:
+        return kc.snappy_decode(data)
+    if codec == CODEC_LZ4:
+        return kc.lz4_decode(data)
+    if codec == CODEC_ZSTD:
+        try:
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        except ImportError:
+            return kc.zstd_decode(data)
+    raise ValueError(f"unknown codec {codec}")
+
+
+def build_batch(records: Sequence[Record], base_offset: int = 0, codec: int = CODEC_NONE,
+                base_timestamp: Optional[int] = None, producer_id: int = -1,
+                producer_epoch: int = -1, base_sequence: int = -1,
+                partition_leader_epoch: int = -1, timestamp_type: int = 0) -> bytes:
+    """Encode a v2 record batch with a correct CRC-32C."""
+    if not records:
+        raise ValueError("a batch needs at least one record")
+    now = int(time.time() * 1000)
+    stamps = [r.timestamp if r.timestamp is not None else (base_timestamp if base_timestamp is not None else now)
+              for r in records]
+    base_ts = base_timestamp if base_timestamp is not None else min(stamps)
+    max_ts = max(stamps)
+    recs = bytearray()
+    for i, r in enumerate(records):
+        recs += _encode_record(Record(r.value, r.key, r.headers, stamps[i]), i, base_ts)
+    payload = compress(codec, bytes(recs))
+    attributes = (codec & 0x07) | ((timestamp_type & 1) << 3)
+    after_crc = struct.pack(">hiqqqhii", attributes, len(records) - 1, base_ts, max_ts, producer_id,
+                            producer_epoch, base_sequence, len(records)) + payload
+    crc = crc32c(after_crc)
+    batch_length = 4 + 1 + 4 + len(after_crc)
+    return struct.pack(">qiibI", base_offset, batch_length, partition_leader_epoch, 2, crc) + after_crc
+
+
+def simple_batch(values: Sequence[bytes], keys: Optional[Sequence[Optional[bytes]]] = None, **kw) -> bytes:
+    keys = keys if keys is not None else [None] * len(values)
+    return build_batch([Record(v, k) for k, v in zip(keys, values)], **kw)
+
+
+BATCH_HEADER_LEN = 61  # up to and including the record count
+
+
+@dataclass
+class Batch:
+    base_offset: int
+    batch_length: int
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+    raw: bytes  # the whole batch as stored / received
+    crc_ok: bool
+    records: List[Record]
+
+    @property
+    def codec(self) -> int:
+        return self.attributes & 0x07
+
+    @property
+    def crc_region(self) -> bytes:
+        """The bytes the CRC covers: from attributes to the end of the batch."""
+        return self.raw[21:]
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+
+def _decode_records(data: bytes, count: int, base_offset: int, base_ts: int) -> List[Record]:
+    r = Reader(data)
+    out = []
+    for _ in range(count):
+        length = r.varint()
+        end = r.pos + length
+        r.int8()  # attributes
+        ts_delta = r.varint()
+        off_delta = r.varint()
+        klen = r.varint()
+        key = None if klen < 0 else bytes(r._take(klen))
+        vlen = r.varint()
+        value = None if vlen < 0 else bytes(r._take(vlen))
+        headers = []
+        for _ in range(r.varint()):
+            hklen = r.varint()
+            hk = bytes(r._take(hklen)).decode()
+            hvlen = r.varint()
+            hv = None if hvlen < 0 else bytes(r._take(hvlen))
+            headers.append((hk, hv))
+        if r.pos != end:
+            raise ValueError(f"record length mismatch: {r.pos} != {end}")
+        out.append(Record(value, key, headers, base_ts + ts_delta, base_offset + off_delta))
+    if r.remaining():
+        raise ValueError(f"{r.remaining()} trailing bytes after {count} records")
+    return out
+
+
+def parse_batches(data: bytes, decode_records: bool = True, strict: bool = True) -> List[Batch]:
+    """Split a record set into batches. A trailing partial batch (allowed in fetch responses)
+    is dropped. With strict, a batch that fails its CRC or magic check raises ValueError."""
+    batches = []
+    pos = 0
+    while pos + 12 <= len(data):
+        base_offset, batch_length = struct.unpack_from(">qi", data, pos)
+        if batch_length < BATCH_HEADER_LEN - 12:
+            if strict:
+                raise ValueError(f"bad batch length {batch_length} at {pos}")
+            break
+        end = pos + 12 + batch_length
+        if end > len(data):
+            break  # partial trailing batch
+        raw = bytes(data[pos:end])
+        (ple, magic, crc, attributes, lod, base_ts, max_ts, pid, pepoch, bseq,
+         count) = struct.unpack_from(">ibIhiqqqhii", raw, 12)
+        if magic != 2:
+            if strict:
+                raise ValueError(f"unexpected magic {magic} at {pos}")
+            break
+        crc_ok = crc32c(raw[21:]) == crc
+        if strict and not crc_ok:
+            raise ValueError(f"CRC mismatch in batch at base offset {base_offset}")
+        records = []
+        if decode_records and crc_ok:
+            payload = decompress(attributes & 0x07, raw[BATCH_HEADER_LEN:])
+            records = _decode_records(payload, count, base_offset, base_ts)
+        batches.append(Batch(base_offset, batch_length, ple, magic, crc, attributes, lod, base_ts, max_ts,
+                             pid, pepoch, bseq, count, raw, crc_ok, records))
+        pos = end
+    return batches
+
+
+def records_of(data: bytes) -> List[Record]:
+    out = []
+    for b in parse_batches(data):
+        out.extend(b.records)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class KafkaConn:
+    """One TCP connection to the broker; requests may be pipelined with send()/recv()."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9092, timeout: float = 15.0,
+                 client_id: Optional[str] = "strom-raw-test"):
+        self.host, self.port = host, port
+        self.client_id = client_id
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(timeout)
+        self.next_corr = 1
+        self.pending: List[int] = []
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- framing --
+
+    def send_raw(self, data: bytes):
+        self.sock.sendall(data)
+
+    def send(self, api_key: int, api_version: int, body: bytes, header_version: int = 1,
+             corr: Optional[int] = None, expect_response: bool = True) -> int:
+        if corr is None:
+            corr = self.next_corr
+            self.next_corr += 1
+        w = Writer().int16(api_key).int16(api_version).int32(corr).string(self.client_id)
+        if header_version >= 2:
+            w.tagged_fields()
+        w.raw(body)
+        frame = w.done()
+        self.sock.sendall(struct.pack(">i", len(frame)) + frame)
+        if expect_response:
+            self.pending.append(corr)
+        return corr
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except ConnectionResetError as e:
+                raise ConnectionClosed(str(e)) from e
+            if not chunk:
+                raise ConnectionClosed(f"connection closed after {len(buf)} of {n} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self) -> bytes:
+        (size,) = struct.unpack(">i", self._recv_exact(4))
+        if size < 4 or size > 512 * 1024 * 1024:
+            raise ValueError(f"bad response size {size}")
+        return self._recv_exact(size)
+
+    def recv(self, header_version: int = 0) -> Tuple[int, Reader]:
+        frame = self.recv_frame()
+        r = Reader(frame)
+        corr = r.int32()
+        if header_version >= 1:
+            r.tagged_fields()
+        if self.pending and self.pending[0] == corr:
+            self.pending.pop(0)
+        return corr, r
+
+    def request(self, api_key: int, api_version: int, body: bytes, header_version: int = 1,
+                response_header_version: int = 0) -> Reader:
+        corr = self.send(api_key, api_version, body, header_version)
+        got, r = self.recv(response_header_version)
+        if got != corr:
+            raise AssertionError(f"correlation id {got} != expected {corr}")
+        return r
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        """True if the peer closes the connection (EOF or reset) within timeout. Any bytes the
+        peer sends before closing are read and discarded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not chunk:
+                return True
+
+    # -- ApiVersions --
+
+    def api_versions(self, version: int = 0) -> dict:
+        if version >= 3:
+            body = Writer().compact_string("strom-tests").compact_string("1.0").tagged_fields().done()
+            r = self.request(API_API_VERSIONS, version, body, header_version=2)
+        else:
+            r = self.request(API_API_VERSIONS, version, b"")
+        return parse_api_versions(r, version)
+
+    # -- Metadata --
+
+    def metadata(self, topics: Optional[Sequence[str]] = None, version: int = 1,
+                 allow_auto_topic_creation: bool = True) -> dict:
+        w = Writer().array(topics, lambda w, t: w.string(t))
+        if version >= 4:
+            w.boolean(allow_auto_topic_creation)
+        r = self.request(API_METADATA, version, w.done())
+        out = {"brokers": [], "topics": {}}
+        if version >= 3:
+            out["throttle_time_ms"] = r.int32()
+
+        def broker(r):
+            return {"node_id": r.int32(), "host": r.string(), "port": r.int32(), "rack": r.string()}
+
+        out["brokers"] = r.array(broker)
+        if version >= 2:
+            out["cluster_id"] = r.string()
+        out["controller_id"] = r.int32()
+
+        def partition(r):
+            p = {"error_code": r.int16(), "partition": r.int32(), "leader": r.int32()}
+            p["replicas"] = r.array(lambda r: r.int32())
+            p["isr"] = r.array(lambda r: r.int32())
+            if version >= 5:
+                p["offline"] = r.array(lambda r: r.int32())
+            return p
+
+        def topic(r):
+            t = {"error_code": r.int16(), "name": r.string(), "is_internal": r.boolean()}
+            t["partitions"] = {p["partition"]: p for p in r.array(partition)}
+            return t
+
+        for t in r.array(topic):
+            out["topics"][t["name"]] = t
+        return out
+
+    # -- Produce --
+
+    def produce_send(self, parts: Dict[Tuple[str, int], Optional[bytes]], acks: int = -1,
+                     timeout_ms: int = 30000, version: int = 3) -> int:
+        by_topic: Dict[str, List[Tuple[int, Optional[bytes]]]] = {}
+        for (t, p), batch in parts.items():
+            by_topic.setdefault(t, []).append((p, batch))
+        w = Writer().string(None).int16(acks).int32(timeout_ms)
+        w.array(list(by_topic.items()), lambda w, tp: (
+            w.string(tp[0]),
+            w.array(tp[1], lambda w, pb: (w.int32(pb[0]), w.bytes_(pb[1])))))
+        return self.send(API_PRODUCE, version, w.done(), expect_response=(acks != 0))
+
+    @staticmethod
+    def parse_produce(r: Reader, version: int = 3) -> Dict[Tuple[str, int], dict]:
+        out = {}
+
+        def part(r):
+            p = {"partition": r.int32(), "error_code": r.int16(), "base_offset": r.int64(),
+                 "log_append_time": r.int64()}
+            if version >= 5:
+                p["log_start_offset"] = r.int64()
+            return p
+
+        for t in r.array(lambda r: (r.string(), r.array(part))):
+            for p in t[1]:
+                out[(t[0], p["partition"])] = p
+        r.int32()  # throttle_time_ms
+        return out
+
+    def produce_many(self, parts: Dict[Tuple[str, int], Optional[bytes]], acks: int = -1,
+                     timeout_ms: int = 30000, version: int = 3) -> Optional[Dict[Tuple[str, int], dict]]:
+        corr = self.produce_send(parts, acks, timeout_ms, version)
+        if acks == 0:
+            return None
+        got, r = self.recv()
+        if got != corr:
+            raise AssertionError(f"correlation id {got} != expected {corr}")
+        return self.parse_produce(r, version)
+
+    def produce(self, topic: str, partition: int, batch: Optional[bytes], acks: int = -1,
+                timeout_ms: int = 30000, version: int = 3) -> Optional[dict]:
+        res = self.produce_many({(topic, partition): batch}, acks, timeout_ms, version)
+        if res is None:
+            return None
+        return res[(topic, partition)]
+
+    # -- Fetch --
+
+    def fetch_send(self, parts: Dict[Tuple[str, int], int], max_wait_ms: int = 0, min_bytes: int = 1,
+                   max_bytes: int = 64 * 1024 * 1024, partition_max_bytes: int = 16 * 1024 * 1024,
+                   version: int = 4) -> int:
+        by_topic: Dict[str, List[Tuple[int, int]]] = {}
+        for (t, p), off in parts.items():
+            by_topic.setdefault(t, []).append((p, off))
+        w = Writer().int32(-1).int32(max_wait_ms).int32(min_bytes).int32(max_bytes).int8(0)
+        w.array(list(by_topic.items()), lambda w, tp: (
+            w.string(tp[0]),
+            w.array(tp[1], lambda w, po: (w.int32(po[0]), w.int64(po[1]), w.int32(partition_max_bytes)))))
+        return self.send(API_FETCH, version, w.done())
+
+    @staticmethod
+    def parse_fetch(r: Reader) -> Dict[Tuple[str, int], dict]:
+        r.int32()  # throttle
+        out = {}
+
+        def part(r):
+            p = {"partition": r.int32(), "error_code": r.int16(), "high_watermark": r.int64(),
+                 "last_stable_offset": r.int64()}
+            p["aborted"] = r.array(lambda r: (r.int64(), r.int64()))
+            p["records"] = r.bytes_()
+            return p
+
+        for t in r.array(lambda r: (r.string(), r.array(part))):
+            for p in t[1]:
+                out[(t[0], p["partition"])] = p
+        return out
+
+    def fetch_many(self, parts: Dict[Tuple[str, int], int], **kw) -> Dict[Tuple[str, int], dict]:
+        corr = self.fetch_send(parts, **kw)
+        got, r = self.recv()
+        if got != corr:
+            raise AssertionError(f"correlation id {got} != expected {corr}")
+        return self.parse_fetch(r)
+
+    def fetch(self, topic: str, partition: int, offset: int, **kw) -> dict:
+        return self.fetch_many({(topic, partition): offset}, **kw)[(topic, partition)]
+
+    def fetch_batches(self, topic: str, partition: int, start: int = 0, end: Optional[int] = None,
+                      deadline_s: float = 30.0, decode_records: bool = True) -> List[Batch]:
+        """All batches from the one containing `start` up to the high watermark (or `end`)."""
+        out: List[Batch] = []
+        offset = start
+        deadline = time.monotonic() + deadline_s
+        while True:
+            res = self.fetch(topic, partition, offset)
+            if res["error_code"] != NONE:
+                raise KafkaError(res["error_code"], f"fetch {topic}-{partition}@{offset}")
+            hwm = res["high_watermark"]
+            stop = hwm if end is None else min(end, hwm)
+            if offset >= stop:
+                return out
+            batches = parse_batches(res["records"] or b"", decode_records=decode_records)
+            progressed = False
+            for b in batches:
+                if b.next_offset <= offset:
+                    continue
+                out.append(b)
+                offset = b.next_offset
+                progressed = True
+            if not progressed and time.monotonic() > deadline:
+                raise AssertionError(f"fetch made no progress at offset {offset} (hwm {hwm})")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fetch did not reach {stop} within {deadline_s}s (at {offset})")
+
+    def fetch_records(self, topic: str, partition: int, start: int = 0, **kw) -> List[Record]:
+        recs = []
+        for b in self.fetch_batches(topic, partition, start, **kw):
+            recs.extend(r for r in b.records if r.offset >= start)
+        return recs
+
+    # -- ListOffsets --
+
+    def list_offsets_many(self, parts: Dict[Tuple[str, int], int]) -> Dict[Tuple[str, int], dict]:
+        by_topic: Dict[str, List[Tuple[int, int]]] = {}
+        for (t, p), ts in parts.items():
+            by_topic.setdefault(t, []).append((p, ts))
+        w = Writer().int32(-1)
+        w.array(list(by_topic.items()), lambda w, tp: (
+            w.string(tp[0]), w.array(tp[1], lambda w, pt: (w.int32(pt[0]), w.int64(pt[1])))))
+        r = self.request(API_LIST_OFFSETS, 1, w.done())
+        out = {}
+
+        def part(r):
+            return {"partition": r.int32(), "error_code": r.int16(), "timestamp": r.int64(), "offset": r.int64()}
+
+        for t in r.array(lambda r: (r.string(), r.array(part))):
+            for p in t[1]:
+                out[(t[0], p["partition"])] = p
+        return out
+
+    def list_offsets(self, topic: str, partition: int, timestamp: int = LATEST) -> dict:
+        return self.list_offsets_many({(topic, partition): timestamp})[(topic, partition)]
+
+    def latest_offset(self, topic: str, partition: int = 0) -> int:
+        res = self.list_offsets(topic, partition, LATEST)
+        if res["error_code"] != NONE:
+            raise KafkaError(res["error_code"], f"list offsets {topic}-{partition}")
+        return res["offset"]
+
+    # -- CreateTopics --
+
+    def create_topics(self, topics: Sequence[Tuple[str, int, int, Dict[str, str]]], timeout_ms: int = 10000,
+                      validate_only: bool = False) -> Dict[str, Tuple[int, Optional[str]]]:
+        w = Writer()
+        w.array(list(topics), lambda w, t: (
+            w.string(t[0]), w.int32(t[1]), w.int16(t[2]),
+            w.array([], None),
+            w.array(list(t[3].items()), lambda w, kv: (w.string(kv[0]), w.string(kv[1])))))
+        w.int32(timeout_ms).boolean(validate_only)
+        r = self.request(API_CREATE_TOPICS, 2, w.done())
+        r.int32()  # throttle
+        out = {}
+        for name, err, msg in r.array(lambda r: (r.string(), r.int16(), r.string())):
+            out[name] = (err, msg)
+        return out
+
+    def create_topic(self, name: str, partitions: int = 1, configs: Optional[Dict[str, str]] = None,
+                     wait: bool = True):
+        res = self.create_topics([(name, partitions, 1, configs or {})])
+        err, msg = res[name]
+        if err != NONE:
+            raise KafkaError(err, f"create topic {name}: {msg}")
+        if wait:
+            self.wait_topic(name, partitions)
+
+    def wait_topic(self, name: str, partitions: int, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            md = self.metadata([name], version=4, allow_auto_topic_creation=False)
+            t = md["topics"].get(name)
+            if t and t["error_code"] == NONE and len(t["partitions"]) == partitions and all(
+                    p["error_code"] == NONE and p["leader"] >= 0 for p in t["partitions"].values()):
+                return md
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {name} not ready with {partitions} partitions: {t}")
+            time.sleep(0.05)
+
+
+class KafkaError(Exception):
+    def __init__(self, code: int, what: str = ""):
+        super().__init__(f"{what}: error code {code}")
+        self.code = code
+
+
+def parse_api_versions(r: Reader, version: int) -> dict:
+    out = {"error_code": r.int16(), "api_keys": {}}
+    if version >= 3:
+        keys = r.compact_array(lambda r: (r.int16(), r.int16(), r.int16(), r.tagged_fields()))
+    else:
+        keys = r.array(lambda r: (r.int16(), r.int16(), r.int16()))
+    for k in keys or []:
+        out["api_keys"][k[0]] = (k[1], k[2])
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+    if version >= 3:
+        r.tagged_fields()
+    return out
