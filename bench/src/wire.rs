@@ -39,7 +39,9 @@ pub fn build_batch(value: &Bytes, count: usize) -> Result<Bytes, String> {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder groups records whose offset - sequence is constant; the first
+            // record's sequence (-1: not idempotent) becomes the batch's base sequence.
+            sequence: i as i32 - 1,
             delete_horizon: false,
             timestamp: now,
             key: None,

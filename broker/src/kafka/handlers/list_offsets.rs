@@ -18,7 +18,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let meta = ctx.shard.meta();
     let unknown = OffsetAnswer { error: E::UnknownTopicOrPartition.code(), timestamp: -1, offset: -1, leader_epoch: -1 };
     let mut answers: Vec<Vec<OffsetAnswer>> = Vec::new();
-    let mut per_shard: BTreeMap<usize, Vec<((usize, usize), OffsetQuery)>> = BTreeMap::new();
+    // Per owning shard: (topic index, partition index) of each query, and the query.
+    type Positioned = ((usize, usize), OffsetQuery);
+    let mut per_shard: BTreeMap<usize, Vec<Positioned>> = BTreeMap::new();
     for (ti, t) in req.topics.iter().enumerate() {
         let name: Arc<str> = Arc::from(t.name.0.as_str());
         answers.push(vec![unknown.clone(); t.partitions.len()]);

@@ -26,7 +26,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         let mut results = Vec::with_capacity(topic.partition_data.len());
         for (pi, part) in topic.partition_data.iter().enumerate() {
             let mut pending = ProduceResult { base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, ..Default::default() };
-            if !matches!(acks, 0 | 1 | -1) {
+            if !(-1..=1).contains(&acks) {
                 pending.error = E::InvalidRequiredAcks.code();
             } else if let Some(owner) = meta.owner(&name, part.index) {
                 per_shard.entry(owner).or_default().push((
