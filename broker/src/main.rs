@@ -176,8 +176,24 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 
 /// Shards bind with SO_REUSEPORT, which would silently share a port with another broker; this
 /// check makes "address in use" a clear startup error instead.
+///
+/// A broker killed a moment ago can still hold its listening socket: io_uring tears a dead
+/// process's rings down asynchronously, and a pending accept keeps the socket open until then.
+/// So "in use" is retried for up to `PORT_BUSY_WAIT_MS` before it becomes an error.
 fn probe_port(config: &BrokerConfig) -> Result<(), String> {
-    strom_net::listener::check_free(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))
+    const PORT_BUSY_WAIT_MS: u64 = 5_000;
+    const RETRY_MS: u64 = 100;
+    let mut waited = 0;
+    loop {
+        match strom_net::listener::check_free(config.listen) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && waited < PORT_BUSY_WAIT_MS => {
+                std::thread::sleep(Duration::from_millis(RETRY_MS));
+                waited += RETRY_MS;
+            }
+            Err(e) => return Err(format!("cannot listen on {}: {e}", config.listen)),
+        }
+    }
 }
 
 /// Partition directories of topics that no longer exist (a crash between persisting a topic

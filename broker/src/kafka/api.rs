@@ -24,6 +24,7 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::Fetch, 4, 4, 12),
     api(ApiKey::ListOffsets, 1, 1, 7),
     api(ApiKey::Metadata, 0, 0, 12),
+    api(ApiKey::FindCoordinator, 0, 0, 4),
     api(ApiKey::ApiVersions, 0, 0, 3),
     api(ApiKey::CreateTopics, 2, 2, 7),
     api(ApiKey::DeleteTopics, 1, 1, 6),

@@ -9,6 +9,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
+pub mod find_coordinator;
 pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
@@ -83,6 +84,7 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
         ApiKey::AlterConfigs => alter_configs::handle(&ctx, &mut body).await,
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(&ctx, &mut body).await,
         ApiKey::DescribeCluster => describe_cluster::handle(&ctx, &mut body).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(&ctx, &mut body).await,
         other => Err(Outcome::Close(format!("API {other:?} is not supported"))),
     };
     result.unwrap_or_else(|o| o)
