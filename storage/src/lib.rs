@@ -25,6 +25,8 @@ mod segment_fd;
 mod segment_index;
 mod segment_reader;
 mod segment_set;
+#[cfg(test)]
+mod test_support;
 pub mod testing;
 mod types;
 

@@ -169,45 +169,41 @@ mod tests {
     fn open_get_remove_close_all() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let manager = LogManager::new(data_dir.clone());
-                let config = LogConfig::default();
-                let (a, b) = futures_lite::future::zip(
-                    manager.open_or_create("t", 0, config.clone(), 0),
-                    manager.open_or_create("t", 0, config.clone(), 0),
-                )
-                .await;
-                let (a, b) = (a.expect("open"), b.expect("open"));
-                assert!(Rc::ptr_eq(&a, &b), "concurrent opens share one log");
-                let batch = build_batch(1, &[(None, Some(b"v"))]);
-                a.append(&batch, LeaderEpoch(0), 1).await.expect("append");
-                manager
-                    .open_or_create("t", 1, config.clone(), 0)
-                    .await
-                    .expect("open");
-                assert_eq!(manager.all().len(), 2);
-                assert!(manager.get("t", 1).is_some());
-                assert!(manager
-                    .open_or_create("../x", 0, config.clone(), 0)
-                    .await
-                    .is_err());
+        crate::testing::run_local(move || async move {
+            let manager = LogManager::new(data_dir.clone());
+            let config = LogConfig::default();
+            let (a, b) = futures_lite::future::zip(
+                manager.open_or_create("t", 0, config.clone(), 0),
+                manager.open_or_create("t", 0, config.clone(), 0),
+            )
+            .await;
+            let (a, b) = (a.expect("open"), b.expect("open"));
+            assert!(Rc::ptr_eq(&a, &b), "concurrent opens share one log");
+            let batch = build_batch(1, &[(None, Some(b"v"))]);
+            a.append(&batch, LeaderEpoch(0), 1).await.expect("append");
+            manager
+                .open_or_create("t", 1, config.clone(), 0)
+                .await
+                .expect("open");
+            assert_eq!(manager.all().len(), 2);
+            assert!(manager.get("t", 1).is_some());
+            assert!(manager
+                .open_or_create("../x", 0, config.clone(), 0)
+                .await
+                .is_err());
 
-                manager.remove("t", 1).await.expect("remove");
-                assert!(manager.get("t", 1).is_none());
-                assert!(!data_dir.join("t-1").exists());
+            manager.remove("t", 1).await.expect("remove");
+            assert!(manager.get("t", 1).is_none());
+            assert!(!data_dir.join("t-1").exists());
 
-                manager.close_all().await.expect("close all");
-                assert!(manager.all().is_empty());
-                let reopened = manager
-                    .open_or_create("t", 0, config, 0)
-                    .await
-                    .expect("reopen");
-                assert_eq!(reopened.log_end_offset(), Offset(1));
-                manager.close_all().await.expect("close all");
-            })
-            .expect("spawn")
-            .join()
-            .expect("join");
+            manager.close_all().await.expect("close all");
+            assert!(manager.all().is_empty());
+            let reopened = manager
+                .open_or_create("t", 0, config, 0)
+                .await
+                .expect("reopen");
+            assert_eq!(reopened.log_end_offset(), Offset(1));
+            manager.close_all().await.expect("close all");
+        });
     }
 }

@@ -311,6 +311,7 @@ impl PartitionLog {
         if !(too_big || too_old || too_far) {
             return Ok(());
         }
+        active.cut_dirty_tail().await?;
         active.seal_time_index().await?;
         if let Err(e) = active.sync_all().await {
             self.sync_failed.set(true);

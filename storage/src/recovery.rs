@@ -95,7 +95,13 @@ pub(crate) async fn open_log(
     now_ms: i64,
 ) -> Result<OpenedLog, StorageError> {
     // Creating directories has no io_uring operation; this runs once per partition open.
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| std_io_err("create dir", dir, e))?;
+    if created {
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).await?;
+        }
+    }
     let listing = list_dir(dir).await?;
     let stored_log_start = read_log_start(dir).await?;
     let marker = if listing.has_marker {
@@ -111,7 +117,10 @@ pub(crate) async fn open_log(
         segments.push(Rc::new(Segment::create(dir, base, now_ms).await?));
         sync_dir(dir).await?;
     } else {
-        let (active_base, closed) = listing.bases.split_last().expect("not empty");
+        let (active_base, closed) = listing
+            .bases
+            .split_last()
+            .expect("the listing is not empty (checked above)");
         // Closed segments load a few at a time: opens and stats are punted to kernel workers
         // by io_uring, so overlapping them shortens the open of a log with many segments.
         let next_bases: Vec<i64> = listing.bases[1..].to_vec();
@@ -416,3 +425,7 @@ pub(crate) async fn recover_active(segment: &Segment, interval: u32) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "recovery_tests.rs"]
+mod tests;

@@ -14,7 +14,7 @@ impl Segment {
     ///
     /// On error the `.log` and the index files are cut back to their previous lengths (or, if
     /// even that fails, the segment remembers to cut before the next append), and nothing in
-    /// memory changes.
+    /// memory changes. Dropping the future midway is safe the same way.
     pub(crate) async fn append_batch(
         &self,
         first: Vec<u8>,
@@ -22,10 +22,7 @@ impl Segment {
         header: &BatchHeaderInfo,
         index_interval_bytes: u32,
     ) -> Result<(), StorageError> {
-        if self.dirty_tail() {
-            truncate(&self.log, &self.paths.log, self.size()).await?;
-            self.set_dirty_tail(false);
-        }
+        self.cut_dirty_tail().await?;
         let position = self.size();
         let len = first.len() as u64;
         // The caller rolls before a relative offset or position could leave u32.
@@ -33,6 +30,10 @@ impl Segment {
             .expect("relative offset fits u32: the log rolls before it would not");
         let position_u32 = u32::try_from(position).expect("segment positions fit u32 (limits.rs)");
 
+        // Until the append completes or is rolled back, the file may hold bytes past `size`: if
+        // this future is dropped midway (io_uring still finishes the write), the next append
+        // cuts them first.
+        self.set_dirty_tail(true);
         if let Err(e) = write_all_at(&self.log, &self.paths.log, position, first, rest).await {
             self.rollback_log(position).await;
             return Err(e);
@@ -50,15 +51,25 @@ impl Segment {
         self.index.borrow_mut().apply(&update);
         self.set_size(position + len);
         self.set_next_offset(header.last_offset() + 1);
+        self.set_dirty_tail(false);
+        Ok(())
+    }
+
+    /// Cuts bytes a failed or abandoned append left past `size`, if any.
+    pub(crate) async fn cut_dirty_tail(&self) -> Result<(), StorageError> {
+        if self.dirty_tail() {
+            truncate(&self.log, &self.paths.log, self.size()).await?;
+            self.set_dirty_tail(false);
+        }
         Ok(())
     }
 
     /// Cuts the `.log` back to `position` after a failed append.
     async fn rollback_log(&self, position: u64) {
-        if let Err(e) = truncate(&self.log, &self.paths.log, position).await {
-            tracing::warn!(path = %self.paths.log.display(), position, error = %e,
-                "could not cut a failed append; will retry before the next append");
-            self.set_dirty_tail(true);
+        match truncate(&self.log, &self.paths.log, position).await {
+            Ok(()) => self.set_dirty_tail(false),
+            Err(e) => tracing::warn!(path = %self.paths.log.display(), position, error = %e,
+                "could not cut a failed append; will retry before the next append"),
         }
     }
 

@@ -1,9 +1,61 @@
-//! Builders of valid record batches for tests and benchmarks (here and in other crates).
-//!
-//! Batches are uncompressed v2 batches with varint-encoded records and a correct CRC-32C.
+//! Helpers for tests and benchmarks (here and in other crates): builders of valid record
+//! batches (uncompressed v2, varint records, correct CRC-32C) and an executor runner.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use crate::batch::{batch_crc, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
 use crate::records::put_varint;
+
+/// How often the watchdog of `run_local` wakes the executor.
+const WATCHDOG_WAKE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Runs the future made by `make` on a new glommio executor thread and returns its output;
+/// panics (after the executor thread printed its panic) if it panicked.
+///
+/// glommio 0.9 can park its executor while tasks are runnable, when it finds itself preempted
+/// before running any task queue (glommio/glommio pull request 53, fixed after 0.9); it then
+/// sleeps until some unrelated I/O or timer completes, which may be never. A watchdog thread
+/// wakes a parked task every few milliseconds, which writes the executor's eventfd and bounds
+/// such a stall to that interval.
+pub fn run_local<G, F, T>(make: G) -> T
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let slot: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (slot, stop) = (Arc::clone(&slot), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(WATCHDOG_WAKE_INTERVAL);
+                let waker = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+        })
+    };
+    let joined = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let nudged = futures_lite::future::poll_fn(move |cx| {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            });
+            glommio::spawn_local(nudged).detach();
+            make().await
+        })
+        .expect("spawn a glommio executor")
+        .join();
+    stop.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
+    joined.expect("the test future panicked (see its message above)")
+}
 
 /// A record to encode with the batch's timestamp: key, value.
 pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);

@@ -212,12 +212,16 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant) -> usize {
         .await
         .expect("open");
     let mut done = 0;
+    let trace = std::env::var_os("STROM_OPFUZZ_TRACE").is_some();
     for op in 0..ops {
         if Instant::now() > deadline {
             break;
         }
         let context = format!("seed {seed} op {op}");
         let roll: u32 = rng.gen_range(0..1000);
+        if trace {
+            eprintln!("{context}: roll {roll}");
+        }
         match roll {
             0..=499 => {
                 let (batch, timestamps) = random_batch(&mut rng);
@@ -399,17 +403,13 @@ fn opfuzz_partition_log_against_reference() {
         .unwrap_or(OPS_DEFAULT);
     let started = Instant::now();
     let deadline = started + TIME_BUDGET;
-    let total = glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            let mut total = 0;
-            for seed in seeds {
-                total += run_seed(seed, ops, deadline).await;
-            }
-            total
-        })
-        .expect("spawn executor")
-        .join()
-        .expect("fuzz run panicked");
+    let total = strom_storage::testing::run_local(move || async move {
+        let mut total = 0;
+        for seed in seeds {
+            total += run_seed(seed, ops, deadline).await;
+        }
+        total
+    });
     eprintln!("opfuzz: {total} ops in {:?}", started.elapsed());
     assert!(
         total >= 1000,
