@@ -132,8 +132,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("strom-shard")
-        // Long fetches and scans yield at least this often (see shared notes on zero-copy fetch).
-        .preempt_timer(Duration::from_millis(2))
+        // Long fetches and scans yield at least this often, so one fast consumer cannot hold a
+        // core for glommio's default 100 ms.
+        .preempt_timer(Duration::from_millis(5))
         .on_all_shards(move || shard::run(ctx))
         .map_err(|e| format!("starting shards: {e}"))?;
     let mut failed = false;
