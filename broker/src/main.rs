@@ -113,11 +113,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
     }
+    let watchdog = shard::watchdog::Watchdog::new(config.cores, shard::TICK_MS);
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let watchdog_thread = watchdog.spawn(shutdown.clone(), watchdog_stop.clone());
     let ctx = ShardContext {
         config: config.clone(),
         meta: Arc::new(ArcSwap::from_pointee(meta)),
         mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
         shutdown,
+        watchdog: watchdog.clone(),
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",
@@ -138,7 +142,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .on_all_shards(move || shard::run(ctx))
         .map_err(|e| format!("starting shards: {e}"))?;
     let mut failed = false;
-    for r in handles.join_all() {
+    let results = handles.join_all();
+    watchdog_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watchdog_thread.join();
+    if watchdog.stalls() > 0 {
+        tracing::info!("the watchdog woke stalled shards {} time(s)", watchdog.stalls());
+    }
+    for r in results {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

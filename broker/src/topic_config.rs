@@ -31,8 +31,37 @@ const TOPIC_KEYS: &[(&str, &str, Kind)] = &[
     ("segment.ms", "log.roll.ms", Kind::Long { min: 1 }),
 ];
 
+/// Kafka topic configs that Strom accepts, stores and reports, but does not act on (yet), with
+/// Kafka's defaults. Tools set them routinely (e.g. `compression.type`), so refusing them would
+/// break clients for no gain.
+const STORED_ONLY_KEYS: &[(&str, &str)] = &[
+    ("compression.type", "producer"),
+    ("delete.retention.ms", "86400000"),
+    ("file.delete.delay.ms", "60000"),
+    ("follower.replication.throttled.replicas", ""),
+    ("leader.replication.throttled.replicas", ""),
+    ("local.retention.bytes", "-2"),
+    ("local.retention.ms", "-2"),
+    ("max.compaction.lag.ms", "9223372036854775807"),
+    ("message.downconversion.enable", "true"),
+    ("message.format.version", "3.0-IV1"),
+    ("message.timestamp.after.max.ms", "9223372036854775807"),
+    ("message.timestamp.before.max.ms", "9223372036854775807"),
+    ("message.timestamp.difference.max.ms", "9223372036854775807"),
+    ("min.cleanable.dirty.ratio", "0.5"),
+    ("min.compaction.lag.ms", "0"),
+    ("preallocate", "false"),
+    ("remote.storage.enable", "false"),
+    ("segment.index.bytes", "10485760"),
+    ("segment.jitter.ms", "0"),
+    ("unclean.leader.election.enable", "false"),
+];
+
 /// Checks one topic-level setting; the error text is returned to clients as is.
 pub fn validate(key: &str, value: &str) -> Result<(), String> {
+    if STORED_ONLY_KEYS.iter().any(|(k, _)| *k == key) {
+        return Ok(());
+    }
     let Some((_, _, kind)) = TOPIC_KEYS.iter().find(|(k, _, _)| *k == key) else {
         return Err(format!("Unknown topic config name: {key}"));
     };
@@ -98,9 +127,11 @@ impl TopicDefaults {
 
     /// Every topic config with its effective value and whether the topic overrides it.
     pub fn describe<'a>(&'a self, overrides: &'a BTreeMap<String, String>) -> impl Iterator<Item = (&'static str, String, bool)> + 'a {
-        TOPIC_KEYS.iter().map(move |(k, _, _)| match overrides.get(*k) {
-            Some(v) => (*k, v.clone(), true),
-            None => (*k, self.values.get(k).cloned().unwrap_or_default(), false),
+        let enforced = TOPIC_KEYS.iter().map(move |(k, _, _)| (*k, self.values.get(k).cloned().unwrap_or_default()));
+        let stored = STORED_ONLY_KEYS.iter().map(|(k, v)| (*k, v.to_string()));
+        enforced.chain(stored).map(move |(k, default)| match overrides.get(k) {
+            Some(v) => (k, v.clone(), true),
+            None => (k, default, false),
         })
     }
 }
@@ -146,6 +177,7 @@ mod tests {
         assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
         assert!(validate("no.such.config", "1").is_err());
+        assert!(validate("compression.type", "lz4").is_ok());
         assert!(validate("flush.on.ack", "maybe").is_err());
     }
 
@@ -169,6 +201,7 @@ mod tests {
         assert_eq!(c.segment_bytes, 100);
         assert!(c.flush_on_ack);
         let described: Vec<_> = d.describe(&o).filter(|(_, _, overridden)| *overridden).collect();
+        assert!(d.describe(&o).any(|(k, v, _)| k == "compression.type" && v == "producer"));
         assert_eq!(described, vec![("retention.ms", "5".to_string(), true)]);
     }
 }

@@ -12,6 +12,7 @@ mod batch;
 mod checkpoint;
 mod config;
 mod error;
+mod fifo_lock;
 mod file_io;
 mod group_commit;
 pub mod limits;

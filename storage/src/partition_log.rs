@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use event_listener::{Event, EventListener};
-use glommio::sync::Semaphore;
 
 use crate::batch::{
     assign_offset_and_epoch, parse_single, set_log_append_time, BatchHeader, BATCH_HEADER_BYTES,
@@ -18,6 +17,7 @@ use crate::batch::{
 use crate::checkpoint::{write_clean_shutdown, CleanShutdown};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::StorageError;
+use crate::fifo_lock::FifoLock;
 use crate::file_io::{remove_file, std_io_err, sync_dir};
 use crate::group_commit::GroupCommit;
 use crate::limits::{
@@ -82,8 +82,8 @@ pub struct PartitionLog {
     dir: PathBuf,
     config: RefCell<LogConfig>,
     segments: RefCell<SegmentSet>,
-    /// Serializes appends, rolls and close, in arrival order (glommio's semaphore is FIFO).
-    append_lock: Semaphore,
+    /// Serializes appends, rolls and close, strictly in call order (see `fifo_lock`).
+    append_lock: FifoLock,
     log_start: Cell<i64>,
     log_end: Cell<i64>,
     high_watermark: Cell<i64>,
@@ -142,7 +142,7 @@ impl PartitionLog {
             size_bytes: Cell::new(segments.size_bytes()),
             hw_mark: Cell::new((active.base_offset(), active.size())),
             segments: RefCell::new(segments),
-            append_lock: Semaphore::new(1),
+            append_lock: FifoLock::default(),
             log_start: Cell::new(opened.log_start),
             log_end: Cell::new(log_end),
             high_watermark: Cell::new(log_end),
@@ -224,11 +224,7 @@ impl PartitionLog {
                 max: BATCH_BYTES_MAX,
             });
         }
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| self.closed_error())?;
+        let _permit = self.append_lock.lock().await;
         self.check_writable()?;
         let config = self.config.borrow().clone();
         let base_offset = self.log_end.get();
@@ -554,11 +550,7 @@ impl PartitionLog {
         if self.closed.get() {
             return Ok(());
         }
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| self.closed_error())?;
+        let _permit = self.append_lock.lock().await;
         if self.closed.get() {
             return Ok(());
         }
@@ -602,11 +594,7 @@ impl PartitionLog {
 
     /// Closes the log (without the clean-shutdown marker) and removes its directory.
     pub async fn delete(&self) -> Result<(), StorageError> {
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| self.closed_error())?;
+        let _permit = self.append_lock.lock().await;
         self.closed.set(true);
         let closed = self.close_segments().await;
         if let Err(e) = closed {

@@ -1,13 +1,18 @@
 //! Request/reply over glommio's full mesh of bounded channels.
 //!
-//! A full channel is counted and then waited on (back-pressure), never dropped. Each shard has
-//! one receiver task per peer; requests are executed in their own task so a slow request
-//! (a long-polling fetch) never blocks the channel behind it.
+//! Messages to a peer leave in the order they were issued: `call` appends to a per-peer local
+//! queue (synchronously, so issue order is kept) and one pump task per peer moves the queue
+//! into the bounded channel. Pipelined Produce requests of one connection thus reach the owning
+//! shard in order. A full channel is counted and then waited on (back-pressure), never dropped;
+//! the local queue is bounded by the requests in flight (`queued.max.requests` per connection).
+//! Each shard has one receiver task per peer; requests are executed in their own task so a slow
+//! request (a long-polling fetch) never blocks the channel behind it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
+use event_listener::Event;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::{GlommioError, ResourceType};
@@ -23,27 +28,34 @@ pub enum ShardMsg {
     Reply { id: u64, reply: ShardReply },
 }
 
+struct Outbox {
+    queue: RefCell<VecDeque<ShardMsg>>,
+    ready: Event,
+}
+
 pub struct Mesh {
-    senders: Senders<ShardMsg>,
+    senders: Rc<Senders<ShardMsg>>,
+    outboxes: Vec<Rc<Outbox>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_id: Cell<u64>,
 }
 
 impl Mesh {
     pub fn new(senders: Senders<ShardMsg>) -> Mesh {
-        Mesh { senders, pending: RefCell::new(HashMap::new()), next_id: Cell::new(0) }
+        let peers = senders.nr_consumers();
+        Mesh {
+            senders: Rc::new(senders),
+            outboxes: (0..peers).map(|_| Rc::new(Outbox { queue: RefCell::new(VecDeque::new()), ready: Event::new() })).collect(),
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+        }
     }
 
-    async fn send(&self, shard: &Shard, to: usize, msg: ShardMsg) -> Result<(), ()> {
+    fn enqueue(&self, shard: &Shard, to: usize, msg: ShardMsg) {
         shard.stats.cross_shard_sent.set(shard.stats.cross_shard_sent.get() + 1);
-        match self.senders.try_send_to(to, msg) {
-            Ok(()) => Ok(()),
-            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                shard.stats.cross_shard_channel_full.set(shard.stats.cross_shard_channel_full.get() + 1);
-                self.senders.send_to(to, msg).await.map_err(|_| ())
-            }
-            Err(_) => Err(()),
-        }
+        let outbox = &self.outboxes[to];
+        outbox.queue.borrow_mut().push_back(msg);
+        outbox.ready.notify(1);
     }
 
     pub async fn call(&self, shard: &Rc<Shard>, to: usize, op: ShardOp) -> ShardReply {
@@ -51,15 +63,47 @@ impl Mesh {
         self.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
-        if self.send(shard, to, ShardMsg::Request { id, op }).await.is_err() {
-            self.pending.borrow_mut().remove(&id);
-            return ShardReply::Unavailable;
-        }
+        self.enqueue(shard, to, ShardMsg::Request { id, op });
         rx.await.unwrap_or(ShardReply::Unavailable)
     }
 }
 
-pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
+/// Moves one peer's outbox into its channel, in order.
+async fn pump(shard: Rc<Shard>, to: usize) {
+    let outbox = shard.mesh.outboxes[to].clone();
+    let senders = shard.mesh.senders.clone();
+    loop {
+        let next = outbox.queue.borrow_mut().pop_front();
+        let Some(msg) = next else {
+            let listener = outbox.ready.listen();
+            if outbox.queue.borrow().is_empty() {
+                listener.await;
+            }
+            continue;
+        };
+        let sent = match senders.try_send_to(to, msg) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                shard.stats.cross_shard_channel_full.set(shard.stats.cross_shard_channel_full.get() + 1);
+                senders.send_to(to, msg).await.map_err(|_| ())
+            }
+            Err(_) => Err(()),
+        };
+        if sent.is_err() {
+            // The peer is gone (shutting down): fail every waiting call to it.
+            tracing::debug!(shard = shard.id, peer = to, "shard channel closed");
+            shard.mesh.pending.borrow_mut().clear();
+            return;
+        }
+    }
+}
+
+pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
+    for to in 0..shard.mesh.outboxes.len() {
+        if to != shard.id {
+            glommio::spawn_local(pump(shard.clone(), to)).detach();
+        }
+    }
     for (peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -69,7 +113,7 @@ pub fn spawn_receivers(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
                         let shard = shard.clone();
                         glommio::spawn_local(async move {
                             let reply = ops::execute(&shard, op).await;
-                            let _ = shard.mesh.send(&shard, peer, ShardMsg::Reply { id, reply }).await;
+                            shard.mesh.enqueue(&shard, peer, ShardMsg::Reply { id, reply });
                         })
                         .detach();
                     }

@@ -9,6 +9,7 @@
 pub mod mesh;
 pub mod ops;
 pub mod table;
+pub mod watchdog;
 
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -32,13 +33,9 @@ use table::ShardTable;
 
 /// How often a shard checks the shutdown flag and the flush policy of its logs.
 ///
-/// The tick also bounds a glommio 0.9 scheduler stall: `run_task_queues` returns "nothing
-/// ran" when it finds the preemption flag already set, and the executor then parks although
-/// tasks are runnable, until the next I/O completion or timer (fixed upstream after 0.9, which
-/// is the latest release). A timer that is always pending, for the executor's whole life
-/// including shutdown, turns a possible hang into a rare stall of at most one tick. Shorter
-/// ticks cost idle CPU: about 0.1 ms per wake-up here (1 ms ticks cost 5% of a core per shard).
-const TICK_MS: u64 = 20;
+/// The tick is also the shard's heartbeat for the [`watchdog`]. Shorter ticks cost idle CPU
+/// (1 ms ticks cost about 5% of a core per shard here).
+pub const TICK_MS: u64 = 20;
 
 /// Everything a shard needs to start; cloned into each executor.
 #[derive(Clone)]
@@ -47,6 +44,7 @@ pub struct ShardContext {
     pub meta: Arc<ArcSwap<ClusterMeta>>,
     pub mesh: MeshBuilder<ShardMsg, Full>,
     pub shutdown: Arc<AtomicBool>,
+    pub watchdog: Arc<watchdog::Watchdog>,
 }
 
 /// Per-shard counters (read by the metrics endpoint, later).
@@ -98,8 +96,18 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         stats: ShardStats::default(),
         mesh: Mesh::new(senders),
     });
+    glommio::spawn_local(ctx.watchdog.clone().wake_target(id)).detach();
+    let beats = ctx.watchdog.clone();
+    // The heartbeat lives as long as the executor, through shutdown too.
+    glommio::spawn_local(async move {
+        loop {
+            beats.beat(id);
+            glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        }
+    })
+    .detach();
     open_owned_logs(&shard).await?;
-    mesh::spawn_receivers(&shard, receivers);
+    mesh::spawn_tasks(&shard, receivers);
 
     let fd = strom_net::listener::bind_shared(ctx.config.listen).map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
     // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
@@ -113,15 +121,7 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     }
     drop(acceptor);
     tracing::info!(shard = id, "shutting down: flushing and closing logs");
-    // Keep a timer pending while closing (see TICK_MS).
-    let ticking = Box::pin(async {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
-        }
-    });
-    if let futures::future::Either::Left((Err(e), _)) =
-        futures::future::select(Box::pin(shard.logs.close_all()), ticking).await
-    {
+    if let Err(e) = shard.logs.close_all().await {
         tracing::error!(shard = id, "closing logs: {e}");
     }
     Ok(())

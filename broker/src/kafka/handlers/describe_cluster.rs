@@ -7,7 +7,7 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 use super::{str_bytes, Ctx, HandlerResult};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
-    let _req: DescribeClusterRequest = ctx.decode(body)?;
+    let req: DescribeClusterRequest = ctx.decode(body)?;
     let c = &ctx.shard.config;
     let mut b = DescribeClusterBroker::default();
     b.broker_id = BrokerId(c.node_id);
@@ -17,7 +17,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     resp.cluster_id = str_bytes(&c.cluster_id);
     resp.controller_id = BrokerId(c.node_id);
     resp.brokers = vec![b];
-    resp.cluster_authorized_operations = i32::MIN;
+    resp.cluster_authorized_operations = if req.include_cluster_authorized_operations {
+        super::metadata::CLUSTER_OPERATIONS_ALL
+    } else {
+        i32::MIN
+    };
     resp.endpoint_type = 1;
     Ok(ctx.respond(&resp))
 }

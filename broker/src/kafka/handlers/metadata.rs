@@ -21,6 +21,14 @@ pub fn broker(ctx: &Ctx<'_>) -> MetadataResponseBroker {
     b
 }
 
+/// With no authorizer, every operation a resource supports is allowed; Kafka reports them as
+/// bit sets (bit n = AclOperation n). Topic: READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE,
+/// DESCRIBE_CONFIGS, ALTER_CONFIGS.
+pub const TOPIC_OPERATIONS_ALL: i32 = 0xdf8;
+/// Cluster: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS,
+/// IDEMPOTENT_WRITE.
+pub const CLUSTER_OPERATIONS_ALL: i32 = 0x1fa0;
+
 pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
     let node = BrokerId(ctx.shard.config.node_id);
     let mut r = MetadataResponseTopic::default();
@@ -93,11 +101,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             }
         }
     }
+    if ctx.version >= 8 && req.include_topic_authorized_operations {
+        for t in topics.iter_mut().filter(|t| t.error_code == 0) {
+            t.topic_authorized_operations = TOPIC_OPERATIONS_ALL;
+        }
+    }
     let mut resp = MetadataResponse::default();
+    if (8..=10).contains(&ctx.version) && req.include_cluster_authorized_operations {
+        resp.cluster_authorized_operations = CLUSTER_OPERATIONS_ALL;
+    }
     resp.brokers = vec![broker(ctx)];
     resp.cluster_id = Some(str_bytes(&config.cluster_id));
     resp.controller_id = BrokerId(config.node_id);
-    resp.cluster_authorized_operations = i32::MIN;
     resp.topics = topics;
     Ok(ctx.respond(&resp))
 }
