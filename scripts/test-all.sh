@@ -8,8 +8,9 @@
 #        PYTEST_ARGS=...  extra pytest args   STROM_BIN=...  broker binary to test
 #
 # Every step runs even if an earlier one failed; the script exits non-zero if any failed and
-# ends with one line "N passed, M failed" summing the Rust, Python and Node test results (a step
-# that failed without reporting test counts, e.g. the build, counts as one failure).
+# ends with one line "N passed, M failed, K skipped" summing the Rust, Python and Node test
+# results (a step that failed without reporting test counts, e.g. the build, counts as one
+# failure; pytest's expected failures count as skipped).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,7 @@ FAILED_STEPS=()
 STEP_FAILED_COUNTED=0 # failures already counted by a runner for the current step
 TOTAL_PASSED=0
 TOTAL_FAILED=0
+TOTAL_SKIPPED=0
 SUMMARY_LINES=()
 
 section() {
@@ -136,7 +138,8 @@ EOF
         read -r p f s <<<"$counts"
         TOTAL_PASSED=$((TOTAL_PASSED + p))
         TOTAL_FAILED=$((TOTAL_FAILED + f))
-        SUMMARY_LINES+=("pytest       passed=$p failed=$f skipped=$s")
+        TOTAL_SKIPPED=$((TOTAL_SKIPPED + s))
+        SUMMARY_LINES+=("pytest       passed=$p failed=$f skipped/xfail=$s")
         [[ $f -gt 0 ]] && STEP_FAILED_COUNTED=1
     fi
     return $rc
@@ -168,6 +171,7 @@ fi
 if [[ -z "${SKIP_CARGO:-}" ]]; then
     run_step "cargo build --release --workspace" cargo build --release --workspace
     run_step "cargo test --release --workspace" cargo_test
+    run_step "cargo clippy (warnings are errors)" cargo clippy --release --workspace --all-targets -- -D warnings
 fi
 run_step "pytest tests/ (black-box: kcat, confluent-kafka, kafka-python, raw protocol)" run_pytest
 run_step "node --test tests/node/ (kafkajs)" run_node
@@ -180,5 +184,5 @@ if [[ ${#FAILED_STEPS[@]} -gt 0 ]]; then
     echo "failed steps:"
     printf '  - %s\n' "${FAILED_STEPS[@]}"
 fi
-echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"
+echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed, $TOTAL_SKIPPED skipped"
 [[ ${#FAILED_STEPS[@]} -eq 0 && $TOTAL_FAILED -eq 0 ]]

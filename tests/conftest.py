@@ -1,5 +1,6 @@
 """Fixtures that run the real `strom` binary on loopback for black-box tests."""
 
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +29,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent():
+    """Runs in the child before exec: SIGKILL the broker if the test process dies, so that an
+    aborted test run never leaves brokers behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def port_has_listener(port: int) -> bool:
+    """True if some socket is in LISTEN state on `port` (from /proc/net/tcp*)."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def unique(prefix: str) -> str:
@@ -89,22 +114,31 @@ class Broker:
         cmd += self.extra_args
         return cmd
 
-    def start(self, timeout: float = 30.0):
+    def start(self, timeout: float = 30.0, wait_port_free: bool = True):
+        """Start the broker and wait until it answers ApiVersions. With wait_port_free, first
+        wait (up to 5 s) until no socket listens on the port any more: the kernel tears down a
+        killed process's io_uring instance, and the listening socket it holds, asynchronously.
+        test_cli.py checks the immediate restart separately."""
         binary = strom_bin()
         if not binary.exists():
             pytest.fail(f"broker binary {binary} not found: build it with `cargo build --release` "
                         f"or point STROM_BIN at it")
         assert self.proc is None or self.proc.poll() is not None, "broker already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if wait_port_free:
+            deadline = time.monotonic() + 5
+            while port_has_listener(self.port) and time.monotonic() < deadline:
+                time.sleep(0.01)
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        env.setdefault("NO_COLOR", "1")
         env.update(self.env)
         self.starts += 1
         log = open(self.log_path, "ab")
         log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     cwd=str(self.workdir), env=env)
+                                     cwd=str(self.workdir), env=env, preexec_fn=_die_with_parent)
         log.close()
         self.wait_ready(timeout)
         return self

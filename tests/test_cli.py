@@ -82,3 +82,19 @@ def test_bad_setting_fails_to_start(broker_factory):
     with pytest.raises(pytest.fail.Exception):
         b.start(timeout=10)
     assert b.proc.poll() is not None and b.proc.returncode > 0, f"exit code {b.proc.returncode}"
+
+
+def test_restart_immediately_after_sigkill_same_port(broker_factory):
+    """A supervisor restarting a crashed broker at once must not find the port still taken."""
+    b = broker_factory()
+    topic = unique("rebind")
+    with b.conn() as c:
+        c.create_topic(topic)
+    for i in range(6):
+        with b.conn() as c:
+            r = c.produce(topic, 0, kr.simple_batch([f"round-{i}".encode()]), acks=-1)
+            assert r["error_code"] == 0 and r["base_offset"] == i
+        b.kill()
+        b.start(wait_port_free=False)
+    with b.conn() as c:
+        assert [r.value for r in c.fetch_records(topic, 0)] == [f"round-{i}".encode() for i in range(6)]

@@ -10,6 +10,7 @@ import time
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
 from kafka import codec as kcodec
 
 import kafka_raw as kr
@@ -94,13 +95,13 @@ def test_kafka_python_codec(broker, codec):
         c.create_topic(topic)
     values = payloads(200, seed=7)
     p = KafkaProducer(bootstrap_servers=broker.bootstrap, compression_type=codec, linger_ms=50, acks="all",
-                      request_timeout_ms=30000)
+                      request_timeout_ms=30000, enable_idempotence=False)
     futs = [p.send(topic, value=v, partition=0) for v in values]
     p.flush(30)
     assert sorted(f.get(timeout=30).offset for f in futs) == list(range(len(values)))
     p.close()
     c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False)
-    tp = TopicPartition(topic, 0)
+    tp = KafkaTopicPartition(topic, 0)
     c.assign([tp])
     c.seek_to_beginning()
     got = []

@@ -34,6 +34,12 @@ def wait_all(futures, timeout=30):
     return {k: f.result(timeout=timeout) for k, f in futures.items()}
 
 
+def create_topics(broker, new_topics):
+    # The AdminClient must outlive its futures: a collected client fails them with _DESTROY.
+    a = admin(broker)
+    return wait_all(a.create_topics(new_topics))
+
+
 def produce_all(p, items, timeout=30):
     """items: list of kwargs for produce(); returns delivery reports (err, topic, partition, offset,
     key, value, headers, timestamp) in completion order."""
@@ -203,7 +209,7 @@ def test_describe_broker_config_and_cluster(broker):
 
 def test_keyed_produce_with_headers_and_consume(broker):
     topic = unique("cf-keyed")
-    wait_all(admin(broker).create_topics([NewTopic(topic, 3, 1)]))
+    create_topics(broker, [NewTopic(topic, 3, 1)])
     n = 300
     items = []
     for i in range(n):
@@ -223,10 +229,11 @@ def test_keyed_produce_with_headers_and_consume(broker):
     c.close()
     got = {(m.partition(), m.offset()): m for m in msgs}
     assert len(got) == n
-    for _, t, p, off, key, val, hdrs, _ in reports:
+    sent_headers = {it["key"]: it["headers"] for it in items}
+    for _, t, p, off, key, val, _, _ in reports:
         m = got[(p, off)]
         assert m.key() == key and m.value() == val
-        assert [(k, v) for k, v in (m.headers() or [])] == [(k, v) for k, v in hdrs]
+        assert list(m.headers() or []) == sent_headers[key]
         i = json.loads(m.value())["i"]
         assert m.key() == f"key-{i}".encode() and i % 3 == p
     # Per-partition order is production order.
@@ -238,7 +245,7 @@ def test_keyed_produce_with_headers_and_consume(broker):
 def test_keyed_partitioning_is_stable(broker):
     """The default partitioner maps a key to one partition; the broker must keep that order."""
     topic = unique("cf-part")
-    wait_all(admin(broker).create_topics([NewTopic(topic, 4, 1)]))
+    create_topics(broker, [NewTopic(topic, 4, 1)])
     items = [dict(topic=topic, key=f"user-{i % 10}".encode(), value=f"{i}".encode()) for i in range(200)]
     reports = produce_all(producer(broker, **{"linger.ms": 20}), items)
     key_parts = {}
@@ -259,7 +266,7 @@ def test_keyed_partitioning_is_stable(broker):
 
 def test_offsets_for_times_and_watermarks(broker):
     topic = unique("cf-times")
-    wait_all(admin(broker).create_topics([NewTopic(topic, 1, 1)]))
+    create_topics(broker, [NewTopic(topic, 1, 1)])
     base = int(time.time() * 1000) - 3_600_000
     items = [dict(topic=topic, partition=0, value=f"t{i}".encode(), timestamp=base + i * 1000) for i in range(10)]
     # One message per batch so that every record's timestamp is a batch boundary.
@@ -306,7 +313,7 @@ def test_produce_to_autocreated_topic(broker_factory):
 @pytest.mark.parametrize("acks", ["0", "1", "all"])
 def test_acks_levels(broker, acks):
     topic = unique(f"cf-acks{acks}")
-    wait_all(admin(broker).create_topics([NewTopic(topic, 1, 1)]))
+    create_topics(broker, [NewTopic(topic, 1, 1)])
     items = [dict(topic=topic, partition=0, value=f"{acks}-{i}".encode()) for i in range(100)]
     produce_all(producer(broker, acks=acks), items)
     with broker.conn() as c:
@@ -318,7 +325,7 @@ def test_acks_levels(broker, acks):
 
 def test_long_poll_consumer_sees_new_data(broker):
     topic = unique("cf-tail")
-    wait_all(admin(broker).create_topics([NewTopic(topic, 1, 1)]))
+    create_topics(broker, [NewTopic(topic, 1, 1)])
     c = consumer(broker, **{"fetch.wait.max.ms": 5000})
     c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     consume_none(c, 1.5)

@@ -175,3 +175,76 @@ def test_many_connections_many_partitions(broker2):
     finally:
         for c in conns:
             c.close()
+
+
+def test_fetch_long_poll_across_shards(broker2):
+    """A fetch with max_wait_ms waits for data on partitions owned by any shard and returns as
+    soon as a produce (on another connection) makes min_bytes available."""
+    import threading
+
+    topic = unique("longpoll")
+    with broker2.conn() as c:
+        c.create_topic(topic, partitions=PARTITIONS)
+    with broker2.conn() as c:
+        # Nothing to read: the broker waits about max_wait_ms, then answers empty.
+        t0 = time.monotonic()
+        res = c.fetch_many({(topic, p): 0 for p in range(PARTITIONS)}, max_wait_ms=600, min_bytes=1)
+        waited = time.monotonic() - t0
+        assert 0.45 <= waited < 5.0, f"empty long poll returned after {waited:.2f}s"
+        assert all(r["error_code"] == 0 and not r["records"] for r in res.values())
+        for target in (0, PARTITIONS - 1, 3):
+            ends = {p: c.latest_offset(topic, p) for p in range(PARTITIONS)}
+
+            def produce_later():
+                time.sleep(0.3)
+                with broker2.conn() as pc:
+                    pc.produce(topic, target, kr.simple_batch([f"wake-{target}".encode()]), acks=1)
+
+            th = threading.Thread(target=produce_later)
+            th.start()
+            t0 = time.monotonic()
+            res = c.fetch_many({(topic, p): ends[p] for p in range(PARTITIONS)}, max_wait_ms=10000, min_bytes=1)
+            waited = time.monotonic() - t0
+            th.join(10)
+            assert waited < 5.0, f"long poll not woken by data on partition {target} ({waited:.2f}s)"
+            recs = kr.records_of(res[(topic, target)]["records"] or b"")
+            assert [r.value for r in recs] == [f"wake-{target}".encode()]
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_pipelined_produces_keep_order_within_partition(broker_factory, cores):
+    """Produce requests pipelined on one connection are appended in the order they were sent,
+    whatever their acks and whatever slower requests sit between them (clients with several
+    requests in flight rely on it)."""
+    b = broker_factory(cores=cores)
+    topic = unique("order")
+    with b.conn() as setup:
+        setup.create_topic(topic, partitions=3)  # partition 2 stays empty: fetches on it wait
+    n = 150
+    acks_cycle = [-1, 1, 0, 1, -1, 0]
+    with b.conn() as c:
+        expected = {0: [], 1: []}
+        kinds = {}
+        for i in range(n):
+            p = (i // 3) % 2
+            acks = acks_cycle[i % len(acks_cycle)]
+            corr = c.produce_send({(topic, p): kr.simple_batch([f"{i}".encode()])}, acks=acks)
+            if acks != 0:
+                kinds[corr] = "produce"
+            expected[p].append(f"{i}".encode())
+            if i % 7 == 3:  # a long-polling fetch in between
+                kinds[c.fetch_send({(topic, 2): 0}, max_wait_ms=50)] = "fetch"
+        while c.pending:
+            corr, r = c.recv()
+            if kinds[corr] == "produce":
+                res = kr.KafkaConn.parse_produce(r)
+                assert all(v["error_code"] == 0 for v in res.values()), res
+        deadline = time.monotonic() + 10
+        while sum(c.latest_offset(topic, p) for p in (0, 1)) < n:
+            assert time.monotonic() < deadline, "acks=0 records missing"
+            time.sleep(0.05)
+        for p in (0, 1):
+            got = [r.value for r in c.fetch_records(topic, p)]
+            assert sorted(got, key=int) == sorted(expected[p], key=int), f"partition {p}: records lost or duplicated"
+            assert got == expected[p], (f"partition {p}: pipelined produces appended out of order; first "
+                                        f"difference at index {next(i for i, (a, e) in enumerate(zip(got, expected[p])) if a != e)}")

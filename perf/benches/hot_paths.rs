@@ -9,7 +9,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 fn batch(records: usize, value_bytes: usize) -> Vec<u8> {
     let value = vec![b'v'; value_bytes];
-    let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = (0..records).map(|_| (None, Some(&value[..]))).collect();
+    let recs: Vec<strom_storage::testing::KeyValue> = (0..records).map(|_| (None, Some(&value[..]))).collect();
     strom_storage::testing::build_batch(1_700_000_000_000, &recs)
 }
 

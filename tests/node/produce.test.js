@@ -89,6 +89,8 @@ before(async () => {
     { stdio: ['ignore', log, log], env: { RUST_LOG: 'info', ...process.env } });
     fs.closeSync(log);
     brokerExit = new Promise((resolve) => brokerProc.on('exit', (code, sig) => resolve({ code, sig })));
+    // Never leave a broker behind, whatever happens to this test process.
+    process.on('exit', () => { if (brokerProc.exitCode === null) brokerProc.kill('SIGKILL'); });
     const deadline = Date.now() + 30000;
     while (!(await tryConnect('127.0.0.1', port))) {
       if (brokerProc.exitCode !== null) throw new Error(`broker exited ${brokerProc.exitCode}:\n${brokerLog()}`);
@@ -109,7 +111,10 @@ before(async () => {
 after(async () => {
   if (brokerProc && brokerProc.exitCode === null) {
     brokerProc.kill('SIGTERM');
-    const res = await Promise.race([brokerExit, sleep(10000).then(() => null)]);
+    let timer;
+    const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve(null), 10000); });
+    const res = await Promise.race([brokerExit, timeout]);
+    clearTimeout(timer);
     if (res === null) {
       brokerProc.kill('SIGKILL');
       throw new Error(`broker did not exit within 10 s of SIGTERM:\n${brokerLog()}`);
@@ -119,7 +124,7 @@ after(async () => {
   if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
 });
 
-test('admin creates, lists and deletes topics', async () => {
+test('admin creates, lists and deletes topics', { timeout: 90000 }, async () => {
   const admin = kafka.admin();
   await admin.connect();
   try {
@@ -145,7 +150,7 @@ test('admin creates, lists and deletes topics', async () => {
   }
 });
 
-test('keyed JSON messages with correlation-id headers round-trip', async () => {
+test('keyed JSON messages with correlation-id headers round-trip', { timeout: 90000 }, async () => {
   const topic = unique('js-produce');
   const admin = kafka.admin();
   await admin.connect();
@@ -189,7 +194,7 @@ test('keyed JSON messages with correlation-id headers round-trip', async () => {
   }
 });
 
-test('gzip batches from kafkajs are readable', async () => {
+test('gzip batches from kafkajs are readable', { timeout: 90000 }, async () => {
   const topic = unique('js-gzip');
   const admin = kafka.admin();
   await admin.connect();
@@ -208,7 +213,7 @@ test('gzip batches from kafkajs are readable', async () => {
   }
 });
 
-test('producing to a new topic auto-creates it', async () => {
+test('producing to a new topic auto-creates it', { timeout: 90000 }, async () => {
   const topic = unique('js-auto');
   const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: true });
   await producer.connect();

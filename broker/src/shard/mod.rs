@@ -83,6 +83,17 @@ impl Shard {
 
 /// The body of one shard's executor. Returns after a clean shutdown.
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
+    let slot = ctx.watchdog.register();
+    glommio::spawn_local(ctx.watchdog.clone().wake_target(slot)).detach();
+    let beats = ctx.watchdog.clone();
+    // The heartbeat lives as long as the executor, through shutdown too.
+    glommio::spawn_local(async move {
+        loop {
+            beats.beat(slot);
+            glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        }
+    })
+    .detach();
     let (senders, receivers) = ctx.mesh.join().await.map_err(|_| "joining the shard mesh failed".to_string())?;
     let id = senders.peer_id();
     let table = ShardTable::new(senders.nr_consumers());
@@ -96,16 +107,6 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         stats: ShardStats::default(),
         mesh: Mesh::new(senders),
     });
-    glommio::spawn_local(ctx.watchdog.clone().wake_target(id)).detach();
-    let beats = ctx.watchdog.clone();
-    // The heartbeat lives as long as the executor, through shutdown too.
-    glommio::spawn_local(async move {
-        loop {
-            beats.beat(id);
-            glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
-        }
-    })
-    .detach();
     open_owned_logs(&shard).await?;
     mesh::spawn_tasks(&shard, receivers);
 

@@ -13,7 +13,7 @@
 //! shard is woken at once.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -34,14 +34,26 @@ pub struct Watchdog {
     slots: Vec<Slot>,
     tick_ms: u64,
     stalls: AtomicU64,
+    registered: AtomicUsize,
 }
 
 impl Watchdog {
     pub fn new(shards: usize, tick_ms: u64) -> Arc<Watchdog> {
-        Arc::new(Watchdog { slots: (0..shards).map(|_| Slot::default()).collect(), tick_ms, stalls: AtomicU64::new(0) })
+        Arc::new(Watchdog {
+            slots: (0..shards).map(|_| Slot::default()).collect(),
+            tick_ms,
+            stalls: AtomicU64::new(0),
+            registered: AtomicUsize::new(0),
+        })
     }
 
-    /// Called by shard `id`'s tick.
+    /// Gives the calling executor its slot, before anything else runs on it (the mesh join at
+    /// startup can stall too).
+    pub fn register(&self) -> usize {
+        self.registered.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Called by the tick of the executor holding slot `id`.
     pub fn beat(&self, id: usize) {
         if let Some(s) = self.slots.get(id) {
             s.last_tick_ms.store(now_ms(), Ordering::Relaxed);
