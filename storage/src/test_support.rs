@@ -1,7 +1,7 @@
 //! Helpers shared by the unit tests of the log: an executor runner, batch builders and readers.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::batch::{validate_batch, BatchHeader};
 use crate::config::LogConfig;
@@ -91,16 +91,4 @@ pub(crate) async fn append_all(log: &PartitionLog, batches: &[Vec<u8>], epoch: i
     expected
 }
 
-pub(crate) fn segment_logs(dir: &Path) -> Vec<PathBuf> {
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    logs
-}
-
-pub(crate) fn active_log(dir: &Path) -> PathBuf {
-    segment_logs(dir).pop().expect("a segment")
-}
+pub(crate) use crate::testing::{active_log, segment_logs};

@@ -162,3 +162,19 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
         }
     }
 }
+
+/// The `.log` segment files of a partition directory, oldest first.
+pub fn segment_logs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("list the partition directory")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// The active (newest) `.log` segment file of a partition directory.
+pub fn active_log(dir: &std::path::Path) -> std::path::PathBuf {
+    segment_logs(dir).pop().expect("a segment")
+}

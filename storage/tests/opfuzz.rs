@@ -5,13 +5,13 @@
 //! the batches that were acknowledged. Small segments force many rolls. Reproduce a failure with
 //! `STROM_OPFUZZ_SEED=<seed> STROM_OPFUZZ_OPS=<n>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use strom_storage::testing::build_batch_with_timestamps;
+use strom_storage::testing::{active_log, build_batch_with_timestamps};
 use strom_storage::{validate_batch, LeaderEpoch, LogConfig, Offset, PartitionLog, StorageError};
 
 /// Operations per seed by default.
@@ -151,15 +151,6 @@ fn stamped(batch: &[u8], base: i64, epoch: i32) -> Vec<u8> {
     out
 }
 
-fn active_log(dir: &Path) -> PathBuf {
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    logs.pop().expect("a segment")
-}
 
 /// A temp dir on tmpfs when there is one: rolls fdatasync three files and the directory, and
 /// this test is about the log's logic, not the disk's sync latency.
