@@ -814,6 +814,87 @@ class KafkaConn:
             time.sleep(0.05)
 
 
+    # -- Consumer-group APIs (encoders and parsers at the end of this module) --
+
+    def group_send(self, api_key: int, version: int, body: bytes) -> "PendingResponse":
+        """Send one group request; `.result()` on the returned object reads and parses the
+        answer. Requests of one connection are answered in order, so a blocking JoinGroup or
+        SyncGroup is best sent on a connection of its own."""
+        flexible = is_flexible(api_key, version)
+        corr = self.send(api_key, version, body, header_version=2 if flexible else 1)
+        return PendingResponse(self, api_key, version, corr)
+
+    def group_call(self, api_key: int, version: int, body: bytes) -> dict:
+        return self.group_send(api_key, version, body).result()
+
+    def find_coordinator(self, key: str, version: int = 1, key_type: int = 0,
+                         keys: Optional[Sequence[str]] = None) -> dict:
+        return self.group_call(API_FIND_COORDINATOR, version,
+                               encode_find_coordinator(version, key, key_type, keys))
+
+    def join_group_send(self, group: str, member_id: str = "", protocols=(), version: int = 5,
+                        protocol_type: str = "consumer", session_timeout_ms: int = 10000,
+                        rebalance_timeout_ms: int = 30000, group_instance_id: Optional[str] = None,
+                        reason: Optional[str] = None) -> "PendingResponse":
+        return self.group_send(API_JOIN_GROUP, version, encode_join_group(
+            version, group, member_id, protocols, protocol_type, session_timeout_ms,
+            rebalance_timeout_ms, group_instance_id, reason))
+
+    def join_group(self, group: str, member_id: str = "", protocols=(), version: int = 5, **kw) -> dict:
+        return self.join_group_send(group, member_id, protocols, version, **kw).result()
+
+    def sync_group_send(self, group: str, generation_id: int, member_id: str,
+                        assignments: Optional[Dict[str, bytes]] = None, version: int = 3,
+                        group_instance_id: Optional[str] = None, protocol_type: Optional[str] = None,
+                        protocol_name: Optional[str] = None) -> "PendingResponse":
+        return self.group_send(API_SYNC_GROUP, version, encode_sync_group(
+            version, group, generation_id, member_id, assignments or {}, group_instance_id,
+            protocol_type, protocol_name))
+
+    def sync_group(self, group: str, generation_id: int, member_id: str,
+                   assignments: Optional[Dict[str, bytes]] = None, version: int = 3, **kw) -> dict:
+        return self.sync_group_send(group, generation_id, member_id, assignments, version, **kw).result()
+
+    def heartbeat(self, group: str, generation_id: int, member_id: str, version: int = 3,
+                  group_instance_id: Optional[str] = None) -> dict:
+        return self.group_call(API_HEARTBEAT, version, encode_heartbeat(
+            version, group, generation_id, member_id, group_instance_id))
+
+    def leave_group(self, group: str, members: Sequence[Tuple[str, Optional[str]]], version: int = 3) -> dict:
+        """`members` is a list of (member_id, group_instance_id); v0-v2 take exactly one."""
+        return self.group_call(API_LEAVE_GROUP, version, encode_leave_group(version, group, members))
+
+    def offset_commit(self, group: str, offsets: Dict[Tuple[str, int], tuple], generation_id: int = -1,
+                      member_id: str = "", version: int = 2, group_instance_id: Optional[str] = None,
+                      retention_time_ms: int = -1) -> Dict[Tuple[str, int], int]:
+        """`offsets` maps (topic, partition) to (offset, metadata) or (offset, metadata,
+        leader_epoch). Returns the error code of each partition."""
+        res = self.group_call(API_OFFSET_COMMIT, version, encode_offset_commit(
+            version, group, offsets, generation_id, member_id, group_instance_id, retention_time_ms))
+        return res["partitions"]
+
+    def offset_fetch(self, group: str, partitions: Optional[Sequence[Tuple[str, int]]], version: int = 1,
+                     require_stable: bool = False) -> dict:
+        """Returns {"error_code": top-level error (v2+), "partitions": {(topic, partition):
+        {"offset", "metadata", "leader_epoch", "error_code"}}}."""
+        return self.group_call(API_OFFSET_FETCH, version,
+                               encode_offset_fetch(version, group, partitions, require_stable))
+
+    def list_groups(self, version: int = 0, states_filter: Optional[Sequence[str]] = None) -> dict:
+        return self.group_call(API_LIST_GROUPS, version, encode_list_groups(version, states_filter))
+
+    def describe_groups(self, groups: Sequence[str], version: int = 0) -> Dict[str, dict]:
+        res = self.group_call(API_DESCRIBE_GROUPS, version, encode_describe_groups(version, groups))
+        return {g["group_id"]: g for g in res["groups"]}
+
+    def delete_groups(self, groups: Sequence[str], version: int = 1) -> Dict[str, int]:
+        res = self.group_call(API_DELETE_GROUPS, version, encode_delete_groups(version, groups))
+        return {g: e for g, e in res["results"]}
+
+    def offset_delete(self, group: str, partitions: Sequence[Tuple[str, int]], version: int = 0) -> dict:
+        return self.group_call(API_OFFSET_DELETE, version, encode_offset_delete(version, group, partitions))
+
+
 class KafkaError(Exception):
     def __init__(self, code: int, what: str = ""):
         super().__init__(f"{what}: error code {code}")
@@ -833,3 +914,653 @@ def parse_api_versions(r: Reader, version: int) -> dict:
     if version >= 3:
         r.tagged_fields()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumer groups (classic protocol): FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+# LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete.
+# Field layouts follow Apache Kafka's message schemas (clients/src/main/resources/common/message).
+
+API_OFFSET_COMMIT = 8
+API_OFFSET_FETCH = 9
+API_FIND_COORDINATOR = 10
+API_JOIN_GROUP = 11
+API_HEARTBEAT = 12
+API_LEAVE_GROUP = 13
+API_SYNC_GROUP = 14
+API_DESCRIBE_GROUPS = 15
+API_LIST_GROUPS = 16
+API_DELETE_GROUPS = 42
+API_OFFSET_DELETE = 47
+
+OFFSET_METADATA_TOO_LARGE = 12
+COORDINATOR_NOT_AVAILABLE = 15
+NOT_COORDINATOR = 16
+ILLEGAL_GENERATION = 22
+INCONSISTENT_GROUP_PROTOCOL = 23
+INVALID_GROUP_ID = 24
+UNKNOWN_MEMBER_ID = 25
+INVALID_SESSION_TIMEOUT = 26
+REBALANCE_IN_PROGRESS = 27
+INVALID_REQUEST = 42
+NON_EMPTY_GROUP = 68
+GROUP_ID_NOT_FOUND = 69
+MEMBER_ID_REQUIRED = 79
+FENCED_INSTANCE_ID = 82
+GROUP_SUBSCRIBED_TO_TOPIC = 86
+
+# First flexible version (compact strings/arrays, tagged fields, request header v2, response
+# header v1) of each API; OffsetDelete has none.
+FLEXIBLE_FROM = {
+    API_OFFSET_COMMIT: 8,
+    API_OFFSET_FETCH: 6,
+    API_FIND_COORDINATOR: 3,
+    API_JOIN_GROUP: 6,
+    API_HEARTBEAT: 4,
+    API_LEAVE_GROUP: 4,
+    API_SYNC_GROUP: 4,
+    API_DESCRIBE_GROUPS: 5,
+    API_LIST_GROUPS: 3,
+    API_DELETE_GROUPS: 2,
+    API_OFFSET_DELETE: 1 << 15,
+}
+
+
+def is_flexible(api_key: int, version: int) -> bool:
+    return version >= FLEXIBLE_FROM.get(api_key, 1 << 15)
+
+
+def _raw_text(s) -> bytes:
+    return s if isinstance(s, (bytes, bytearray)) else s.encode()
+
+
+class VWriter(Writer):
+    """A Writer that picks the classic or the compact (flexible) encoding of strings, bytes and
+    arrays, and writes tagged-field sections only in flexible versions."""
+
+    def __init__(self, flexible: bool):
+        super().__init__()
+        self.flexible = flexible
+
+    def str_(self, s):
+        """A string or nullable string (None is null); bytes are written as given."""
+        if not self.flexible:
+            return self.string(s)
+        if s is None:
+            return self.uvarint(0)
+        b = _raw_text(s)
+        self.uvarint(len(b) + 1)
+        self.buf += b
+        return self
+
+    def blob(self, b: Optional[bytes]):
+        if not self.flexible:
+            return self.bytes_(b)
+        if b is None:
+            return self.uvarint(0)
+        self.uvarint(len(b) + 1)
+        self.buf += b
+        return self
+
+    def arr(self, items, fn):
+        if not self.flexible:
+            return self.array(items, fn)
+        if items is None:
+            return self.uvarint(0)
+        items = list(items)
+        self.uvarint(len(items) + 1)
+        for it in items:
+            fn(self, it)
+        return self
+
+    def tags(self):
+        if self.flexible:
+            self.uvarint(0)
+        return self
+
+
+class VReader:
+    """Reads classic or compact encodings from a Reader, by version."""
+
+    def __init__(self, r: Reader, flexible: bool):
+        self.r = r
+        self.flexible = flexible
+
+    def __getattr__(self, name):  # int8/int16/int32/int64/boolean/...
+        return getattr(self.r, name)
+
+    def str_(self):
+        return self.r.compact_string() if self.flexible else self.r.string()
+
+    def blob(self):
+        if not self.flexible:
+            return self.r.bytes_()
+        n = self.r.uvarint()
+        if n == 0:
+            return None
+        return bytes(self.r._take(n - 1))
+
+    def arr(self, fn):
+        if not self.flexible:
+            return self.r.array(lambda _r: fn(self))
+        n = self.r.uvarint()
+        if n == 0:
+            return None
+        return [fn(self) for _ in range(n - 1)]
+
+    def tags(self):
+        if self.flexible:
+            self.r.tagged_fields()
+
+    def end(self, what: str):
+        if self.r.remaining():
+            raise ValueError(f"{what}: {self.r.remaining()} trailing bytes in the response")
+
+
+class PendingResponse:
+    """A group request that has been sent; result() reads and parses its response."""
+
+    def __init__(self, conn: "KafkaConn", api_key: int, version: int, corr: int):
+        self.conn, self.api_key, self.version, self.corr = conn, api_key, version, corr
+
+    def result(self) -> dict:
+        flexible = is_flexible(self.api_key, self.version)
+        got, r = self.conn.recv(1 if flexible else 0)
+        if got != self.corr:
+            raise AssertionError(f"correlation id {got} != expected {self.corr}")
+        return PARSERS[self.api_key](VReader(r, flexible), self.version)
+
+
+# -- FindCoordinator (10) --
+
+
+def encode_find_coordinator(version: int, key: str, key_type: int = 0,
+                            keys: Optional[Sequence[str]] = None) -> bytes:
+    w = VWriter(is_flexible(API_FIND_COORDINATOR, version))
+    if version <= 3:
+        w.str_(key)
+        if version >= 1:
+            w.int8(key_type)
+    else:
+        w.int8(key_type)
+        w.arr(list(keys) if keys is not None else [key], lambda w, k: w.str_(k))
+    return w.tags().done()
+
+
+def parse_find_coordinator(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+    if version <= 3:
+        out["error_code"] = r.int16()
+        if version >= 1:
+            out["error_message"] = r.str_()
+        out["node_id"] = r.int32()
+        out["host"] = r.str_()
+        out["port"] = r.int32()
+    else:
+        def coord(r):
+            c = {"key": r.str_(), "node_id": r.int32(), "host": r.str_(), "port": r.int32(),
+                 "error_code": r.int16(), "error_message": r.str_()}
+            r.tags()
+            return c
+
+        out["coordinators"] = r.arr(coord)
+    r.tags()
+    r.end("FindCoordinator")
+    return out
+
+
+# -- JoinGroup (11) --
+
+
+def encode_join_group(version: int, group: str, member_id: str, protocols: Sequence[Tuple[str, bytes]],
+                      protocol_type: str = "consumer", session_timeout_ms: int = 10000,
+                      rebalance_timeout_ms: int = 30000, group_instance_id: Optional[str] = None,
+                      reason: Optional[str] = None) -> bytes:
+    w = VWriter(is_flexible(API_JOIN_GROUP, version))
+    w.str_(group).int32(session_timeout_ms)
+    if version >= 1:
+        w.int32(rebalance_timeout_ms)
+    w.str_(member_id)
+    if version >= 5:
+        w.str_(group_instance_id)
+    w.str_(protocol_type)
+    w.arr(list(protocols), lambda w, p: (w.str_(p[0]), w.blob(p[1]), w.tags()))
+    if version >= 8:
+        w.str_(reason)
+    return w.tags().done()
+
+
+def parse_join_group(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 2:
+        out["throttle_time_ms"] = r.int32()
+    out["error_code"] = r.int16()
+    out["generation_id"] = r.int32()
+    if version >= 7:
+        out["protocol_type"] = r.str_()
+    out["protocol_name"] = r.str_()
+    out["leader"] = r.str_()
+    if version >= 9:
+        out["skip_assignment"] = r.boolean()
+    out["member_id"] = r.str_()
+
+    def member(r):
+        m = {"member_id": r.str_()}
+        if version >= 5:
+            m["group_instance_id"] = r.str_()
+        m["metadata"] = r.blob()
+        r.tags()
+        return m
+
+    out["members"] = r.arr(member)
+    r.tags()
+    r.end("JoinGroup")
+    return out
+
+
+# -- SyncGroup (14) --
+
+
+def encode_sync_group(version: int, group: str, generation_id: int, member_id: str,
+                      assignments: Dict[str, bytes], group_instance_id: Optional[str] = None,
+                      protocol_type: Optional[str] = None, protocol_name: Optional[str] = None) -> bytes:
+    w = VWriter(is_flexible(API_SYNC_GROUP, version))
+    w.str_(group).int32(generation_id).str_(member_id)
+    if version >= 3:
+        w.str_(group_instance_id)
+    if version >= 5:
+        w.str_(protocol_type).str_(protocol_name)
+    w.arr(list(assignments.items()), lambda w, a: (w.str_(a[0]), w.blob(a[1]), w.tags()))
+    return w.tags().done()
+
+
+def parse_sync_group(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+    out["error_code"] = r.int16()
+    if version >= 5:
+        out["protocol_type"] = r.str_()
+        out["protocol_name"] = r.str_()
+    out["assignment"] = r.blob()
+    r.tags()
+    r.end("SyncGroup")
+    return out
+
+
+# -- Heartbeat (12) --
+
+
+def encode_heartbeat(version: int, group: str, generation_id: int, member_id: str,
+                     group_instance_id: Optional[str] = None) -> bytes:
+    w = VWriter(is_flexible(API_HEARTBEAT, version))
+    w.str_(group).int32(generation_id).str_(member_id)
+    if version >= 3:
+        w.str_(group_instance_id)
+    return w.tags().done()
+
+
+def parse_heartbeat(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+    out["error_code"] = r.int16()
+    r.tags()
+    r.end("Heartbeat")
+    return out
+
+
+# -- LeaveGroup (13) --
+
+
+def encode_leave_group(version: int, group: str, members: Sequence[Tuple[str, Optional[str]]]) -> bytes:
+    w = VWriter(is_flexible(API_LEAVE_GROUP, version))
+    w.str_(group)
+    if version <= 2:
+        if len(members) != 1:
+            raise ValueError("LeaveGroup v0-v2 carry exactly one member id")
+        w.str_(members[0][0])
+    else:
+        def member(w, m):
+            w.str_(m[0]).str_(m[1])
+            if version >= 5:
+                w.str_(None)  # reason
+            w.tags()
+
+        w.arr(list(members), member)
+    return w.tags().done()
+
+
+def parse_leave_group(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+    out["error_code"] = r.int16()
+    if version >= 3:
+        def member(r):
+            m = {"member_id": r.str_(), "group_instance_id": r.str_(), "error_code": r.int16()}
+            r.tags()
+            return m
+
+        out["members"] = r.arr(member)
+    r.tags()
+    r.end("LeaveGroup")
+    return out
+
+
+# -- OffsetCommit (8) --
+
+
+def _by_topic(items):
+    """[(topic, partition, value...)] grouped into [(topic, [(partition, value...)])], keeping the
+    first-seen order of topics."""
+    out: Dict[str, list] = {}
+    for it in items:
+        out.setdefault(it[0], []).append(it[1:])
+    return list(out.items())
+
+
+def encode_offset_commit(version: int, group: str, offsets: Dict[Tuple[str, int], tuple],
+                         generation_id: int = -1, member_id: str = "",
+                         group_instance_id: Optional[str] = None, retention_time_ms: int = -1) -> bytes:
+    w = VWriter(is_flexible(API_OFFSET_COMMIT, version))
+    w.str_(group)
+    if version >= 1:
+        w.int32(generation_id).str_(member_id)
+    if version >= 7:
+        w.str_(group_instance_id)
+    if 2 <= version <= 4:
+        w.int64(retention_time_ms)
+
+    def part(w, p):
+        index, v = p
+        offset, metadata = v[0], v[1]
+        epoch = v[2] if len(v) > 2 else -1
+        w.int32(index).int64(offset)
+        if version >= 6:
+            w.int32(epoch)
+        if version == 1:
+            w.int64(-1)  # commit timestamp
+        w.str_(metadata)
+        w.tags()
+
+    topics = _by_topic([(t, p, v) for (t, p), v in offsets.items()])
+    w.arr(topics, lambda w, t: (w.str_(t[0]), w.arr([(p, v) for p, v in t[1]], part), w.tags()))
+    return w.tags().done()
+
+
+def parse_offset_commit(r: VReader, version: int) -> dict:
+    out = {"partitions": {}}
+    if version >= 3:
+        out["throttle_time_ms"] = r.int32()
+
+    def part(r):
+        p = (r.int32(), r.int16())
+        r.tags()
+        return p
+
+    def topic(r):
+        t = (r.str_(), r.arr(part))
+        r.tags()
+        return t
+
+    for name, parts in r.arr(topic) or []:
+        for index, err in parts or []:
+            out["partitions"][(name, index)] = err
+    r.tags()
+    r.end("OffsetCommit")
+    return out
+
+
+# -- OffsetFetch (9) --
+
+
+def encode_offset_fetch(version: int, group: str, partitions: Optional[Sequence[Tuple[str, int]]],
+                        require_stable: bool = False) -> bytes:
+    """`partitions` None asks for every committed offset of the group (v2+)."""
+    w = VWriter(is_flexible(API_OFFSET_FETCH, version))
+    topics = None if partitions is None else _by_topic([(t, p) for t, p in partitions])
+
+    def topic(w, t):
+        w.str_(t[0])
+        w.arr([p[0] for p in t[1]], lambda w, i: w.int32(i))
+        w.tags()
+
+    if version <= 7:
+        w.str_(group)
+        w.arr(topics, topic)
+    else:
+        def grp(w, _):
+            w.str_(group)
+            if version >= 9:
+                w.str_(None).int32(-1)  # member id, member epoch
+            w.arr(topics, topic)
+            w.tags()
+
+        w.arr([group], grp)
+    if version >= 7:
+        w.boolean(require_stable)
+    return w.tags().done()
+
+
+def parse_offset_fetch(r: VReader, version: int) -> dict:
+    out = {"partitions": {}, "error_code": 0}
+    if version >= 3:
+        out["throttle_time_ms"] = r.int32()
+
+    def part(r):
+        p = {"partition": r.int32(), "offset": r.int64()}
+        p["leader_epoch"] = r.int32() if version >= 5 else -1
+        p["metadata"] = r.str_()
+        p["error_code"] = r.int16()
+        r.tags()
+        return p
+
+    def topic(r):
+        t = (r.str_(), r.arr(part))
+        r.tags()
+        return t
+
+    def collect(topics):
+        for name, parts in topics or []:
+            for p in parts or []:
+                out["partitions"][(name, p["partition"])] = p
+
+    if version <= 7:
+        collect(r.arr(topic))
+        if version >= 2:
+            out["error_code"] = r.int16()
+    else:
+        def grp(r):
+            g = {"group_id": r.str_(), "topics": r.arr(topic), "error_code": r.int16()}
+            r.tags()
+            return g
+
+        groups = r.arr(grp) or []
+        if len(groups) != 1:
+            raise ValueError(f"OffsetFetch v{version}: expected one group, got {len(groups)}")
+        collect(groups[0]["topics"])
+        out["error_code"] = groups[0]["error_code"]
+    r.tags()
+    r.end("OffsetFetch")
+    return out
+
+
+# -- ListGroups (16) --
+
+
+def encode_list_groups(version: int, states_filter: Optional[Sequence[str]] = None) -> bytes:
+    w = VWriter(is_flexible(API_LIST_GROUPS, version))
+    if version >= 4:
+        w.arr(list(states_filter or []), lambda w, s: w.str_(s))
+    if version >= 5:
+        w.arr([], lambda w, s: w.str_(s))  # types filter
+    return w.tags().done()
+
+
+def parse_list_groups(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+    out["error_code"] = r.int16()
+
+    def grp(r):
+        g = {"group_id": r.str_(), "protocol_type": r.str_()}
+        if version >= 4:
+            g["group_state"] = r.str_()
+        if version >= 5:
+            g["group_type"] = r.str_()
+        r.tags()
+        return g
+
+    out["groups"] = {g["group_id"]: g for g in r.arr(grp) or []}
+    r.tags()
+    r.end("ListGroups")
+    return out
+
+
+# -- DescribeGroups (15) --
+
+
+def encode_describe_groups(version: int, groups: Sequence[str], include_authorized_operations: bool = False) -> bytes:
+    w = VWriter(is_flexible(API_DESCRIBE_GROUPS, version))
+    w.arr(list(groups), lambda w, g: w.str_(g))
+    if version >= 3:
+        w.boolean(include_authorized_operations)
+    return w.tags().done()
+
+
+def parse_describe_groups(r: VReader, version: int) -> dict:
+    out = {}
+    if version >= 1:
+        out["throttle_time_ms"] = r.int32()
+
+    def member(r):
+        m = {"member_id": r.str_()}
+        if version >= 4:
+            m["group_instance_id"] = r.str_()
+        m["client_id"] = r.str_()
+        m["client_host"] = r.str_()
+        m["metadata"] = r.blob()
+        m["assignment"] = r.blob()
+        r.tags()
+        return m
+
+    def grp(r):
+        g = {"error_code": r.int16()}
+        if version >= 6:
+            g["error_message"] = r.str_()
+        g["group_id"] = r.str_()
+        g["state"] = r.str_()
+        g["protocol_type"] = r.str_()
+        g["protocol_data"] = r.str_()
+        g["members"] = r.arr(member) or []
+        if version >= 3:
+            g["authorized_operations"] = r.int32()
+        r.tags()
+        return g
+
+    out["groups"] = r.arr(grp) or []
+    r.tags()
+    r.end("DescribeGroups")
+    return out
+
+
+# -- DeleteGroups (42) --
+
+
+def encode_delete_groups(version: int, groups: Sequence[str]) -> bytes:
+    w = VWriter(is_flexible(API_DELETE_GROUPS, version))
+    w.arr(list(groups), lambda w, g: w.str_(g))
+    return w.tags().done()
+
+
+def parse_delete_groups(r: VReader, version: int) -> dict:
+    out = {"throttle_time_ms": r.int32()}
+
+    def res(r):
+        x = (r.str_(), r.int16())
+        r.tags()
+        return x
+
+    out["results"] = r.arr(res) or []
+    r.tags()
+    r.end("DeleteGroups")
+    return out
+
+
+# -- OffsetDelete (47) --
+
+
+def encode_offset_delete(version: int, group: str, partitions: Sequence[Tuple[str, int]]) -> bytes:
+    w = VWriter(False)
+    w.str_(group)
+    topics = _by_topic([(t, p) for t, p in partitions])
+    w.arr(topics, lambda w, t: (w.str_(t[0]), w.arr([p[0] for p in t[1]], lambda w, i: w.int32(i))))
+    return w.done()
+
+
+def parse_offset_delete(r: VReader, version: int) -> dict:
+    out = {"error_code": r.int16(), "throttle_time_ms": r.int32(), "partitions": {}}
+    for name, parts in r.arr(lambda r: (r.str_(), r.arr(lambda r: (r.int32(), r.int16())))) or []:
+        for index, err in parts or []:
+            out["partitions"][(name, index)] = err
+    r.end("OffsetDelete")
+    return out
+
+
+PARSERS = {
+    API_FIND_COORDINATOR: parse_find_coordinator,
+    API_JOIN_GROUP: parse_join_group,
+    API_SYNC_GROUP: parse_sync_group,
+    API_HEARTBEAT: parse_heartbeat,
+    API_LEAVE_GROUP: parse_leave_group,
+    API_OFFSET_COMMIT: parse_offset_commit,
+    API_OFFSET_FETCH: parse_offset_fetch,
+    API_LIST_GROUPS: parse_list_groups,
+    API_DESCRIBE_GROUPS: parse_describe_groups,
+    API_DELETE_GROUPS: parse_delete_groups,
+    API_OFFSET_DELETE: parse_offset_delete,
+}
+
+
+# -- The "consumer" embedded protocol (ConsumerProtocolSubscription / ConsumerProtocolAssignment),
+# as carried in JoinGroup metadata and SyncGroup assignments: an int16 version, then the fields.
+
+
+def consumer_subscription(topics: Sequence[str], user_data: Optional[bytes] = None, version: int = 0,
+                          owned: Optional[Dict[str, Sequence[int]]] = None) -> bytes:
+    w = Writer().int16(version)
+    w.array(list(topics), lambda w, t: w.string(t))
+    w.bytes_(user_data)
+    if version >= 1:
+        w.array(list((owned or {}).items()),
+                lambda w, tp: (w.string(tp[0]), w.array(list(tp[1]), lambda w, p: w.int32(p))))
+    if version >= 2:
+        w.int32(-1)  # generation id
+    if version >= 3:
+        w.string(None)  # rack id
+    return w.done()
+
+
+def parse_consumer_subscription(data: bytes) -> dict:
+    r = Reader(data)
+    out = {"version": r.int16(), "topics": r.array(lambda r: r.string()), "user_data": r.bytes_()}
+    return out
+
+
+def consumer_assignment(partitions: Dict[str, Sequence[int]], user_data: Optional[bytes] = None) -> bytes:
+    w = Writer().int16(0)
+    w.array(list(partitions.items()),
+            lambda w, tp: (w.string(tp[0]), w.array(list(tp[1]), lambda w, p: w.int32(p))))
+    w.bytes_(user_data)
+    return w.done()
+
+
+def parse_consumer_assignment(data: bytes) -> dict:
+    r = Reader(data)
+    r.int16()
+    parts = r.array(lambda r: (r.string(), r.array(lambda r: r.int32())))
+    return {t: sorted(ps) for t, ps in parts or []}

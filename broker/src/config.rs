@@ -45,7 +45,38 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("cluster.id", "strom-cluster"),
     ("queued.max.requests", "32"),
     ("connections.max.send.wait.ms", "30000"),
+    ("group.initial.rebalance.delay.ms", "3000"),
+    ("group.min.session.timeout.ms", "6000"),
+    ("group.max.session.timeout.ms", "1800000"),
+    ("group.max.size", "2147483647"),
+    ("offset.metadata.max.bytes", "4096"),
+    ("offsets.retention.minutes", "10080"),
+    ("offsets.topic.num.partitions", "50"),
+    ("offsets.topic.segment.bytes", "104857600"),
 ];
+
+/// Settings of the group coordinator (Kafka's names in the comments).
+#[derive(Clone, Debug)]
+pub struct GroupSettings {
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits
+    /// for more members.
+    pub initial_rebalance_delay_ms: i64,
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
+    pub session_timeout_ms_min: i32,
+    pub session_timeout_ms_max: i32,
+    /// `group.max.size`.
+    pub members_max: usize,
+    /// `offset.metadata.max.bytes`: longest commit metadata string.
+    pub offset_metadata_bytes_max: usize,
+    /// `offsets.retention.minutes`, in ms: offsets of a group that has been empty this long are
+    /// removed.
+    pub offsets_retention_ms: i64,
+    /// `offsets.topic.num.partitions`: partitions of the internal offsets log, fixed when the
+    /// data directory is first used.
+    pub offsets_partitions: u32,
+    /// `offsets.topic.segment.bytes`.
+    pub offsets_segment_bytes: u64,
+}
 
 /// The resolved broker configuration.
 #[derive(Clone, Debug)]
@@ -65,6 +96,7 @@ pub struct BrokerConfig {
     /// How long a response may wait for a slow reader's socket before the connection is closed.
     pub send_wait_ms_max: u64,
     pub topic_defaults: TopicDefaults,
+    pub groups: GroupSettings,
     /// The raw key/value pairs, for DescribeConfigs on the broker resource.
     pub raw: BTreeMap<String, String>,
 }
@@ -165,6 +197,23 @@ impl BrokerConfig {
             });
         }
         let topic_defaults = TopicDefaults::from_broker(&raw)?;
+        let groups = GroupSettings {
+            initial_rebalance_delay_ms: parse::<i64>(&raw, "group.initial.rebalance.delay.ms")?.max(0),
+            session_timeout_ms_min: parse(&raw, "group.min.session.timeout.ms")?,
+            session_timeout_ms_max: parse(&raw, "group.max.session.timeout.ms")?,
+            members_max: parse::<usize>(&raw, "group.max.size")?.max(1),
+            offset_metadata_bytes_max: parse(&raw, "offset.metadata.max.bytes")?,
+            offsets_retention_ms: parse::<i64>(&raw, "offsets.retention.minutes")?.saturating_mul(60_000),
+            offsets_partitions: parse::<u32>(&raw, "offsets.topic.num.partitions")?.clamp(1, 1000),
+            offsets_segment_bytes: parse::<u64>(&raw, "offsets.topic.segment.bytes")?.max(1 << 20),
+        };
+        if groups.session_timeout_ms_min > groups.session_timeout_ms_max {
+            return Err(ConfigError::Invalid {
+                key: "group.min.session.timeout.ms".into(),
+                value: groups.session_timeout_ms_min.to_string(),
+                msg: "must not exceed group.max.session.timeout.ms".into(),
+            });
+        }
         Ok(BrokerConfig {
             listen,
             advertised_host: adv_host,
@@ -179,6 +228,7 @@ impl BrokerConfig {
             connection_requests_inflight_max: parse::<usize>(&raw, "queued.max.requests")?.clamp(1, 1024),
             send_wait_ms_max: parse(&raw, "connections.max.send.wait.ms")?,
             topic_defaults,
+            groups,
             raw,
         })
     }

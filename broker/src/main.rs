@@ -1,6 +1,7 @@
 //! `strom`: a Kafka-compatible event-streaming broker, shard-per-core on io_uring.
 
 mod config;
+mod group;
 mod kafka;
 mod metadata;
 mod shard;
@@ -99,10 +100,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         cores: args.cores,
     })
     .map_err(|e| e.to_string())?;
-    let config = Arc::new(config);
+    let mut config = config;
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    // The offsets log keeps the partition count it was created with.
+    config.groups.offsets_partitions = group::store::load_partition_count(&config.data_dir, config.groups.offsets_partitions)
+        .map_err(|e| format!("reading the consumer-group log layout: {e}"))?;
+    let config = Arc::new(config);
     let snapshot = metadata::store::load(&config.data_dir).map_err(|e| e.to_string())?;
     let table = ShardTable::new(config.cores);
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);

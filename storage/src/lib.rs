@@ -18,7 +18,7 @@ mod group_commit;
 pub mod limits;
 mod log_manager;
 mod partition_log;
-mod records;
+pub mod records;
 mod recovery;
 mod segment;
 mod segment_appender;

@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use crate::batch::{batch_crc, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
-use crate::records::put_varint;
 
 /// How often the watchdog of `run_local` wakes the executor.
 const WATCHDOG_WAKE_INTERVAL: Duration = Duration::from_millis(5);
@@ -63,36 +61,7 @@ pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// A record to encode: key, value, timestamp in ms.
 pub type TestRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
 
-/// Header fields a test may want to control; the rest is derived from the records.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchOptions {
-    /// Written into baseOffset (the log overwrites it on append).
-    pub base_offset: i64,
-    /// Written into partitionLeaderEpoch (the log overwrites it on append).
-    pub partition_leader_epoch: i32,
-    /// Attribute bits. Setting a compression codec does NOT compress the records; it only lets
-    /// tests exercise code that treats compressed batches differently.
-    pub attributes: i16,
-    /// Producer id (-1 for none).
-    pub producer_id: i64,
-    /// Producer epoch (-1 for none).
-    pub producer_epoch: i16,
-    /// First sequence number (-1 for none).
-    pub base_sequence: i32,
-}
-
-impl Default for BatchOptions {
-    fn default() -> Self {
-        BatchOptions {
-            base_offset: 0,
-            partition_leader_epoch: -1,
-            attributes: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        }
-    }
-}
+pub use crate::records::BatchOptions;
 
 /// Encodes a valid uncompressed batch whose records all carry `base_timestamp`.
 pub fn build_batch(base_timestamp: i64, records: &[KeyValue<'_>]) -> Vec<u8> {
@@ -110,57 +79,7 @@ pub fn build_batch_with_timestamps(records: &[TestRecord<'_>]) -> Vec<u8> {
 
 /// Encodes a valid batch with the given header options. `records` must not be empty.
 pub fn build_batch_with(options: &BatchOptions, records: &[TestRecord<'_>]) -> Vec<u8> {
-    assert!(!records.is_empty(), "a batch needs at least one record");
-    let base_timestamp = records[0].2;
-    let max_timestamp = records
-        .iter()
-        .map(|record| record.2)
-        .max()
-        .unwrap_or(base_timestamp);
-
-    let mut out = vec![0u8; BATCH_HEADER_BYTES];
-    let mut body = Vec::new();
-    for (delta, (key, value, timestamp)) in records.iter().enumerate() {
-        body.clear();
-        body.push(0); // record attributes
-        put_varint(&mut body, timestamp - base_timestamp);
-        put_varint(&mut body, delta as i64);
-        put_bytes(&mut body, *key);
-        put_bytes(&mut body, *value);
-        put_varint(&mut body, 0); // no headers
-        put_varint(&mut out, body.len() as i64);
-        out.extend_from_slice(&body);
-    }
-
-    let total = out.len();
-    let header = BatchHeader::view_mut(&mut out).expect("buffer starts with a header");
-    header.base_offset.set(options.base_offset);
-    header.batch_length.set((total - 12) as i32);
-    header
-        .partition_leader_epoch
-        .set(options.partition_leader_epoch);
-    header.magic = MAGIC_V2;
-    header.attributes.set(options.attributes);
-    header.last_offset_delta.set(records.len() as i32 - 1);
-    header.base_timestamp.set(base_timestamp);
-    header.max_timestamp.set(max_timestamp);
-    header.producer_id.set(options.producer_id);
-    header.producer_epoch.set(options.producer_epoch);
-    header.base_sequence.set(options.base_sequence);
-    header.records_count.set(records.len() as i32);
-    let crc = batch_crc(&out);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
-    out
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
-    match bytes {
-        None => put_varint(out, -1),
-        Some(bytes) => {
-            put_varint(out, bytes.len() as i64);
-            out.extend_from_slice(bytes);
-        }
-    }
+    crate::records::encode_batch_with(options, records)
 }
 
 /// The `.log` segment files of a partition directory, oldest first.

@@ -33,6 +33,19 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::CreatePartitions, 0, 0, 3),
     api(ApiKey::IncrementalAlterConfigs, 0, 0, 1),
     api(ApiKey::DescribeCluster, 0, 0, 1),
+    // Consumer groups. librdkafka enables them only if the ranges overlap the versions it
+    // checks for (OffsetCommit 1..2, OffsetFetch 1, the others 0), so the minimum advertised is
+    // 0 even where the oldest versions are not decoded.
+    api(ApiKey::JoinGroup, 0, 0, 9),
+    api(ApiKey::SyncGroup, 0, 0, 5),
+    api(ApiKey::Heartbeat, 0, 0, 4),
+    api(ApiKey::LeaveGroup, 0, 0, 5),
+    api(ApiKey::OffsetCommit, 0, 2, 8),
+    api(ApiKey::OffsetFetch, 0, 1, 8),
+    api(ApiKey::ListGroups, 0, 0, 5),
+    api(ApiKey::DescribeGroups, 0, 0, 5),
+    api(ApiKey::DeleteGroups, 0, 0, 2),
+    api(ApiKey::OffsetDelete, 0, 0, 0),
 ];
 
 pub fn support(key: ApiKey) -> Option<&'static ApiSupport> {

@@ -21,7 +21,7 @@ use super::api;
 use crate::shard::Shard;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let peer: Rc<str> = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into()).into();
     let sender = match ResponseSender::new(stream.as_raw_fd(), shard.config.send_wait_ms_max) {
         Ok(s) => s,
         Err(e) => {
@@ -30,7 +30,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     let (tx, rx) = local_channel::new_bounded::<JoinHandle<Outcome>>(shard.config.connection_requests_inflight_max);
-    let writer = glommio::spawn_local(write_responses(sender, rx, peer.clone()));
+    let writer = glommio::spawn_local(write_responses(sender, rx, peer.to_string()));
 
     let mut reader = FrameReader::new(stream, shard.config.request_bytes_max);
     loop {
@@ -45,7 +45,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let task = match parse(frame) {
             Ok((api, version, header, body)) => {
                 let shard = shard.clone();
-                glommio::spawn_local(async move { handlers::dispatch(&shard, api, version, header, body).await })
+                let peer = peer.clone();
+                glommio::spawn_local(async move { handlers::dispatch(&shard, api, version, header, &peer, body).await })
                     .detach()
             }
             Err(outcome) => {

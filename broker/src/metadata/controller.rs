@@ -14,6 +14,7 @@ use kafka_protocol::ResponseError as E;
 
 use super::model::{ClusterMeta, MetadataSnapshot, TopicRecord};
 use super::store;
+use crate::group::GroupOp;
 use crate::shard::{Shard, ShardOp, ShardReply};
 use crate::topic_config;
 
@@ -177,7 +178,20 @@ impl Controller {
         }
         shard.meta.store(Arc::new(ClusterMeta::from_snapshot(&next, &shard.table, &shard.config.topic_defaults)));
         *self.snapshot.borrow_mut() = Some(next);
+        let mut deleted: Vec<Arc<str>> = removes
+            .iter()
+            .filter_map(|(_, op)| match op {
+                ShardOp::RemoveLogs { topic, .. } => Some(topic.clone()),
+                _ => None,
+            })
+            .filter(|t| shard.meta().topic(t).is_none())
+            .collect();
+        deleted.dedup();
         futures::future::join_all(removes.into_iter().map(|(s, op)| shard.call(s, op))).await;
+        if !deleted.is_empty() {
+            // Committed offsets of a deleted topic go with it.
+            shard.group_call_all(|| GroupOp::TopicsDeleted { topics: deleted.clone() }).await;
+        }
         match failure {
             Some(e) => Err(err(E::KafkaStorageError, e)),
             None => Ok(()),

@@ -24,6 +24,8 @@ use glommio::net::TcpListener;
 use strom_storage::LogManager;
 
 use crate::config::BrokerConfig;
+use crate::group::store::OffsetsStore;
+use crate::group::{GroupCoordinator, GroupOp, GroupReply};
 use crate::metadata::controller::Controller;
 use crate::metadata::ClusterMeta;
 use crate::now_ms;
@@ -62,6 +64,7 @@ pub struct Shard {
     pub meta: Arc<ArcSwap<ClusterMeta>>,
     pub logs: LogManager,
     pub controller: Option<Controller>,
+    pub groups: Rc<GroupCoordinator>,
     pub stats: ShardStats,
     mesh: Mesh,
 }
@@ -78,6 +81,32 @@ impl Shard {
 
     pub fn meta(&self) -> Arc<ClusterMeta> {
         self.meta.load_full()
+    }
+
+    /// The shard that coordinates `group_id`.
+    pub fn group_owner(&self, group_id: &str) -> usize {
+        crate::group::owner(group_id, self.groups.partitions(), self.table.shards())
+    }
+
+    /// Runs a group operation on the shard that coordinates `group_id`.
+    pub async fn group_call(self: &Rc<Self>, group_id: &str, op: GroupOp) -> Option<GroupReply> {
+        match self.call(self.group_owner(group_id), ShardOp::Group(op)).await {
+            ShardReply::Group(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Runs a group operation on every shard.
+    pub async fn group_call_all(self: &Rc<Self>, make: impl Fn() -> GroupOp) -> Vec<GroupReply> {
+        let calls = (0..self.table.shards()).map(|s| self.call(s, ShardOp::Group(make())));
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|r| match r {
+                ShardReply::Group(r) => Some(r),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -97,6 +126,10 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     let (senders, receivers) = ctx.mesh.join().await.map_err(|_| "joining the shard mesh failed".to_string())?;
     let id = senders.peer_id();
     let table = ShardTable::new(senders.nr_consumers());
+    let settings = ctx.config.groups.clone();
+    let flush_offsets = ctx.config.topic_defaults.resolve(&Default::default()).flush_on_ack;
+    let store = OffsetsStore::new(&ctx.config.data_dir, settings.offsets_partitions, settings.offsets_segment_bytes, flush_offsets);
+    let groups = GroupCoordinator::new(settings, store);
     let shard = Rc::new(Shard {
         id,
         table,
@@ -104,10 +137,13 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         meta: ctx.meta.clone(),
         logs: LogManager::new(ctx.config.data_dir.clone()),
         controller: (id == 0).then(Controller::new),
+        groups,
         stats: ShardStats::default(),
         mesh: Mesh::new(senders),
     });
     open_owned_logs(&shard).await?;
+    let owned = crate::group::owned_partitions(shard.groups.partitions(), id, shard.table.shards());
+    shard.groups.load(&owned, &shard.meta()).await.map_err(|e| format!("loading consumer groups: {e}"))?;
     mesh::spawn_tasks(&shard, receivers);
 
     let fd = strom_net::listener::bind_shared(ctx.config.listen).map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
@@ -118,6 +154,7 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        shard.groups.tick();
         flush_due_logs(&shard).await;
     }
     drop(acceptor);
@@ -125,6 +162,7 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     if let Err(e) = shard.logs.close_all().await {
         tracing::error!(shard = id, "closing logs: {e}");
     }
+    shard.groups.close().await;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use kafka_protocol::ResponseError as E;
 use strom_storage::{BatchError, LeaderEpoch, LogConfig, Offset, ReadSlice, StorageError};
 
 use super::Shard;
+use crate::group::{GroupOp, GroupReply};
 use crate::metadata::controller::{ControllerOp, ControllerReply};
 use crate::now_ms;
 
@@ -72,6 +73,7 @@ pub enum ShardOp {
     RemoveLogs { topic: Arc<str>, partitions: Vec<i32> },
     UpdateLogConfig { topic: Arc<str>, config: LogConfig },
     Controller(ControllerOp),
+    Group(GroupOp),
 }
 
 pub enum ShardReply {
@@ -81,6 +83,7 @@ pub enum ShardReply {
     ListOffsets(Vec<OffsetAnswer>),
     Done(Result<(), String>),
     Controller(ControllerReply),
+    Group(GroupReply),
     /// The target shard is gone (shutting down).
     Unavailable,
 }
@@ -130,6 +133,7 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             }
             ShardReply::Done(Ok(()))
         }
+        ShardOp::Group(op) => ShardReply::Group(crate::group::execute(shard, op).await),
         ShardOp::Controller(op) => match &shard.controller {
             Some(c) => ShardReply::Controller(c.apply(shard, op).await),
             None => ShardReply::Unavailable,

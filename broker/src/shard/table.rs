@@ -16,6 +16,11 @@ impl ShardTable {
         ShardTable { shards }
     }
 
+    /// How many shards there are.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
     /// The shard to record for a new partition.
     pub fn assign(&self, topic: &str, partition: i32) -> u32 {
         ((crc32c::crc32c(topic.as_bytes()) as u64 + partition as u64) % self.shards as u64) as u32

@@ -5,15 +5,25 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
+pub mod describe_groups;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
 pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use std::rc::Rc;
 
@@ -24,6 +34,7 @@ use strom_net::OutChunk;
 
 use super::codec::frame_response;
 use crate::metadata::controller::{ControllerError, ControllerOp};
+use crate::group::{GroupOp, GroupReply};
 use crate::shard::{Shard, ShardOp, ShardReply};
 
 /// What the connection writer does with a request's result.
@@ -41,6 +52,8 @@ pub struct Ctx<'a> {
     pub api: ApiKey,
     pub version: i16,
     pub header: RequestHeader,
+    /// The client's address, `ip:port`.
+    pub peer: &'a str,
 }
 
 impl Ctx<'_> {
@@ -56,6 +69,17 @@ impl Ctx<'_> {
             .map_err(|e| Outcome::Close(format!("malformed {:?} v{} request: {e}", self.api, self.version)))
     }
 
+    /// The client id from the request header ("" if none).
+    pub fn client_id(&self) -> String {
+        self.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
+    }
+
+    /// The client host as Kafka reports it in DescribeGroups: `/ip`.
+    pub fn client_host(&self) -> String {
+        let ip = self.peer.rsplit_once(':').map_or(self.peer, |(ip, _)| ip);
+        format!("/{}", ip.trim_start_matches('[').trim_end_matches(']'))
+    }
+
     /// Runs a metadata change on the controller (shard 0).
     pub async fn controller(&self, op: ControllerOp) -> Result<(), ControllerError> {
         match self.shard.call(0, ShardOp::Controller(op)).await {
@@ -69,8 +93,8 @@ pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: RequestHeader, mut body: Bytes) -> Outcome {
-    let ctx = Ctx { shard, api, version, header };
+pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: RequestHeader, peer: &str, mut body: Bytes) -> Outcome {
+    let ctx = Ctx { shard, api, version, header, peer };
     let result = match api {
         ApiKey::ApiVersions => api_versions::handle(&ctx, &mut body).await,
         ApiKey::Metadata => metadata::handle(&ctx, &mut body).await,
@@ -85,9 +109,54 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(&ctx, &mut body).await,
         ApiKey::DescribeCluster => describe_cluster::handle(&ctx, &mut body).await,
         ApiKey::FindCoordinator => find_coordinator::handle(&ctx, &mut body).await,
+        ApiKey::JoinGroup => join_group::handle(&ctx, &mut body).await,
+        ApiKey::SyncGroup => sync_group::handle(&ctx, &mut body).await,
+        ApiKey::Heartbeat => heartbeat::handle(&ctx, &mut body).await,
+        ApiKey::LeaveGroup => leave_group::handle(&ctx, &mut body).await,
+        ApiKey::OffsetCommit => offset_commit::handle(&ctx, &mut body).await,
+        ApiKey::OffsetFetch => offset_fetch::handle(&ctx, &mut body).await,
+        ApiKey::ListGroups => list_groups::handle(&ctx, &mut body).await,
+        ApiKey::DescribeGroups => describe_groups::handle(&ctx, &mut body).await,
+        ApiKey::DeleteGroups => delete_groups::handle(&ctx, &mut body).await,
+        ApiKey::OffsetDelete => offset_delete::handle(&ctx, &mut body).await,
         other => Err(Outcome::Close(format!("API {other:?} is not supported"))),
     };
     result.unwrap_or_else(|o| o)
 }
 
 pub type HandlerResult = Result<Outcome, Outcome>;
+
+/// Sends each group id to its coordinating shard (one call per shard, with that shard's ids)
+/// and puts the per-group answers back in request order.
+pub async fn per_group_owner<T>(
+    shard: &Rc<Shard>,
+    ids: &[String],
+    make: impl Fn(Vec<String>) -> GroupOp,
+    extract: impl Fn(GroupReply) -> Option<Vec<T>>,
+    fallback: impl Fn(&str) -> T,
+) -> Vec<T> {
+    let mut by_owner: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let owner = shard.group_owner(id);
+        match by_owner.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, v)) => v.push(i),
+            None => by_owner.push((owner, vec![i])),
+        }
+    }
+    let calls = by_owner.iter().map(|(owner, idx)| {
+        let op = make(idx.iter().map(|&i| ids[i].clone()).collect());
+        shard.call(*owner, ShardOp::Group(op))
+    });
+    let replies = futures::future::join_all(calls).await;
+    let mut out: Vec<Option<T>> = ids.iter().map(|_| None).collect();
+    for ((_, idx), reply) in by_owner.iter().zip(replies) {
+        let values = match reply {
+            ShardReply::Group(r) => extract(r).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for (&i, v) in idx.iter().zip(values) {
+            out[i] = Some(v);
+        }
+    }
+    out.into_iter().zip(ids).map(|(v, id)| v.unwrap_or_else(|| fallback(id))).collect()
+}

@@ -1,0 +1,26 @@
+//! Heartbeat (key 12): keeps a member's session alive and tells it when to rejoin.
+
+use bytes::Bytes;
+use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+use kafka_protocol::ResponseError as E;
+
+use super::{Ctx, HandlerResult};
+use crate::group::{GroupOp, GroupReply};
+
+pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
+    let req: HeartbeatRequest = ctx.decode(body)?;
+    let group_id = req.group_id.to_string();
+    let op = GroupOp::Heartbeat {
+        group_id: group_id.clone(),
+        generation: req.generation_id,
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.map(|s| s.to_string()),
+    };
+    let code = match ctx.shard.group_call(&group_id, op).await {
+        Some(GroupReply::Code(c)) => c,
+        _ => E::CoordinatorNotAvailable.code(),
+    };
+    let mut resp = HeartbeatResponse::default();
+    resp.error_code = code;
+    Ok(ctx.respond(&resp))
+}
