@@ -359,10 +359,10 @@ impl GroupCoordinator {
         match group.state {
             GroupState::Stable if !changed && protocol.is_some() => {
                 // Same subscription: no rebalance; the member gets its stored assignment in
-                // SyncGroup. A leader that can skip assignment (v9+) learns the members.
+                // SyncGroup. A leader learns the members and (v9+, KIP-814) that it need not
+                // assign; an older leader's new assignment is ignored by the stable group.
                 let is_leader = group.leader.as_deref() == Some(new_id.as_str());
-                let skip = is_leader && p.version >= 9;
-                Reply::Now(group.current_join_result(&new_id, skip, skip))
+                Reply::Now(group.current_join_result(&new_id, is_leader, is_leader))
             }
             GroupState::PreparingRebalance => {
                 let (tx, rx) = oneshot::channel();
