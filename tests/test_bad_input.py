@@ -67,6 +67,36 @@ def test_garbage_closes_connection_and_broker_keeps_serving(broker, kind):
     served(broker)
 
 
+def _request(api: int, version: int, body: bytes, header_version: int = 1) -> bytes:
+    header = struct.pack(">hhi", api, version, 99) + struct.pack(">h", 4) + b"test"
+    if header_version >= 2:
+        header += b"\x00"  # no tagged fields
+    frame = header + body
+    return struct.pack(">i", len(frame)) + frame
+
+
+# Tiny requests whose array counts claim billions of elements. The decoder pre-sizes arrays from
+# the count; the broker must answer with a closed connection, not run out of memory.
+HUGE_COUNTS = {
+    "metadata-v1-topics": _request(kr.API_METADATA, 1, struct.pack(">i", 0x7FFFFFFF) + struct.pack(">h", 1) + b"t"),
+    "produce-v3-topics": _request(kr.API_PRODUCE, 3, struct.pack(">hhii", -1, 1, 1000, 0x7FFFFFFF) + b"\x00"),
+    "fetch-v4-topics": _request(kr.API_FETCH, 4, struct.pack(">iiiibi", -1, 100, 1, 1024, 0, 0x7FFFFFFF) + b"\x00\x01"),
+    "list-offsets-v1-partitions": _request(kr.API_LIST_OFFSETS, 1, struct.pack(">ii", -1, 1) + struct.pack(">h", 1) + b"t"
+                                           + struct.pack(">i", 0x7FFFFFFF) + b"\x00"),
+    "create-topics-v2-topics": _request(kr.API_CREATE_TOPICS, 2, struct.pack(">i", 0x7FFFFFFF) + b"\x00\x01"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HUGE_COUNTS))
+def test_huge_array_count_is_refused_without_allocating(broker, kind):
+    with broker.conn() as c:
+        c.send_raw(HUGE_COUNTS[kind])
+        assert_closed(c, f"a request claiming 2^31 elements ({kind})")
+    served(broker)
+    rss_kib = broker.proc_status().get("VmRSS", 0)
+    assert rss_kib < 512 * 1024, f"broker RSS grew to {rss_kib} KiB"
+
+
 def test_unknown_api_key_is_refused_and_broker_keeps_serving(broker):
     with broker.conn() as c:
         corr = c.send(9999, 0, b"")

@@ -1,5 +1,10 @@
 //! `strom`: a Kafka-compatible event-streaming broker, shard-per-core on io_uring.
 
+/// Huge allocations (a request claiming billions of elements) are mapped lazily instead of
+/// aborting the process; see `strom_net::alloc`.
+#[global_allocator]
+static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAlloc;
+
 mod config;
 mod group;
 mod kafka;

@@ -5,7 +5,10 @@
 //!   file ranges go out with `sendfile(2)`, so their bytes never pass through user space.
 //! - [`side_ring`]: a small per-thread io_uring used only to wait for socket writability,
 //!   because glommio 0.9 has no public readiness API.
+//! - [`alloc`]: a global allocator that maps huge allocations lazily, so a request that claims
+//!   billions of array elements cannot abort the process.
 
+pub mod alloc;
 mod error;
 pub mod frame;
 pub mod limits;

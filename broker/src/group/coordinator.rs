@@ -432,6 +432,9 @@ impl GroupCoordinator {
 
     #[allow(clippy::type_complexity)]
     fn sync_step(self: &Rc<Self>, p: SyncParams) -> (Reply<SyncResult>, Option<(String, i32, oneshot::Receiver<Result<(), String>>)>) {
+        if p.group_id.is_empty() {
+            return (Reply::Now(SyncResult::error(E::InvalidGroupId)), None);
+        }
         let now = mono_ms();
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(&p.group_id) else {
@@ -527,6 +530,9 @@ impl GroupCoordinator {
     // Heartbeat, LeaveGroup
 
     pub fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
+        if group_id.is_empty() {
+            return E::InvalidGroupId.code();
+        }
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
             return E::UnknownMemberId.code();
@@ -558,6 +564,9 @@ impl GroupCoordinator {
 
     /// Removes the listed members ((member id, instance id) pairs); one error code per member.
     pub fn leave(self: &Rc<Self>, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        if group_id.is_empty() {
+            return vec![E::InvalidGroupId.code(); members.len()];
+        }
         let (now, wall) = (mono_ms(), now_ms());
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
@@ -609,10 +618,11 @@ impl GroupCoordinator {
         let mut records = Vec::new();
         let wall = now_ms();
         for (i, (topic, partition, offset, leader_epoch, metadata)) in p.offsets.iter().enumerate() {
-            codes[i] = if let Some(code) = group_error {
-                code
-            } else if meta.topic(topic).is_none_or(|t| *partition < 0 || *partition as usize >= t.partitions.len()) {
+            // As Kafka: unknown partitions are reported before the group is checked.
+            codes[i] = if meta.topic(topic).is_none_or(|t| *partition < 0 || *partition as usize >= t.partitions.len()) {
                 E::UnknownTopicOrPartition.code()
+            } else if let Some(code) = group_error {
+                code
             } else if metadata.as_ref().is_some_and(|m| m.len() > self.settings.offset_metadata_bytes_max) {
                 E::OffsetMetadataTooLarge.code()
             } else {
@@ -640,9 +650,7 @@ impl GroupCoordinator {
 
     /// The group-level verdict on a commit (None = allowed).
     fn commit_check(&self, p: &CommitParams) -> Option<i16> {
-        if p.group_id.is_empty() {
-            return Some(E::InvalidGroupId.code());
-        }
+        // An empty group id is valid for OffsetCommit (as in Kafka).
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(&p.group_id) else {
             if p.generation < 0 {
@@ -824,9 +832,6 @@ impl GroupCoordinator {
     pub async fn delete_group(self: &Rc<Self>, group_id: &str) -> i16 {
         let records = {
             let mut groups = self.groups.borrow_mut();
-            if group_id.is_empty() {
-                return E::InvalidGroupId.code();
-            }
             let Some(group) = groups.get(group_id) else {
                 return E::GroupIdNotFound.code();
             };

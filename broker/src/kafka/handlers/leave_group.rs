@@ -17,6 +17,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     } else {
         vec![(req.member_id.to_string(), None)]
     };
+    if group_id.is_empty() {
+        let mut resp = LeaveGroupResponse::default();
+        resp.error_code = E::InvalidGroupId.code();
+        return Ok(ctx.respond(&resp));
+    }
     let op = GroupOp::Leave { group_id: group_id.clone(), members: members.clone() };
     let codes = match ctx.shard.group_call(&group_id, op).await {
         Some(GroupReply::Codes(c)) => c,

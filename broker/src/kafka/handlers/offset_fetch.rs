@@ -18,9 +18,6 @@ use crate::group::{GroupOp, GroupReply};
 type Wanted = Option<Vec<(Arc<str>, Vec<i32>)>>;
 
 async fn fetch_group(ctx: &Ctx<'_>, group_id: &str, topics: Wanted) -> (i16, Vec<FetchedOffset>) {
-    if group_id.is_empty() {
-        return (E::InvalidGroupId.code(), Vec::new());
-    }
     let op = GroupOp::FetchOffsets { group_id: group_id.to_string(), topics };
     match ctx.shard.group_call(group_id, op).await {
         Some(GroupReply::Offsets(o)) => (0, o),
