@@ -2,6 +2,7 @@
 //! library in between), pipelines requests on one connection and prints throughput and request
 //! latency percentiles. It works against any Kafka-compatible broker.
 
+mod group;
 mod wire;
 
 use std::time::{Duration, Instant};
@@ -58,6 +59,26 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         duration_s: u64,
     },
+    /// Consumer group latencies (classic protocol): join to first record, and rebalance after a
+    /// member leaves. Needs group.initial.rebalance.delay.ms=0 on the broker.
+    Group {
+        #[arg(long, default_value = "strom-bench-group")]
+        topic: String,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Measured rounds per scenario, each with a new group.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Heartbeat interval of the members in the rebalance scenario.
+        #[arg(long, default_value_t = 100)]
+        heartbeat_ms: u64,
+        /// Deadline of each round (and of the setup); exceeding it fails the run.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -77,6 +98,15 @@ fn main() {
         Command::Consume { topic, partition, max_bytes, duration_s } => {
             consume(&cli.brokers, &topic, partition, max_bytes, Duration::from_secs(duration_s))
         }
+        Command::Group { topic, partitions, rounds, heartbeat_ms, timeout_s, json } => group::run(&group::GroupArgs {
+            brokers: cli.brokers.clone(),
+            topic,
+            partitions,
+            rounds,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            timeout: Duration::from_secs(timeout_s),
+            json,
+        }),
     };
     if let Err(e) = result {
         eprintln!("strom-bench: {e}");

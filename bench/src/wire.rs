@@ -2,21 +2,57 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 const PRODUCE_V: i16 = 7;
 const FETCH_V: i16 = 11;
+const LIST_OFFSETS_V: i16 = 1;
+const METADATA_V: i16 = 9;
+const FIND_COORDINATOR_V: i16 = 3;
+const JOIN_GROUP_V: i16 = 9;
+const SYNC_GROUP_V: i16 = 5;
+const HEARTBEAT_V: i16 = 4;
+const LEAVE_GROUP_V: i16 = 5;
+const OFFSET_FETCH_V: i16 = 8;
+
+/// Kafka error codes the group client reacts to.
+pub mod code {
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+}
+
+/// A Kafka error code as `NAME (code)` for messages.
+pub fn code_name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        Some(e) => format!("{e:?} ({code})"),
+        None => "no error (0)".to_string(),
+    }
+}
 
 pub struct Conn {
     stream: TcpStream,
@@ -25,6 +61,63 @@ pub struct Conn {
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Data records in a fetched record set, counting whole v2 batches and skipping control batches.
+fn count_records(mut records: Bytes) -> Result<u64, String> {
+    const HEADER: usize = 61;
+    const CONTROL: u16 = 0x20;
+    let mut count = 0u64;
+    while records.remaining() >= HEADER {
+        let len = i32::from_be_bytes(records[8..12].try_into().map_err(err)?) as usize + 12;
+        if records.remaining() < len {
+            break;
+        }
+        let attributes = u16::from_be_bytes(records[21..23].try_into().map_err(err)?);
+        if attributes & CONTROL == 0 {
+            count += i32::from_be_bytes(records[57..61].try_into().map_err(err)?).max(0) as u64;
+        }
+        records.advance(len);
+    }
+    Ok(count)
+}
+
+/// A FindCoordinator answer.
+pub struct Coordinator {
+    pub error: i16,
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+/// One member's JoinGroup outcome.
+pub struct Joined {
+    pub error: i16,
+    pub generation: i32,
+    pub member_id: String,
+    pub leader: String,
+    pub protocol_name: Option<String>,
+    /// (member id, subscription metadata); only the leader receives them.
+    pub members: Vec<(String, Bytes)>,
+}
+
+/// What a member sends to join: group, its id so far, timeouts and one protocol.
+pub struct JoinParams<'a> {
+    pub group: &'a str,
+    pub member_id: &'a str,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: &'a str,
+    pub protocol_name: &'a str,
+    pub metadata: Bytes,
 }
 
 /// One uncompressed v2 batch of `count` records with `value`.
@@ -62,6 +155,12 @@ impl Conn {
         Ok(Conn { stream, next_id: 1 })
     }
 
+    /// Bounds every read and write, so a broker that never answers ends in an error.
+    pub fn set_timeout(&self, timeout: Duration) -> Result<(), String> {
+        self.stream.set_read_timeout(Some(timeout)).map_err(err)?;
+        self.stream.set_write_timeout(Some(timeout)).map_err(err)
+    }
+
     fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<i32, String> {
         let id = self.next_id;
         self.next_id += 1;
@@ -81,10 +180,17 @@ impl Conn {
     }
 
     fn recv<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> Result<R, String> {
+        let timeout = self.stream.read_timeout().ok().flatten().unwrap_or_default();
+        let reading = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("no {api:?} response within {} ms", timeout.as_millis())
+            }
+            _ => format!("reading {api:?} response: {e}"),
+        };
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).map_err(err)?;
+        self.stream.read_exact(&mut len).map_err(reading)?;
         let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).map_err(err)?;
+        self.stream.read_exact(&mut body).map_err(reading)?;
         let mut b = Bytes::from(body);
         let h = ResponseHeader::decode(&mut b, api.response_header_version(version)).map_err(err)?;
         if h.correlation_id != id {
@@ -95,7 +201,7 @@ impl Conn {
 
     pub fn create_topic(&mut self, topic: &str, partitions: i32) -> Result<(), String> {
         let mut t = CreatableTopic::default();
-        t.name = TopicName(StrBytes::from_string(topic.to_string()));
+        t.name = topic_name(topic);
         t.num_partitions = partitions;
         t.replication_factor = 1;
         let mut req = CreateTopicsRequest::default();
@@ -114,7 +220,7 @@ impl Conn {
         p.index = partition;
         p.records = Some(batch);
         let mut t = TopicProduceData::default();
-        t.name = TopicName(StrBytes::from_string(topic.to_string()));
+        t.name = topic_name(topic);
         t.partition_data = vec![p];
         let mut req = ProduceRequest::default();
         req.acks = acks;
@@ -136,22 +242,54 @@ impl Conn {
     }
 
     pub fn latest_offset(&mut self, topic: &str, partition: i32) -> Result<i64, String> {
-        let mut p = ListOffsetsPartition::default();
-        p.partition_index = partition;
-        p.timestamp = -1;
+        let offsets = self.list_offsets(topic, &[partition], -1)?;
+        offsets.first().map(|&(_, o)| o).ok_or_else(|| "empty ListOffsets response".to_string())
+    }
+
+    /// ListOffsets for `partitions` at `timestamp` (-1 latest, -2 earliest): (partition, offset).
+    pub fn list_offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<Vec<(i32, i64)>, String> {
         let mut t = ListOffsetsTopic::default();
-        t.name = TopicName(StrBytes::from_string(topic.to_string()));
-        t.partitions = vec![p];
+        t.name = topic_name(topic);
+        t.partitions = partitions
+            .iter()
+            .map(|&p| {
+                let mut lp = ListOffsetsPartition::default();
+                lp.partition_index = p;
+                lp.timestamp = timestamp;
+                lp
+            })
+            .collect();
         let mut req = ListOffsetsRequest::default();
         req.replica_id = (-1).into();
         req.topics = vec![t];
-        let id = self.send(ApiKey::ListOffsets, 1, &req)?;
-        let resp: ListOffsetsResponse = self.recv(ApiKey::ListOffsets, 1, id)?;
-        let p = resp.topics.first().and_then(|t| t.partitions.first()).ok_or("empty ListOffsets response")?;
-        if p.error_code != 0 {
-            return Err(format!("ListOffsets error {}", p.error_code));
+        let id = self.send(ApiKey::ListOffsets, LIST_OFFSETS_V, &req)?;
+        let resp: ListOffsetsResponse = self.recv(ApiKey::ListOffsets, LIST_OFFSETS_V, id)?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in resp.topics.iter().flat_map(|t| &t.partitions) {
+            if p.error_code != 0 {
+                return Err(format!("ListOffsets {topic}/{}: {}", p.partition_index, code_name(p.error_code)));
+            }
+            out.push((p.partition_index, p.offset));
         }
-        Ok(p.offset)
+        if out.len() != partitions.len() {
+            return Err(format!("ListOffsets {topic}: asked for {} partitions, got {}", partitions.len(), out.len()));
+        }
+        Ok(out)
+    }
+
+    /// The partition count of `topic` from Metadata.
+    pub fn partition_count(&mut self, topic: &str) -> Result<i32, String> {
+        let mut t = MetadataRequestTopic::default();
+        t.name = Some(topic_name(topic));
+        let mut req = MetadataRequest::default();
+        req.topics = Some(vec![t]);
+        let id = self.send(ApiKey::Metadata, METADATA_V, &req)?;
+        let resp: MetadataResponse = self.recv(ApiKey::Metadata, METADATA_V, id)?;
+        let t = resp.topics.first().ok_or_else(|| format!("Metadata for {topic}: no topic in the response"))?;
+        if t.error_code != 0 {
+            return Err(format!("Metadata for {topic}: {}", code_name(t.error_code)));
+        }
+        Ok(t.partitions.len() as i32)
     }
 
     /// Fetches once; returns the offset after the last whole batch and the bytes received.
@@ -161,7 +299,7 @@ impl Conn {
         p.fetch_offset = offset;
         p.partition_max_bytes = max_bytes;
         let mut t = FetchTopic::default();
-        t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+        t.topic = topic_name(topic);
         t.partitions = vec![p];
         let mut req = FetchRequest::default();
         req.replica_id = (-1).into();
@@ -191,5 +329,169 @@ impl Conn {
             records.advance(len);
         }
         Ok((next, got))
+    }
+
+    /// Fetches `positions` (partition, offset) once; returns the data records received.
+    pub fn fetch_records(&mut self, topic: &str, positions: &[(i32, i64)], max_wait_ms: i32) -> Result<u64, String> {
+        const PARTITION_MAX_BYTES: i32 = 1024 * 1024;
+        let mut t = FetchTopic::default();
+        t.topic = topic_name(topic);
+        t.partitions = positions
+            .iter()
+            .map(|&(partition, offset)| {
+                let mut p = FetchPartition::default();
+                p.partition = partition;
+                p.fetch_offset = offset;
+                p.partition_max_bytes = PARTITION_MAX_BYTES;
+                p
+            })
+            .collect();
+        let mut req = FetchRequest::default();
+        req.replica_id = (-1).into();
+        req.max_wait_ms = max_wait_ms;
+        req.min_bytes = 1;
+        req.max_bytes = 16 * PARTITION_MAX_BYTES;
+        req.session_epoch = -1;
+        req.topics = vec![t];
+        let id = self.send(ApiKey::Fetch, FETCH_V, &req)?;
+        let resp: FetchResponse = self.recv(ApiKey::Fetch, FETCH_V, id)?;
+        if resp.error_code != 0 {
+            return Err(format!("Fetch: {}", code_name(resp.error_code)));
+        }
+        let mut count = 0;
+        for p in resp.responses.iter().flat_map(|t| &t.partitions) {
+            if p.error_code != 0 {
+                return Err(format!("Fetch {topic}/{}: {}", p.partition_index, code_name(p.error_code)));
+            }
+            count += count_records(p.records.clone().unwrap_or_default())?;
+        }
+        Ok(count)
+    }
+
+    /// FindCoordinator for a consumer group.
+    pub fn find_coordinator(&mut self, group: &str) -> Result<Coordinator, String> {
+        let mut req = FindCoordinatorRequest::default();
+        req.key = str_bytes(group);
+        req.key_type = 0;
+        let id = self.send(ApiKey::FindCoordinator, FIND_COORDINATOR_V, &req)?;
+        let resp: FindCoordinatorResponse = self.recv(ApiKey::FindCoordinator, FIND_COORDINATOR_V, id)?;
+        Ok(Coordinator {
+            error: resp.error_code,
+            node_id: resp.node_id.0,
+            host: resp.host.to_string(),
+            port: resp.port,
+        })
+    }
+
+    /// JoinGroup; blocks until the coordinator completes the join phase.
+    pub fn join_group(&mut self, p: &JoinParams) -> Result<Joined, String> {
+        let mut protocol = JoinGroupRequestProtocol::default();
+        protocol.name = str_bytes(p.protocol_name);
+        protocol.metadata = p.metadata.clone();
+        let mut req = JoinGroupRequest::default();
+        req.group_id = GroupId(str_bytes(p.group));
+        req.session_timeout_ms = p.session_timeout_ms;
+        req.rebalance_timeout_ms = p.rebalance_timeout_ms;
+        req.member_id = str_bytes(p.member_id);
+        req.protocol_type = str_bytes(p.protocol_type);
+        req.protocols = vec![protocol];
+        let id = self.send(ApiKey::JoinGroup, JOIN_GROUP_V, &req)?;
+        let resp: JoinGroupResponse = self.recv(ApiKey::JoinGroup, JOIN_GROUP_V, id)?;
+        Ok(Joined {
+            error: resp.error_code,
+            generation: resp.generation_id,
+            member_id: resp.member_id.to_string(),
+            leader: resp.leader.to_string(),
+            protocol_name: resp.protocol_name.map(|n| n.to_string()),
+            members: resp.members.into_iter().map(|m| (m.member_id.to_string(), m.metadata)).collect(),
+        })
+    }
+
+    /// SyncGroup; the leader passes every member's assignment, the others none. Returns the
+    /// error code and this member's assignment bytes.
+    pub fn sync_group(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        protocol: (&str, &str),
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<(i16, Bytes), String> {
+        let mut req = SyncGroupRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.generation_id = generation;
+        req.member_id = str_bytes(member_id);
+        req.protocol_type = Some(str_bytes(protocol.0));
+        req.protocol_name = Some(str_bytes(protocol.1));
+        req.assignments = assignments
+            .into_iter()
+            .map(|(member, assignment)| {
+                let mut a = SyncGroupRequestAssignment::default();
+                a.member_id = StrBytes::from_string(member);
+                a.assignment = assignment;
+                a
+            })
+            .collect();
+        let id = self.send(ApiKey::SyncGroup, SYNC_GROUP_V, &req)?;
+        let resp: SyncGroupResponse = self.recv(ApiKey::SyncGroup, SYNC_GROUP_V, id)?;
+        Ok((resp.error_code, resp.assignment))
+    }
+
+    /// Heartbeat; returns the error code (REBALANCE_IN_PROGRESS asks the member to rejoin).
+    pub fn heartbeat(&mut self, group: &str, generation: i32, member_id: &str) -> Result<i16, String> {
+        let mut req = HeartbeatRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.generation_id = generation;
+        req.member_id = str_bytes(member_id);
+        let id = self.send(ApiKey::Heartbeat, HEARTBEAT_V, &req)?;
+        let resp: HeartbeatResponse = self.recv(ApiKey::Heartbeat, HEARTBEAT_V, id)?;
+        Ok(resp.error_code)
+    }
+
+    /// LeaveGroup for one member.
+    pub fn leave_group(&mut self, group: &str, member_id: &str) -> Result<(), String> {
+        let mut member = MemberIdentity::default();
+        member.member_id = str_bytes(member_id);
+        member.reason = Some(StrBytes::from_static_str("strom-bench: leaving"));
+        let mut req = LeaveGroupRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.members = vec![member];
+        let id = self.send(ApiKey::LeaveGroup, LEAVE_GROUP_V, &req)?;
+        let resp: LeaveGroupResponse = self.recv(ApiKey::LeaveGroup, LEAVE_GROUP_V, id)?;
+        let member_error = resp.members.first().map_or(0, |m| m.error_code);
+        let code = if resp.error_code != 0 { resp.error_code } else { member_error };
+        if code != 0 {
+            return Err(format!("LeaveGroup {group}: {}", code_name(code)));
+        }
+        Ok(())
+    }
+
+    /// Committed offsets of `partitions` for `group`: (partition, offset, -1 when none).
+    pub fn offset_fetch(&mut self, group: &str, topic: &str, partitions: &[i32]) -> Result<Vec<(i32, i64)>, String> {
+        let mut t = OffsetFetchRequestTopics::default();
+        t.name = topic_name(topic);
+        t.partition_indexes = partitions.to_vec();
+        let mut g = OffsetFetchRequestGroup::default();
+        g.group_id = GroupId(str_bytes(group));
+        g.topics = Some(vec![t]);
+        let mut req = OffsetFetchRequest::default();
+        req.groups = vec![g];
+        let id = self.send(ApiKey::OffsetFetch, OFFSET_FETCH_V, &req)?;
+        let resp: OffsetFetchResponse = self.recv(ApiKey::OffsetFetch, OFFSET_FETCH_V, id)?;
+        let g = resp.groups.first().ok_or_else(|| format!("OffsetFetch {group}: no group in the response"))?;
+        if g.error_code != 0 {
+            return Err(format!("OffsetFetch {group}: {}", code_name(g.error_code)));
+        }
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in g.topics.iter().flat_map(|t| &t.partitions) {
+            if p.error_code != 0 {
+                return Err(format!("OffsetFetch {group} {topic}/{}: {}", p.partition_index, code_name(p.error_code)));
+            }
+            out.push((p.partition_index, p.committed_offset));
+        }
+        if out.len() != partitions.len() {
+            return Err(format!("OffsetFetch {group}: asked for {} partitions, got {}", partitions.len(), out.len()));
+        }
+        Ok(out)
     }
 }
