@@ -2,7 +2,9 @@
 
 It speaks just enough of the protocol to drive the broker by hand: request headers v1/v2,
 ApiVersions v0/v3, Metadata v1/v4, Produce v3/v7, Fetch v4, ListOffsets v1 and CreateTopics v2,
-plus record batches (magic 2) with a pure-Python CRC-32C. It deliberately shares no code with
+plus record batches (magic 2) with a pure-Python CRC-32C, and the consumer-group APIs
+(FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+ListGroups, DescribeGroups, DeleteGroups, OffsetDelete) in their classic and flexible versions. It deliberately shares no code with
 the broker or with the client libraries, so that it can serve as a second opinion.
 """
 

@@ -104,10 +104,14 @@ class Member:
     def __init__(self, broker, group, topics, name, **extra):
         self.name = name
         self.c = Consumer(consumer_conf(broker, group, **{"client.id": name, **extra}))
-        self.c.subscribe(list(topics))
         self.msgs = []
         self.errors = []
+        self.revoked = []  # partitions taken away by each rebalance (the client assigns by itself)
         self.closed = False
+        self.c.subscribe(list(topics), on_revoke=self._on_revoke)
+
+    def _on_revoke(self, _consumer, parts):
+        self.revoked.append(sorted((tp.topic, tp.partition) for tp in parts))
 
     def poll(self, timeout=0.05):
         m = self.c.poll(timeout)
@@ -342,6 +346,106 @@ def test_leaving_member_triggers_immediate_rebalance(gbroker):
         close_all(members + [leaver])
 
 
+@pytest.mark.timeout(60)
+def test_partitions_handed_over_at_committed_offsets(gbroker):
+    """When a rebalance moves a partition, its new owner starts at the group's committed offset."""
+    topic, group = unique("grp-handover"), unique("g")
+    create_topic(gbroker, topic, 4)
+    produce(gbroker, topic, [(p, None, f"p{p}-{i}".encode()) for p in range(4) for i in range(10)])
+    first = Member(gbroker, group, [topic], "owner")
+    second = None
+    try:
+        poll_until([first], lambda: first.parts(topic) == [0, 1, 2, 3] and len(first.msgs) >= 40, what="40 records")
+        committed = {p: 3 + p for p in range(4)}
+        commit_sync(first.c, [TopicPartition(topic, p, off) for p, off in committed.items()])
+        second = Member(gbroker, group, [topic], "newcomer")
+        poll_until([first, second], lambda: is_partitioning([first.parts(topic), second.parts(topic)], 4),
+                   what="2 members sharing 4 partitions")
+        moved = second.parts(topic)
+        poll_until([first, second], lambda: len(second.msgs) >= sum(10 - committed[p] for p in moved),
+                   what=f"the newcomer reading partitions {moved} from their committed offsets")
+        poll_for([first, second], 0.5)
+        for p in moved:
+            offs = [m.offset() for m in second.msgs if m.partition() == p]
+            assert offs == list(range(committed[p], 10)), f"partition {p}: read {offs[:3]}..., committed {committed[p]}"
+        assert {m.partition() for m in second.msgs} == set(moved)
+    finally:
+        close_all([first] + ([second] if second else []))
+
+
+@pytest.mark.timeout(60)
+def test_cooperative_sticky_rebalance(gbroker):
+    """librdkafka's incremental (cooperative) rebalancing over the classic protocol: a joining
+    member takes partitions from the others, who keep the rest without a full revocation."""
+    topic, group = unique("grp-coop"), unique("g")
+    create_topic(gbroker, topic, 6)
+    coop = {"partition.assignment.strategy": "cooperative-sticky"}
+    members = [Member(gbroker, group, [topic], f"coop-{i}", **coop) for i in range(2)]
+    try:
+        poll_until(members, lambda: is_partitioning([m.parts(topic) for m in members], 6),
+                   what="2 members sharing 6 partitions")
+        before = [m.parts(topic) for m in members]
+        seen = [len(m.revoked) for m in members]
+        members.append(Member(gbroker, group, [topic], "coop-2", **coop))
+        poll_until(members, lambda: is_partitioning([m.parts(topic) for m in members], 6),
+                   what="3 members sharing 6 partitions")
+        poll_for(members, 0.5)
+        after = [m.parts(topic) for m in members]
+        assert is_partitioning(after, 6), after
+        assert sorted(len(a) for a in after) == [2, 2, 2], after
+        for old, new, m, n in zip(before, after, members, seen):
+            assert set(new) <= set(old), f"{m.name} gained partitions {sorted(set(new) - set(old))}"
+            revoked = {p for r in m.revoked[n:] for _, p in r}
+            assert revoked == set(old) - set(new), \
+                f"{m.name} had {old}, has {new}, revocations since: {m.revoked[n:]}"
+        d = describe(admin(gbroker), group)
+        assert d.state == ConsumerGroupState.STABLE and d.partition_assignor == "cooperative-sticky"
+        assert len(d.members) == 3
+    finally:
+        close_all(members)
+
+
+@pytest.mark.timeout(60)
+def test_static_member_rejoins_without_rebalance(gbroker):
+    """KIP-345: a member with group.instance.id that restarts within its session timeout gets its
+    old assignment back, and the other members are not rebalanced."""
+    topic, group = unique("grp-static"), unique("g")
+    create_topic(gbroker, topic, 4)
+
+    def static(name):
+        return Member(gbroker, group, [topic], name, **{"group.instance.id": name, "session.timeout.ms": 10000})
+
+    members = [static("static-0"), static("static-1")]
+    try:
+        poll_until(members, lambda: is_partitioning([m.parts(topic) for m in members], 4),
+                   what="2 static members sharing 4 partitions")
+        before = [m.parts(topic) for m in members]
+        revokes_before = len(members[0].revoked)
+        d = describe(admin(gbroker), group)
+        assert sorted((m.client_id, m.group_instance_id) for m in d.members) == \
+            [("static-0", "static-0"), ("static-1", "static-1")]
+        old_ids = {m.group_instance_id: m.member_id for m in d.members}
+
+        members[1].close()  # a static member does not send LeaveGroup
+        poll_for(members[:1], 0.5)
+        d = describe(admin(gbroker), group)
+        assert len(d.members) == 2, "a static member was dropped before its session timeout"
+
+        members[1] = static("static-1")
+        poll_until(members, lambda: [m.parts(topic) for m in members] == before, timeout=8,
+                   what=f"the restarted static member to get its partitions {before[1]} back")
+        poll_for(members, 0.5)
+        assert [m.parts(topic) for m in members] == before
+        assert len(members[0].revoked) == revokes_before, f"the other member was rebalanced: {members[0].revoked}"
+        d = describe(admin(gbroker), group)
+        assert d.state == ConsumerGroupState.STABLE
+        ids = {m.group_instance_id: m.member_id for m in d.members}
+        assert ids["static-0"] == old_ids["static-0"]
+        assert ids["static-1"] != old_ids["static-1"], "the rejoined static member keeps no fresh member id"
+    finally:
+        close_all(members)
+
+
 def _commit_restart_resume(broker, restart):
     topic, group = unique("grp-durable"), unique("g")
     create_topic(broker, topic, 2)
@@ -396,24 +500,30 @@ def test_committed_offsets_with_metadata_survive_sigkill(gbroker):
 
 @pytest.mark.timeout(60)
 def test_offset_metadata_size_limit(broker_factory):
+    """offset.metadata.max.bytes bounds the metadata string: the limit itself is accepted, one
+    byte more is OFFSET_METADATA_TOO_LARGE and changes nothing. kafka-python sends and reads the
+    string as it is (confluent-kafka's Python binding sends a trailing NUL byte with it and reads
+    it back as a C string, so it can neither hit the limit exactly nor read unterminated
+    metadata)."""
+    import kafka.errors as Errors
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KTP
+    from kafka.structs import OffsetAndMetadata
+
     broker = broker_factory(settings={**GROUP_SETTINGS, "offset.metadata.max.bytes": "64"})
     topic, group = unique("grp-meta"), unique("g")
     create_topic(broker, topic, 1)
-    m = Member(broker, group, [topic], "meta")
+    tp = KTP(topic, 0)
+    ka = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=30000)
     try:
-        poll_until([m], lambda: m.parts(topic) == [0], what="assignment")
-        commit_sync(m.c, [TopicPartition(topic, 0, 1, metadata="x" * 64)])  # exactly the limit
-        codes = []
-        try:
-            res = m.c.commit(offsets=[TopicPartition(topic, 0, 2, metadata="y" * 65)], asynchronous=False)
-            codes = [tp.error.code() for tp in res or [] if tp.error]
-        except KafkaException as e:
-            codes = [e.args[0].code()]
-        assert codes == [KafkaError.OFFSET_METADATA_TOO_LARGE], codes
-        (tp,) = m.c.committed([TopicPartition(topic, 0)], timeout=15)
-        assert (tp.offset, tp.metadata) == (1, "x" * 64), "a refused commit changed the committed offset"
+        res = ka.alter_group_offsets(group, {tp: OffsetAndMetadata(1, "x" * 64, -1)})
+        assert res == {tp: Errors.NoError}, res
+        res = ka.alter_group_offsets(group, {tp: OffsetAndMetadata(2, "y" * 65, -1)})
+        assert res == {tp: Errors.OffsetMetadataTooLargeError}, res
+        got = ka.list_group_offsets(group)[group][tp]
+        assert (got.offset, got.metadata) == (1, "x" * 64), f"a refused commit changed the committed offset: {got}"
     finally:
-        m.close()
+        ka.close()
 
 
 @pytest.mark.timeout(60)

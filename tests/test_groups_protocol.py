@@ -7,7 +7,6 @@ Apache Kafka's behaviour and error codes are the reference. Every broker here ru
 group.initial.rebalance.delay.ms=0 (unless a test is about that delay), so that a join completes
 as soon as every known member has joined."""
 
-import socket
 import struct
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -156,6 +155,13 @@ def join_and_sync(m: Member, assignment: Optional[bytes] = None) -> bytes:
     return assignment
 
 
+def ensure_topic(conn: kr.KafkaConn, name: str, partitions: int = 1) -> str:
+    err, msg = conn.create_topics([(name, partitions, 1, {})])[name]
+    assert err in (0, kr.TOPIC_ALREADY_EXISTS), (err, msg)
+    conn.wait_topic(name, partitions)
+    return name
+
+
 def add_second_member(first: Member, second: Member) -> Tuple[Member, Member, Dict[str, bytes]]:
     """`first` is a synced member; `second` joins, `first` learns of the rebalance from its
     heartbeat and rejoins. Both sync. Returns (leader, follower, assignments)."""
@@ -167,6 +173,12 @@ def add_second_member(first: Member, second: Member) -> Tuple[Member, Member, Di
     # it in its heartbeat.
     wait_for(lambda: first.heartbeat() == kr.REBALANCE_IN_PROGRESS,
              "REBALANCE_IN_PROGRESS in the first member's heartbeat")
+    assert describe(first.conn, first.group)["state"] == "PreparingRebalance"
+    # While the group prepares the rebalance, SyncGroup is refused but offsets of the current
+    # generation can still be committed.
+    assert first.sync({first.member_id: b""})["error_code"] == kr.REBALANCE_IN_PROGRESS
+    shared = ensure_topic(first.conn, "groups-shared-topic")
+    assert first.commit({(shared, 0): (1, "")}) == {(shared, 0): 0}
     r1 = first.joined(first.join_send().result())
     r2 = second.joined(pending_second.result())
     assert r1["error_code"] == 0 and r2["error_code"] == 0, (r1, r2)
@@ -176,6 +188,10 @@ def add_second_member(first: Member, second: Member) -> Tuple[Member, Member, Di
     leader, follower = (first, second) if first.is_leader else (second, first)
     assert sorted(m["member_id"] for m in leader.members) == sorted([first.member_id, second.member_id])
     assert follower.members == [], "only the leader receives the member list"
+    # Joined but not yet synced: heartbeats are fine, commits are refused.
+    assert describe(leader.conn, leader.group)["state"] == "CompletingRebalance"
+    assert leader.heartbeat() == 0
+    assert leader.commit({(shared, 0): (1, "")}) == {(shared, 0): kr.REBALANCE_IN_PROGRESS}
     assignments = {leader.member_id: kr.consumer_assignment({"t": [0]}, b"leader"),
                    follower.member_id: kr.consumer_assignment({"t": [1]}, b"follower")}
     pending_follower = follower.sync_send()
@@ -405,6 +421,55 @@ def test_second_member_triggers_rebalance(gb):
             g = describe(c, group)
             assert g["state"] == "Stable"
             assert {m["member_id"]: m["assignment"] for m in g["members"]} == assignments
+        # The follower rejoining with unchanged metadata gets the current generation back and
+        # does not start a rebalance.
+        res = follower.join()
+        assert res["error_code"] == 0 and res["generation_id"] == 2 and res["members"] == [], res
+        assert leader.heartbeat() == 0 and follower.heartbeat() == 0
+        assert follower.sync()["assignment"] == assignments[follower.member_id]
+    finally:
+        m1.close()
+        m2.close()
+
+
+def test_member_that_does_not_rejoin_is_dropped_after_rebalance_timeout(gb):
+    group = unique("g-rbto")
+    m1 = Member(gb, group, ["t"], rebalance_timeout_ms=2000)
+    m2 = Member(gb, group, ["t"], rebalance_timeout_ms=2000)
+    try:
+        join_and_sync(m1)
+        m2.join_first()
+        # m1 never rejoins: once the rebalance timeout has passed, the join completes without it.
+        res = m2.joined(m2.join_send().result())
+        assert res["error_code"] == 0, res
+        assert (m2.generation, m2.leader) == (2, m2.member_id), res
+        assert [m["member_id"] for m in m2.members] == [m2.member_id]
+        assert m2.sync({m2.member_id: b"all"})["assignment"] == b"all"
+        assert m1.heartbeat() == kr.UNKNOWN_MEMBER_ID
+        with gb.conn() as c:
+            g = describe(c, group)
+            assert g["state"] == "Stable" and [m["member_id"] for m in g["members"]] == [m2.member_id]
+    finally:
+        m1.close()
+        m2.close()
+
+
+def test_members_left_out_of_the_assignment_get_empty_bytes(gb):
+    group = unique("g-noassign")
+    m1 = Member(gb, group, ["t"])
+    m2 = Member(gb, group, ["t"])
+    try:
+        join_and_sync(m1)
+        m2.join_first()
+        pending = m2.join_send()
+        wait_for(lambda: m1.heartbeat() == kr.REBALANCE_IN_PROGRESS, "the rebalance")
+        m1.joined(m1.join_send().result())
+        m2.joined(pending.result())
+        leader, follower = (m1, m2) if m1.is_leader else (m2, m1)
+        pending = follower.sync_send()
+        assert leader.sync({leader.member_id: b"only-the-leader"})["assignment"] == b"only-the-leader"
+        res = pending.result()
+        assert res["error_code"] == 0 and res["assignment"] == b"", res
     finally:
         m1.close()
         m2.close()
@@ -429,6 +494,9 @@ def test_unknown_member_and_stale_generation_are_fenced(gb):
         assert m.heartbeat() == 0
 
         ghost = "ghost-" + m.member_id
+        for version in (0, 5):
+            res = m.conn.join_group(group, ghost, m.protocols, version=version)
+            assert res["error_code"] == kr.UNKNOWN_MEMBER_ID, (version, res)
         assert m.heartbeat(member_id=ghost) == kr.UNKNOWN_MEMBER_ID
         assert m.heartbeat(member_id=ghost, version=0) == kr.UNKNOWN_MEMBER_ID
         s = m.conn.sync_group(group, 2, ghost, {ghost: b"x"}, version=3)
@@ -482,11 +550,32 @@ def test_commit_unknown_topic_fails_only_that_partition(gb):
             assert errs == {(topic, 0): 0, (missing, 0): kr.UNKNOWN_TOPIC_OR_PARTITION, (topic, 1): 0}, (version, errs)
             assert fetch_offsets(c, group, [(topic, 0), (topic, 1)]) == \
                 {(topic, 0): (10 + version, "a"), (topic, 1): (20 + version, "c")}
+        # A partition the topic does not have is unknown as well.
+        errs = c.offset_commit(group, {(topic, 0): (30, "a"), (topic, 2): (31, "b")}, version=2)
+        assert errs == {(topic, 0): 0, (topic, 2): kr.UNKNOWN_TOPIC_OR_PARTITION}, errs
         # Committing offsets does not create the topic.
         md = c.metadata([missing], version=4, allow_auto_topic_creation=False)
         assert md["topics"][missing]["error_code"] == kr.UNKNOWN_TOPIC_OR_PARTITION
         all_committed = fetch_offsets(c, group, None, version=5)
-        assert all_committed == {(topic, 0): (18, "a"), (topic, 1): (28, "c")}
+        assert all_committed == {(topic, 0): (30, "a"), (topic, 1): (28, "c")}
+
+
+def test_commit_unknown_topic_is_reported_whatever_the_member(gb):
+    """Kafka checks that the topics exist before it looks at the group: an unknown topic's
+    partitions get UNKNOWN_TOPIC_OR_PARTITION even when the member id is unknown."""
+    topic = unique("known")
+    missing = unique("missing")
+    with gb.conn() as c:
+        c.create_topic(topic)
+    m = Member(gb, unique("g-unk-managed"), [topic])
+    try:
+        join_and_sync(m)
+        errs = m.commit({(topic, 0): (1, ""), (missing, 0): (1, "")})
+        assert errs == {(topic, 0): 0, (missing, 0): kr.UNKNOWN_TOPIC_OR_PARTITION}, errs
+        errs = m.commit({(topic, 0): (2, ""), (missing, 0): (2, "")}, member_id="ghost")
+        assert errs == {(topic, 0): kr.UNKNOWN_MEMBER_ID, (missing, 0): kr.UNKNOWN_TOPIC_OR_PARTITION}, errs
+    finally:
+        m.close()
 
 
 def test_commit_metadata_too_large(gb):
@@ -520,10 +609,12 @@ def test_commit_metadata_round_trips(gb):
     parts = [(topic, i) for i in range(len(texts))]
     with gb.conn() as c:
         c.create_topic(topic, partitions=len(texts))
-        for commit_version, fetch_version in ((2, 1), (7, 5), (8, 7)):
+        keys = c.api_versions(3)["api_keys"]
+        fetch_versions = [v for v in (1, 5, 7, 8) if v <= keys[kr.API_OFFSET_FETCH][1]]
+        for commit_version in (2, 7, 8):
             offsets = {(topic, i): (100 * commit_version + i, t) for i, t in enumerate(texts)}
             assert c.offset_commit(group, offsets, version=commit_version) == {tp: 0 for tp in parts}
-            for fv in sorted({1, 5, 7, fetch_version}):
+            for fv in fetch_versions:
                 got = fetch_offsets(c, group, parts, version=fv)
                 assert got == {tp: (o, t) for tp, (o, t) in offsets.items()}, (commit_version, fv)
         # The leader epoch (v6+) is kept and returned (OffsetFetch v5+); older commits have none.
@@ -607,12 +698,12 @@ def test_invalid_session_timeout(gb):
 
 def test_empty_group_id(gb):
     with gb.conn() as c:
-        for version in (0, 5, 7):
-            assert c.join_group("", "", protocols(["t"]), version=version)["error_code"] == kr.INVALID_GROUP_ID
-        assert c.sync_group("", 1, "m", {"m": b""}, version=3)["error_code"] == kr.INVALID_GROUP_ID
-        assert c.heartbeat("", 1, "m", version=3)["error_code"] == kr.INVALID_GROUP_ID
-        assert c.leave_group("", [("m", None)], version=0)["error_code"] == kr.INVALID_GROUP_ID
-        assert c.leave_group("", [("m", None)], version=3)["error_code"] == kr.INVALID_GROUP_ID
+        got = {f"JoinGroup v{v}": c.join_group("", "", protocols(["t"]), version=v)["error_code"] for v in (0, 5, 7)}
+        got["SyncGroup v3"] = c.sync_group("", 1, "m", {"m": b""}, version=3)["error_code"]
+        got["Heartbeat v3"] = c.heartbeat("", 1, "m", version=3)["error_code"]
+        got["LeaveGroup v0"] = c.leave_group("", [("m", None)], version=0)["error_code"]
+        got["LeaveGroup v3"] = c.leave_group("", [("m", None)], version=3)["error_code"]
+        assert got == {k: kr.INVALID_GROUP_ID for k in got}
     served(gb)
 
 
@@ -642,6 +733,10 @@ def test_list_and_describe_groups(gb):
                 if version >= 4:
                     assert listed["groups"][stable]["group_state"] == "Stable"
                     assert listed["groups"][empty]["group_state"] == "Empty"
+            if c.api_versions(3)["api_keys"][kr.API_LIST_GROUPS][1] >= 5:
+                listed = c.list_groups(version=5)["groups"]
+                assert listed[stable]["group_type"] == "classic", listed[stable]
+                assert listed[stable]["group_state"] == "Stable"
             only_stable = c.list_groups(version=4, states_filter=["Stable"])["groups"]
             assert stable in only_stable and empty not in only_stable
             only_empty = c.list_groups(version=4, states_filter=["Empty"])["groups"]
@@ -911,18 +1006,40 @@ def test_static_member_rejoin_fences_old_member_id(gb):
         assert second.member_id and second.member_id != old_id
         assert first.heartbeat() == kr.FENCED_INSTANCE_ID
         assert first.heartbeat(version=0) == kr.UNKNOWN_MEMBER_ID
-        assert first.commit({("t", 0): (1, "")}, version=7) == {("t", 0): kr.FENCED_INSTANCE_ID}
+        assert first.sync({})["error_code"] == kr.FENCED_INSTANCE_ID
+        assert first.join_send().result()["error_code"] == kr.FENCED_INSTANCE_ID
+        topic = ensure_topic(first.conn, unique("static"))
+        assert first.commit({(topic, 0): (1, "")}, version=7) == {(topic, 0): kr.FENCED_INSTANCE_ID}
 
         s = second.sync({second.member_id: assignment} if second.is_leader else {})
         assert s["error_code"] == 0 and s["assignment"] == assignment, s
         assert second.heartbeat() == 0
+
+        # Once more with JoinGroup v9: the rejoining static leader of a stable group gets the
+        # members but is told to skip the assignment (KIP-814); the group keeps its generation.
+        third = Member(gb, group, ["t"], instance=inst, version=9)
+        try:
+            res = third.join_send().result()
+            assert res["error_code"] == 0, res
+            third.joined(res)
+            assert third.member_id not in (old_id, second.member_id)
+            assert (res["generation_id"], res["leader"], res["skip_assignment"]) == (1, third.member_id, True), res
+            assert [(m["member_id"], m["group_instance_id"]) for m in res["members"]] == [(third.member_id, inst)]
+            assert second.heartbeat() == kr.FENCED_INSTANCE_ID
+            s = third.sync({})
+            assert s["error_code"] == 0 and s["assignment"] == assignment, s
+            assert third.heartbeat() == 0
+        finally:
+            third.close()
+
         with gb.conn() as c:
             g = describe(c, group, version=4)
             assert g["state"] == "Stable"
-            assert [(m["member_id"], m["group_instance_id"]) for m in g["members"]] == [(second.member_id, inst)]
+            assert [(m["member_id"], m["group_instance_id"], m["assignment"]) for m in g["members"]] == \
+                [(third.member_id, inst, assignment)]
             left = c.leave_group(group, [(old_id, inst)], version=3)
             assert left["members"][0]["error_code"] == kr.FENCED_INSTANCE_ID, left
-            left = c.leave_group(group, [(second.member_id, inst)], version=3)
+            left = c.leave_group(group, [(third.member_id, inst)], version=3)
             assert left["error_code"] == 0 and left["members"][0]["error_code"] == 0, left
             assert describe(c, group)["state"] == "Empty"
     finally:
@@ -963,7 +1080,7 @@ def test_committed_offsets_survive_restart_and_crash(gb):
         with gb.conn() as c:
             assert fetch_offsets(c, simple, [(topic, 0), (topic, 1)]) == expect_simple, what
             assert_no_offset(c, simple, [(topic, 2)])
-            assert fetch_offsets(c, managed, [(topic, 0), (topic, 1)], version=5) == expect_managed, what
+            assert fetch_offsets(c, managed, sorted(expect_managed), version=5) == expect_managed, what
             assert_no_offset(c, deleted, [(topic, 0)])
             assert fetch_offsets(c, simple, None, version=5) == expect_simple, what
 
@@ -983,6 +1100,33 @@ def test_committed_offsets_survive_restart_and_crash(gb):
         assert fetch_offsets(c, managed, [(topic, 2)]) == {(topic, 2): (9, "x" * 300)}
     gb.crash_restart()
     check("after a second SIGKILL")
+
+
+def test_group_membership_survives_restart(broker_factory):
+    """Group metadata is stored with the offsets: after a restart (clean or SIGKILL) the member
+    carries on with its id and generation; one that never comes back still expires."""
+    b = broker_factory(settings={"group.min.session.timeout.ms": "500", "group.initial.rebalance.delay.ms": "0"})
+    group, gone = unique("g-keep"), unique("g-gone")
+    m = Member(b, group, ["t"], session_timeout_ms=10000)
+    q = Member(b, gone, ["t"], session_timeout_ms=1000, rebalance_timeout_ms=1000)
+    try:
+        assignment = join_and_sync(m, b"kept-assignment")
+        join_and_sync(q)
+        for restart in (b.restart, b.crash_restart):
+            m.close()
+            restart()
+            m.conn = b.conn(timeout=20)
+            assert m.heartbeat() == 0
+            with b.conn() as c:
+                g = describe(c, group)
+                assert g["state"] == "Stable" and [(x["member_id"], x["assignment"]) for x in g["members"]] == \
+                    [(m.member_id, assignment)], g
+        with b.conn() as c:
+            wait_for(lambda: describe(c, gone)["state"] == "Empty", "the member that never came back to expire",
+                     timeout=4.0, interval=0.1)
+    finally:
+        m.close()
+        q.close()
 
 
 # ---------------------------------------------------------------------------------------------
