@@ -31,6 +31,9 @@ pub enum StorageError {
     /// A batch handed to `append` is malformed.
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    /// An idempotent producer's batch failed the sequence or epoch checks.
+    #[error(transparent)]
+    Producer(#[from] crate::producer_state::ProducerError),
     /// A batch handed to `append` is larger than the log can hold in one segment.
     #[error("record batch of {len} bytes exceeds the limit of {max} bytes")]
     BatchTooLarge {

@@ -18,7 +18,12 @@ use crate::checkpoint::{write_clean_shutdown, CleanShutdown};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
-use crate::file_io::{remove_file, std_io_err, sync_dir};
+use crate::file_io::{remove_file, std_io_err, sync_dir, write_atomic};
+use crate::producer_state::{
+    last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SequenceVerdict,
+    SNAPSHOTS_KEPT,
+};
+use crate::segment_reader::{BatchWalker, WalkStep};
 use crate::group_commit::GroupCommit;
 use crate::limits::{
     BATCH_BYTES_MAX, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES, RELATIVE_OFFSET_MAX,
@@ -41,6 +46,9 @@ pub struct AppendInfo {
     pub log_append_time_ms: i64,
     /// The log start offset after the append.
     pub log_start_offset: Offset,
+    /// The batch was a retry of one already stored (same producer, epoch and sequences): it was
+    /// not appended again, and the offsets are those of the stored copy.
+    pub duplicate: bool,
 }
 
 /// A byte range of whole batches in a segment file, to be sent with sendfile by a thread other
@@ -98,6 +106,8 @@ pub struct PartitionLog {
     hw_event: Event,
     closed: Cell<bool>,
     sync_failed: Cell<bool>,
+    /// Idempotent producers' state (see `producer_state`).
+    producers: RefCell<ProducerState>,
 }
 
 impl fmt::Debug for PartitionLog {
@@ -136,6 +146,7 @@ impl PartitionLog {
                 }
             }
         }
+        let producers = load_producer_state(&dir, &segments, opened.log_start, log_end, now_ms).await?;
         let log = PartitionLog {
             dir,
             config: RefCell::new(config),
@@ -152,6 +163,7 @@ impl PartitionLog {
             hw_event: Event::new(),
             closed: Cell::new(false),
             sync_failed: Cell::new(false),
+            producers: RefCell::new(producers),
         };
         Ok(Rc::new(log))
     }
@@ -226,6 +238,21 @@ impl PartitionLog {
         }
         let _permit = self.append_lock.lock().await;
         self.check_writable()?;
+        // Checked under the append lock, so pipelined batches of one producer are checked in the
+        // order they are appended.
+        let producer = (header.producer_id >= 0 && header.producer_epoch >= 0 && header.base_sequence >= 0 && !header.is_control())
+            .then(|| (header.producer_id, header.producer_epoch, header.base_sequence, last_sequence(header.base_sequence, header.last_offset_delta)));
+        if let Some((id, epoch, first_seq, last_seq)) = producer {
+            if let SequenceVerdict::Duplicate(stored) = self.producers.borrow().check(id, epoch, first_seq, last_seq)? {
+                return Ok(AppendInfo {
+                    base_offset: Offset(stored.first_offset),
+                    last_offset: Offset(stored.last_offset),
+                    log_append_time_ms: -1,
+                    log_start_offset: Offset(self.log_start.get()),
+                    duplicate: true,
+                });
+            }
+        }
         let config = self.config.borrow().clone();
         let base_offset = self.log_end.get();
         let last_offset = base_offset + i64::from(header.last_offset_delta);
@@ -275,6 +302,10 @@ impl PartitionLog {
             segment_base: active.base_offset(),
             position: active.size(),
         });
+        if let Some((id, epoch, first_seq, last_seq)) = producer {
+            let stored = BatchMeta { first_seq, last_seq, first_offset: base_offset, last_offset };
+            self.producers.borrow_mut().record(id, epoch, stored, now_ms);
+        }
         if advance_high_watermark {
             self.advance_high_watermark(last_offset + 1);
         }
@@ -283,6 +314,7 @@ impl PartitionLog {
             last_offset: Offset(last_offset),
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
             log_start_offset: Offset(self.log_start.get()),
+            duplicate: false,
         })
     }
 
@@ -322,7 +354,40 @@ impl PartitionLog {
             // Synced already; a failed close loses nothing.
             tracing::warn!(segment = %active.paths.log.display(), error = %e, "closing index files");
         }
+        // The producer state as of the new segment's base, so that reopening after a crash
+        // rescans at most the active segment.
+        self.write_producer_snapshot(base).await;
         Ok(())
+    }
+
+    /// Writes the producer-state snapshot at `offset` and removes older ones beyond the few
+    /// kept. A failure is logged, not returned: without the snapshot, reopening scans further.
+    async fn write_producer_snapshot(&self, offset: i64) {
+        if self.producers.borrow().is_empty() && list_snapshots(&self.dir).is_empty() {
+            return;
+        }
+        let bytes = self.producers.borrow().encode_snapshot(offset);
+        if let Err(e) = write_atomic(&self.dir, &snapshot_name(offset), &bytes).await {
+            tracing::warn!(dir = %self.dir.display(), offset, error = %e, "writing producer-state snapshot");
+            return;
+        }
+        let snapshots = list_snapshots(&self.dir);
+        for old in snapshots.iter().rev().skip(SNAPSHOTS_KEPT) {
+            if let Err(e) = remove_file(&self.dir.join(snapshot_name(*old))).await {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "removing old producer-state snapshot");
+            }
+        }
+    }
+
+    /// Forgets idempotent producers whose last append is older than `max_age_ms`
+    /// (`producer.id.expiration.ms`). Returns how many.
+    pub fn expire_producers(&self, now_ms: i64, max_age_ms: i64) -> usize {
+        self.producers.borrow_mut().expire(now_ms, max_age_ms)
+    }
+
+    /// Idempotent producers tracked.
+    pub fn producer_count(&self) -> usize {
+        self.producers.borrow().len()
     }
 
     /// Group commit: returns once every byte appended before the call is fdatasynced. Callers
@@ -567,6 +632,7 @@ impl PartitionLog {
             });
         }
         self.flush().await?;
+        self.write_producer_snapshot(self.log_end.get()).await;
         let active = self.active()?;
         active.seal().await?;
         let marker = CleanShutdown {
@@ -621,3 +687,94 @@ impl PartitionLog {
 #[cfg(test)]
 #[path = "partition_log_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "producer_state_tests.rs"]
+mod producer_tests;
+
+/// Offsets of the producer-state snapshots in `dir`, ascending.
+fn list_snapshots(dir: &Path) -> Vec<i64> {
+    // Listing has no io_uring operation; it runs at open and at segment roll.
+    let mut offsets: Vec<i64> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(parse_snapshot_name))
+                .collect()
+        })
+        .unwrap_or_default();
+    offsets.sort_unstable();
+    offsets
+}
+
+/// Bytes read at a time while rebuilding producer state from batch headers.
+const PRODUCER_SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Rebuilds the idempotent producers' state of a freshly opened (recovered) log: the newest
+/// intact snapshot at or below the log end offset, then the batch headers after it. Snapshots
+/// above the log end offset (the log was cut back by recovery) are deleted.
+async fn load_producer_state(
+    dir: &Path,
+    segments: &SegmentSet,
+    log_start: i64,
+    log_end: i64,
+    now_ms: i64,
+) -> Result<ProducerState, StorageError> {
+    let mut state = ProducerState::default();
+    let mut from = log_start;
+    for offset in list_snapshots(dir).into_iter().rev() {
+        let path = dir.join(snapshot_name(offset));
+        if offset > log_end {
+            remove_file(&path).await?;
+            continue;
+        }
+        // A small file read once per open.
+        match std::fs::read(&path).ok().and_then(|b| ProducerState::decode_snapshot(&b)) {
+            Some((at, loaded)) if at == offset => {
+                state = loaded;
+                from = offset;
+                break;
+            }
+            _ => tracing::warn!(path = %path.display(), "ignoring damaged producer-state snapshot"),
+        }
+    }
+    if from >= log_end {
+        return Ok(state);
+    }
+    let all = segments.all();
+    for (i, segment) in all.iter().enumerate() {
+        let next_base = all.get(i + 1).map_or(i64::MAX, |s| s.base_offset());
+        if next_base <= from {
+            continue;
+        }
+        let mut walker = BatchWalker::new(segment, 0, segment.size(), PRODUCER_SCAN_CHUNK_BYTES, false);
+        loop {
+            match walker.next().await? {
+                WalkStep::Batch { header, .. } => {
+                    if header.last_offset() < from
+                        || header.producer_id < 0
+                        || header.producer_epoch < 0
+                        || header.base_sequence < 0
+                        || header.is_control()
+                    {
+                        continue;
+                    }
+                    let stored = BatchMeta {
+                        first_seq: header.base_sequence,
+                        last_seq: last_sequence(header.base_sequence, header.last_offset_delta),
+                        first_offset: header.base_offset,
+                        last_offset: header.last_offset(),
+                    };
+                    state.record(header.producer_id, header.producer_epoch, stored, now_ms);
+                }
+                WalkStep::End => break,
+                WalkStep::Invalid { position, reason } => {
+                    // Recovery has already cut torn tails; stop at anything else unreadable.
+                    tracing::warn!(segment = %segment.paths.log.display(), position, reason, "producer-state scan stopped");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(state)
+}

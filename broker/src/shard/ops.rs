@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{select, select_all};
 use kafka_protocol::ResponseError as E;
-use strom_storage::{BatchError, LeaderEpoch, LogConfig, Offset, ReadSlice, StorageError};
+use strom_storage::{BatchError, LeaderEpoch, LogConfig, Offset, ProducerError, ReadSlice, StorageError};
 
 use super::Shard;
 use crate::group::{GroupOp, GroupReply};
@@ -159,6 +159,8 @@ async fn open_logs(shard: &Rc<Shard>, topic: &str, partitions: &[i32], config: L
 
 fn produce_error(e: &StorageError) -> (i16, String) {
     match e {
+        StorageError::Producer(ProducerError::StaleEpoch { .. }) => (E::InvalidProducerEpoch.code(), e.to_string()),
+        StorageError::Producer(ProducerError::OutOfOrder { .. }) => (E::OutOfOrderSequenceNumber.code(), e.to_string()),
         StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => (E::CorruptMessage.code(), e.to_string()),
         StorageError::InvalidBatch(_) => (E::InvalidRecord.code(), e.to_string()),
         _ => (E::KafkaStorageError.code(), e.to_string()),
@@ -197,10 +199,17 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         Ok(info) => info,
         Err(e) => {
             let (code, msg) = produce_error(&e);
-            tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
+            if matches!(e, StorageError::Producer(_)) {
+                tracing::debug!("refused batch for {}-{}: {e}", p.topic, p.partition);
+            } else {
+                tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
+            }
             return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 };
         }
     };
+    if info.duplicate {
+        tracing::debug!("{}-{}: retried batch already stored at offset {}", p.topic, p.partition, info.base_offset.0);
+    }
     let must_flush = (p.acks == -1 && config.flush_on_ack) || log.needs_flush(now_ms());
     if must_flush {
         if let Err(e) = log.flush().await {
