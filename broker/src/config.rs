@@ -53,6 +53,11 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("offsets.retention.minutes", "10080"),
     ("offsets.topic.num.partitions", "50"),
     ("offsets.topic.segment.bytes", "104857600"),
+    ("producer.id.expiration.ms", "86400000"),
+    ("transactional.id.expiration.ms", "604800000"),
+    // Test only: every Nth Produce request (acks != 0) a shard handles is carried out and then
+    // its connection is closed instead of answering, so clients retry. 0 = off.
+    ("test.fault.produce.drop.response.every", "0"),
 ];
 
 /// Settings of the group coordinator (Kafka's names in the comments).
@@ -78,6 +83,26 @@ pub struct GroupSettings {
     pub offsets_segment_bytes: u64,
 }
 
+/// Settings of producer ids (Kafka's names in the comments).
+#[derive(Clone, Debug)]
+pub struct ProducerSettings {
+    /// `producer.id.expiration.ms`: how long the epoch of a producer id that sent no
+    /// InitProducerId is remembered (for epoch bumps).
+    pub id_expiration_ms: i64,
+    /// `transactional.id.expiration.ms`: accepted and reported; used once transactions exist.
+    #[allow(dead_code)]
+    pub transactional_id_expiration_ms: i64,
+}
+
+/// Fault injection for tests; all off by default.
+#[derive(Clone, Debug, Default)]
+pub struct TestFaults {
+    /// `test.fault.produce.drop.response.every`: when N > 0, every Nth Produce request with
+    /// acks != 0 that a shard handles is carried out, then its connection is closed instead of
+    /// answering.
+    pub produce_drop_response_every: u64,
+}
+
 /// The resolved broker configuration.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -97,6 +122,8 @@ pub struct BrokerConfig {
     pub send_wait_ms_max: u64,
     pub topic_defaults: TopicDefaults,
     pub groups: GroupSettings,
+    pub producers: ProducerSettings,
+    pub faults: TestFaults,
     /// The raw key/value pairs, for DescribeConfigs on the broker resource.
     pub raw: BTreeMap<String, String>,
 }
@@ -207,6 +234,17 @@ impl BrokerConfig {
             offsets_partitions: parse::<u32>(&raw, "offsets.topic.num.partitions")?.clamp(1, 1000),
             offsets_segment_bytes: parse::<u64>(&raw, "offsets.topic.segment.bytes")?.max(1 << 20),
         };
+        let producers = ProducerSettings {
+            id_expiration_ms: parse::<i64>(&raw, "producer.id.expiration.ms")?.max(1),
+            transactional_id_expiration_ms: parse::<i64>(&raw, "transactional.id.expiration.ms")?.max(1),
+        };
+        let faults = TestFaults { produce_drop_response_every: parse(&raw, "test.fault.produce.drop.response.every")? };
+        if faults.produce_drop_response_every > 0 {
+            tracing::warn!(
+                "test.fault.produce.drop.response.every={}: dropping Produce responses on purpose (test only)",
+                faults.produce_drop_response_every
+            );
+        }
         if groups.session_timeout_ms_min > groups.session_timeout_ms_max {
             return Err(ConfigError::Invalid {
                 key: "group.min.session.timeout.ms".into(),
@@ -229,6 +267,8 @@ impl BrokerConfig {
             send_wait_ms_max: parse(&raw, "connections.max.send.wait.ms")?,
             topic_defaults,
             groups,
+            producers,
+            faults,
             raw,
         })
     }
@@ -305,6 +345,18 @@ mod tests {
         let c = load(None, &[], &["listeners=PLAINTEXT://0.0.0.0:9000", "advertised.listeners=PLAINTEXT://broker.local:19000"]).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("broker.local", 19000));
+    }
+
+    #[test]
+    fn producer_settings_and_faults() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.producers.id_expiration_ms, 86_400_000);
+        assert_eq!(c.producers.transactional_id_expiration_ms, 604_800_000);
+        assert_eq!(c.faults.produce_drop_response_every, 0);
+        let c = load(None, &[("STROM_PRODUCER_ID_EXPIRATION_MS", "5000")], &["test.fault.produce.drop.response.every=3"]).unwrap();
+        assert_eq!(c.producers.id_expiration_ms, 5000);
+        assert_eq!(c.faults.produce_drop_response_every, 3);
+        assert!(load(None, &[], &["test.fault.produce.drop.response.every=-1"]).is_err());
     }
 
     #[test]

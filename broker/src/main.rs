@@ -114,6 +114,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("reading the consumer-group log layout: {e}"))?;
     let config = Arc::new(config);
     let snapshot = metadata::store::load(&config.data_dir).map_err(|e| e.to_string())?;
+    let producer_id_block_end = metadata::producer_ids::load(&config.data_dir).map_err(|e| e.to_string())?;
     let table = ShardTable::new(config.cores);
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
     remove_orphan_partitions(&config.data_dir, &meta);
@@ -132,6 +133,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
         shutdown,
         watchdog: watchdog.clone(),
+        producer_id_block_end,
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",

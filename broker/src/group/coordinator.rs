@@ -52,9 +52,11 @@ pub struct CommitParams {
     pub generation: i32,
     pub member_id: String,
     pub instance_id: Option<String>,
-    /// (topic, partition, offset, leader epoch, metadata)
-    pub offsets: Vec<(Arc<str>, i32, i64, i32, Option<String>)>,
+    pub offsets: Vec<CommitOffset>,
 }
+
+/// (topic, partition, offset, leader epoch, metadata)
+pub type CommitOffset = (Arc<str>, i32, i64, i32, Option<String>);
 
 /// One partition's answer to OffsetFetch.
 #[derive(Clone, Debug)]
@@ -161,26 +163,27 @@ impl GroupCoordinator {
             })
             .await?;
         let (now, wall) = (mono_ms(), now_ms());
-        let mut groups = self.groups.borrow_mut();
-        for (id, record) in &records {
-            groups.insert(id.clone(), Group::from_record(id, record, now, wall));
-        }
         let mut stale = Vec::new();
-        for (id, offs) in offsets {
-            if offs.is_empty() && !records.contains_key(&id) {
-                continue;
+        {
+            let mut groups = self.groups.borrow_mut();
+            for (id, record) in &records {
+                groups.insert(id.clone(), Group::from_record(id, record, now, wall));
             }
-            let g = groups.entry(id.clone()).or_insert_with(|| Group::new(&id, wall));
-            for ((topic, p), c) in offs {
-                if meta.topic(&topic).is_some() {
-                    g.offsets.insert((topic, p), c);
-                } else {
-                    stale.push(LogRecord::Offset { group: id.clone(), topic, partition: p, value: None });
+            for (id, offs) in offsets {
+                if offs.is_empty() && !records.contains_key(&id) {
+                    continue;
+                }
+                let g = groups.entry(id.clone()).or_insert_with(|| Group::new(&id, wall));
+                for ((topic, p), c) in offs {
+                    if meta.topic(&topic).is_some() {
+                        g.offsets.insert((topic, p), c);
+                    } else {
+                        stale.push(LogRecord::Offset { group: id.clone(), topic, partition: p, value: None });
+                    }
                 }
             }
+            tracing::info!(groups = groups.len(), records = count, "group coordinator loaded");
         }
-        tracing::info!(groups = groups.len(), records = count, "group coordinator loaded");
-        drop(groups);
         if !stale.is_empty() {
             tracing::info!("removing {} committed offsets of deleted topics", stale.len());
             self.write_each_group(stale).await;

@@ -37,6 +37,9 @@ use super::state::Committed;
 use super::GroupCoordinator;
 use crate::now_ms;
 
+/// (key, value, timestamp ms) of one record of a batch the broker writes.
+type BatchRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
+
 /// Directory of the offsets log under the data directory.
 pub const GROUPS_DIR: &str = "__strom_groups";
 /// File recording the partition count of the offsets log.
@@ -323,7 +326,7 @@ async fn store(writer: &PartitionWriter, config: &LogConfig, flush: bool, batch:
     if encoded.is_empty() {
         return Ok(());
     }
-    let parts: Vec<(Option<&[u8]>, Option<&[u8]>, i64)> =
+    let parts: Vec<BatchRecord<'_>> =
         encoded.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref(), now)).collect();
     let bytes = encode_batch(&parts);
     let log = writer.open(config).await?;

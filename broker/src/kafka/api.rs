@@ -33,6 +33,9 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::CreatePartitions, 0, 0, 3),
     api(ApiKey::IncrementalAlterConfigs, 0, 0, 1),
     api(ApiKey::DescribeCluster, 0, 0, 1),
+    // Idempotent producers. librdkafka enables idempotence only if InitProducerId 0 is in the
+    // range; kafkajs and aiokafka send v0/v1.
+    api(ApiKey::InitProducerId, 0, 0, 5),
     // Consumer groups. librdkafka enables them only if the ranges overlap the versions it
     // checks for (OffsetCommit 1..2, OffsetFetch 1, the others 0), so the minimum advertised is
     // 0 even where the oldest versions are not decoded.

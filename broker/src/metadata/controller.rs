@@ -1,8 +1,9 @@
 //! The controller: the single writer of cluster metadata, running on shard 0.
 //!
-//! Every change is validated, persisted (`store::save`), carried out on the owning shards
+//! Every topic change is validated, persisted (`store::save`), carried out on the owning shards
 //! (open or remove partition logs) and then published as a new `ClusterMeta`. Changes are
 //! serialized by one permit, so two CreateTopics for the same name cannot both succeed.
+//! The controller also hands out producer ids (`producer_ids`), outside that permit.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,8 +14,10 @@ use glommio::sync::Semaphore;
 use kafka_protocol::ResponseError as E;
 
 use super::model::{ClusterMeta, MetadataSnapshot, TopicRecord};
+use super::producer_ids::{ProducerIdError, ProducerIds};
 use super::store;
 use crate::group::GroupOp;
+use crate::now_ms;
 use crate::shard::{Shard, ShardOp, ShardReply};
 use crate::topic_config;
 
@@ -29,7 +32,16 @@ pub struct ControllerError {
     pub message: String,
 }
 
-pub type ControllerReply = Result<(), ControllerError>;
+/// What a successful controller operation returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ControllerOutput {
+    /// A metadata change was made (or validated).
+    Done,
+    /// InitProducerId: the producer's id and epoch.
+    ProducerId { id: i64, epoch: i16 },
+}
+
+pub type ControllerReply = Result<ControllerOutput, ControllerError>;
 
 fn err(code: E, message: impl Into<String>) -> ControllerError {
     ControllerError { code: code.code(), message: message.into() }
@@ -50,6 +62,9 @@ pub enum ControllerOp {
     /// `replace`: AlterConfigs semantics (the given set becomes the whole override set);
     /// otherwise IncrementalAlterConfigs.
     AlterConfigs { name: String, ops: Vec<(String, ConfigOpKind, Option<String>)>, replace: bool, validate_only: bool },
+    /// A producer id for an idempotent producer; `current` is the id and epoch of a producer
+    /// that already has one and asks for an epoch bump (KIP-360).
+    InitProducerId { current: Option<(i64, i16)> },
 }
 
 /// Kafka's topic name rules: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -72,14 +87,30 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 pub struct Controller {
     lock: Semaphore,
     snapshot: RefCell<Option<MetadataSnapshot>>,
+    producer_ids: ProducerIds,
 }
 
 impl Controller {
-    pub fn new() -> Controller {
-        Controller { lock: Semaphore::new(1), snapshot: RefCell::new(None) }
+    pub fn new(producer_ids: ProducerIds) -> Controller {
+        Controller { lock: Semaphore::new(1), snapshot: RefCell::new(None), producer_ids }
     }
 
     pub async fn apply(&self, shard: &Rc<Shard>, op: ControllerOp) -> ControllerReply {
+        match op {
+            // Producer ids have their own persistence and do not wait for metadata changes.
+            ControllerOp::InitProducerId { current } => match self.producer_ids.init(current, now_ms()).await {
+                Ok((id, epoch)) => Ok(ControllerOutput::ProducerId { id, epoch }),
+                Err(e @ ProducerIdError::Fenced { .. }) => Err(err(E::ProducerFenced, e.to_string())),
+                Err(e) => {
+                    tracing::error!("allocating a producer id: {e}");
+                    Err(err(E::KafkaStorageError, e.to_string()))
+                }
+            },
+            op => self.change_metadata(shard, op).await.map(|()| ControllerOutput::Done),
+        }
+    }
+
+    async fn change_metadata(&self, shard: &Rc<Shard>, op: ControllerOp) -> Result<(), ControllerError> {
         let _permit = self.lock.acquire_permit(1).await.map_err(|e| err(E::UnknownServerError, e.to_string()))?;
         let current = self.current(shard);
         let mut next = current.clone();
@@ -163,6 +194,9 @@ impl Controller {
                 for s in owners {
                     after.push((s, ShardOp::UpdateLogConfig { topic: topic.clone(), config: config.clone() }));
                 }
+            }
+            ControllerOp::InitProducerId { .. } => {
+                return Err(err(E::UnknownServerError, "InitProducerId is not a metadata change"));
             }
         }
         store::save(&shard.config.data_dir, &next)

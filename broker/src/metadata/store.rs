@@ -1,9 +1,11 @@
-//! Durable metadata snapshots: `<data>/__strom_meta/topics.snapshot`.
+//! Durable metadata files in `<data>/__strom_meta/`: the topics snapshot (`topics.snapshot`)
+//! here, the producer id block (`producer-ids`) in [`super::producer_ids`].
 //!
-//! Layout: magic `STRMMETA` (8 bytes), format version (u32 BE), payload length (u64 BE),
-//! CRC-32C of the payload (u32 BE), payload (rkyv archive of `MetadataSnapshot`).
-//! Written to a temporary file, fdatasync'ed, renamed over the old one, then the directory is
-//! fsync'ed, so a crash leaves either the old or the new snapshot, never a mix.
+//! Every file has the layout: magic (8 bytes), format version (u32 BE), payload length (u64 BE),
+//! CRC-32C of the payload (u32 BE), payload. The snapshot's magic is `STRMMETA` and its payload
+//! an rkyv archive of `MetadataSnapshot`. Files are written to a temporary file,
+//! fdatasync'ed, renamed over the old one, then the directory is fsync'ed, so a crash leaves
+//! either the old or the new content, never a mix.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,7 @@ const FILE: &str = "topics.snapshot";
 pub enum MetaStoreError {
     #[error("metadata {op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("metadata snapshot {path} is corrupt: {why}")]
+    #[error("metadata file {path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
 }
 
@@ -30,61 +32,91 @@ pub fn meta_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(META_DIR)
 }
 
-fn encode(snap: &MetadataSnapshot) -> Vec<u8> {
-    // The snapshot holds only strings, maps and integers: serialization cannot fail.
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(snap).expect("metadata snapshot serializes");
+/// Frames a payload: `magic`, format `version` (u32 BE), payload length (u64 BE), CRC-32C of
+/// the payload (u32 BE), payload. Shared by every file in the metadata directory.
+pub(crate) fn frame(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<MetadataSnapshot, MetaStoreError> {
+/// Checks a file written by [`frame`] and returns its payload.
+pub(crate) fn unframe<'a>(path: &Path, magic: &[u8; 8], expected_version: u32, bytes: &'a [u8]) -> Result<&'a [u8], MetaStoreError> {
     let corrupt = |why: String| MetaStoreError::Corrupt { path: path.to_path_buf(), why };
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != magic {
         return Err(corrupt("bad magic or short header".into()));
     }
     let version = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if version != expected_version {
         return Err(corrupt(format!("unknown format version {version}")));
     }
-    let len = u64::from_be_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_be_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let crc = u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes"));
-    let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len).ok_or_else(|| corrupt("truncated".into()))?;
+    let payload = usize::try_from(len)
+        .ok()
+        .and_then(|len| bytes.get(HEADER_BYTES..HEADER_BYTES.checked_add(len)?))
+        .ok_or_else(|| corrupt("truncated".into()))?;
     if crc32c::crc32c(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<MetadataSnapshot, rkyv::rancor::Error>(&aligned).map_err(|e| corrupt(e.to_string()))
+    Ok(payload)
 }
 
-/// Reads the snapshot at startup (before the shards run, so plain blocking I/O is fine).
-/// A missing file means a new, empty cluster.
-pub fn load(data_dir: &Path) -> Result<MetadataSnapshot, MetaStoreError> {
+fn encode(snap: &MetadataSnapshot) -> Vec<u8> {
+    // The snapshot holds only strings, maps and integers: serialization cannot fail.
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(snap).expect("metadata snapshot serializes");
+    frame(MAGIC, FORMAT_VERSION, &payload)
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<MetadataSnapshot, MetaStoreError> {
+    let payload = unframe(path, MAGIC, FORMAT_VERSION, bytes)?;
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<MetadataSnapshot, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| MetaStoreError::Corrupt { path: path.to_path_buf(), why: e.to_string() })
+}
+
+/// Reads `<data>/__strom_meta/<file>` at startup (before the shards run, so plain blocking I/O
+/// is fine), creating the directory if needed. `None` if the file does not exist.
+pub(crate) fn read_meta_file(data_dir: &Path, file: &str) -> Result<Option<(PathBuf, Vec<u8>)>, MetaStoreError> {
     let dir = meta_dir(data_dir);
-    let path = dir.join(FILE);
+    let path = dir.join(file);
     std::fs::create_dir_all(&dir).map_err(|source| MetaStoreError::Io { op: "create", path: dir.clone(), source })?;
     match std::fs::read(&path) {
-        Ok(bytes) => decode(&path, &bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MetadataSnapshot::default()),
+        Ok(bytes) => Ok(Some((path, bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(MetaStoreError::Io { op: "read", path, source }),
+    }
+}
+
+/// Reads the snapshot at startup. A missing file means a new, empty cluster.
+pub fn load(data_dir: &Path) -> Result<MetadataSnapshot, MetaStoreError> {
+    match read_meta_file(data_dir, FILE)? {
+        Some((path, bytes)) => decode(&path, &bytes),
+        None => Ok(MetadataSnapshot::default()),
     }
 }
 
 /// Durably replaces the snapshot. Runs on the controller shard, through io_uring.
 pub async fn save(data_dir: &Path, snap: &MetadataSnapshot) -> Result<(), MetaStoreError> {
+    write_meta_file(data_dir, FILE, encode(snap)).await
+}
+
+/// Durably replaces `<data>/__strom_meta/<file>` with `bytes`: written to `<file>.tmp`,
+/// fdatasync'ed, renamed over the old file, then the directory is fsync'ed. A crash leaves
+/// either the old or the new content, never a mix.
+pub(crate) async fn write_meta_file(data_dir: &Path, file: &str, bytes: Vec<u8>) -> Result<(), MetaStoreError> {
     let dir = meta_dir(data_dir);
-    let path = dir.join(FILE);
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    let path = dir.join(file);
+    let tmp = dir.join(format!("{file}.tmp"));
     let io = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |e: glommio::GlommioError<()>| MetaStoreError::Io { op, path: p, source: e.into() }
     };
-    let bytes = encode(snap);
     let len = bytes.len();
     let file: BufferedFile = OpenOptions::new()
         .write(true)

@@ -27,6 +27,7 @@ use crate::config::BrokerConfig;
 use crate::group::store::OffsetsStore;
 use crate::group::{GroupCoordinator, GroupOp, GroupReply};
 use crate::metadata::controller::Controller;
+use crate::metadata::producer_ids::ProducerIds;
 use crate::metadata::ClusterMeta;
 use crate::now_ms;
 use mesh::{Mesh, ShardMsg};
@@ -47,6 +48,8 @@ pub struct ShardContext {
     pub mesh: MeshBuilder<ShardMsg, Full>,
     pub shutdown: Arc<AtomicBool>,
     pub watchdog: Arc<watchdog::Watchdog>,
+    /// The persisted end of the last reserved producer id block (for the controller).
+    pub producer_id_block_end: i64,
 }
 
 /// Per-shard counters (read by the metrics endpoint, later).
@@ -66,6 +69,9 @@ pub struct Shard {
     pub controller: Option<Controller>,
     pub groups: Rc<GroupCoordinator>,
     pub stats: ShardStats,
+    /// Produce requests with acks != 0 handled so far, counted while
+    /// `test.fault.produce.drop.response.every` is set.
+    pub produce_requests_acked: Cell<u64>,
     mesh: Mesh,
 }
 
@@ -136,9 +142,13 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         config: ctx.config.clone(),
         meta: ctx.meta.clone(),
         logs: LogManager::new(ctx.config.data_dir.clone()),
-        controller: (id == 0).then(Controller::new),
+        controller: (id == 0).then(|| {
+            let expiration_ms = ctx.config.producers.id_expiration_ms;
+            Controller::new(ProducerIds::new(ctx.config.data_dir.clone(), ctx.producer_id_block_end, expiration_ms))
+        }),
         groups,
         stats: ShardStats::default(),
+        produce_requests_acked: Cell::new(0),
         mesh: Mesh::new(senders),
     });
     open_owned_logs(&shard).await?;

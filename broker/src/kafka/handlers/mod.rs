@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -33,7 +34,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use strom_net::OutChunk;
 
 use super::codec::frame_response;
-use crate::metadata::controller::{ControllerError, ControllerOp};
+use crate::metadata::controller::{ControllerError, ControllerOp, ControllerReply};
 use crate::group::{GroupOp, GroupReply};
 use crate::shard::{Shard, ShardOp, ShardReply};
 
@@ -82,6 +83,11 @@ impl Ctx<'_> {
 
     /// Runs a metadata change on the controller (shard 0).
     pub async fn controller(&self, op: ControllerOp) -> Result<(), ControllerError> {
+        self.controller_output(op).await.map(|_| ())
+    }
+
+    /// Runs an operation on the controller (shard 0) and returns what it produced.
+    pub async fn controller_output(&self, op: ControllerOp) -> ControllerReply {
         match self.shard.call(0, ShardOp::Controller(op)).await {
             ShardReply::Controller(r) => r,
             _ => Err(ControllerError { code: kafka_protocol::ResponseError::UnknownServerError.code(), message: "controller unavailable".into() }),
@@ -109,6 +115,7 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(&ctx, &mut body).await,
         ApiKey::DescribeCluster => describe_cluster::handle(&ctx, &mut body).await,
         ApiKey::FindCoordinator => find_coordinator::handle(&ctx, &mut body).await,
+        ApiKey::InitProducerId => init_producer_id::handle(&ctx, &mut body).await,
         ApiKey::JoinGroup => join_group::handle(&ctx, &mut body).await,
         ApiKey::SyncGroup => sync_group::handle(&ctx, &mut body).await,
         ApiKey::Heartbeat => heartbeat::handle(&ctx, &mut body).await,

@@ -1,6 +1,8 @@
 //! Produce (key 0): appends one record batch per partition on the owning shards.
 //! acks=0 gets no response; acks=1 is answered after the local append; acks=all after the
 //! append and, when `flush.on.ack` is set, after the batch is fdatasync'ed (group commit).
+//! The test-only `test.fault.produce.drop.response.every` makes some requests close the
+//! connection after their work instead of answering.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +60,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     if acks == 0 {
         return Ok(Outcome::NoResponse);
     }
+    if let Some(n) = drop_response(ctx) {
+        tracing::debug!("{}: fault injection: dropping the response to Produce request #{n} of this shard", ctx.peer);
+        return Ok(Outcome::Close(format!("fault injection: response to Produce request #{n} dropped")));
+    }
     let mut resp = ProduceResponse::default();
     resp.responses = req
         .topic_data
@@ -85,4 +91,17 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         })
         .collect();
     Ok(ctx.respond(&resp))
+}
+
+/// `test.fault.produce.drop.response.every` = N > 0: every Nth Produce request with acks != 0
+/// this shard handles is carried out but not answered (the connection is closed), so clients
+/// retry. Returns the request's number on this shard when it is one of those.
+fn drop_response(ctx: &Ctx<'_>) -> Option<u64> {
+    let every = ctx.shard.config.faults.produce_drop_response_every;
+    if every == 0 {
+        return None;
+    }
+    let n = ctx.shard.produce_requests_acked.get() + 1;
+    ctx.shard.produce_requests_acked.set(n);
+    n.is_multiple_of(every).then_some(n)
 }
