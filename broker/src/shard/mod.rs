@@ -162,10 +162,15 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
 
+    let mut next_producer_expiry = now_ms() + PRODUCER_EXPIRY_CHECK_MS;
     while !ctx.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         shard.groups.tick();
         flush_due_logs(&shard).await;
+        if now_ms() >= next_producer_expiry {
+            next_producer_expiry = now_ms() + PRODUCER_EXPIRY_CHECK_MS;
+            expire_producers(&shard);
+        }
     }
     drop(acceptor);
     tracing::info!(shard = id, "shutting down: flushing and closing logs");
@@ -204,6 +209,21 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 tracing::warn!(shard = shard.id, "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+/// How often a shard looks for idempotent producers to forget.
+const PRODUCER_EXPIRY_CHECK_MS: i64 = 60_000;
+
+/// `producer.id.expiration.ms`: forget idempotent producers not heard from for that long.
+fn expire_producers(shard: &Rc<Shard>) {
+    let now = now_ms();
+    let max_age = shard.config.producers.id_expiration_ms;
+    for ((topic, p), log) in shard.logs.all() {
+        let n = log.expire_producers(now, max_age);
+        if n > 0 {
+            tracing::debug!("{topic}-{p}: forgot {n} idle producer id(s)");
         }
     }
 }
