@@ -64,8 +64,7 @@ def test_admin_create_list_delete(broker):
 def test_produce_and_consume(broker, acks):
     topic = unique(f"kp-acks{acks}")
     create_topic(broker, topic, partitions=2)
-    p = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=acks, linger_ms=5, request_timeout_ms=30000,
-                      enable_idempotence=False)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=acks, linger_ms=5, request_timeout_ms=30000)
     sent = []
     futures = []
     for i in range(200):
@@ -103,8 +102,7 @@ def test_offsets_for_times(broker):
     topic = unique("kp-times")
     create_topic(broker, topic)
     base = int(time.time() * 1000) - 600_000
-    p = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0, batch_size=1,
-                      enable_idempotence=False)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0, batch_size=1)
     for i in range(8):
         p.send(topic, value=f"v{i}".encode(), partition=0, timestamp_ms=base + i * 100).get(timeout=30)
     p.close()
@@ -143,15 +141,22 @@ def test_consumer_reads_raw_produced_batches(broker):
     c.close()
 
 
-@pytest.mark.xfail(reason="kafka-python >= 3 producers are idempotent by default, which needs "
-                          "InitProducerId (not implemented yet)", strict=False)
 @pytest.mark.timeout(60)
 def test_default_producer_config(broker):
+    """kafka-python >= 3 producers are idempotent by default (InitProducerId, then batches with
+    producer id and sequences)."""
     topic = unique("kp-default")
     create_topic(broker, topic)
     p = KafkaProducer(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000, max_block_ms=10000)
     try:
-        md = p.send(topic, value=b"default config", partition=0).get(timeout=20)
-        assert md.offset == 0
+        assert p.config["enable_idempotence"]
+        mds = [p.send(topic, value=f"default config {i}".encode(), partition=0) for i in range(20)]
+        assert [f.get(timeout=20).offset for f in mds] == list(range(20))
     finally:
         p.close(timeout=5)
+    with broker.conn() as c:
+        batches = c.fetch_batches(topic, 0)
+    assert [r.value for b in batches for r in b.records] == [f"default config {i}".encode() for i in range(20)]
+    assert all(b.producer_id >= 0 and b.producer_epoch >= 0 for b in batches), \
+        [(b.producer_id, b.producer_epoch, b.base_sequence) for b in batches]
+    assert batches[0].base_sequence == 0
