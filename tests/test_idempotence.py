@@ -572,6 +572,33 @@ def test_unknown_producer_may_start_at_any_sequence(broker):
         assert [b.base_sequence for b in c.fetch_batches(topic, 0)] == [1000, 1002]
 
 
+def test_idle_producer_state_expires(broker_factory):
+    """producer.id.expiration.ms: a producer silent for longer is forgotten by the partition, so
+    its next batch may start at any sequence (a gap is no longer refused); an active one is not."""
+    broker = broker_factory(settings={"producer.id.expiration.ms": "1500"})
+    topic = unique("idem-expire")
+    with broker.conn() as c:
+        c.create_topic(topic)
+        idle = Producer(c, *c.new_producer())
+        busy = Producer(c, *c.new_producer())
+        idle.produce(topic, 0, ["a", "b"])
+        busy.produce(topic, 0, ["x"])
+        assert_refused(idle, idle.batch(topic, 0, ["gap"], seq=5), kr.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                       "a gap while the producer is remembered")
+        deadline = time.monotonic() + 10
+        forgotten = False
+        while time.monotonic() < deadline and not forgotten:
+            busy.produce(topic, 0, ["x"])  # keeps the busy producer alive
+            res = idle.send(idle.batch(topic, 0, ["late"], seq=5))
+            forgotten = res["error_code"] == kr.NONE
+            if not forgotten:
+                assert res["error_code"] == kr.OUT_OF_ORDER_SEQUENCE_NUMBER, res
+                time.sleep(0.2)
+        assert forgotten, "the idle producer was still remembered 10 s after producer.id.expiration.ms=1500"
+        assert_refused(busy, busy.batch(topic, 0, ["gap"], seq=100), kr.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                       "a gap from a producer that kept producing")
+
+
 def test_sequence_wraps_after_int32_max(broker):
     topic = unique("idem-wrap")
     with broker.conn() as c:

@@ -162,13 +162,15 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
 
-    let mut next_producer_expiry = now_ms() + PRODUCER_EXPIRY_CHECK_MS;
+    // Checked once a minute, or twice per expiration time if that is shorter.
+    let expiry_check_ms = (shard.config.producers.id_expiration_ms / 2).clamp(100, PRODUCER_EXPIRY_CHECK_MS);
+    let mut next_producer_expiry = now_ms() + expiry_check_ms;
     while !ctx.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         shard.groups.tick();
         flush_due_logs(&shard).await;
         if now_ms() >= next_producer_expiry {
-            next_producer_expiry = now_ms() + PRODUCER_EXPIRY_CHECK_MS;
+            next_producer_expiry = now_ms() + expiry_check_ms;
             expire_producers(&shard);
         }
     }
@@ -213,7 +215,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// How often a shard looks for idempotent producers to forget.
+/// How often a shard looks for idempotent producers to forget (at most).
 const PRODUCER_EXPIRY_CHECK_MS: i64 = 60_000;
 
 /// `producer.id.expiration.ms`: forget idempotent producers not heard from for that long.
