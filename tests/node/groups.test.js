@@ -10,12 +10,7 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const crypto = require('node:crypto');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+const { unique, sleep, waitFor, startBroker } = require('./strom_broker');
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
 const { Kafka, Partitioners, AssignerProtocol, logLevel } = require('kafkajs');
@@ -23,80 +18,13 @@ const { Kafka, Partitioners, AssignerProtocol, logLevel } = require('kafkajs');
 // Broker settings (`-o key=value`): joins complete as soon as every member has joined.
 const BROKER_SETTINGS = { 'group.initial.rebalance.delay.ms': '0' };
 
-let bootstrap = process.env.STROM_BOOTSTRAP;
-let brokerProc = null;
-let brokerExit = null;
-let tmpDir = null;
+let bootstrap = null;
+let broker = null;
 let kafka = null;
 
-function unique(prefix) {
-  return `${prefix}-${crypto.randomBytes(5).toString('hex')}`;
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function tryConnect(host, port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    s.setTimeout(1000);
-    s.on('connect', () => { s.destroy(); resolve(true); });
-    s.on('error', () => resolve(false));
-    s.on('timeout', () => { s.destroy(); resolve(false); });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function brokerLog() {
-  if (!tmpDir) return '';
-  try {
-    return fs.readFileSync(path.join(tmpDir, 'strom.log'), 'utf8').split('\n').slice(-60).join('\n');
-  } catch (e) {
-    return '';
-  }
-}
-
-async function waitFor(pred, what, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await pred()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
 before(async () => {
-  if (!bootstrap) {
-    const bin = process.env.STROM_BIN || path.resolve(__dirname, '../../target/release/strom');
-    assert.ok(fs.existsSync(bin), `broker binary ${bin} not found (cargo build --release)`);
-    tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strom-node-'));
-    const port = await freePort();
-    bootstrap = `127.0.0.1:${port}`;
-    const log = fs.openSync(path.join(tmpDir, 'strom.log'), 'a');
-    const settings = Object.entries(BROKER_SETTINGS).flatMap(([k, v]) => ['-o', `${k}=${v}`]);
-    brokerProc = spawn(bin, ['--listen', bootstrap, '--advertise', bootstrap,
-      '--data-dir', path.join(tmpDir, 'data'), '--cores', '1', ...settings],
-    { stdio: ['ignore', log, log], env: { RUST_LOG: 'info', ...process.env } });
-    fs.closeSync(log);
-    brokerExit = new Promise((resolve) => brokerProc.on('exit', (code, sig) => resolve({ code, sig })));
-    // Never leave a broker behind, whatever happens to this test process.
-    process.on('exit', () => { if (brokerProc.exitCode === null) brokerProc.kill('SIGKILL'); });
-    const deadline = Date.now() + 30000;
-    while (!(await tryConnect('127.0.0.1', port))) {
-      if (brokerProc.exitCode !== null) throw new Error(`broker exited ${brokerProc.exitCode}:\n${brokerLog()}`);
-      if (Date.now() > deadline) throw new Error(`broker did not listen within 30 s:\n${brokerLog()}`);
-      await sleep(50);
-    }
-  }
+  broker = await startBroker(BROKER_SETTINGS);
+  bootstrap = broker.bootstrap;
   kafka = new Kafka({
     clientId: 'strom-node-groups',
     brokers: [bootstrap],
@@ -108,19 +36,7 @@ before(async () => {
 });
 
 after(async () => {
-  if (brokerProc && brokerProc.exitCode === null) {
-    brokerProc.kill('SIGTERM');
-    let timer;
-    const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve(null), 10000); });
-    const res = await Promise.race([brokerExit, timeout]);
-    clearTimeout(timer);
-    if (res === null) {
-      brokerProc.kill('SIGKILL');
-      throw new Error(`broker did not exit within 10 s of SIGTERM:\n${brokerLog()}`);
-    }
-    assert.equal(res.code, 0, `broker exit code ${res.code} (signal ${res.sig}) after SIGTERM:\n${brokerLog()}`);
-  }
-  if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+  if (broker) await broker.stop();
 });
 
 // A consumer of `groupId` that records what it receives, its group joins and any crash.

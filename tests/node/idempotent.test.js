@@ -11,12 +11,7 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, spawnSync } = require('node:child_process');
-const crypto = require('node:crypto');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+const { unique, kcatRead, startBroker } = require('./strom_broker');
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
 const { Kafka, Partitioners, logLevel } = require('kafkajs');
@@ -26,54 +21,8 @@ const PARTITIONS = 4;
 const NKEYS = 10;
 const N = 500; // records per run, sent 10 per request
 
-let bootstrap = process.env.STROM_BOOTSTRAP;
-let brokerProc = null;
-let brokerExit = null;
-let tmpDir = null;
-
-function unique(prefix) {
-  return `${prefix}-${crypto.randomBytes(5).toString('hex')}`;
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function tryConnect(host, port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    s.setTimeout(1000);
-    s.on('connect', () => { s.destroy(); resolve(true); });
-    s.on('error', () => resolve(false));
-    s.on('timeout', () => { s.destroy(); resolve(false); });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function brokerLog() {
-  if (!tmpDir) return '';
-  try {
-    return fs.readFileSync(path.join(tmpDir, 'strom.log'), 'utf8').split('\n').slice(-60).join('\n');
-  } catch (e) {
-    return '';
-  }
-}
-
-function kcatRead(topic) {
-  const r = spawnSync('kcat', ['-b', bootstrap, '-C', '-t', topic, '-o', 'beginning', '-e', '-J'],
-    { timeout: 60000, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.error) throw new Error(`kcat could not run (install it: apt-get install kcat): ${r.error.message}`);
-  assert.equal(r.status, 0, `kcat failed: ${r.stderr}`);
-  return r.stdout.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
-}
+let bootstrap = null;
+let broker = null;
 
 // A Kafka client whose logger counts the Produce requests it sends and keeps its errors.
 function countingKafka(clientId) {
@@ -111,44 +60,12 @@ async function produceKeyed(producer, topic) {
 }
 
 before(async () => {
-  if (!bootstrap) {
-    const bin = process.env.STROM_BIN || path.resolve(__dirname, '../../target/release/strom');
-    assert.ok(fs.existsSync(bin), `broker binary ${bin} not found (cargo build --release)`);
-    tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strom-node-'));
-    const port = await freePort();
-    bootstrap = `127.0.0.1:${port}`;
-    const log = fs.openSync(path.join(tmpDir, 'strom.log'), 'a');
-    const settings = Object.entries(BROKER_SETTINGS).flatMap(([k, v]) => ['-o', `${k}=${v}`]);
-    brokerProc = spawn(bin, ['--listen', bootstrap, '--advertise', bootstrap,
-      '--data-dir', path.join(tmpDir, 'data'), '--cores', '1', ...settings],
-    { stdio: ['ignore', log, log], env: { RUST_LOG: 'info', ...process.env } });
-    fs.closeSync(log);
-    brokerExit = new Promise((resolve) => brokerProc.on('exit', (code, sig) => resolve({ code, sig })));
-    // Never leave a broker behind, whatever happens to this test process.
-    process.on('exit', () => { if (brokerProc.exitCode === null) brokerProc.kill('SIGKILL'); });
-    const deadline = Date.now() + 30000;
-    while (!(await tryConnect('127.0.0.1', port))) {
-      if (brokerProc.exitCode !== null) throw new Error(`broker exited ${brokerProc.exitCode}:\n${brokerLog()}`);
-      if (Date.now() > deadline) throw new Error(`broker did not listen within 30 s:\n${brokerLog()}`);
-      await sleep(50);
-    }
-  }
+  broker = await startBroker(BROKER_SETTINGS);
+  bootstrap = broker.bootstrap;
 });
 
 after(async () => {
-  if (brokerProc && brokerProc.exitCode === null) {
-    brokerProc.kill('SIGTERM');
-    let timer;
-    const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve(null), 10000); });
-    const res = await Promise.race([brokerExit, timeout]);
-    clearTimeout(timer);
-    if (res === null) {
-      brokerProc.kill('SIGKILL');
-      throw new Error(`broker did not exit within 10 s of SIGTERM:\n${brokerLog()}`);
-    }
-    assert.equal(res.code, 0, `broker exit code ${res.code} (signal ${res.sig}) after SIGTERM:\n${brokerLog()}`);
-  }
-  if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+  if (broker) await broker.stop();
 });
 
 async function createTopic(topic) {
@@ -177,7 +94,7 @@ test('without idempotence the dropped responses produce duplicates (the fault is
     } finally {
       await producer.disconnect();
     }
-    const got = kcatRead(topic);
+    const got = kcatRead(bootstrap, topic);
     const seen = new Map();
     for (const m of got) seen.set(m.payload, (seen.get(m.payload) || 0) + 1);
     const dups = [...seen.entries()].filter(([, n]) => n > 1);
@@ -207,7 +124,7 @@ test('idempotent producer stores every record exactly once while responses are d
     assert.ok(stats.produceRequests > sends.length,
       `${stats.produceRequests} Produce requests for ${sends.length} sends: no retries (errors: ${stats.errors.slice(0, 5)})`);
 
-    const got = kcatRead(topic);
+    const got = kcatRead(bootstrap, topic);
     const seen = new Map();
     for (const m of got) seen.set(m.payload, (seen.get(m.payload) || 0) + 1);
     const dups = [...seen.entries()].filter(([, n]) => n > 1);

@@ -7,97 +7,18 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, spawnSync } = require('node:child_process');
-const crypto = require('node:crypto');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+const { unique, waitFor, kcatRead, startBroker } = require('./strom_broker');
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
 const { Kafka, Partitioners, CompressionTypes, logLevel } = require('kafkajs');
 
-let bootstrap = process.env.STROM_BOOTSTRAP;
-let brokerProc = null;
-let brokerExit = null;
-let tmpDir = null;
+let bootstrap = null;
+let broker = null;
 let kafka = null;
 
-function unique(prefix) {
-  return `${prefix}-${crypto.randomBytes(5).toString('hex')}`;
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function tryConnect(host, port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    s.setTimeout(1000);
-    s.on('connect', () => { s.destroy(); resolve(true); });
-    s.on('error', () => resolve(false));
-    s.on('timeout', () => { s.destroy(); resolve(false); });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function brokerLog() {
-  if (!tmpDir) return '';
-  try {
-    return fs.readFileSync(path.join(tmpDir, 'strom.log'), 'utf8').split('\n').slice(-60).join('\n');
-  } catch (e) {
-    return '';
-  }
-}
-
-async function waitFor(pred, what, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await pred()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-function kcatRead(topic) {
-  const r = spawnSync('kcat', ['-b', bootstrap, '-C', '-t', topic, '-o', 'beginning', '-e', '-J'],
-    { timeout: 60000, encoding: 'utf8' });
-  if (r.error) throw new Error(`kcat could not run (install it: apt-get install kcat): ${r.error.message}`);
-  assert.equal(r.status, 0, `kcat failed: ${r.stderr}`);
-  return r.stdout.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
-}
-
 before(async () => {
-  if (!bootstrap) {
-    const bin = process.env.STROM_BIN || path.resolve(__dirname, '../../target/release/strom');
-    assert.ok(fs.existsSync(bin), `broker binary ${bin} not found (cargo build --release)`);
-    tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strom-node-'));
-    const port = await freePort();
-    bootstrap = `127.0.0.1:${port}`;
-    const log = fs.openSync(path.join(tmpDir, 'strom.log'), 'a');
-    brokerProc = spawn(bin, ['--listen', bootstrap, '--advertise', bootstrap,
-      '--data-dir', path.join(tmpDir, 'data'), '--cores', '1'],
-    { stdio: ['ignore', log, log], env: { RUST_LOG: 'info', ...process.env } });
-    fs.closeSync(log);
-    brokerExit = new Promise((resolve) => brokerProc.on('exit', (code, sig) => resolve({ code, sig })));
-    // Never leave a broker behind, whatever happens to this test process.
-    process.on('exit', () => { if (brokerProc.exitCode === null) brokerProc.kill('SIGKILL'); });
-    const deadline = Date.now() + 30000;
-    while (!(await tryConnect('127.0.0.1', port))) {
-      if (brokerProc.exitCode !== null) throw new Error(`broker exited ${brokerProc.exitCode}:\n${brokerLog()}`);
-      if (Date.now() > deadline) throw new Error(`broker did not listen within 30 s:\n${brokerLog()}`);
-      await sleep(50);
-    }
-  }
+  broker = await startBroker();
+  bootstrap = broker.bootstrap;
   kafka = new Kafka({
     clientId: 'strom-node-tests',
     brokers: [bootstrap],
@@ -109,19 +30,7 @@ before(async () => {
 });
 
 after(async () => {
-  if (brokerProc && brokerProc.exitCode === null) {
-    brokerProc.kill('SIGTERM');
-    let timer;
-    const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve(null), 10000); });
-    const res = await Promise.race([brokerExit, timeout]);
-    clearTimeout(timer);
-    if (res === null) {
-      brokerProc.kill('SIGKILL');
-      throw new Error(`broker did not exit within 10 s of SIGTERM:\n${brokerLog()}`);
-    }
-    assert.equal(res.code, 0, `broker exit code ${res.code} (signal ${res.sig}) after SIGTERM:\n${brokerLog()}`);
-  }
-  if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+  if (broker) await broker.stop();
 });
 
 test('admin creates, lists and deletes topics', { timeout: 90000 }, async () => {
@@ -180,7 +89,7 @@ test('keyed JSON messages with correlation-id headers round-trip', { timeout: 90
     assert.equal(offsets[0].high, String(n));
     assert.equal(offsets[0].low, '0');
 
-    const got = kcatRead(topic);
+    const got = kcatRead(bootstrap, topic);
     assert.equal(got.length, n);
     got.forEach((m, i) => {
       assert.equal(m.offset, i);
@@ -204,7 +113,7 @@ test('gzip batches from kafkajs are readable', { timeout: 90000 }, async () => {
     await admin.createTopics({ topics: [{ topic, numPartitions: 1 }], waitForLeaders: true });
     const messages = Array.from({ length: 50 }, (_, i) => ({ key: `k${i}`, value: `compressible ${'abc'.repeat(i)}` }));
     await producer.send({ topic, acks: -1, compression: CompressionTypes.GZIP, messages });
-    const got = kcatRead(topic);
+    const got = kcatRead(bootstrap, topic);
     assert.deepEqual(got.map((m) => m.payload), messages.map((m) => m.value));
     assert.deepEqual(got.map((m) => m.key), messages.map((m) => m.key));
   } finally {
@@ -220,7 +129,7 @@ test('producing to a new topic auto-creates it', { timeout: 90000 }, async () =>
   try {
     const res = await producer.send({ topic, acks: 1, messages: [{ value: 'first' }, { value: 'second' }] });
     assert.equal(res[0].errorCode, 0);
-    const got = kcatRead(topic);
+    const got = kcatRead(bootstrap, topic);
     assert.deepEqual(got.map((m) => m.payload), ['first', 'second']);
   } finally {
     await producer.disconnect();
