@@ -62,3 +62,7 @@ const _: () = assert!(INDEX_INTERVAL_BYTES_MIN <= INDEX_INTERVAL_BYTES_MAX);
 const _: () = assert!(READ_WALK_SLACK_BYTES >= BATCH_HEADER_BYTES);
 const _: () = assert!(RECOVERY_PROBE_CHUNK_BYTES >= BATCH_HEADER_BYTES);
 const _: () = assert!(TOPIC_NAME_BYTES_MAX + "-99999".len() <= 255);
+
+/// Bytes appended to a segment after which their writeback is started (`sync_file_range`), so
+/// dirty data never piles up to a whole segment and the fdatasync at roll stays short.
+pub const WRITEBACK_KICK_BYTES: u64 = 8 << 20;

@@ -528,3 +528,31 @@ fn delete_removes_the_directory() {
         ));
     });
 }
+
+#[test]
+fn writeback_is_started_every_few_mebibytes_of_appends() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir, LogConfig::default(), 0).await.expect("open");
+        // 64 records of 16 KiB: about 1 MiB per batch.
+        let b = batch(64, 16 * 1024, 1);
+        let mut appended = 0u64;
+        let mut kicks = 0;
+        let mut last_from = 0;
+        for _ in 0..20 {
+            log.append(&b, LeaderEpoch(0), 100).await.expect("append");
+            appended += b.len() as u64;
+            let active = log.active().expect("active");
+            let from = active.writeback_from();
+            assert!(from <= active.size());
+            assert!(active.size() - from < crate::limits::WRITEBACK_KICK_BYTES, "unkicked bytes stay under the threshold");
+            if from != last_from {
+                kicks += 1;
+                assert_eq!(from, active.size(), "a kick covers everything appended so far");
+                last_from = from;
+            }
+        }
+        assert_eq!(appended / crate::limits::WRITEBACK_KICK_BYTES, kicks);
+        assert_eq!(read_all(&log, 0).await.len() as u64, appended);
+        log.close().await.expect("close");
+    });
+}

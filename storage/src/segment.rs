@@ -87,6 +87,8 @@ pub(crate) struct Segment {
     /// Set when a failed append could not be rolled back: the file holds bytes past `size`
     /// that must be cut before the next append.
     dirty_tail: Cell<bool>,
+    /// Start of the appended bytes whose writeback has not been started yet.
+    writeback_from: Cell<u64>,
     pub(crate) index: RefCell<SegmentIndex>,
 }
 
@@ -152,6 +154,7 @@ impl Segment {
             next_offset: Cell::new(base_offset),
             created_ms: Cell::new(now_ms),
             dirty_tail: Cell::new(false),
+            writeback_from: Cell::new(size),
             index: RefCell::new(SegmentIndex::default()),
         })
     }
@@ -168,6 +171,14 @@ impl Segment {
 
     pub(crate) fn set_size(&self, size: u64) {
         self.size.set(size);
+    }
+
+    pub(crate) fn writeback_from(&self) -> u64 {
+        self.writeback_from.get()
+    }
+
+    pub(crate) fn set_writeback_from(&self, position: u64) {
+        self.writeback_from.set(position);
     }
 
     /// Offset the next batch appended here would get (last offset + 1).
