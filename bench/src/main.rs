@@ -1,17 +1,30 @@
-//! `strom-bench`: a lean Kafka-wire load generator. It speaks the protocol directly (no client
-//! library in between), pipelines requests on one connection and prints throughput and request
-//! latency percentiles. It works against any Kafka-compatible broker.
+//! `strom-bench`: a Kafka-wire load generator. It speaks the protocol directly (no client
+//! library in between, so it is not the bottleneck), and works against any Kafka-compatible
+//! broker.
+//!
+//! - `run`: a workload of producers and consumers (flags or a TOML file) with fixed-rate or
+//!   maximal load, publish and end-to-end latency, a JSON report and an SVG chart;
+//!   `run --find-max` sweeps the rate up to a latency target.
+//! - `limits`: the machine's ceilings (disk, fdatasync, loopback sendfile) to relate results to.
+//! - `compare A.json B.json`: two reports side by side.
+//! - `group`: consumer-group join and rebalance latency.
 
+mod chart;
 mod group;
+mod limits;
+mod report;
+mod run;
+mod sysinfo;
 mod wire;
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use bytes::Bytes;
-use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
+use clap::{Args, Parser, Subcommand};
 
-use wire::Conn;
+use run::findmax::{self, FindMaxArgs};
+use run::workload::Workload;
+use run::{BrokerPid, RunOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "strom-bench", about = "Kafka-wire load generator")]
@@ -25,40 +38,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Produce fixed-size records as fast as the pipeline allows.
-    Produce {
-        #[arg(long, default_value = "strom-bench")]
-        topic: String,
-        #[arg(long, default_value_t = 1)]
-        partitions: i32,
-        /// Total records to send (the run also stops at --duration-s).
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        #[arg(long, default_value_t = 1024)]
-        record_bytes: usize,
-        /// Records per batch (one batch per partition per request).
-        #[arg(long, default_value_t = 64)]
-        batch_records: usize,
-        /// 0, 1 or -1 (all).
-        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
-        acks: i16,
-        /// Requests in flight on the connection.
-        #[arg(long, default_value_t = 8)]
-        inflight: usize,
-        #[arg(long, default_value_t = 60)]
-        duration_s: u64,
-    },
-    /// Read a partition from offset 0 up to its end as fast as possible.
-    Consume {
-        #[arg(long, default_value = "strom-bench")]
-        topic: String,
-        #[arg(long, default_value_t = 0)]
-        partition: i32,
-        #[arg(long, default_value_t = 4 * 1024 * 1024)]
-        max_bytes: i32,
-        #[arg(long, default_value_t = 60)]
-        duration_s: u64,
-    },
+    /// Run a workload: producers and/or consumers for a warm-up and a measured duration.
+    Run(Box<RunArgs>),
+    /// Measure this machine's ceilings: O_DIRECT write bandwidth, fdatasync latency, loopback
+    /// TCP sendfile bandwidth (for `run --limits`).
+    Limits(limits::LimitsArgs),
+    /// Print the figures two JSON reports have in common, with their ratio B/A.
+    Compare { a: PathBuf, b: PathBuf },
     /// Consumer group latencies (classic protocol): join to first record, and rebalance after a
     /// member leaves. Needs group.initial.rebalance.delay.ms=0 on the broker.
     Group {
@@ -81,23 +67,120 @@ enum Command {
     },
 }
 
+/// Workload flags override the workload file, which overrides the defaults.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A TOML workload file (keys as the flags, with underscores: message_bytes = 1024).
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    partitions: Option<i32>,
+    #[arg(long)]
+    producers: Option<u32>,
+    #[arg(long)]
+    consumers: Option<u32>,
+    /// Consumers join this group (classic protocol) instead of splitting partitions statically.
+    #[arg(long)]
+    group: Option<String>,
+    /// latest or earliest.
+    #[arg(long)]
+    consume_from: Option<String>,
+    #[arg(long)]
+    message_bytes: Option<usize>,
+    /// none, round-robin:N or random:N.
+    #[arg(long)]
+    keys: Option<String>,
+    /// 0, 1 or -1 (all).
+    #[arg(long, allow_hyphen_values = true)]
+    acks: Option<i16>,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long)]
+    compression: Option<String>,
+    #[arg(long)]
+    linger_ms: Option<f64>,
+    #[arg(long)]
+    batch_bytes: Option<usize>,
+    #[arg(long)]
+    max_inflight: Option<usize>,
+    /// max, messages per second (50000) or bytes per second (100MB/s, 64MiB/s), over all producers.
+    #[arg(long)]
+    rate: Option<String>,
+    #[arg(long)]
+    warmup_s: Option<f64>,
+    #[arg(long)]
+    duration_s: Option<f64>,
+    #[arg(long)]
+    max_messages: Option<u64>,
+    #[arg(long)]
+    fetch_max_wait_ms: Option<i32>,
+    #[arg(long)]
+    fetch_partition_max_bytes: Option<i32>,
+    #[arg(long)]
+    fetch_max_bytes: Option<i32>,
+
+    /// Sweep the producer rate up to the latency target and report the sustainable maximum.
+    #[arg(long)]
+    find_max: bool,
+    /// find-max: publish p99 target in milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    target_p99_ms: f64,
+    /// find-max: measured seconds per step (each step also has --warmup-s).
+    #[arg(long, default_value_t = 10.0)]
+    step_s: f64,
+    /// find-max: offered rates after the probe, as comma-separated fractions of its throughput.
+    #[arg(long, default_value = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1")]
+    fractions: String,
+
+    /// Broker process for CPU and memory figures (default: the local process listening on the
+    /// broker's port, if any).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// A `strom-bench limits --json-out` file: the report then states throughput as a share of
+    /// the machine's ceilings.
+    #[arg(long)]
+    limits: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Write the SVG chart here.
+    #[arg(long)]
+    svg_out: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    fn workload(&self) -> Result<Workload, String> {
+        let mut w = match &self.workload {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                Workload::from_toml(&text)?
+            }
+            None => Workload::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { w.$field = v.clone(); } )* };
+        }
+        set!(topic, partitions, producers, consumers, consume_from, message_bytes, keys, acks, compression, linger_ms,
+            batch_bytes, max_inflight, rate, warmup_s, duration_s, max_messages, fetch_max_wait_ms,
+            fetch_partition_max_bytes, fetch_max_bytes);
+        if self.group.is_some() {
+            w.group = self.group.clone();
+        }
+        w.validate()?;
+        Ok(w)
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Produce { topic, partitions, records, record_bytes, batch_records, acks, inflight, duration_s } => produce(
-            &cli.brokers,
-            &topic,
-            partitions,
-            records,
-            record_bytes,
-            batch_records,
-            acks,
-            inflight.max(1),
-            Duration::from_secs(duration_s),
-        ),
-        Command::Consume { topic, partition, max_bytes, duration_s } => {
-            consume(&cli.brokers, &topic, partition, max_bytes, Duration::from_secs(duration_s))
-        }
+        Command::Run(args) => run(&cli.brokers, &args),
+        Command::Limits(args) => limits::run(&args),
+        Command::Compare { a, b } => report::compare(&a.to_string_lossy(), &b.to_string_lossy()),
         Command::Group { topic, partitions, rounds, heartbeat_ms, timeout_s, json } => group::run(&group::GroupArgs {
             brokers: cli.brokers.clone(),
             topic,
@@ -114,101 +197,47 @@ fn main() {
     }
 }
 
-fn print_latency(name: &str, h: &Histogram<u64>) {
-    println!(
-        "{name} latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
-        h.value_at_quantile(0.5),
-        h.value_at_quantile(0.9),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        h.max(),
-        h.len()
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn produce(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    records: u64,
-    record_bytes: usize,
-    batch_records: usize,
-    acks: i16,
-    inflight: usize,
-    duration: Duration,
-) -> Result<(), String> {
-    let mut conn = Conn::connect(brokers)?;
-    conn.create_topic(topic, partitions)?;
-    let value = Bytes::from(vec![b'x'; record_bytes]);
-    let batch = wire::build_batch(&value, batch_records)?;
-    let batch_bytes = batch.len() as u64;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let mut sent_records = 0u64;
-    let mut in_flight = std::collections::VecDeque::new();
-    let start = Instant::now();
-    let mut next_partition = 0;
-    let mut acked_bytes = 0u64;
-    while (sent_records < records && start.elapsed() < duration) || !in_flight.is_empty() {
-        while in_flight.len() < inflight && sent_records < records && start.elapsed() < duration {
-            let id = conn.send_produce(topic, next_partition, batch.clone(), acks)?;
-            next_partition = (next_partition + 1) % partitions;
-            sent_records += batch_records as u64;
-            if acks == 0 {
-                acked_bytes += batch_bytes;
-            } else {
-                in_flight.push_back((id, Instant::now()));
-            }
-        }
-        if let Some((id, t0)) = in_flight.pop_front() {
-            conn.recv_produce(id)?;
-            let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-            acked_bytes += batch_bytes;
-        }
+fn run(brokers: &str, args: &RunArgs) -> Result<(), String> {
+    let w = args.workload()?;
+    let broker_pid = match args.broker_pid {
+        Some(pid) => BrokerPid::Pid(pid),
+        None => BrokerPid::Find,
+    };
+    let pid = match &broker_pid {
+        BrokerPid::Pid(p) => Some(*p),
+        _ => sysinfo::BrokerProcess::find(brokers).map(|p| p.pid),
+    };
+    let opts = RunOptions { brokers: brokers.to_string(), broker_pid, progress: !args.quiet };
+    let mut report = report::Report::new(brokers, pid, &w);
+    if let Some(path) = &args.limits {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        report.limits = Some(serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?);
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "produce: {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s (batches of {} B, acks={}, inflight={})",
-        sent_records,
-        record_bytes,
-        secs,
-        sent_records as f64 / secs,
-        acked_bytes as f64 / secs / 1e6,
-        batch_bytes,
-        acks,
-        inflight
-    );
-    if !hist.is_empty() {
-        print_latency("produce request", &hist);
-    }
-    Ok(())
-}
-
-fn consume(brokers: &str, topic: &str, partition: i32, max_bytes: i32, duration: Duration) -> Result<(), String> {
-    let mut conn = Conn::connect(brokers)?;
-    let end = conn.latest_offset(topic, partition)?;
-    let mut offset = 0i64;
-    let mut bytes = 0u64;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    while offset < end && start.elapsed() < duration {
-        let t0 = Instant::now();
-        let (next, got) = conn.fetch(topic, partition, offset, max_bytes)?;
-        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-        if next <= offset {
-            return Err(format!("no progress at offset {offset}"));
+    if args.find_max {
+        let fractions = args
+            .fractions
+            .split(',')
+            .map(|f| f.trim().parse::<f64>().ok().filter(|f| *f > 0.0 && *f <= 10.0))
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(|| format!("--fractions {:?}: comma-separated numbers in (0, 10]", args.fractions))?;
+        if w.producers == 0 {
+            return Err("--find-max needs at least one producer".into());
         }
-        offset = next;
-        bytes += got;
+        let fm = FindMaxArgs { target_p99_ms: args.target_p99_ms, step_s: args.step_s, warmup_s: w.warmup_s, fractions };
+        report.find_max = Some(findmax::find_max(&w, &fm, &opts)?);
+    } else {
+        report.result = Some(run::run_once(&w, &opts)?);
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "consume: {} records, {} bytes in {:.2} s: {:.1} MB/s",
-        offset,
-        bytes,
-        secs,
-        bytes as f64 / secs / 1e6
-    );
-    print_latency("fetch request", &hist);
+    report.relate_to_limits();
+    report.print_table();
+    if let Some(path) = &args.json_out {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("report: {}", path.display());
+    }
+    if let Some(path) = &args.svg_out {
+        std::fs::write(path, report.svg()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("chart: {}", path.display());
+    }
     Ok(())
 }

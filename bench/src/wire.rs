@@ -11,6 +11,7 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
@@ -18,7 +19,7 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
     SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -35,6 +36,7 @@ const SYNC_GROUP_V: i16 = 5;
 const HEARTBEAT_V: i16 = 4;
 const LEAVE_GROUP_V: i16 = 5;
 const OFFSET_FETCH_V: i16 = 8;
+const OFFSET_COMMIT_V: i16 = 8;
 
 /// Kafka error codes the group client reacts to.
 pub mod code {
@@ -155,6 +157,12 @@ impl Conn {
         Ok(Conn { stream, next_id: 1 })
     }
 
+    /// A second handle on the same socket, so one thread can write requests while another
+    /// reads the responses (which arrive in request order).
+    pub fn try_clone(&self) -> Result<Conn, String> {
+        Ok(Conn { stream: self.stream.try_clone().map_err(err)?, next_id: self.next_id })
+    }
+
     /// Bounds every read and write, so a broker that never answers ends in an error.
     pub fn set_timeout(&self, timeout: Duration) -> Result<(), String> {
         self.stream.set_read_timeout(Some(timeout)).map_err(err)?;
@@ -229,6 +237,32 @@ impl Conn {
         self.send(ApiKey::Produce, PRODUCE_V, &req)
     }
 
+    /// One Produce request with a batch for each of `parts` (partition, batch) of `topic`.
+    pub fn send_produce_parts(&mut self, topic: &str, parts: Vec<(i32, Bytes)>, acks: i16) -> Result<i32, String> {
+        let mut t = TopicProduceData::default();
+        t.name = topic_name(topic);
+        t.partition_data = parts
+            .into_iter()
+            .map(|(partition, batch)| {
+                let mut p = PartitionProduceData::default();
+                p.index = partition;
+                p.records = Some(batch);
+                p
+            })
+            .collect();
+        let mut req = ProduceRequest::default();
+        req.acks = acks;
+        req.timeout_ms = 30_000;
+        req.topic_data = vec![t];
+        self.send(ApiKey::Produce, PRODUCE_V, &req)
+    }
+
+    /// The (partition, error code) pairs of a Produce response.
+    pub fn recv_produce_errors(&mut self, id: i32) -> Result<Vec<(i32, i16)>, String> {
+        let resp: ProduceResponse = self.recv(ApiKey::Produce, PRODUCE_V, id)?;
+        Ok(resp.responses.iter().flat_map(|t| &t.partition_responses).map(|p| (p.index, p.error_code)).collect())
+    }
+
     pub fn recv_produce(&mut self, id: i32) -> Result<(), String> {
         let resp: ProduceResponse = self.recv(ApiKey::Produce, PRODUCE_V, id)?;
         for t in &resp.responses {
@@ -239,11 +273,6 @@ impl Conn {
             }
         }
         Ok(())
-    }
-
-    pub fn latest_offset(&mut self, topic: &str, partition: i32) -> Result<i64, String> {
-        let offsets = self.list_offsets(topic, &[partition], -1)?;
-        offsets.first().map(|&(_, o)| o).ok_or_else(|| "empty ListOffsets response".to_string())
     }
 
     /// ListOffsets for `partitions` at `timestamp` (-1 latest, -2 earliest): (partition, offset).
@@ -292,45 +321,6 @@ impl Conn {
         Ok(t.partitions.len() as i32)
     }
 
-    /// Fetches once; returns the offset after the last whole batch and the bytes received.
-    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_bytes: i32) -> Result<(i64, u64), String> {
-        let mut p = FetchPartition::default();
-        p.partition = partition;
-        p.fetch_offset = offset;
-        p.partition_max_bytes = max_bytes;
-        let mut t = FetchTopic::default();
-        t.topic = topic_name(topic);
-        t.partitions = vec![p];
-        let mut req = FetchRequest::default();
-        req.replica_id = (-1).into();
-        req.max_wait_ms = 500;
-        req.min_bytes = 1;
-        req.max_bytes = max_bytes;
-        req.session_epoch = -1;
-        req.topics = vec![t];
-        let id = self.send(ApiKey::Fetch, FETCH_V, &req)?;
-        let resp: FetchResponse = self.recv(ApiKey::Fetch, FETCH_V, id)?;
-        let pd = resp.responses.first().and_then(|t| t.partitions.first()).ok_or("empty Fetch response")?;
-        if pd.error_code != 0 {
-            return Err(format!("Fetch error {}", pd.error_code));
-        }
-        let mut records = pd.records.clone().unwrap_or_default();
-        let got = records.len() as u64;
-        // Walk batch headers: base offset (8), length (4), ..., lastOffsetDelta at 23.
-        let mut next = offset;
-        while records.remaining() >= 61 {
-            let base = i64::from_be_bytes(records[0..8].try_into().map_err(err)?);
-            let len = i32::from_be_bytes(records[8..12].try_into().map_err(err)?) as usize + 12;
-            if records.remaining() < len {
-                break;
-            }
-            let last_delta = i32::from_be_bytes(records[23..27].try_into().map_err(err)?);
-            next = base + last_delta as i64 + 1;
-            records.advance(len);
-        }
-        Ok((next, got))
-    }
-
     /// Fetches `positions` (partition, offset) once; returns the data records received.
     pub fn fetch_records(&mut self, topic: &str, positions: &[(i32, i64)], max_wait_ms: i32) -> Result<u64, String> {
         const PARTITION_MAX_BYTES: i32 = 1024 * 1024;
@@ -366,6 +356,85 @@ impl Conn {
             count += count_records(p.records.clone().unwrap_or_default())?;
         }
         Ok(count)
+    }
+
+    /// Fetches `positions` (partition, offset) of `topic` once: (partition, error, records).
+    pub fn fetch_sets(
+        &mut self,
+        topic: &str,
+        positions: &[(i32, i64)],
+        max_wait_ms: i32,
+        partition_max_bytes: i32,
+        max_bytes: i32,
+    ) -> Result<Vec<(i32, i16, Bytes)>, String> {
+        let mut t = FetchTopic::default();
+        t.topic = topic_name(topic);
+        t.partitions = positions
+            .iter()
+            .map(|&(partition, offset)| {
+                let mut p = FetchPartition::default();
+                p.partition = partition;
+                p.fetch_offset = offset;
+                p.partition_max_bytes = partition_max_bytes;
+                p
+            })
+            .collect();
+        let mut req = FetchRequest::default();
+        req.replica_id = (-1).into();
+        req.max_wait_ms = max_wait_ms;
+        req.min_bytes = 1;
+        req.max_bytes = max_bytes;
+        req.session_epoch = -1;
+        req.topics = vec![t];
+        let id = self.send(ApiKey::Fetch, FETCH_V, &req)?;
+        let resp: FetchResponse = self.recv(ApiKey::Fetch, FETCH_V, id)?;
+        if resp.error_code != 0 {
+            return Err(format!("Fetch: {}", code_name(resp.error_code)));
+        }
+        Ok(resp
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .map(|p| (p.partition_index, p.error_code, p.records.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Commits `offsets` (partition, next offset) of `topic` for a group member.
+    pub fn offset_commit(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        topic: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<(), String> {
+        let mut t = OffsetCommitRequestTopic::default();
+        t.name = topic_name(topic);
+        t.partitions = offsets
+            .iter()
+            .map(|&(partition, offset)| {
+                let mut p = OffsetCommitRequestPartition::default();
+                p.partition_index = partition;
+                p.committed_offset = offset;
+                p
+            })
+            .collect();
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(str_bytes(group));
+        req.generation_id_or_member_epoch = generation;
+        req.member_id = str_bytes(member_id);
+        req.topics = vec![t];
+        let id = self.send(ApiKey::OffsetCommit, OFFSET_COMMIT_V, &req)?;
+        let resp: OffsetCommitResponse = self.recv(ApiKey::OffsetCommit, OFFSET_COMMIT_V, id)?;
+        for p in resp.topics.iter().flat_map(|t| &t.partitions) {
+            match p.error_code {
+                0 => {}
+                // A rebalance started: the next heartbeat says so and the member rejoins.
+                code::REBALANCE_IN_PROGRESS | code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID => return Ok(()),
+                e => return Err(format!("OffsetCommit {group} {topic}/{}: {}", p.partition_index, code_name(e))),
+            }
+        }
+        Ok(())
     }
 
     /// FindCoordinator for a consumer group.

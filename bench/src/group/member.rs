@@ -109,6 +109,10 @@ impl Member {
         &self.group
     }
 
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
     pub fn generation(&self) -> i32 {
         self.generation
     }

@@ -7,7 +7,7 @@
 //!    rebalance from its next heartbeat, rejoins and syncs. Timed from B's LeaveGroup to A
 //!    holding every partition.
 
-mod member;
+pub mod member;
 mod report;
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
