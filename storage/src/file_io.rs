@@ -1,12 +1,14 @@
 //! Small helpers over glommio's buffered files: error mapping, whole writes, directory sync,
 //! and atomic replacement of small files.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use glommio::GlommioError;
 
 use crate::error::StorageError;
+use crate::limits::INLINE_WRITE_BYTES_MAX;
 
 /// Converts a glommio error into `StorageError::Io`, keeping the errno of the inner io::Error
 /// (glommio's own conversion rewraps it and loses `raw_os_error`, which `is_disk_full` needs).
@@ -67,6 +69,9 @@ pub(crate) async fn write_all_at(
     rest: &dyn Fn(usize) -> Vec<u8>,
 ) -> Result<(), StorageError> {
     let total = first.len();
+    if total <= INLINE_WRITE_BYTES_MAX {
+        return pwrite_all(file, path, pos, &first);
+    }
     let mut written = file
         .write_at(first, pos)
         .await
@@ -91,6 +96,36 @@ pub(crate) async fn write_all_at(
     Ok(())
 }
 
+/// Writes all of `data` at `pos` with pwrite(2) on this thread (see `INLINE_WRITE_BYTES_MAX`).
+fn pwrite_all(file: &BufferedFile, path: &Path, pos: u64, data: &[u8]) -> Result<(), StorageError> {
+    let fd = file.as_raw_fd();
+    let mut written = 0usize;
+    while written < data.len() {
+        let left = &data[written..];
+        // SAFETY: `left` is a live slice of `left.len()` bytes; `fd` stays open while `file` is
+        // borrowed.
+        let n = unsafe {
+            libc::pwrite(fd, left.as_ptr().cast(), left.len(), (pos + written as u64) as libc::off_t)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(std_io_err("write", path, e));
+        }
+        if n == 0 {
+            return Err(std_io_err(
+                "write",
+                path,
+                std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0 bytes"),
+            ));
+        }
+        written += n as usize;
+    }
+    Ok(())
+}
+
 /// `write_all_at` for small buffers that can simply be re-sliced on a short write.
 pub(crate) async fn write_small_at(
     file: &BufferedFile,
@@ -98,6 +133,9 @@ pub(crate) async fn write_small_at(
     pos: u64,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    if data.len() <= INLINE_WRITE_BYTES_MAX {
+        return pwrite_all(file, path, pos, data);
+    }
     write_all_at(file, path, pos, data.to_vec(), &|from| {
         data[from..].to_vec()
     })

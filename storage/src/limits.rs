@@ -66,3 +66,10 @@ const _: () = assert!(TOPIC_NAME_BYTES_MAX + "-99999".len() <= 255);
 /// Bytes appended to a segment after which their writeback is started (`sync_file_range`), so
 /// dirty data never piles up to a whole segment and the fdatasync at roll stays short.
 pub const WRITEBACK_KICK_BYTES: u64 = 8 << 20;
+
+/// Writes up to this size go to the page cache with a plain pwrite(2) on the shard's thread
+/// instead of through io_uring. ext4 has no non-blocking buffered writes, so io_uring hands
+/// every buffered write to a kernel worker thread; for small writes that handoff (two context
+/// switches and a wakeup) costs far more than the copy itself. Larger writes keep the worker, so
+/// a long copy never stalls the shard.
+pub const INLINE_WRITE_BYTES_MAX: usize = 128 << 10;
