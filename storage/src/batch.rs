@@ -281,7 +281,7 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeaderInfo, BatchError> {
 }
 
 /// Writes baseOffset and partitionLeaderEpoch into a batch. The CRC does not cover them.
-pub(crate) fn assign_offset_and_epoch(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+pub fn assign_offset_and_epoch(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     if let Some(header) = BatchHeader::view_mut(batch) {
         header.base_offset.set(base_offset);
         header.partition_leader_epoch.set(leader_epoch);
@@ -289,7 +289,7 @@ pub(crate) fn assign_offset_and_epoch(batch: &mut [u8], base_offset: i64, leader
 }
 
 /// Marks a batch as LogAppendTime with `now_ms` as its maxTimestamp and recomputes its CRC.
-pub(crate) fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     if let Some(header) = BatchHeader::view_mut(batch) {
         let attributes = header.attributes.get() | ATTR_LOG_APPEND_TIME;
         header.attributes.set(attributes);

@@ -38,4 +38,10 @@ pub use error::StorageError;
 pub use log_manager::LogManager;
 pub use partition_log::{AppendInfo, PartitionLog, ReadSlice, SegmentFd};
 pub use producer_state::{BatchMeta, ProducerError, ProducerState, SequenceVerdict, BATCHES_RETAINED};
+// For the microbenchmarks in perf/ (not a stable API): the stamping `PartitionLog::append`
+// does on each batch, and the in-memory index of a segment.
+#[doc(hidden)]
+pub use batch::{assign_offset_and_epoch, set_log_append_time};
+#[doc(hidden)]
+pub use segment_index::{IndexUpdate, OffsetEntry, SegmentIndex, TimeEntry};
 pub use types::{LeaderEpoch, Offset};

@@ -19,7 +19,7 @@ use crate::limits::{OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES};
 
 /// One offset index entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct OffsetEntry {
+pub struct OffsetEntry {
     /// Batch base offset minus segment base offset.
     pub rel_offset: u32,
     /// Byte position of the batch in the `.log` file.
@@ -28,7 +28,7 @@ pub(crate) struct OffsetEntry {
 
 /// One time index entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TimeEntry {
+pub struct TimeEntry {
     /// Largest batch maxTimestamp of the segment up to and including the batch at `rel_offset`.
     pub timestamp: i64,
     /// Base offset (relative) of the first batch carrying `timestamp`.
@@ -37,7 +37,7 @@ pub(crate) struct TimeEntry {
 
 /// What appending one batch changes in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IndexUpdate {
+pub struct IndexUpdate {
     /// New offset index entry, if any.
     pub offset: Option<OffsetEntry>,
     /// New time index entry, if any.
@@ -48,7 +48,7 @@ pub(crate) struct IndexUpdate {
 
 /// Offset and time index of one segment, in memory.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct SegmentIndex {
+pub struct SegmentIndex {
     offsets: Vec<OffsetEntry>,
     times: Vec<TimeEntry>,
     max: Option<TimeEntry>,

@@ -1,0 +1,323 @@
+//! Microbenchmarks of Kafka wire decoding and encoding on the request paths. Run with
+//! `cargo bench -p strom-perf --bench codec`.
+//!
+//! The broker is a binary crate, so its two ways of encoding a response are copied here:
+//! `frame_response` from broker/src/kafka/codec.rs (generated encoders, used for Metadata and
+//! most APIs) and the hand-written FetchResponse encoder of
+//! broker/src/kafka/handlers/fetch/encode.rs (kept verbatim so the two can be diffed).
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchResponse, MetadataResponse, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use strom_net::OutChunk;
+use strom_storage::testing::{build_batch, KeyValue};
+use strom_storage::{Offset, ReadSlice, SegmentFd};
+
+/// A valid batch of 64 records with 1 KiB values.
+fn batch_64x1kib() -> Bytes {
+    let value = vec![b'v'; 1024];
+    let records: Vec<KeyValue<'_>> = (0..64).map(|_| (None, Some(&value[..]))).collect();
+    Bytes::from(build_batch(1_700_000_000_000, &records))
+}
+
+/// `RequestHeader::decode` of a Produce v9 request header (header v2: API key, version,
+/// correlation id, client id, tagged fields), as the connection does for every request.
+fn decode_header(c: &mut Criterion) {
+    let version = ApiKey::Produce.request_header_version(9);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(42)
+        .with_client_id(Some(StrBytes::from_static_str("strom-perf-producer")));
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, version).expect("encodes");
+    let encoded = buf.freeze();
+    c.benchmark_group("decode").bench_function("request_header_v2", |b| {
+        b.iter(|| {
+            let mut frame = encoded.clone();
+            RequestHeader::decode(&mut frame, version).expect("decodes")
+        })
+    });
+}
+
+/// `ProduceRequest::decode` (v9) of a request carrying one 64 x 1 KiB batch. The records stay a
+/// `Bytes` slice of the frame, so the time does not grow with their size (hence no throughput).
+fn decode_produce(c: &mut Criterion) {
+    let partition = PartitionProduceData::default().with_records(Some(batch_64x1kib()));
+    let topic = TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_static_str("bench")))
+        .with_partition_data(vec![partition]);
+    let req = ProduceRequest::default().with_acks(1).with_topic_data(vec![topic]);
+    let mut buf = BytesMut::new();
+    req.encode(&mut buf, 9).expect("encodes");
+    let encoded = buf.freeze();
+    c.benchmark_group("decode").bench_function("produce_v9_64x1KiB", |bench| {
+        bench.iter(|| {
+            let mut b = encoded.clone();
+            ProduceRequest::decode(&mut b, 9).expect("decodes")
+        })
+    });
+}
+
+/// Copy of `frame_response` (broker/src/kafka/codec.rs): `[size][response header][body]`, without
+/// its special case for ApiVersions' header version.
+fn frame_response<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> Bytes {
+    let header_version = api.response_header_version(version);
+    let mut buf = BytesMut::with_capacity(64 + body.compute_size(version).expect("sizes"));
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header.encode(&mut buf, header_version).expect("encodes");
+    body.encode(&mut buf, version).expect("encodes");
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+/// A Metadata v12 response as the broker builds it (broker/src/kafka/handlers/metadata.rs):
+/// one broker, `topics` topics of 16 single-replica partitions each.
+fn metadata_response(topics: usize) -> MetadataResponse {
+    let node = BrokerId(0);
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(node)
+        .with_host(StrBytes::from_static_str("broker-0.example.internal"))
+        .with_port(9092);
+    let topic = |t: usize| {
+        let partitions = (0..16)
+            .map(|p| {
+                MetadataResponsePartition::default()
+                    .with_partition_index(p)
+                    .with_leader_id(node)
+                    .with_leader_epoch(3)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node])
+            })
+            .collect();
+        MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(format!("orders-{t}")))))
+            .with_topic_authorized_operations(i32::MIN)
+            .with_partitions(partitions)
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(StrBytes::from_static_str("strom-perf-cluster")))
+        .with_controller_id(node)
+        .with_topics((0..topics).map(topic).collect())
+}
+
+/// Framing a Metadata v12 response (generated encoder, sizing pass included) for 1 and 100
+/// topics of 16 partitions.
+fn encode_metadata(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    for topics in [1usize, 100] {
+        let resp = metadata_response(topics);
+        g.bench_function(BenchmarkId::new("metadata_v12", format!("{topics}_topics")), |b| {
+            b.iter(|| frame_response(ApiKey::Metadata, 12, 7, &resp))
+        });
+    }
+    g.finish();
+}
+
+/// One partition's read result (`FetchResult` of broker/src/shard/ops.rs).
+struct FetchResult {
+    error: i16,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+    slice: Option<ReadSlice>,
+}
+
+// From here to `encode_fetch_response`: a copy of broker/src/kafka/handlers/fetch/encode.rs.
+
+struct PartitionOut {
+    partition: i32,
+    result: FetchResult,
+}
+
+struct TopicOut {
+    name: String,
+    partitions: Vec<PartitionOut>,
+}
+
+struct FetchOut {
+    error_code: i16,
+    session_id: i32,
+    read_committed: bool,
+    topics: Vec<TopicOut>,
+}
+
+struct Writer {
+    chunks: Vec<OutChunk>,
+    buf: BytesMut,
+    flexible: bool,
+}
+
+impl Writer {
+    fn uvarint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.put_u8((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.put_u8(v as u8);
+    }
+
+    fn array_len(&mut self, n: usize) {
+        if self.flexible {
+            self.uvarint(n as u64 + 1);
+        } else {
+            self.buf.put_i32(n as i32);
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        if self.flexible {
+            self.uvarint(s.len() as u64 + 1);
+        } else {
+            self.buf.put_i16(s.len() as i16);
+        }
+        self.buf.put_slice(s.as_bytes());
+    }
+
+    fn tags(&mut self) {
+        if self.flexible {
+            self.uvarint(0);
+        }
+    }
+
+    fn records(&mut self, r: &FetchResult) {
+        let len = r.slice.as_ref().map_or(0, |s| s.len);
+        // Never null: librdkafka rejects a null record set ("invalid MessageSetSize -1").
+        if self.flexible {
+            self.uvarint(len as u64 + 1);
+        } else {
+            self.buf.put_i32(len as i32);
+        }
+        if let Some(s) = &r.slice {
+            if s.len > 0 {
+                let head = self.buf.split().freeze();
+                self.chunks.push(OutChunk::Bytes(head));
+                self.chunks.push(OutChunk::File { fd: s.fd.clone(), position: s.position, len: s.len });
+            }
+        }
+    }
+}
+
+/// Encodes `[size][header][body]` of a FetchResponse as chunks.
+fn encode_fetch(version: i16, correlation_id: i32, out: &FetchOut) -> Vec<OutChunk> {
+    let flexible = version >= 12;
+    let mut w = Writer { chunks: Vec::new(), buf: BytesMut::with_capacity(256), flexible };
+    w.buf.put_i32(0); // size, patched below
+    w.buf.put_i32(correlation_id);
+    w.tags(); // response header v1
+    w.buf.put_i32(0); // throttle_time_ms
+    if version >= 7 {
+        w.buf.put_i16(out.error_code);
+        w.buf.put_i32(out.session_id);
+    }
+    w.array_len(out.topics.len());
+    for t in &out.topics {
+        w.string(&t.name);
+        w.array_len(t.partitions.len());
+        for p in &t.partitions {
+            let r = &p.result;
+            w.buf.put_i32(p.partition);
+            w.buf.put_i16(r.error);
+            w.buf.put_i64(r.high_watermark);
+            w.buf.put_i64(r.last_stable_offset);
+            if version >= 5 {
+                w.buf.put_i64(r.log_start_offset);
+            }
+            // aborted_transactions: none exist yet; null for read_uncommitted, empty otherwise.
+            match (out.read_committed, flexible) {
+                (false, true) => w.uvarint(0),
+                (false, false) => w.buf.put_i32(-1),
+                (true, _) => w.array_len(0),
+            }
+            if version >= 11 {
+                w.buf.put_i32(-1); // preferred_read_replica
+            }
+            w.records(r);
+            w.tags();
+        }
+        w.tags();
+    }
+    w.tags();
+    let tail = w.buf.split().freeze();
+    w.chunks.push(OutChunk::Bytes(tail));
+    let total: usize = w.chunks.iter().map(OutChunk::len).sum();
+    // Patch the size prefix into the first chunk.
+    if let Some(OutChunk::Bytes(first)) = w.chunks.first_mut() {
+        let mut b = BytesMut::from(&first[..]);
+        b[..4].copy_from_slice(&((total - 4) as i32).to_be_bytes());
+        *first = b.freeze();
+    }
+    w.chunks
+}
+
+/// FetchResponse v12 for one partition holding a 64 x 1 KiB batch. `fetch_v12_chunks` is
+/// Strom's encoder, which leaves the records in the segment file (sent with sendfile), so its
+/// cost does not grow with the records; `fetch_v12_generated_64x1KiB` is the generated encoder
+/// with the records in memory, the copy that Strom's encoder avoids.
+fn encode_fetch_response(c: &mut Criterion) {
+    let records = batch_64x1kib();
+    let mut file = tempfile::tempfile().expect("temp file");
+    file.write_all(&records).expect("write the records");
+    let fd = Arc::new(SegmentFd::from(OwnedFd::from(file)));
+    let slice = ReadSlice { fd, position: 0, len: records.len() as u32, first_offset: Offset(0) };
+    let result =
+        FetchResult { error: 0, high_watermark: 64, last_stable_offset: 64, log_start_offset: 0, slice: Some(slice) };
+    let out = FetchOut {
+        error_code: 0,
+        session_id: 0,
+        read_committed: false,
+        topics: vec![TopicOut { name: "orders".into(), partitions: vec![PartitionOut { partition: 0, result }] }],
+    };
+
+    // The copy must still produce what the generated decoder reads back.
+    let mut wire = BytesMut::new();
+    for chunk in encode_fetch(12, 7, &out) {
+        match chunk {
+            OutChunk::Bytes(b) => wire.put_slice(&b),
+            OutChunk::File { .. } => wire.put_slice(&records),
+        }
+    }
+    let mut wire = wire.split_off(4).freeze();
+    ResponseHeader::decode(&mut wire, 1).expect("response header");
+    let decoded = FetchResponse::decode(&mut wire, 12).expect("the mirrored encoder's output decodes");
+    assert_eq!(decoded.responses[0].partitions[0].records.as_ref(), Some(&records));
+
+    let generated = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+        .with_topic(TopicName(StrBytes::from_static_str("orders")))
+        .with_partitions(vec![PartitionData::default()
+            .with_high_watermark(64)
+            .with_last_stable_offset(64)
+            .with_records(Some(records.clone()))])]);
+
+    let mut g = c.benchmark_group("encode");
+    g.bench_function("fetch_v12_chunks", |b| b.iter(|| encode_fetch(12, 7, &out)));
+    g.throughput(Throughput::Bytes(records.len() as u64));
+    g.bench_function("fetch_v12_generated_64x1KiB", |b| b.iter(|| frame_response(ApiKey::Fetch, 12, 7, &generated)));
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = decode_header, decode_produce, encode_metadata, encode_fetch_response
+}
+criterion_main!(benches);
