@@ -172,6 +172,8 @@ if [[ -z "${SKIP_CARGO:-}" ]]; then
     run_step "cargo build --release --workspace" cargo build --release --workspace
     run_step "cargo test --release --workspace" cargo_test
     run_step "cargo clippy (warnings are errors)" cargo clippy --release --workspace --all-targets -- -D warnings
+    # Criterion's test mode runs every microbenchmark once: they build and work, nothing is timed.
+    run_step "cargo bench -p strom-perf -- --test (microbenchmarks, smoke)" cargo bench -p strom-perf -- --test
 fi
 run_step "pytest tests/ (black-box: kcat, confluent-kafka, kafka-python, raw protocol)" run_pytest
 run_step "node --test tests/node/ (kafkajs)" run_node

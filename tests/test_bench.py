@@ -149,6 +149,7 @@ def test_limits_measures_disk_and_loopback_and_a_run_relates_to_them(broker, tmp
     assert "sendfile" in p.stdout
     l = json.loads(limits.read_text())
     for key in ("direct_write_mb_s", "direct_write_then_fdatasync_mb_s", "direct_write_fdatasync_each_mib_mb_s",
+                "buffered_write_then_fdatasync_mb_s",
                 "loopback_sendfile_mb_s"):
         assert l[key] > 0, key
     assert 0 < l["fdatasync_4k_us"]["p50"] <= l["fdatasync_4k_us"]["max"]

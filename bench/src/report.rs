@@ -64,6 +64,8 @@ impl Report {
         };
         let produced = r.produced.as_ref().map(|p| p.mb_per_s);
         ratio("produce_vs_direct_write", produced, "direct_write_mb_s");
+        ratio("produce_vs_direct_write_qd1", produced, "direct_write_qd1_mb_s");
+        ratio("produce_vs_buffered_write", produced, "buffered_write_then_fdatasync_mb_s");
         ratio("produce_vs_direct_write_fdatasync_each_mib", produced, "direct_write_fdatasync_each_mib_mb_s");
         ratio("consume_vs_loopback_sendfile", r.consumed.as_ref().map(|c| c.mb_per_s), "loopback_sendfile_mb_s");
         self.fraction_of_limits = Some(Value::Object(out));
@@ -135,7 +137,8 @@ impl Report {
             panels.push(Panel { title: "CPU (100% = one core)".into(), x_label: "seconds".into(), y_label: "%".into(), log_y: false, series: res });
         }
         if let Some(f) = &self.find_max {
-            let fixed: Vec<&crate::run::findmax::Step> = f.steps.iter().filter(|s| s.offered_messages_per_s.is_some()).collect();
+            let mut fixed: Vec<&crate::run::findmax::Step> = f.steps.iter().filter(|s| s.offered_messages_per_s.is_some()).collect();
+            fixed.sort_by(|a, b| a.offered_messages_per_s.partial_cmp(&b.offered_messages_per_s).unwrap_or(std::cmp::Ordering::Equal));
             let series = |name: &str, g: &dyn Fn(&crate::run::findmax::Step) -> Option<f64>| Series {
                 name: name.into(),
                 points: fixed.iter().filter_map(|s| g(s).map(|v| (s.offered_messages_per_s.unwrap_or(0.0), v))).collect(),

@@ -59,6 +59,7 @@ pub fn code_name(code: i16) -> String {
 pub struct Conn {
     stream: TcpStream,
     next_id: i32,
+    rbuf: BytesMut,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -154,13 +155,13 @@ impl Conn {
     pub fn connect(addr: &str) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(err)?;
-        Ok(Conn { stream, next_id: 1 })
+        Ok(Conn { stream, next_id: 1, rbuf: BytesMut::new() })
     }
 
     /// A second handle on the same socket, so one thread can write requests while another
     /// reads the responses (which arrive in request order).
     pub fn try_clone(&self) -> Result<Conn, String> {
-        Ok(Conn { stream: self.stream.try_clone().map_err(err)?, next_id: self.next_id })
+        Ok(Conn { stream: self.stream.try_clone().map_err(err)?, next_id: self.next_id, rbuf: BytesMut::new() })
     }
 
     /// Bounds every read and write, so a broker that never answers ends in an error.
@@ -197,9 +198,15 @@ impl Conn {
         };
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).map_err(reading)?;
-        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).map_err(reading)?;
-        let mut b = Bytes::from(body);
+        let len = i32::from_be_bytes(len).max(0) as usize;
+        // One receive buffer for the connection: once the previous response's bytes are
+        // dropped, `reserve` takes the same allocation back, so large fetches do not fault in
+        // fresh pages every time.
+        self.rbuf.clear();
+        self.rbuf.reserve(len);
+        self.rbuf.resize(len, 0);
+        self.stream.read_exact(&mut self.rbuf[..]).map_err(reading)?;
+        let mut b = self.rbuf.split().freeze();
         let h = ResponseHeader::decode(&mut b, api.response_header_version(version)).map_err(err)?;
         if h.correlation_id != id {
             return Err(format!("response for {} while waiting for {id}", h.correlation_id));
