@@ -161,3 +161,13 @@ def test_limits_measures_disk_and_loopback_and_a_run_relates_to_them(broker, tmp
     assert r["limits"]["direct_write_mb_s"] == l["direct_write_mb_s"]
     assert r["fraction_of_limits"]["produce_vs_direct_write"] > 0
     assert r["fraction_of_limits"]["consume_vs_loopback_sendfile"] > 0
+
+
+def test_group_latency_benchmark_reports_json(broker_factory):
+    b = broker_factory(settings={"group.initial.rebalance.delay.ms": "0"})
+    p = bench("-b", b.bootstrap, "group", "--topic", unique("bench"), "--rounds", 2, "--heartbeat-ms", 50, "--json",
+              timeout=120)
+    report = json.loads(p.stdout)
+    text = json.dumps(report)
+    assert "join" in text and "rebalance" in text
+    assert report["rounds"] == 2

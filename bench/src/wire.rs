@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -24,7 +24,6 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 const PRODUCE_V: i16 = 7;
 const FETCH_V: i16 = 11;
@@ -74,25 +73,6 @@ fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
-/// Data records in a fetched record set, counting whole v2 batches and skipping control batches.
-fn count_records(mut records: Bytes) -> Result<u64, String> {
-    const HEADER: usize = 61;
-    const CONTROL: u16 = 0x20;
-    let mut count = 0u64;
-    while records.remaining() >= HEADER {
-        let len = i32::from_be_bytes(records[8..12].try_into().map_err(err)?) as usize + 12;
-        if records.remaining() < len {
-            break;
-        }
-        let attributes = u16::from_be_bytes(records[21..23].try_into().map_err(err)?);
-        if attributes & CONTROL == 0 {
-            count += i32::from_be_bytes(records[57..61].try_into().map_err(err)?).max(0) as u64;
-        }
-        records.advance(len);
-    }
-    Ok(count)
-}
-
 /// A FindCoordinator answer.
 pub struct Coordinator {
     pub error: i16,
@@ -121,34 +101,6 @@ pub struct JoinParams<'a> {
     pub protocol_type: &'a str,
     pub protocol_name: &'a str,
     pub metadata: Bytes,
-}
-
-/// One uncompressed v2 batch of `count` records with `value`.
-pub fn build_batch(value: &Bytes, count: usize) -> Result<Bytes, String> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(err)?.as_millis() as i64;
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder groups records whose offset - sequence is constant; the first
-            // record's sequence (-1: not idempotent) becomes the batch's base sequence.
-            sequence: i as i32 - 1,
-            delete_horizon: false,
-            timestamp: now,
-            key: None,
-            value: Some(value.clone()),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .map_err(err)?;
-    Ok(buf.freeze())
 }
 
 impl Conn {
@@ -230,20 +182,6 @@ impl Conn {
         }
     }
 
-    pub fn send_produce(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i32, String> {
-        let mut p = PartitionProduceData::default();
-        p.index = partition;
-        p.records = Some(batch);
-        let mut t = TopicProduceData::default();
-        t.name = topic_name(topic);
-        t.partition_data = vec![p];
-        let mut req = ProduceRequest::default();
-        req.acks = acks;
-        req.timeout_ms = 30_000;
-        req.topic_data = vec![t];
-        self.send(ApiKey::Produce, PRODUCE_V, &req)
-    }
-
     /// One Produce request with a batch for each of `parts` (partition, batch) of `topic`.
     pub fn send_produce_parts(&mut self, topic: &str, parts: Vec<(i32, Bytes)>, acks: i16) -> Result<i32, String> {
         let mut t = TopicProduceData::default();
@@ -268,18 +206,6 @@ impl Conn {
     pub fn recv_produce_errors(&mut self, id: i32) -> Result<Vec<(i32, i16)>, String> {
         let resp: ProduceResponse = self.recv(ApiKey::Produce, PRODUCE_V, id)?;
         Ok(resp.responses.iter().flat_map(|t| &t.partition_responses).map(|p| (p.index, p.error_code)).collect())
-    }
-
-    pub fn recv_produce(&mut self, id: i32) -> Result<(), String> {
-        let resp: ProduceResponse = self.recv(ApiKey::Produce, PRODUCE_V, id)?;
-        for t in &resp.responses {
-            for p in &t.partition_responses {
-                if p.error_code != 0 {
-                    return Err(format!("produce error {} on partition {}", p.error_code, p.index));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// ListOffsets for `partitions` at `timestamp` (-1 latest, -2 earliest): (partition, offset).
@@ -326,43 +252,6 @@ impl Conn {
             return Err(format!("Metadata for {topic}: {}", code_name(t.error_code)));
         }
         Ok(t.partitions.len() as i32)
-    }
-
-    /// Fetches `positions` (partition, offset) once; returns the data records received.
-    pub fn fetch_records(&mut self, topic: &str, positions: &[(i32, i64)], max_wait_ms: i32) -> Result<u64, String> {
-        const PARTITION_MAX_BYTES: i32 = 1024 * 1024;
-        let mut t = FetchTopic::default();
-        t.topic = topic_name(topic);
-        t.partitions = positions
-            .iter()
-            .map(|&(partition, offset)| {
-                let mut p = FetchPartition::default();
-                p.partition = partition;
-                p.fetch_offset = offset;
-                p.partition_max_bytes = PARTITION_MAX_BYTES;
-                p
-            })
-            .collect();
-        let mut req = FetchRequest::default();
-        req.replica_id = (-1).into();
-        req.max_wait_ms = max_wait_ms;
-        req.min_bytes = 1;
-        req.max_bytes = 16 * PARTITION_MAX_BYTES;
-        req.session_epoch = -1;
-        req.topics = vec![t];
-        let id = self.send(ApiKey::Fetch, FETCH_V, &req)?;
-        let resp: FetchResponse = self.recv(ApiKey::Fetch, FETCH_V, id)?;
-        if resp.error_code != 0 {
-            return Err(format!("Fetch: {}", code_name(resp.error_code)));
-        }
-        let mut count = 0;
-        for p in resp.responses.iter().flat_map(|t| &t.partitions) {
-            if p.error_code != 0 {
-                return Err(format!("Fetch {topic}/{}: {}", p.partition_index, code_name(p.error_code)));
-            }
-            count += count_records(p.records.clone().unwrap_or_default())?;
-        }
-        Ok(count)
     }
 
     /// Fetches `positions` (partition, offset) of `topic` once: (partition, error, records).

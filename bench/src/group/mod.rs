@@ -13,8 +13,9 @@ mod report;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use kafka_protocol::records::Compression;
 
+use crate::run::{self, records::PendingBatch};
 use crate::wire::{self, Conn};
 use member::{GroupTimeouts, Heartbeat, Member};
 use report::Report;
@@ -24,6 +25,8 @@ const SETUP_RECORDS_PER_PARTITION: usize = 100;
 const SETUP_RECORD_BYTES: usize = 100;
 /// Fetch wait while looking for the first record.
 const FETCH_MAX_WAIT_MS: i32 = 500;
+const FETCH_PARTITION_MAX_BYTES: i32 = 1024 * 1024;
+const FETCH_MAX_BYTES: i32 = 16 * FETCH_PARTITION_MAX_BYTES;
 /// Session timeout floor (Kafka rejects less than group.min.session.timeout.ms, 6 s by default).
 const MIN_SESSION_TIMEOUT_MS: u64 = 10_000;
 
@@ -99,11 +102,21 @@ fn setup_topic(args: &GroupArgs) -> Result<i32, String> {
             args.topic, args.partitions
         );
     }
-    let batch = wire::build_batch(&Bytes::from(vec![b'x'; SETUP_RECORD_BYTES]), SETUP_RECORDS_PER_PARTITION)?;
+    let mut records = PendingBatch::default();
+    for i in 0..SETUP_RECORDS_PER_PARTITION {
+        records.push(i as u64, None, SETUP_RECORD_BYTES);
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let payload = run::records::payload(SETUP_RECORD_BYTES);
+    let batch = run::records::encode(&records, SETUP_RECORD_BYTES, &payload, 0, now_ms, Compression::None)?;
     for p in 0..partitions {
         deadline_check(deadline, "producing the setup records")?;
-        let id = conn.send_produce(&args.topic, p, batch.clone(), 1)?;
-        conn.recv_produce(id)?;
+        let id = conn.send_produce_parts(&args.topic, vec![(p, batch.clone())], 1)?;
+        for (partition, error) in conn.recv_produce_errors(id)? {
+            if error != 0 {
+                return Err(format!("producing setup records to {}/{partition}: {}", args.topic, wire::code_name(error)));
+            }
+        }
     }
     Ok(partitions)
 }
@@ -154,8 +167,13 @@ fn start_positions(m: &mut Member, topic: &str) -> Result<Vec<(i32, i64)>, Strin
 fn wait_first_record(conn: &mut Conn, topic: &str, positions: &[(i32, i64)], deadline: Instant) -> Result<(), String> {
     loop {
         deadline_check(deadline, &format!("fetching the first record of {topic}"))?;
-        if conn.fetch_records(topic, positions, FETCH_MAX_WAIT_MS)? > 0 {
-            return Ok(());
+        for (partition, error, set) in conn.fetch_sets(topic, positions, FETCH_MAX_WAIT_MS, FETCH_PARTITION_MAX_BYTES, FETCH_MAX_BYTES)? {
+            if error != 0 {
+                return Err(format!("Fetch {topic}/{partition}: {}", wire::code_name(error)));
+            }
+            if run::records::walk(&set, |_| {})?.records > 0 {
+                return Ok(());
+            }
         }
     }
 }
