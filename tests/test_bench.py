@@ -171,3 +171,23 @@ def test_group_latency_benchmark_reports_json(broker_factory):
     text = json.dumps(report)
     assert "join" in text and "rebalance" in text
     assert report["rounds"] == 2
+
+
+def test_several_topics_each_with_its_producers_and_group(broker, tmp_path):
+    out = tmp_path / "topics.json"
+    prefix = unique("bench")
+    p = bench("-b", broker.bootstrap, "run", "--topic", prefix, "--topics", 3, "--partitions", 2, "--producers", 1,
+              "--consumers", 1, "--group", unique("g"), "--rate", 3000, "--warmup-s", 0, "--duration-s", 2,
+              "--quiet", "--json-out", out)
+    assert "3 topics" in p.stdout
+    r = load(out)
+    assert r["workload"]["topics"] == 3
+    res = r["result"]
+    # 3000 msg/s over all topics for 2 s; every record produced is consumed.
+    assert 5000 <= res["produced"]["messages"] <= 6500
+    assert res["consumed"]["messages"] == res["produced"]["messages"]
+    latency_ok(res["e2e_latency"])
+    from confluent_kafka.admin import AdminClient
+    md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
+    for i in range(3):
+        assert len(md.topics[f"{prefix}-{i}"].partitions) == 2

@@ -73,12 +73,18 @@ struct RunArgs {
     /// A TOML workload file (keys as the flags, with underscores: message_bytes = 1024).
     #[arg(long)]
     workload: Option<PathBuf>,
+    /// The topic, or with --topics N > 1 the prefix of <topic>-0 .. <topic>-(N-1).
     #[arg(long)]
     topic: Option<String>,
     #[arg(long)]
+    topics: Option<u32>,
+    /// Partitions per topic.
+    #[arg(long)]
     partitions: Option<i32>,
+    /// Producers per topic.
     #[arg(long)]
     producers: Option<u32>,
+    /// Consumers per topic.
     #[arg(long)]
     consumers: Option<u32>,
     /// Consumers join this group (classic protocol) instead of splitting partitions statically.
@@ -164,7 +170,7 @@ impl RunArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { w.$field = v.clone(); } )* };
         }
-        set!(topic, partitions, producers, consumers, consume_from, message_bytes, keys, acks, compression, linger_ms,
+        set!(topic, topics, partitions, producers, consumers, consume_from, message_bytes, keys, acks, compression, linger_ms,
             batch_bytes, max_inflight, rate, warmup_s, duration_s, max_messages, fetch_max_wait_ms,
             fetch_partition_max_bytes, fetch_max_bytes);
         if self.group.is_some() {

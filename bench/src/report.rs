@@ -75,9 +75,9 @@ impl Report {
         println!("strom-bench {} ({}) against {} at {}", self.tool_version, self.git_revision, self.broker, self.started_at);
         let w = &self.workload;
         println!(
-            "workload: topic {} ({} partitions), {} producers, {} consumers{}, {} B messages, keys {}, acks {}, \
-             compression {}, linger {} ms, batch {} B, rate {}, warm-up {} s, duration {} s",
-            w.topic,
+            "workload: {} ({} partitions each), {} producers, {} consumers{} per topic, {} B messages, keys {}, \
+             acks {}, compression {}, linger {} ms, batch {} B, rate {}, warm-up {} s, duration {} s",
+            if w.topics > 1 { format!("{} topics {}-0..{}", w.topics, w.topic, w.topics - 1) } else { format!("topic {}", w.topic) },
             w.partitions,
             w.producers,
             w.consumers,

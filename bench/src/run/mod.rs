@@ -134,15 +134,15 @@ pub struct RunOptions {
 /// How long consumers may take to catch up with the producers after they stop.
 const CONSUMER_DRAIN: Duration = Duration::from_secs(10);
 
-/// Creates the topic if needed and returns its partition count.
-pub fn prepare_topic(brokers: &str, w: &Workload) -> Result<i32, String> {
+/// Creates `topic` if needed and returns its partition count.
+pub fn prepare_topic(brokers: &str, topic: &str, partitions: i32) -> Result<i32, String> {
     let mut conn = Conn::connect(brokers)?;
     conn.set_timeout(Duration::from_secs(30))?;
-    conn.create_topic(&w.topic, w.partitions)?;
+    conn.create_topic(topic, partitions)?;
     // A new topic shows up in Metadata once every shard knows it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match conn.partition_count(&w.topic) {
+        match conn.partition_count(topic) {
             Ok(n) if n > 0 => return Ok(n),
             Err(e) if Instant::now() > deadline => return Err(e),
             _ => std::thread::sleep(Duration::from_millis(50)),
@@ -150,10 +150,28 @@ pub fn prepare_topic(brokers: &str, w: &Workload) -> Result<i32, String> {
     }
 }
 
+/// One topic of the run: its name, partition count and the consumers' progress on it.
+struct TopicRun {
+    name: String,
+    partitions: i32,
+    control: Arc<ConsumerControl>,
+}
+
+impl TopicRun {
+    fn end_offsets(&self, brokers: &str) -> Result<Vec<i64>, String> {
+        end_offsets(brokers, &self.name, self.partitions)
+    }
+}
+
 /// Runs `w` once against the broker.
 pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     w.validate()?;
-    let partitions = prepare_topic(&opts.brokers, w)?;
+    let mut topics = Vec::new();
+    for name in w.topic_names() {
+        let partitions = prepare_topic(&opts.brokers, &name, w.partitions)?;
+        topics.push(TopicRun { name, partitions, control: Arc::new(ConsumerControl::new(partitions)) });
+    }
+    let controls: Vec<Arc<ConsumerControl>> = topics.iter().map(|t| t.control.clone()).collect();
     let rate = w.rate()?;
     let broker = match opts.broker_pid {
         BrokerPid::Find => BrokerProcess::find(&opts.brokers),
@@ -163,52 +181,58 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
 
     // Consumers first, so that they hold their partitions and positions before the first record
     // is produced; the clock and the measured window start once they are ready.
-    let control = Arc::new(ConsumerControl::new(partitions));
     let go = Arc::new(OnceLock::<(Clock, Window)>::new());
-    let cplan = Arc::new(ConsumerPlan {
-        brokers: opts.brokers.clone(),
-        topic: w.topic.clone(),
-        partitions,
-        consumers: w.consumers,
-        group: w.group.clone(),
-        from_earliest: w.consume_from == "earliest",
-        fetch_max_wait_ms: w.fetch_max_wait_ms,
-        fetch_partition_max_bytes: w.fetch_partition_max_bytes,
-        fetch_max_bytes: w.fetch_max_bytes,
-        e2e: !catch_up,
-        go: go.clone(),
-    });
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut consumers = Vec::new();
-    for i in 0..w.consumers {
-        match Consumer::start(i, cplan.clone(), control.clone(), ready_tx.clone()) {
-            Ok(c) => consumers.push(c),
-            Err(e) => return Err(stop_consumers(&control, consumers, e)),
+    for (ti, topic) in topics.iter().enumerate() {
+        let cplan = Arc::new(ConsumerPlan {
+            brokers: opts.brokers.clone(),
+            topic: topic.name.clone(),
+            partitions: topic.partitions,
+            consumers: w.consumers,
+            group: w.group_of(ti),
+            from_earliest: w.consume_from == "earliest",
+            fetch_max_wait_ms: w.fetch_max_wait_ms,
+            fetch_partition_max_bytes: w.fetch_partition_max_bytes,
+            fetch_max_bytes: w.fetch_max_bytes,
+            e2e: !catch_up,
+            go: go.clone(),
+        });
+        for i in 0..w.consumers {
+            match Consumer::start(i, cplan.clone(), topic.control.clone(), ready_tx.clone()) {
+                Ok(c) => consumers.push(c),
+                Err(e) => return Err(stop_consumers(&controls, consumers, e)),
+            }
         }
     }
     drop(ready_tx);
     let setup_deadline = Instant::now() + CONSUMER_SETUP;
-    for _ in 0..w.consumers {
+    for _ in 0..consumers.len() {
         match ready_rx.recv_timeout(setup_deadline.saturating_duration_since(Instant::now())) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(stop_consumers(&control, consumers, e)),
+            Ok(Err(e)) => return Err(stop_consumers(&controls, consumers, e)),
             Err(_) => {
                 let e = format!("the consumers did not get their partitions within {} s", CONSUMER_SETUP.as_secs());
-                return Err(stop_consumers(&control, consumers, e));
+                return Err(stop_consumers(&controls, consumers, e));
             }
         }
     }
-    let ends_at_start = if catch_up { Some(end_offsets(&opts.brokers, &w.topic, partitions)?) } else { None };
+    let ends_at_start = if catch_up {
+        Some(topics.iter().map(|t| t.end_offsets(&opts.brokers)).collect::<Result<Vec<_>, _>>()?)
+    } else {
+        None
+    };
 
     let clock = Clock::new();
     let window = Window { from_ns: (w.warmup_s * 1e9) as u64, to_ns: ((w.warmup_s + w.duration_s) * 1e9) as u64 };
     let _ = go.set((clock, window));
     let mut producers = Vec::new();
-    if w.producers > 0 {
+    let producers_total = w.producers * topics.len() as u32;
+    for topic in topics.iter().filter(|_| w.producers > 0) {
         let pplan = Arc::new(ProducerPlan {
             brokers: opts.brokers.clone(),
-            topic: w.topic.clone(),
-            partitions,
+            topic: topic.name.clone(),
+            partitions: topic.partitions,
             acks: w.acks,
             compression: records::compression_from_name(&w.compression)?,
             message_bytes: w.message_bytes,
@@ -218,19 +242,19 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
             max_inflight: w.max_inflight,
             rate: match rate {
                 Rate::Max => Rate::Max,
-                Rate::Messages(r) => Rate::Messages(r / w.producers as f64),
+                Rate::Messages(r) => Rate::Messages(r / producers_total as f64),
             },
-            max_messages: (w.max_messages / w.producers as u64).max(1),
+            max_messages: (w.max_messages / producers_total as u64).max(1),
             end_ns: window.to_ns,
             window,
             payload: Arc::new(records::payload(w.message_bytes)),
         });
         for i in 0..w.producers {
-            match Producer::start(i, pplan.clone(), clock) {
+            match Producer::start(producers.len() as u32 + i, pplan.clone(), clock) {
                 Ok(p) => producers.push(p),
                 Err(e) => {
                     let e = stop_producers(producers, e);
-                    return Err(stop_consumers(&control, consumers, e));
+                    return Err(stop_consumers(&controls, consumers, e));
                 }
             }
         }
@@ -242,21 +266,22 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     let mut next_tick = 1_000_000_000u64;
     let mut window_start: Option<Sample> = None;
     let mut window_end: Option<Sample> = None;
-    let mut ends_at_stop: Option<Vec<i64>> = ends_at_start.clone();
+    let mut ends_at_stop: Option<Vec<Vec<i64>>> = ends_at_start.clone();
     let mut drain_deadline: Option<u64> = None;
     loop {
         let now = clock.now_ns();
         if window_start.is_none() && now >= window.from_ns {
             window_start = Some(sampler.sample());
         }
-        let caught_up = w.consumers == 0 || ends_at_stop.as_ref().is_some_and(|ends| control.reached(ends));
+        let caught_up = w.consumers == 0
+            || ends_at_stop.as_ref().is_some_and(|ends| topics.iter().zip(ends).all(|(t, e)| t.control.reached(e)));
         if window_end.is_none() && (now >= window.to_ns || (catch_up && caught_up)) {
             window_end = Some(sampler.sample());
         }
         let producers_done = producers.iter().all(Producer::is_finished);
         if window_end.is_some() && producers_done {
             if ends_at_stop.is_none() {
-                ends_at_stop = Some(end_offsets(&opts.brokers, &w.topic, partitions)?);
+                ends_at_stop = Some(topics.iter().map(|t| t.end_offsets(&opts.brokers)).collect::<Result<Vec<_>, _>>()?);
                 drain_deadline = Some(now + CONSUMER_DRAIN.as_nanos() as u64);
             }
             if caught_up || drain_deadline.is_some_and(|d| now >= d) || catch_up {
@@ -279,7 +304,9 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
             next_tick += 1_000_000_000;
         }
     }
-    control.stop.store(true, Ordering::Relaxed);
+    for c in &controls {
+        c.stop.store(true, Ordering::Relaxed);
+    }
     let producer_meters: Vec<Arc<Meter>> = producers.iter().map(|p| p.meter.clone()).collect();
     let consumer_meters: Vec<Arc<Meter>> = consumers.iter().map(|c| c.meter.clone()).collect();
     let mut errors = Vec::new();
@@ -359,8 +386,10 @@ fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<i64>, 
     Ok(ends)
 }
 
-fn stop_consumers(control: &ConsumerControl, consumers: Vec<Consumer>, error: String) -> String {
-    control.stop.store(true, Ordering::Relaxed);
+fn stop_consumers(controls: &[Arc<ConsumerControl>], consumers: Vec<Consumer>, error: String) -> String {
+    for c in controls {
+        c.stop.store(true, Ordering::Relaxed);
+    }
     for c in consumers {
         let _ = c.join();
     }

@@ -6,15 +6,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Workload {
+    /// The topic, or with `topics` > 1 the prefix of `<topic>-0` .. `<topic>-<N-1>`.
     pub topic: String,
-    /// Partitions to create the topic with (an existing topic keeps its own count).
+    pub topics: u32,
+    /// Partitions to create each topic with (an existing topic keeps its own count).
     pub partitions: i32,
-    /// Producer connections; each has its own writer and reader thread.
+    /// Producer connections per topic; each has its own writer and reader thread.
     pub producers: u32,
-    /// Consumer connections; each reads its share of the partitions.
+    /// Consumer connections per topic; each reads its share of the topic's partitions.
     pub consumers: u32,
-    /// When set, the consumers join this consumer group (classic protocol, range assignor) and
-    /// commit their positions every 5 s; otherwise partitions are split among them statically.
+    /// When set, each topic's consumers join this consumer group (`<group>-<i>` with several
+    /// topics; classic protocol, range assignor) and commit their positions every 5 s;
+    /// otherwise partitions are split among them statically.
     pub group: Option<String>,
     /// Where consumers start: "latest" (end-to-end latency) or "earliest" (catch-up reads; with
     /// no producers the run ends when the consumers reach the end offsets of its start).
@@ -33,14 +36,14 @@ pub struct Workload {
     pub batch_bytes: usize,
     /// Produce requests in flight per producer connection.
     pub max_inflight: usize,
-    /// Offered load over all producers: "max", messages per second ("50000"), or bytes per
-    /// second ("100MB/s", "64MiB/s").
+    /// Offered load over all producers of all topics: "max", messages per second ("50000"), or
+    /// bytes per second ("100MB/s", "64MiB/s").
     pub rate: String,
     /// Seconds at the start whose results are not counted.
     pub warmup_s: f64,
     /// Measured seconds after the warm-up.
     pub duration_s: f64,
-    /// Upper bound on the messages the run sends (over all producers).
+    /// Upper bound on the messages the run sends (over all producers of all topics).
     pub max_messages: u64,
     pub fetch_max_wait_ms: i32,
     pub fetch_partition_max_bytes: i32,
@@ -51,6 +54,7 @@ impl Default for Workload {
     fn default() -> Self {
         Workload {
             topic: "strom-bench".into(),
+            topics: 1,
             partitions: 1,
             producers: 1,
             consumers: 0,
@@ -103,6 +107,19 @@ impl Workload {
         parse_keys(&self.keys)
     }
 
+    /// The topic names the run uses.
+    pub fn topic_names(&self) -> Vec<String> {
+        if self.topics <= 1 {
+            return vec![self.topic.clone()];
+        }
+        (0..self.topics).map(|i| format!("{}-{i}", self.topic)).collect()
+    }
+
+    /// The consumer group of the `i`th topic, if consumers use groups.
+    pub fn group_of(&self, i: usize) -> Option<String> {
+        self.group.as_ref().map(|g| if self.topics <= 1 { g.clone() } else { format!("{g}-{i}") })
+    }
+
     /// Checks every field, so a bad workload fails before anything is sent.
     pub fn validate(&self) -> Result<(), String> {
         self.rate()?;
@@ -112,7 +129,11 @@ impl Workload {
         check(!self.topic.is_empty(), "topic must not be empty")?;
         check(self.partitions >= 1, "partitions must be at least 1")?;
         check(self.producers + self.consumers >= 1, "needs at least one producer or consumer")?;
-        check(self.producers <= 256 && self.consumers <= 256, "at most 256 producers and 256 consumers")?;
+        check((1..=1000).contains(&self.topics), "topics must be 1..=1000")?;
+        check(
+            self.topics * self.producers <= 256 && self.topics * self.consumers <= 256,
+            "at most 256 producers and 256 consumers over all topics",
+        )?;
         check(matches!(self.consume_from.as_str(), "latest" | "earliest"), "consume_from is latest or earliest")?;
         check((8..=64 * 1024 * 1024).contains(&self.message_bytes), "message_bytes must be 8..=64 MiB (8 carry the send time)")?;
         check(matches!(self.acks, -1..=1), "acks is 0, 1 or -1")?;
@@ -196,6 +217,11 @@ mod tests {
         assert_eq!((w.partitions, w.producers, w.message_bytes), (6, 2, 1024));
         w.validate().unwrap();
         assert!(Workload::from_toml("partitons = 6\n").unwrap_err().contains("partitons"));
+        let many = Workload { topics: 3, group: Some("g".into()), ..Default::default() };
+        assert_eq!(many.topic_names(), vec!["strom-bench-0", "strom-bench-1", "strom-bench-2"]);
+        assert_eq!(many.group_of(2).as_deref(), Some("g-2"));
+        assert_eq!(Workload::default().topic_names(), vec!["strom-bench"]);
+        assert!(Workload { topics: 100, producers: 3, ..Default::default() }.validate().is_err());
         let bad = Workload { acks: 2, ..Default::default() };
         assert!(bad.validate().is_err());
     }
