@@ -471,19 +471,8 @@ fn fdatasync(file: &File) -> Result<(), String> {
 /// qd1 append of `bytes` in 1 MiB writes, then one fdatasync. Returns the write throughput, the
 /// throughput including the fdatasync, and the fdatasync's duration in ms.
 fn sequential_then_sync(f: &TempFile, bytes: u64, max: Duration) -> Result<(Throughput, Throughput, f64), String> {
-    let buf = AlignedBuf::new(MIB, 1)?;
     let start = Instant::now();
-    let deadline = start + max;
-    let mut offset = 0u64;
-    let mut stopped_early = false;
-    while offset < bytes {
-        if Instant::now() >= deadline {
-            stopped_early = true;
-            break;
-        }
-        pwrite_all(&f.file, buf.as_slice(), offset)?;
-        offset += MIB as u64;
-    }
+    let Throughput { bytes: offset, stopped_early, .. } = append_mib(f, bytes, max, 1, false)?;
     let written = start.elapsed();
     let sync_start = Instant::now();
     fdatasync(&f.file)?;
@@ -550,7 +539,13 @@ fn parallel_overwrite(f: &TempFile, bytes: u64, writers: usize, max: Duration) -
 
 /// qd1 append of `bytes` in 1 MiB writes, each followed by fdatasync.
 fn fdatasync_each(f: &TempFile, bytes: u64, max: Duration) -> Result<Throughput, String> {
-    let buf = AlignedBuf::new(MIB, 100)?;
+    append_mib(f, bytes, max, 100, true)
+}
+
+/// Appends `bytes` to `f` in 1 MiB writes of a buffer seeded with `seed`, fdatasyncing after
+/// each write if `sync_each`; stops early at `max`.
+fn append_mib(f: &TempFile, bytes: u64, max: Duration, seed: u64, sync_each: bool) -> Result<Throughput, String> {
+    let buf = AlignedBuf::new(MIB, seed)?;
     let start = Instant::now();
     let deadline = start + max;
     let mut offset = 0u64;
@@ -561,7 +556,9 @@ fn fdatasync_each(f: &TempFile, bytes: u64, max: Duration) -> Result<Throughput,
             break;
         }
         pwrite_all(&f.file, buf.as_slice(), offset)?;
-        fdatasync(&f.file)?;
+        if sync_each {
+            fdatasync(&f.file)?;
+        }
         offset += MIB as u64;
     }
     Ok(Throughput { bytes: offset, seconds: start.elapsed().as_secs_f64(), stopped_early })

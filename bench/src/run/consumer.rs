@@ -149,6 +149,8 @@ fn consume(
     };
     let mut last_heartbeat = Instant::now();
     let mut last_commit = Instant::now();
+    // Due times of one partition's records in a fetch; reused across fetches.
+    let mut stamps: Vec<u64> = Vec::new();
     while !control.stop.load(Ordering::Relaxed) {
         if let Session::Group(m) = &mut session {
             if last_heartbeat.elapsed() >= HEARTBEAT_INTERVAL {
@@ -186,7 +188,7 @@ fn consume(
                 continue;
             }
             let set_bytes = set.len() as u64;
-            let mut stamps = Vec::new();
+            stamps.clear();
             let walked = records::walk(&set, |ns| stamps.push(ns))?;
             if let Some(next) = walked.next_offset {
                 pos.1 = next;

@@ -432,33 +432,36 @@ struct Sample {
     client: ProcessSample,
 }
 
+fn take_sample(broker: Option<&BrokerProcess>, clock: Clock) -> Sample {
+    Sample {
+        at_s: clock.now_ns() as f64 / 1e9,
+        broker: broker.and_then(BrokerProcess::sample),
+        client: ProcessSample { cpu_s: sysinfo::own_cpu_s(), rss_bytes: 0 },
+    }
+}
+
 /// Builds the timeline and prints the progress line.
 struct Sampler {
     broker: Option<BrokerProcess>,
     progress: bool,
     clock: Clock,
-    last: Option<Sample>,
+    last: Sample,
     timeline: Vec<Point>,
 }
 
 impl Sampler {
     fn new(broker: Option<BrokerProcess>, progress: bool, clock: Clock) -> Sampler {
-        let mut s = Sampler { broker, progress, clock, last: None, timeline: Vec::new() };
-        s.last = Some(s.sample());
-        s
+        let last = take_sample(broker.as_ref(), clock);
+        Sampler { broker, progress, clock, last, timeline: Vec::new() }
     }
 
     fn sample(&self) -> Sample {
-        Sample {
-            at_s: self.clock.now_ns() as f64 / 1e9,
-            broker: self.broker.as_ref().and_then(BrokerProcess::sample),
-            client: ProcessSample { cpu_s: sysinfo::own_cpu_s(), rss_bytes: 0 },
-        }
+        take_sample(self.broker.as_ref(), self.clock)
     }
 
     fn tick(&mut self, producers: &[Producer], consumers: &[Consumer]) {
         let now = self.sample();
-        let last = self.last.replace(now).unwrap_or(now);
+        let last = std::mem::replace(&mut self.last, now);
         let dt = (now.at_s - last.at_s).max(1e-3);
         let (mut ph, mut pm, mut pb) = (histogram(), 0u64, 0u64);
         for p in producers {

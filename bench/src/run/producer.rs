@@ -296,8 +296,7 @@ fn write_loop(
                 continue;
             }
         }
-        let pending_records = acc.records;
-        if !generating && pending_records == 0 {
+        if !generating && acc.records == 0 {
             break Ok(());
         }
         // Wait for the next due record, the oldest batch's linger, or a free slot.

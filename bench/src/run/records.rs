@@ -50,9 +50,10 @@ impl PendingBatch {
 
 /// The key bytes of key number `k`.
 pub fn key_bytes(k: u32, out: &mut Vec<u8>) {
+    use std::io::Write;
     out.clear();
-    out.extend_from_slice(b"key-");
-    out.extend_from_slice(k.to_string().as_bytes());
+    // Formats straight into `out`: no allocation per record.
+    let _ = write!(out, "key-{k}");
 }
 
 /// Encodes a v2 batch of `pending`'s records. Values are `value_bytes` long: the intended send
