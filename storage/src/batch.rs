@@ -207,6 +207,15 @@ pub enum BatchError {
     /// lastOffsetDelta is negative.
     #[error("negative lastOffsetDelta {0}")]
     BadLastOffsetDelta(i32),
+    /// Records without a key, for a compacted log (Kafka refuses these too).
+    #[error("Compacted topic cannot accept message without key (records {indexes:?} of the batch)")]
+    KeylessRecords {
+        /// Positions of those records in the batch (Kafka's `batch_index`).
+        indexes: Vec<i32>,
+    },
+    /// The records inside the batch do not parse or decompress.
+    #[error("records unreadable: {0}")]
+    RecordsUnreadable(String),
 }
 
 /// CRC-32C of a whole batch's CRC-covered bytes (21..end).
@@ -286,6 +295,18 @@ pub fn assign_offset_and_epoch(batch: &mut [u8], base_offset: i64, leader_epoch:
         header.base_offset.set(base_offset);
         header.partition_leader_epoch.set(leader_epoch);
     }
+}
+
+/// After the records of `batch` were replaced (by the cleaner): sets batchLength and
+/// recordsCount and recomputes the CRC.
+pub(crate) fn reseal(batch: &mut [u8], records_count: i32) {
+    let batch_length = (batch.len() - BATCH_LENGTH_OVERHEAD_BYTES) as i32;
+    if let Some(header) = BatchHeader::view_mut(batch) {
+        header.batch_length.set(batch_length);
+        header.records_count.set(records_count);
+    }
+    let crc = batch_crc(batch);
+    batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Marks a batch as LogAppendTime with `now_ms` as its maxTimestamp and recomputes its CRC.

@@ -1,4 +1,5 @@
-//! Small checksummed files of a partition directory: `log-start-offset` and `clean-shutdown`.
+//! Small checksummed files of a partition directory: `log-start-offset`, `cleaner-offset`,
+//! `clean-swap` and `clean-shutdown`.
 //!
 //! Each is a fixed-size big-endian payload followed by the CRC-32C of the payload, replaced
 //! atomically (tmp + fdatasync + rename + directory fsync).
@@ -10,11 +11,18 @@ use crate::file_io::{io_err, read_at, remove_file, sync_dir, write_atomic};
 
 /// File holding the log start offset.
 pub(crate) const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+/// File holding the cleaner's first dirty offset (compacted logs).
+pub(crate) const CLEANER_OFFSET_FILE: &str = "cleaner-offset";
+/// File that commits a compaction swap: present from the moment the cleaned segment is durable
+/// until the old segments it replaces are gone.
+pub(crate) const CLEAN_SWAP_FILE: &str = "clean-swap";
 /// File written by a clean close.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
 /// Payload bytes of `log-start-offset`: offset i64.
 const LOG_START_PAYLOAD_BYTES: usize = 8;
+/// Payload bytes of `clean-swap`: replaced range [base, end) as two i64.
+const SWAP_PAYLOAD_BYTES: usize = 16;
 /// Payload bytes of `clean-shutdown`: log end offset i64, active base i64, active size u64.
 const CLEAN_PAYLOAD_BYTES: usize = 24;
 /// Trailing CRC-32C.
@@ -82,6 +90,37 @@ pub(crate) async fn read_log_start(dir: &Path) -> Result<Option<i64>, StorageErr
 /// Atomically writes `log-start-offset`.
 pub(crate) async fn write_log_start(dir: &Path, offset: i64) -> Result<(), StorageError> {
     write_atomic(dir, LOG_START_OFFSET_FILE, &seal(&offset.to_be_bytes())).await
+}
+
+/// Reads `cleaner-offset`, if present and intact.
+pub(crate) async fn read_cleaner_offset(dir: &Path) -> Result<Option<i64>, StorageError> {
+    let payload = read_sealed(&dir.join(CLEANER_OFFSET_FILE), LOG_START_PAYLOAD_BYTES).await?;
+    Ok(payload.map(|p| be_i64(&p)))
+}
+
+/// Atomically writes `cleaner-offset`.
+pub(crate) async fn write_cleaner_offset(dir: &Path, offset: i64) -> Result<(), StorageError> {
+    write_atomic(dir, CLEANER_OFFSET_FILE, &seal(&offset.to_be_bytes())).await
+}
+
+/// Reads `clean-swap`: the range [base, end) of segments a cleaned segment replaces.
+pub(crate) async fn read_clean_swap(dir: &Path) -> Result<Option<(i64, i64)>, StorageError> {
+    let payload = read_sealed(&dir.join(CLEAN_SWAP_FILE), SWAP_PAYLOAD_BYTES).await?;
+    Ok(payload.map(|p| (be_i64(&p[0..8]), be_i64(&p[8..16]))))
+}
+
+/// Atomically writes `clean-swap` (the commit point of a compaction swap).
+pub(crate) async fn write_clean_swap(dir: &Path, base: i64, end: i64) -> Result<(), StorageError> {
+    let mut payload = Vec::with_capacity(SWAP_PAYLOAD_BYTES);
+    payload.extend_from_slice(&base.to_be_bytes());
+    payload.extend_from_slice(&end.to_be_bytes());
+    write_atomic(dir, CLEAN_SWAP_FILE, &seal(&payload)).await
+}
+
+/// Removes `clean-swap` durably once the swap is complete.
+pub(crate) async fn remove_clean_swap(dir: &Path) -> Result<(), StorageError> {
+    remove_file(&dir.join(CLEAN_SWAP_FILE)).await?;
+    sync_dir(dir).await
 }
 
 /// Reads `clean-shutdown`, if present and intact.

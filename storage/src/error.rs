@@ -52,6 +52,12 @@ pub enum StorageError {
         /// The log end offset at the time.
         log_end: i64,
     },
+    /// A test hook stopped a compaction pass at a step, as if the process had died there.
+    #[error("injected fault: the cleaner stopped after step {step}")]
+    InjectedFault {
+        /// The step.
+        step: &'static str,
+    },
     /// The log was closed or deleted.
     #[error("log {} is closed", dir.display())]
     Closed {

@@ -199,6 +199,21 @@ pub(crate) async fn remove_file(path: &Path) -> Result<(), StorageError> {
         .map_err(|e| io_err("remove", path, e))
 }
 
+/// Removes a file; a file that is already gone is fine.
+pub(crate) async fn remove_file_if_exists(path: &Path) -> Result<(), StorageError> {
+    match remove_file(path).await {
+        Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Renames a file (within one directory: atomic).
+pub(crate) async fn rename(from: &Path, to: &Path) -> Result<(), StorageError> {
+    glommio::io::rename(from, to)
+        .await
+        .map_err(|e| io_err("rename", from, e))
+}
+
 /// Replaces `dir/name` with `data` atomically: write `name.tmp`, fdatasync it, rename it over
 /// `name`, fsync the directory.
 pub(crate) async fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), StorageError> {

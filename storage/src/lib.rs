@@ -10,6 +10,7 @@
 
 mod batch;
 mod checkpoint;
+mod codec;
 mod config;
 mod error;
 mod fifo_lock;
@@ -33,10 +34,13 @@ pub mod testing;
 mod types;
 
 pub use batch::{validate_batch, BatchError, BatchHeader, BatchHeaderInfo, BATCH_HEADER_BYTES};
-pub use config::{LogConfig, TimestampType};
+pub use config::{CleanupPolicy, LogConfig, TimestampType};
 pub use error::StorageError;
 pub use log_manager::LogManager;
-pub use partition_log::{AppendInfo, PartitionLog, ReadSlice, SegmentFd};
+pub use codec::CodecError;
+pub use partition_log::{
+    AppendInfo, CleanReport, CleanerFault, CleanerStep, PartitionLog, ReadSlice, SegmentFd,
+};
 pub use producer_state::{BatchMeta, ProducerError, ProducerState, SequenceVerdict, BATCHES_RETAINED};
 // For the microbenchmarks in perf/ (not a stable API): the stamping `PartitionLog::append`
 // does on each batch, and the in-memory index of a segment.

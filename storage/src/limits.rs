@@ -73,3 +73,25 @@ pub const WRITEBACK_KICK_BYTES: u64 = 8 << 20;
 /// switches and a wakeup) costs far more than the copy itself. Larger writes keep the worker, so
 /// a long copy never stalls the shard.
 pub const INLINE_WRITE_BYTES_MAX: usize = 128 << 10;
+
+/// Segments one retention pass deletes from a log at most: each costs three unlinks and the pass
+/// ends with a directory fsync, so this bounds the time a pass holds the shard's I/O. A log far
+/// over its limit catches up over a few passes.
+pub const RETENTION_SEGMENTS_PER_PASS_MAX: usize = 64;
+
+/// Memory the cleaner's map of keys (newest offset per key in the dirty segments) may use in one
+/// pass. The pass covers as many whole dirty segments as fit; the rest waits for the next pass
+/// (Kafka's `log.cleaner.dedupe.buffer.size` plays the same role).
+pub const CLEANER_KEY_MAP_BYTES_MAX: usize = 64 << 20;
+
+/// Bookkeeping counted per key in the cleaner's map on top of the key bytes.
+pub const CLEANER_KEY_MAP_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Bytes of compacted output buffered before they are written (one pwrite each).
+pub const CLEANER_WRITE_CHUNK_BYTES: usize = INLINE_WRITE_BYTES_MAX;
+
+/// Decompressed size of one batch's records that the cleaner accepts; a batch claiming more is
+/// kept as it is rather than expanded (a bound on memory for a hostile or broken batch).
+pub const CLEANER_BATCH_DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
+
+const _: () = assert!(CLEANER_WRITE_CHUNK_BYTES <= INLINE_WRITE_BYTES_MAX);

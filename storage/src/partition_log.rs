@@ -23,7 +23,7 @@ use crate::producer_state::{
     last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SequenceVerdict,
     SNAPSHOTS_KEPT,
 };
-use crate::segment_reader::{BatchWalker, WalkStep};
+use crate::segment_reader::{BatchWalker, RangeRead, WalkStep};
 use crate::group_commit::GroupCommit;
 use crate::limits::{
     BATCH_BYTES_MAX, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES, RELATIVE_OFFSET_MAX,
@@ -108,6 +108,18 @@ pub struct PartitionLog {
     sync_failed: Cell<bool>,
     /// Idempotent producers' state (see `producer_state`).
     producers: RefCell<ProducerState>,
+    /// Serializes the work that removes or replaces closed segments (retention, DeleteRecords,
+    /// the cleaner) with each other and with close.
+    maintenance: FifoLock,
+    /// Set when close or delete begins: the cleaner abandons a pass it has not committed.
+    closing: Cell<bool>,
+    /// First offset the cleaner has not compacted yet (persisted in `cleaner-offset`).
+    first_dirty: Cell<i64>,
+    /// When the earliest tombstone the cleaner kept may be removed (memory only: after a
+    /// restart, at the next pass that dirty data starts).
+    tombstone_due_ms: Cell<Option<i64>>,
+    /// Test hook: where a compaction pass stops as if the process died (see `cleaner`).
+    cleaner_fault: Cell<Option<CleanerFault>>,
 }
 
 impl fmt::Debug for PartitionLog {
@@ -164,7 +176,15 @@ impl PartitionLog {
             closed: Cell::new(false),
             sync_failed: Cell::new(false),
             producers: RefCell::new(producers),
+            maintenance: FifoLock::default(),
+            closing: Cell::new(false),
+            first_dirty: Cell::new(opened.first_dirty.max(opened.log_start)),
+            tombstone_due_ms: Cell::new(None),
+            cleaner_fault: Cell::new(None),
         };
+        // A crash between persisting a new log start and deleting the segments below it leaves
+        // them behind; they go now.
+        log.remove_segments_below_start().await?;
         Ok(Rc::new(log))
     }
 
@@ -254,6 +274,9 @@ impl PartitionLog {
             }
         }
         let config = self.config.borrow().clone();
+        if config.cleanup.compact {
+            cleaner::check_keys(batch, &header)?;
+        }
         let base_offset = self.log_end.get();
         let last_offset = base_offset + i64::from(header.last_offset_delta);
         self.maybe_roll(len, last_offset, &config, now_ms).await?;
@@ -334,7 +357,7 @@ impl PartitionLog {
         }
         let too_big = active.size() + len > config.segment_bytes_clamped();
         let age_ms = now_ms.saturating_sub(active.created_ms());
-        let too_old = age_ms >= 0 && age_ms as u64 >= config.segment_ms;
+        let too_old = age_ms >= 0 && age_ms as u64 >= config.roll_ms();
         let too_far = last_offset - active.base_offset() > RELATIVE_OFFSET_MAX;
         if !(too_big || too_old || too_far) {
             return Ok(());
@@ -523,7 +546,25 @@ impl PartitionLog {
             let range = segment
                 .read_range(offset.0, max_bytes, min_one_batch, limit, chunk_bytes)
                 .await?;
-            return Ok(range.map(|r| ReadSlice {
+            let r = match range {
+                RangeRead::Found(r) => r,
+                RangeRead::TooLarge => return Ok(None),
+                RangeRead::NotHere => {
+                    // Compaction may have removed the batches at the end of a closed segment:
+                    // the offset then lives in a later segment.
+                    let next = (limit >= segment.size())
+                        .then(|| self.segments.borrow().after(segment.base_offset()))
+                        .flatten();
+                    match next {
+                        Some(next) => {
+                            segment = next;
+                            continue;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+            };
+            return Ok(Some(ReadSlice {
                 fd: segment.fd(),
                 position: r.position,
                 len: u32::try_from(r.len).expect("a range is at most one segment"),
@@ -615,6 +656,8 @@ impl PartitionLog {
         if self.closed.get() {
             return Ok(());
         }
+        self.closing.set(true);
+        let _maintenance = self.maintenance.lock().await;
         let _permit = self.append_lock.lock().await;
         if self.closed.get() {
             return Ok(());
@@ -660,6 +703,8 @@ impl PartitionLog {
 
     /// Closes the log (without the clean-shutdown marker) and removes its directory.
     pub async fn delete(&self) -> Result<(), StorageError> {
+        self.closing.set(true);
+        let _maintenance = self.maintenance.lock().await;
         let _permit = self.append_lock.lock().await;
         self.closed.set(true);
         let closed = self.close_segments().await;
@@ -684,6 +729,14 @@ impl PartitionLog {
     }
 }
 
+#[path = "retention.rs"]
+mod retention;
+
+#[path = "cleaner.rs"]
+mod cleaner;
+pub use cleaner::{CleanReport, CleanerFault, CleanerStep};
+pub(crate) use cleaner::finish_swap;
+
 #[cfg(test)]
 #[path = "partition_log_tests.rs"]
 mod tests;
@@ -691,6 +744,14 @@ mod tests;
 #[cfg(test)]
 #[path = "producer_state_tests.rs"]
 mod producer_tests;
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+mod retention_tests;
+
+#[cfg(test)]
+#[path = "cleaner_tests.rs"]
+mod cleaner_tests;
 
 /// Offsets of the producer-state snapshots in `dir`, ascending.
 fn list_snapshots(dir: &Path) -> Vec<i64> {

@@ -298,3 +298,55 @@ mod tests {
         assert!(matches!(decode_records(&corrupt), Err(DecodeError::Batch(BatchError::CrcMismatch { .. }))));
     }
 }
+
+/// Where one record lies in a records section, and what compaction needs of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordSpan {
+    /// Byte range of the whole record (length prefix included) in the records section.
+    pub start: usize,
+    /// End of the record.
+    pub end: usize,
+    /// offsetDelta.
+    pub offset_delta: i64,
+    /// timestampDelta.
+    pub timestamp_delta: i64,
+    /// Byte range of the key, None for a null key.
+    pub key: Option<(usize, usize)>,
+    /// The value is null (a tombstone).
+    pub tombstone: bool,
+}
+
+/// Splits a (decompressed) records section into its `count` records. None if it does not parse
+/// or has bytes left over.
+pub(crate) fn record_spans(records: &[u8], count: i32) -> Option<Vec<RecordSpan>> {
+    let mut out = Vec::with_capacity(count.clamp(0, 1 << 16) as usize);
+    let mut pos = 0usize;
+    for _ in 0..count.max(0) {
+        let start = pos;
+        let length = usize::try_from(get_varint(records, &mut pos)?).ok()?;
+        let end = pos.checked_add(length)?;
+        let body = records.get(..end)?;
+        let mut cursor = pos + 1; // attributes
+        let timestamp_delta = get_varint(body, &mut cursor)?;
+        let offset_delta = get_varint(body, &mut cursor)?;
+        let key_len = get_varint(body, &mut cursor)?;
+        let key = if key_len < 0 {
+            None
+        } else {
+            let key_end = cursor.checked_add(usize::try_from(key_len).ok()?)?;
+            if key_end > end {
+                return None;
+            }
+            let key = (cursor, key_end);
+            cursor = key_end;
+            Some(key)
+        };
+        let value_len = get_varint(body, &mut cursor)?;
+        if cursor > end {
+            return None;
+        }
+        out.push(RecordSpan { start, end, offset_delta, timestamp_delta, key, tombstone: value_len < 0 });
+        pos = end;
+    }
+    (pos == records.len()).then_some(out)
+}

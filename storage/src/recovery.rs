@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::checkpoint::{
-    read_clean_shutdown, read_log_start, remove_clean_shutdown, write_log_start, CleanShutdown,
+    read_clean_swap, read_clean_shutdown, read_cleaner_offset, read_log_start, remove_clean_shutdown, write_log_start, CleanShutdown,
     CLEAN_SHUTDOWN_FILE,
 };
 use crate::config::LogConfig;
+use crate::partition_log::finish_swap;
+use crate::segment::CLEANED_SUFFIX;
 use crate::error::StorageError;
 use crate::file_io::{
     file_size, read_at, remove_file, std_io_err, sync_dir, truncate, write_small_at, TMP_SUFFIX,
@@ -39,6 +41,8 @@ pub(crate) struct OpenedLog {
     pub segments: SegmentSet,
     /// The log start offset.
     pub log_start: i64,
+    /// The cleaner's first dirty offset (the log start if never cleaned).
+    pub first_dirty: i64,
 }
 
 /// What the directory listing found.
@@ -67,7 +71,7 @@ async fn list_dir(dir: &Path) -> Result<Listing, StorageError> {
             listing.bases.push(base);
         } else if name == CLEAN_SHUTDOWN_FILE {
             listing.has_marker = true;
-        } else if name.ends_with(TMP_SUFFIX) {
+        } else if name.ends_with(TMP_SUFFIX) || name.ends_with(CLEANED_SUFFIX) {
             stray.push(dir.join(name));
         }
     }
@@ -88,6 +92,18 @@ async fn list_dir(dir: &Path) -> Result<Listing, StorageError> {
     Ok(listing)
 }
 
+/// Base offsets of the `.log` files in `dir`, ascending.
+fn segment_bases(dir: &Path) -> Result<Vec<i64>, StorageError> {
+    // Directory listing has no io_uring operation; this runs at open only.
+    let entries = std::fs::read_dir(dir).map_err(|e| std_io_err("list", dir, e))?;
+    let mut bases: Vec<i64> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| parse_file_name(n, LOG_SUFFIX)))
+        .collect();
+    bases.sort_unstable();
+    Ok(bases)
+}
+
 /// Opens (creating if needed) the log in `dir` and recovers it.
 pub(crate) async fn open_log(
     dir: &Path,
@@ -101,6 +117,13 @@ pub(crate) async fn open_log(
         if let Some(parent) = dir.parent() {
             sync_dir(parent).await?;
         }
+    }
+    // A compaction swap that was committed but not finished is finished first; the cleaned
+    // files of one that was not committed are removed by the listing.
+    if let Some((base, end)) = read_clean_swap(dir).await? {
+        let bases = segment_bases(dir)?;
+        tracing::warn!(dir = %dir.display(), base, end, "finishing an interrupted compaction swap");
+        finish_swap(dir, base, end, &bases, None).await?;
     }
     let listing = list_dir(dir).await?;
     let stored_log_start = read_log_start(dir).await?;
@@ -160,9 +183,11 @@ pub(crate) async fn open_log(
     if stored_log_start != Some(log_start) {
         write_log_start(dir, log_start).await?;
     }
+    let first_dirty = read_cleaner_offset(dir).await?.unwrap_or(log_start).clamp(log_start, log_end);
     Ok(OpenedLog {
         segments,
         log_start,
+        first_dirty,
     })
 }
 
@@ -228,6 +253,7 @@ async fn replay(
     start_offset: i64,
     interval: u32,
     verify_crc: bool,
+    gaps_allowed: bool,
 ) -> Result<ReplayEnd, StorageError> {
     let base = segment.base_offset();
     let mut walker = BatchWalker::new(
@@ -256,7 +282,10 @@ async fn replay(
             }
             WalkStep::Invalid { reason, .. } => return Ok(stop(reason)),
             WalkStep::Batch { header, .. } => {
-                if header.base_offset != expected {
+                // Compaction leaves gaps between the batches of closed segments.
+                let continues = header.base_offset == expected
+                    || (gaps_allowed && header.base_offset > expected);
+                if !continues {
                     return Ok(stop(format!(
                         "batch base offset {} where {expected} was expected",
                         header.base_offset
@@ -301,7 +330,7 @@ async fn load_closed_index(
     }
     tracing::warn!(segment = %segment.paths.log.display(), "rebuilding index files of a closed segment");
     let mut index = SegmentIndex::default();
-    let end = replay(segment, &mut index, 0, base, interval, false).await?;
+    let end = replay(segment, &mut index, 0, base, interval, false, true).await?;
     if let Some(reason) = end.cut {
         return Err(StorageError::Corrupt {
             path: segment.paths.log.clone(),
@@ -309,7 +338,8 @@ async fn load_closed_index(
             reason,
         });
     }
-    if end.next_offset != next_base {
+    // A compacted segment may end before the next one begins, never after.
+    if end.next_offset > next_base {
         tracing::warn!(segment = %segment.paths.log.display(), end = end.next_offset, next_base,
             "closed segment does not end where the next one begins");
     }
@@ -403,7 +433,7 @@ pub(crate) async fn recover_active(segment: &Segment, interval: u32) -> Result<(
         start = (0, base);
     }
 
-    let end = replay(segment, &mut index, start.0, start.1, interval, true).await?;
+    let end = replay(segment, &mut index, start.0, start.1, interval, true, false).await?;
     if end.position < size {
         tracing::warn!(
             segment = %segment.paths.log.display(),

@@ -22,6 +22,8 @@ pub(crate) const LOG_SUFFIX: &str = ".log";
 pub(crate) const INDEX_SUFFIX: &str = ".index";
 /// Extension of time index files.
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+/// Added to a segment's file names while the cleaner writes its compacted copy.
+pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 /// Digits of the zero-padded base offset in file names.
 const NAME_DIGITS: usize = 20;
 
@@ -53,12 +55,26 @@ pub(crate) struct SegmentPaths {
 impl SegmentPaths {
     /// Paths of the segment with `base_offset` in `dir`.
     pub fn new(dir: &Path, base_offset: i64) -> SegmentPaths {
+        SegmentPaths::with_suffix(dir, base_offset, "")
+    }
+
+    /// Paths of the cleaner's compacted copy of the segment with `base_offset`.
+    pub fn cleaned(dir: &Path, base_offset: i64) -> SegmentPaths {
+        SegmentPaths::with_suffix(dir, base_offset, CLEANED_SUFFIX)
+    }
+
+    fn with_suffix(dir: &Path, base_offset: i64, extra: &str) -> SegmentPaths {
         let stem = file_stem(base_offset);
         SegmentPaths {
-            log: dir.join(format!("{stem}{LOG_SUFFIX}")),
-            index: dir.join(format!("{stem}{INDEX_SUFFIX}")),
-            time_index: dir.join(format!("{stem}{TIME_INDEX_SUFFIX}")),
+            log: dir.join(format!("{stem}{LOG_SUFFIX}{extra}")),
+            index: dir.join(format!("{stem}{INDEX_SUFFIX}{extra}")),
+            time_index: dir.join(format!("{stem}{TIME_INDEX_SUFFIX}{extra}")),
         }
+    }
+
+    /// The three paths, index files first (the order the cleaner renames them in).
+    pub fn all(&self) -> [&PathBuf; 3] {
+        [&self.index, &self.time_index, &self.log]
     }
 }
 

@@ -89,6 +89,32 @@ impl<'a> BatchWalker<'a> {
         Ok(self.buffered(pos, len).is_some())
     }
 
+    /// The `len` bytes at `pos` (a batch the walk returned), read through the walk's buffer.
+    /// None if the file ends first.
+    pub async fn bytes(&mut self, pos: u64, len: usize) -> Result<Option<&[u8]>, StorageError> {
+        if !self.fill(pos, len).await? {
+            return Ok(None);
+        }
+        Ok(self.buffered(pos, len))
+    }
+
+    /// The next batch with its bytes, None at the end; bytes that are not a valid batch are
+    /// `StorageError::Corrupt` (for closed segments, which were synced and validated).
+    pub async fn next_with_bytes(&mut self) -> Result<Option<(BatchHeaderInfo, &[u8])>, StorageError> {
+        match self.next().await? {
+            WalkStep::Batch { position, header } => {
+                let total = header.total_bytes() as usize;
+                let segment = self.segment;
+                match self.bytes(position, total).await? {
+                    Some(bytes) => Ok(Some((header, bytes))),
+                    None => Err(corrupt(segment, position, "file ends inside a batch".to_string())),
+                }
+            }
+            WalkStep::End => Ok(None),
+            WalkStep::Invalid { position, reason } => Err(corrupt(self.segment, position, reason)),
+        }
+    }
+
     /// Returns the next batch, the end, or why the bytes at the current position are invalid.
     pub async fn next(&mut self) -> Result<WalkStep, StorageError> {
         let position = self.pos;
@@ -169,6 +195,18 @@ pub(crate) struct BatchRange {
     pub first_offset: i64,
 }
 
+/// What `read_range` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RangeRead {
+    /// Whole batches from the one holding the offset.
+    Found(BatchRange),
+    /// The batch holding the offset is larger than the budget (and `min_one_batch` is false).
+    TooLarge,
+    /// No batch below the limit holds the offset or a later one (a compacted segment may end
+    /// with a gap before the next segment's base).
+    NotHere,
+}
+
 fn corrupt(segment: &Segment, position: u64, reason: String) -> StorageError {
     StorageError::Corrupt {
         path: segment.paths.log.clone(),
@@ -216,14 +254,17 @@ impl Segment {
         min_one_batch: bool,
         limit: u64,
         chunk_bytes: usize,
-    ) -> Result<Option<BatchRange>, StorageError> {
+    ) -> Result<RangeRead, StorageError> {
         let Some((start, first)) = self.locate(offset, limit, chunk_bytes).await? else {
-            return Ok(None);
+            return Ok(RangeRead::NotHere);
         };
         let first_end = start + first.total_bytes();
         let budget_end = (start + u64::from(max_bytes)).min(limit);
         if first_end > budget_end {
-            return Ok(min_one_batch.then_some(BatchRange {
+            if !min_one_batch {
+                return Ok(RangeRead::TooLarge);
+            }
+            return Ok(RangeRead::Found(BatchRange {
                 position: start,
                 len: first.total_bytes(),
                 first_offset: first.base_offset,
@@ -255,7 +296,7 @@ impl Segment {
                 }
             }
         }
-        Ok(Some(BatchRange {
+        Ok(RangeRead::Found(BatchRange {
             position: start,
             len: end - start,
             first_offset: first.base_offset,

@@ -65,6 +65,24 @@ impl SegmentSet {
         self.segments.values().map(|s| s.size()).sum()
     }
 
+    /// Removes and returns the segment with `base_offset`.
+    pub fn remove(&mut self, base_offset: i64) -> Option<Rc<Segment>> {
+        self.segments.remove(&base_offset)
+    }
+
+    /// Replaces the segments with base offsets in [`segment.base_offset()`, `end`) by
+    /// `segment` (a compacted copy of them) and returns the replaced ones. The active segment is
+    /// never in that range.
+    pub fn replace(&mut self, segment: Rc<Segment>, end: i64) -> Vec<Rc<Segment>> {
+        let base = segment.base_offset();
+        let active = self.segments.last_key_value().map(|(&b, _)| b);
+        assert!(active.is_some_and(|a| a >= end), "the active segment is never replaced");
+        let replaced: Vec<i64> = self.segments.range(base..end).map(|(&b, _)| b).collect();
+        let old = replaced.iter().filter_map(|b| self.segments.remove(b)).collect();
+        self.segments.insert(base, segment);
+        old
+    }
+
     /// Removes and returns every segment.
     pub fn take_all(&mut self) -> Vec<Rc<Segment>> {
         std::mem::take(&mut self.segments).into_values().collect()
