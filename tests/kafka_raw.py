@@ -4,7 +4,8 @@ It speaks just enough of the protocol to drive the broker by hand: request heade
 ApiVersions v0/v3, Metadata v1/v4, Produce v3/v7, Fetch v4, ListOffsets v1 and CreateTopics v2,
 plus record batches (magic 2) with a pure-Python CRC-32C, and the consumer-group APIs
 (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
-ListGroups, DescribeGroups, DeleteGroups, OffsetDelete) in their classic and flexible versions. It deliberately shares no code with
+ListGroups, DescribeGroups, DeleteGroups, OffsetDelete) in their classic and flexible versions,
+DeleteRecords v0-v2 and DescribeLogDirs v0-v4. It deliberately shares no code with
 the broker or with the client libraries, so that it can serve as a second opinion.
 """
 
@@ -25,6 +26,8 @@ API_METADATA = 3
 API_API_VERSIONS = 18
 API_CREATE_TOPICS = 19
 API_DELETE_TOPICS = 20
+API_DELETE_RECORDS = 21
+API_DESCRIBE_LOG_DIRS = 35
 
 NONE = 0
 OFFSET_OUT_OF_RANGE = 1
@@ -649,6 +652,9 @@ class KafkaConn:
                  "log_append_time": r.int64()}
             if version >= 5:
                 p["log_start_offset"] = r.int64()
+            if version >= 8:
+                p["record_errors"] = r.array(lambda r: (r.int32(), r.string()))
+                p["error_message"] = r.string()
             return p
 
         for t in r.array(lambda r: (r.string(), r.array(part))):
@@ -895,6 +901,78 @@ class KafkaConn:
 
     def offset_delete(self, group: str, partitions: Sequence[Tuple[str, int]], version: int = 0) -> dict:
         return self.group_call(API_OFFSET_DELETE, version, encode_offset_delete(version, group, partitions))
+
+    # -- DeleteRecords (21) and DescribeLogDirs (35); both are flexible from v2 --
+
+    def delete_records(self, offsets: Dict[Tuple[str, int], int], version: int = 1,
+                       timeout_ms: int = 30000) -> Dict[Tuple[str, int], dict]:
+        """`offsets` maps (topic, partition) to the offset to delete before (-1: the high
+        watermark). Returns {(topic, partition): {"error_code", "low_watermark"}}."""
+        flexible = version >= 2
+        w = VWriter(flexible)
+        topics = _by_topic([(t, p, o) for (t, p), o in offsets.items()])
+        w.arr(topics, lambda w, t: (
+            w.str_(t[0]),
+            w.arr(t[1], lambda w, po: (w.int32(po[0]), w.int64(po[1]), w.tags())),
+            w.tags()))
+        w.int32(timeout_ms).tags()
+        r = VReader(self.request(API_DELETE_RECORDS, version, w.done(), header_version=2 if flexible else 1,
+                                 response_header_version=1 if flexible else 0), flexible)
+        r.int32()  # throttle_time_ms
+        out = {}
+
+        def part(r):
+            p = {"partition": r.int32(), "low_watermark": r.int64(), "error_code": r.int16()}
+            r.tags()
+            return p
+
+        def topic(r):
+            t = (r.str_(), r.arr(part))
+            r.tags()
+            return t
+
+        for name, parts in r.arr(topic) or []:
+            for p in parts or []:
+                out[(name, p["partition"])] = p
+        r.tags()
+        r.end("DeleteRecords")
+        return out
+
+    def describe_log_dirs(self, topics: Optional[Dict[str, Sequence[int]]] = None, version: int = 1) -> dict:
+        """`topics` None asks for every topic. Returns {"throttle_time_ms", "error_code" (v3+,
+        else 0), "results": [{"error_code", "log_dir", "topics": {name: {partition:
+        {"size", "offset_lag", "is_future_key"}}}, "total_bytes", "usable_bytes" (v4+, else
+        None)}]}."""
+        flexible = version >= 2
+        w = VWriter(flexible)
+        items = None if topics is None else list(topics.items())
+        w.arr(items, lambda w, t: (w.str_(t[0]), w.arr(list(t[1]), lambda w, p: w.int32(p)), w.tags()))
+        w.tags()
+        r = VReader(self.request(API_DESCRIBE_LOG_DIRS, version, w.done(), header_version=2 if flexible else 1,
+                                 response_header_version=1 if flexible else 0), flexible)
+        out = {"throttle_time_ms": r.int32(), "error_code": r.int16() if version >= 3 else 0}
+
+        def part(r):
+            p = (r.int32(), {"size": r.int64(), "offset_lag": r.int64(), "is_future_key": r.boolean()})
+            r.tags()
+            return p
+
+        def topic(r):
+            t = (r.str_(), dict(r.arr(part) or []))
+            r.tags()
+            return t
+
+        def result(r):
+            d = {"error_code": r.int16(), "log_dir": r.str_(), "topics": dict(r.arr(topic) or [])}
+            d["total_bytes"] = r.int64() if version >= 4 else None
+            d["usable_bytes"] = r.int64() if version >= 4 else None
+            r.tags()
+            return d
+
+        out["results"] = r.arr(result) or []
+        r.tags()
+        r.end("DescribeLogDirs")
+        return out
 
 
 class KafkaError(Exception):

@@ -238,6 +238,29 @@ def test_invalid_record_sets(conn):
     assert served_after["error_code"] == 0 and served_after["base_offset"] == 0
 
 
+@pytest.mark.parametrize("codec", [kr.CODEC_NONE, kr.CODEC_LZ4])
+def test_keyless_records_on_a_compacted_topic_are_invalid_record(conn, codec):
+    """As Kafka: the whole batch is refused with INVALID_RECORD, and ProduceResponse v8+ names
+    each keyless record's batch_index."""
+    topic = unique("cmpkey")
+    conn.create_topic(topic, configs={"cleanup.policy": "compact"})
+    batch = kr.build_batch([kr.Record(b"v0", key=b"k0"), kr.Record(b"v1"), kr.Record(b"v2", key=b"k2"),
+                            kr.Record(None)], codec=codec)
+    res = conn.produce(topic, 0, batch, version=8)
+    assert res["error_code"] == kr.INVALID_RECORD, res
+    assert [i for i, _ in res["record_errors"]] == [1, 3], res
+    assert "without key" in (res["error_message"] or ""), res
+    assert conn.latest_offset(topic) == 0, "nothing of the batch is stored"
+    # v3 has no record_errors, the error code is the same.
+    assert conn.produce(topic, 0, batch)["error_code"] == kr.INVALID_RECORD
+    keyed = conn.produce(topic, 0, kr.build_batch([kr.Record(b"v", key=b"k")], codec=codec), version=8)
+    assert keyed["error_code"] == 0 and keyed["record_errors"] == [], keyed
+    # A topic that is not compacted takes keyless records.
+    plain = unique("plainkey")
+    conn.create_topic(plain)
+    assert conn.produce(plain, 0, batch, version=8)["error_code"] == 0
+
+
 def test_invalid_required_acks(conn):
     topic = unique("acks")
     conn.create_topic(topic)

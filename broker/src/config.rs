@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use strom_storage::CleanerStep;
+
 use crate::topic_config::TopicDefaults;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +39,18 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("log.flush.interval.messages", "9223372036854775807"),
     ("log.flush.interval.ms", "9223372036854775807"),
     ("log.flush.on.ack", "true"),
-    ("log.retention.ms", "604800000"),
+    // As in Kafka, `log.retention.ms` wins, then `log.retention.minutes`, then `log.retention.hours`.
+    ("log.retention.ms", ""),
+    ("log.retention.minutes", ""),
+    ("log.retention.hours", "168"),
     ("log.retention.bytes", "-1"),
+    ("log.retention.check.interval.ms", "300000"),
+    ("log.cleaner.enable", "true"),
+    ("log.cleaner.backoff.ms", "15000"),
+    ("log.cleaner.delete.retention.ms", "86400000"),
+    ("log.cleaner.min.cleanable.ratio", "0.5"),
+    ("log.cleaner.min.compaction.lag.ms", "0"),
+    ("log.cleaner.max.compaction.lag.ms", "9223372036854775807"),
     ("log.cleanup.policy", "delete"),
     ("log.message.timestamp.type", "CreateTime"),
     ("min.insync.replicas", "1"),
@@ -58,6 +70,9 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     // Test only: every Nth Produce request (acks != 0) a shard handles is carried out and then
     // its connection is closed instead of answering, so clients retry. 0 = off.
     ("test.fault.produce.drop.response.every", "0"),
+    // Test only: the log cleaner aborts the process after this step of a segment swap
+    // (cleaned-written, swap-committed, old-removed, renamed). Empty = off.
+    ("test.fault.cleaner.abort.at", ""),
 ];
 
 /// Settings of the group coordinator (Kafka's names in the comments).
@@ -101,6 +116,19 @@ pub struct TestFaults {
     /// acks != 0 that a shard handles is carried out, then its connection is closed instead of
     /// answering.
     pub produce_drop_response_every: u64,
+    /// `test.fault.cleaner.abort.at`: the cleaner aborts the process after this step.
+    pub cleaner_abort_at: Option<CleanerStep>,
+}
+
+/// Background work on the logs (Kafka's names in the comments).
+#[derive(Clone, Debug)]
+pub struct MaintenanceSettings {
+    /// `log.retention.check.interval.ms`: how often retention runs.
+    pub retention_check_interval_ms: u64,
+    /// `log.cleaner.enable`.
+    pub cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`: how often each shard looks for logs to compact.
+    pub cleaner_backoff_ms: u64,
 }
 
 /// The resolved broker configuration.
@@ -124,6 +152,7 @@ pub struct BrokerConfig {
     pub groups: GroupSettings,
     pub producers: ProducerSettings,
     pub faults: TestFaults,
+    pub maintenance: MaintenanceSettings,
     /// The raw key/value pairs, for DescribeConfigs on the broker resource.
     pub raw: BTreeMap<String, String>,
 }
@@ -232,13 +261,34 @@ impl BrokerConfig {
             offset_metadata_bytes_max: parse(&raw, "offset.metadata.max.bytes")?,
             offsets_retention_ms: parse::<i64>(&raw, "offsets.retention.minutes")?.saturating_mul(60_000),
             offsets_partitions: parse::<u32>(&raw, "offsets.topic.num.partitions")?.clamp(1, 1000),
-            offsets_segment_bytes: parse::<u64>(&raw, "offsets.topic.segment.bytes")?.max(1 << 20),
+            // Kafka's minimum is 1; the log applies its own minimum on top.
+            offsets_segment_bytes: parse::<u64>(&raw, "offsets.topic.segment.bytes")?.max(1),
         };
         let producers = ProducerSettings {
             id_expiration_ms: parse::<i64>(&raw, "producer.id.expiration.ms")?.max(1),
             transactional_id_expiration_ms: parse::<i64>(&raw, "transactional.id.expiration.ms")?.max(1),
         };
-        let faults = TestFaults { produce_drop_response_every: parse(&raw, "test.fault.produce.drop.response.every")? };
+        let abort_at = raw["test.fault.cleaner.abort.at"].trim().to_string();
+        let cleaner_abort_at = match abort_at.as_str() {
+            "" => None,
+            name => Some(CleanerStep::parse(name).ok_or_else(|| ConfigError::Invalid {
+                key: "test.fault.cleaner.abort.at".into(),
+                value: name.into(),
+                msg: "expected cleaned-written, swap-committed, old-removed or renamed".into(),
+            })?),
+        };
+        if let Some(step) = cleaner_abort_at {
+            tracing::warn!("test.fault.cleaner.abort.at={}: the cleaner aborts the process on purpose (test only)", step.name());
+        }
+        let faults = TestFaults {
+            produce_drop_response_every: parse(&raw, "test.fault.produce.drop.response.every")?,
+            cleaner_abort_at,
+        };
+        let maintenance = MaintenanceSettings {
+            retention_check_interval_ms: parse::<u64>(&raw, "log.retention.check.interval.ms")?.max(1),
+            cleaner_enable: parse(&raw, "log.cleaner.enable")?,
+            cleaner_backoff_ms: parse::<u64>(&raw, "log.cleaner.backoff.ms")?.max(1),
+        };
         if faults.produce_drop_response_every > 0 {
             tracing::warn!(
                 "test.fault.produce.drop.response.every={}: dropping Produce responses on purpose (test only)",
@@ -269,6 +319,7 @@ impl BrokerConfig {
             groups,
             producers,
             faults,
+            maintenance,
             raw,
         })
     }
@@ -357,6 +408,39 @@ mod tests {
         assert_eq!(c.producers.id_expiration_ms, 5000);
         assert_eq!(c.faults.produce_drop_response_every, 3);
         assert!(load(None, &[], &["test.fault.produce.drop.response.every=-1"]).is_err());
+    }
+
+    #[test]
+    fn retention_and_cleaner_settings() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.maintenance.retention_check_interval_ms, 300_000);
+        assert_eq!(c.maintenance.cleaner_backoff_ms, 15_000);
+        assert!(c.maintenance.cleaner_enable);
+        assert_eq!(c.faults.cleaner_abort_at, None);
+        let described: BTreeMap<_, _> = c.topic_defaults.describe(&BTreeMap::new()).map(|(k, v, _)| (k, v)).collect();
+        for (key, value) in [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "604800000"),
+            ("retention.bytes", "-1"),
+            ("delete.retention.ms", "86400000"),
+            ("min.cleanable.dirty.ratio", "0.5"),
+            ("min.compaction.lag.ms", "0"),
+            ("max.compaction.lag.ms", "9223372036854775807"),
+        ] {
+            assert_eq!(described[key], value, "{key}");
+        }
+        let c = load(
+            None,
+            &[("STROM_LOG_RETENTION_MINUTES", "2")],
+            &["log.cleaner.enable=false", "log.cleaner.backoff.ms=100", "test.fault.cleaner.abort.at=swap-committed"],
+        )
+        .unwrap();
+        assert_eq!(c.topic_defaults.resolve(&BTreeMap::new()).retention_ms, 120_000);
+        assert!(!c.maintenance.cleaner_enable);
+        assert_eq!(c.maintenance.cleaner_backoff_ms, 100);
+        assert_eq!(c.faults.cleaner_abort_at, Some(CleanerStep::SwapCommitted));
+        assert!(load(None, &[], &["test.fault.cleaner.abort.at=never"]).is_err());
+        assert!(load(None, &[], &["log.cleaner.min.cleanable.ratio=2"]).is_err());
     }
 
     #[test]

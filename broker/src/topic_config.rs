@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use strom_storage::{LogConfig, TimestampType};
+use strom_storage::{CleanupPolicy, LogConfig, TimestampType};
 
 use crate::config::ConfigError;
 
@@ -10,6 +10,8 @@ use crate::config::ConfigError;
 enum Kind {
     Long { min: i64 },
     Int { min: i64 },
+    /// A float in [min, max].
+    Double { min: f64, max: f64 },
     Bool,
     TimestampType,
     CleanupPolicy,
@@ -18,12 +20,16 @@ enum Kind {
 /// (topic key, broker key holding its default, kind)
 const TOPIC_KEYS: &[(&str, &str, Kind)] = &[
     ("cleanup.policy", "log.cleanup.policy", Kind::CleanupPolicy),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms", Kind::Long { min: 0 }),
     ("flush.messages", "log.flush.interval.messages", Kind::Long { min: 1 }),
     ("flush.ms", "log.flush.interval.ms", Kind::Long { min: 0 }),
     ("flush.on.ack", "log.flush.on.ack", Kind::Bool),
     ("index.interval.bytes", "log.index.interval.bytes", Kind::Int { min: 0 }),
+    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms", Kind::Long { min: 1 }),
     ("max.message.bytes", "message.max.bytes", Kind::Int { min: 0 }),
     ("message.timestamp.type", "log.message.timestamp.type", Kind::TimestampType),
+    ("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", Kind::Double { min: 0.0, max: 1.0 }),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", Kind::Long { min: 0 }),
     ("min.insync.replicas", "min.insync.replicas", Kind::Int { min: 1 }),
     ("retention.bytes", "log.retention.bytes", Kind::Long { min: i64::MIN }),
     ("retention.ms", "log.retention.ms", Kind::Long { min: -1 }),
@@ -36,20 +42,16 @@ const TOPIC_KEYS: &[(&str, &str, Kind)] = &[
 /// break clients for no gain.
 const STORED_ONLY_KEYS: &[(&str, &str)] = &[
     ("compression.type", "producer"),
-    ("delete.retention.ms", "86400000"),
     ("file.delete.delay.ms", "60000"),
     ("follower.replication.throttled.replicas", ""),
     ("leader.replication.throttled.replicas", ""),
     ("local.retention.bytes", "-2"),
     ("local.retention.ms", "-2"),
-    ("max.compaction.lag.ms", "9223372036854775807"),
     ("message.downconversion.enable", "true"),
     ("message.format.version", "3.0-IV1"),
     ("message.timestamp.after.max.ms", "9223372036854775807"),
     ("message.timestamp.before.max.ms", "9223372036854775807"),
     ("message.timestamp.difference.max.ms", "9223372036854775807"),
-    ("min.cleanable.dirty.ratio", "0.5"),
-    ("min.compaction.lag.ms", "0"),
     ("preallocate", "false"),
     ("remote.storage.enable", "false"),
     ("segment.index.bytes", "10485760"),
@@ -69,6 +71,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
     let ok = match kind {
         Kind::Long { min } => v.parse::<i64>().is_ok_and(|n| n >= *min),
         Kind::Int { min } => v.parse::<i32>().is_ok_and(|n| n as i64 >= *min),
+        Kind::Double { min, max } => v.parse::<f64>().is_ok_and(|n| (*min..=*max).contains(&n)),
         Kind::Bool => matches!(v.to_ascii_lowercase().as_str(), "true" | "false"),
         Kind::TimestampType => matches!(v, "CreateTime" | "LogAppendTime"),
         Kind::CleanupPolicy => {
@@ -82,6 +85,27 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// The broker setting `broker_key`. `log.retention.ms` falls back, as in Kafka, to
+/// `log.retention.minutes`, then to `log.retention.hours`, when it is not set; a negative
+/// result means unlimited (-1).
+fn broker_value(raw: &BTreeMap<String, String>, broker_key: &str) -> Result<String, ConfigError> {
+    let get = |k: &str| raw.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if broker_key != "log.retention.ms" || get(broker_key).is_some() {
+        return Ok(get(broker_key).unwrap_or_default().to_string());
+    }
+    for (key, unit_ms) in [("log.retention.minutes", 60_000i64), ("log.retention.hours", 3_600_000)] {
+        if let Some(v) = get(key) {
+            let n: i64 = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+                key: key.to_string(),
+                value: v.to_string(),
+                msg: e.to_string(),
+            })?;
+            return Ok(if n < 0 { -1 } else { n.saturating_mul(unit_ms) }.to_string());
+        }
+    }
+    Ok(String::new())
+}
+
 /// Broker-level defaults of every topic config.
 #[derive(Clone, Debug, Default)]
 pub struct TopicDefaults {
@@ -92,7 +116,7 @@ impl TopicDefaults {
     pub fn from_broker(raw: &BTreeMap<String, String>) -> Result<TopicDefaults, ConfigError> {
         let mut values = BTreeMap::new();
         for (topic_key, broker_key, _) in TOPIC_KEYS {
-            let v = raw.get(*broker_key).cloned().unwrap_or_default();
+            let v = broker_value(raw, broker_key)?;
             validate(topic_key, &v).map_err(|msg| ConfigError::Invalid {
                 key: broker_key.to_string(),
                 value: v.clone(),
@@ -107,6 +131,10 @@ impl TopicDefaults {
     pub fn resolve(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
         let get = |k: &str| overrides.get(k).or_else(|| self.values.get(k)).map(String::as_str).unwrap_or("");
         let long = |k: &str| get(k).trim().parse::<i64>().unwrap_or(i64::MAX);
+        // Validated values; a fallback only for a stored override written by an older version.
+        let ms = |k: &str| u64::try_from(long(k)).unwrap_or(0);
+        let policy = get("cleanup.policy");
+        let has = |p: &str| policy.split(',').any(|x| x.trim() == p);
         TopicConfig {
             segment_bytes: long("segment.bytes").max(14) as u64,
             segment_ms: long("segment.ms").max(1) as u64,
@@ -122,6 +150,17 @@ impl TopicDefaults {
             flush_messages: long("flush.messages").max(1) as u64,
             flush_ms: long("flush.ms").max(0) as u64,
             flush_on_ack: get("flush.on.ack").eq_ignore_ascii_case("true"),
+            cleanup: CleanupPolicy { delete: has("delete"), compact: has("compact") },
+            retention_ms: long("retention.ms").max(-1),
+            retention_bytes: long("retention.bytes"),
+            delete_retention_ms: ms("delete.retention.ms"),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio").trim().parse::<f64>().map_or(0.5, |r| r.clamp(0.0, 1.0)),
+            min_compaction_lag_ms: ms("min.compaction.lag.ms"),
+            // Kafka's "never" is i64::MAX; the log's is u64::MAX.
+            max_compaction_lag_ms: match long("max.compaction.lag.ms") {
+                i64::MAX => u64::MAX,
+                n => n.max(1) as u64,
+            },
         }
     }
 
@@ -149,6 +188,17 @@ pub struct TopicConfig {
     pub flush_messages: u64,
     pub flush_ms: u64,
     pub flush_on_ack: bool,
+    /// `cleanup.policy` as flags.
+    pub cleanup: CleanupPolicy,
+    /// `retention.ms` (-1: unlimited).
+    pub retention_ms: i64,
+    /// `retention.bytes` (negative: unlimited).
+    pub retention_bytes: i64,
+    pub delete_retention_ms: u64,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: u64,
+    /// u64::MAX: never.
+    pub max_compaction_lag_ms: u64,
 }
 
 impl TopicConfig {
@@ -160,6 +210,13 @@ impl TopicConfig {
             flush_messages: self.flush_messages,
             flush_ms: self.flush_ms,
             timestamp_type: self.timestamp_type,
+            cleanup: self.cleanup,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            delete_retention_ms: self.delete_retention_ms,
+            min_cleanable_dirty_ratio: self.min_cleanable_dirty_ratio,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
+            max_compaction_lag_ms: self.max_compaction_lag_ms,
         }
     }
 }
@@ -179,6 +236,40 @@ mod tests {
         assert!(validate("no.such.config", "1").is_err());
         assert!(validate("compression.type", "lz4").is_ok());
         assert!(validate("flush.on.ack", "maybe").is_err());
+        assert!(validate("min.cleanable.dirty.ratio", "0.1").is_ok());
+        assert!(validate("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate("max.compaction.lag.ms", "0").is_err());
+    }
+
+    #[test]
+    fn retention_falls_back_to_minutes_then_hours() {
+        // Every topic default set (log.retention.ms unset), plus `pairs`.
+        let raw = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            let mut raw: BTreeMap<String, String> = TOPIC_KEYS
+                .iter()
+                .filter(|(_, b, _)| *b != "log.retention.ms")
+                .map(|(_, b, kind)| {
+                    let v = match kind {
+                        Kind::Bool => "true",
+                        Kind::TimestampType => "CreateTime",
+                        Kind::CleanupPolicy => "delete",
+                        Kind::Double { .. } => "0.5",
+                        _ => "100",
+                    };
+                    (b.to_string(), v.to_string())
+                })
+                .collect();
+            raw.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            raw
+        };
+        let ms = |r: BTreeMap<String, String>| TopicDefaults::from_broker(&r).unwrap().resolve(&BTreeMap::new()).retention_ms;
+        assert_eq!(ms(raw(&[("log.retention.hours", "2")])), 7_200_000);
+        assert_eq!(ms(raw(&[("log.retention.hours", "2"), ("log.retention.minutes", "3")])), 180_000);
+        assert_eq!(ms(raw(&[("log.retention.minutes", "3"), ("log.retention.ms", "7")])), 7);
+        assert_eq!(ms(raw(&[("log.retention.hours", "-1")])), -1);
+        let compact = TopicDefaults::from_broker(&raw(&[("log.cleanup.policy", "compact,delete"), ("log.retention.hours", "1")])).unwrap();
+        let c = compact.resolve(&BTreeMap::new()).log_config();
+        assert!(c.cleanup.compact && c.cleanup.delete);
     }
 
     #[test]
@@ -189,6 +280,7 @@ mod tests {
                 Kind::Bool => "true",
                 Kind::TimestampType => "CreateTime",
                 Kind::CleanupPolicy => "delete",
+                Kind::Double { .. } => "0.25",
                 _ => "100",
             };
             raw.insert(broker_key.to_string(), v.to_string());
@@ -198,7 +290,9 @@ mod tests {
         o.insert("retention.ms".to_string(), "5".to_string());
         let c = d.resolve(&o);
         assert_eq!(c.segment_bytes, 100);
-        assert_eq!(c.segment_bytes, 100);
+        assert_eq!(c.retention_ms, 5);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.25);
+        assert_eq!(c.log_config().delete_retention_ms, 100);
         assert!(c.flush_on_ack);
         let described: Vec<_> = d.describe(&o).filter(|(_, _, overridden)| *overridden).collect();
         assert!(d.describe(&o).any(|(k, v, _)| k == "compression.type" && v == "producer"));

@@ -137,6 +137,11 @@ impl GroupCoordinator {
         self.store.partitions
     }
 
+    /// The open partitions of the offsets log (compacted by the shard's cleaner).
+    pub fn offsets_logs(&self) -> Vec<Rc<strom_storage::PartitionLog>> {
+        self.store.logs()
+    }
+
     /// Replays the owned partitions of the offsets log into memory. Offsets of topics that no
     /// longer exist are dropped (and deleted from the log).
     pub async fn load(self: &Rc<Self>, owned: &[u32], meta: &ClusterMeta) -> Result<(), String> {

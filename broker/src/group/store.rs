@@ -6,7 +6,8 @@
 //! `crc32c(group id) % partitions`, and that partition belongs to shard `partition % shards`.
 //! Each partition is a [`PartitionLog`] in `<data>/__strom_groups/offsets-<p>/`, opened on first
 //! use, holding ordinary uncompressed record batches whose records are keyed like a compacted
-//! topic (the newest record per key wins; a null value deletes the key):
+//! topic (the newest record per key wins; a null value deletes the key), and the log is
+//! compacted (`cleanup.policy=compact`) by the shard's maintenance task:
 //!
 //! ```text
 //! key    := version:u8 = 0, kind:u8, group:str16 [, topic:str16, partition:i32]   kind 0 = offset, 1 = group
@@ -31,7 +32,7 @@ use bytes::Buf;
 use event_listener::Event;
 use futures::channel::oneshot;
 use strom_storage::records::{decode_records, encode_batch};
-use strom_storage::{LeaderEpoch, LogConfig, Offset, PartitionLog, BATCH_HEADER_BYTES};
+use strom_storage::{CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog, BATCH_HEADER_BYTES};
 
 use super::state::Committed;
 use super::GroupCoordinator;
@@ -355,8 +356,16 @@ pub struct OffsetsStore {
 }
 
 impl OffsetsStore {
-    pub fn new(data_dir: &Path, partitions: u32, segment_bytes: u64, flush: bool) -> OffsetsStore {
-        let config = LogConfig { segment_bytes, ..LogConfig::default() };
+    /// `delete_retention_ms` is how long the compacted log keeps a tombstone (a deleted offset
+    /// or group).
+    pub fn new(data_dir: &Path, partitions: u32, segment_bytes: u64, delete_retention_ms: u64, flush: bool) -> OffsetsStore {
+        // Keyed records, the newest per key wins: the log is compacted, never deleted by age.
+        let config = LogConfig {
+            segment_bytes,
+            cleanup: CleanupPolicy { delete: false, compact: true },
+            delete_retention_ms,
+            ..LogConfig::default()
+        };
         OffsetsStore { dir: data_dir.join(GROUPS_DIR), partitions, config, flush, writers: RefCell::new(HashMap::new()), started: RefCell::new(HashSet::new()) }
     }
 
@@ -386,8 +395,12 @@ impl OffsetsStore {
                     let end = (pos + len).min(bytes.len());
                     let batch = &bytes[pos..end];
                     let records = decode_records(batch).map_err(|e| format!("{} at byte {pos}: {e}", dir.display()))?;
+                    // The batch's last offset, not its last record's: compaction may have
+                    // removed records at the end of a batch.
+                    let base = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
+                    let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+                    offset = base + i64::from(last_delta) + 1;
                     for r in records {
-                        offset = r.offset + 1;
                         match r.key.and_then(|k| LogRecord::decode(k, r.value)) {
                             Some(record) => {
                                 apply(record);
@@ -402,6 +415,11 @@ impl OffsetsStore {
             self.writers.borrow_mut().insert(p, PartitionWriter::new(dir, Some(log)));
         }
         Ok(count)
+    }
+
+    /// The open partition logs (for the shard's cleaner).
+    pub fn logs(&self) -> Vec<Rc<PartitionLog>> {
+        self.writers.borrow().values().filter_map(|w| w.log.borrow().clone()).collect()
     }
 
     /// The writer of `group`'s partition (created, with its task, on first use).

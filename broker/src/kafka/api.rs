@@ -49,7 +49,21 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::DescribeGroups, 0, 0, 5),
     api(ApiKey::DeleteGroups, 0, 0, 2),
     api(ApiKey::OffsetDelete, 0, 0, 0),
+    api(ApiKey::DeleteRecords, 0, 0, 2),
+    // v0 is decoded and encoded as v1 (`WIRE_ALIASES`).
+    api(ApiKey::DescribeLogDirs, 0, 0, 4),
 ];
+
+/// Versions that are byte for byte equal to a newer one, which the protocol crate no longer
+/// generates: (API, version, the equal version it is decoded and encoded as). DescribeLogDirs v0
+/// was dropped in Kafka 4.0 (KIP-896); its schema says "Version 1 is the same as version 0", in
+/// the request and the response.
+pub const WIRE_ALIASES: &[(ApiKey, i16, i16)] = &[(ApiKey::DescribeLogDirs, 0, 1)];
+
+/// The version whose layout a request of `version` has (itself unless aliased).
+pub fn wire_version(key: ApiKey, version: i16) -> i16 {
+    WIRE_ALIASES.iter().find(|(k, v, _)| *k == key && *v == version).map_or(version, |a| a.2)
+}
 
 pub fn support(key: ApiKey) -> Option<&'static ApiSupport> {
     SUPPORTED_APIS.iter().find(|a| a.key == key)
@@ -65,10 +79,23 @@ mod tests {
     fn table_is_within_the_protocol_crate() {
         for a in SUPPORTED_APIS {
             let v = a.key.valid_versions();
-            assert!(a.decode_min >= v.min && a.max <= v.max, "{:?}: {}..{} outside {}", a.key, a.decode_min, a.max, v);
+            let min = wire_version(a.key, a.decode_min);
+            assert!(min >= v.min && a.max <= v.max, "{:?}: {}..{} outside {}", a.key, a.decode_min, a.max, v);
             assert!(a.advertised_min <= a.decode_min);
         }
         let _ = kafka_protocol::messages::ProduceRequest::VERSIONS;
+    }
+
+    /// Each alias maps a supported version onto the next one, which the protocol crate knows.
+    #[test]
+    fn wire_aliases_are_supported_versions() {
+        for &(key, version, wire) in WIRE_ALIASES {
+            let a = support(key).expect("aliased API is in the table");
+            assert!(a.decode_min <= version && version < wire && wire <= a.max, "{key:?} v{version} -> v{wire}");
+            assert!(wire >= key.valid_versions().min);
+            assert_eq!(wire_version(key, version), wire);
+            assert_eq!(wire_version(key, wire), wire);
+        }
     }
 
     /// docs/kafka_compat.md lists exactly this table, as `| Name | key | min..max |` rows.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
-use strom_storage::LogManager;
+use strom_storage::{LogManager, StorageError};
 
 use crate::config::BrokerConfig;
 use crate::group::store::OffsetsStore;
@@ -133,8 +133,14 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     let id = senders.peer_id();
     let table = ShardTable::new(senders.nr_consumers());
     let settings = ctx.config.groups.clone();
-    let flush_offsets = ctx.config.topic_defaults.resolve(&Default::default()).flush_on_ack;
-    let store = OffsetsStore::new(&ctx.config.data_dir, settings.offsets_partitions, settings.offsets_segment_bytes, flush_offsets);
+    let defaults = ctx.config.topic_defaults.resolve(&Default::default());
+    let store = OffsetsStore::new(
+        &ctx.config.data_dir,
+        settings.offsets_partitions,
+        settings.offsets_segment_bytes,
+        defaults.delete_retention_ms,
+        defaults.flush_on_ack,
+    );
     let groups = GroupCoordinator::new(settings, store);
     let shard = Rc::new(Shard {
         id,
@@ -161,6 +167,15 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    // Retention and compaction yield the core to request handling: their own task queue with
+    // few shares, so under contention they get about a tenth of what request handling gets.
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(MAINTENANCE_SHARES),
+        glommio::Latency::NotImportant,
+        "maintenance",
+    );
+    let maintenance = glommio::spawn_local_into(maintain_logs(shard.clone(), ctx.shutdown.clone()), queue)
+        .map_err(|e| format!("starting the maintenance task: {e}"))?;
 
     // Checked once a minute, or twice per expiration time if that is shorter.
     let expiry_check_ms = (shard.config.producers.id_expiration_ms / 2).clamp(100, PRODUCER_EXPIRY_CHECK_MS);
@@ -180,7 +195,51 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         tracing::error!(shard = id, "closing logs: {e}");
     }
     shard.groups.close().await;
+    // Closing the logs made any pass in progress give up; the task ends on the shutdown flag.
+    maintenance.await;
     Ok(())
+}
+
+/// Shares of the maintenance task queue; request handling runs in the default queue (1000).
+const MAINTENANCE_SHARES: usize = 100;
+
+/// Retention every `log.retention.check.interval.ms`, compaction every `log.cleaner.backoff.ms`,
+/// for every log of the shard (the consumer-group offsets logs are compacted too).
+async fn maintain_logs(shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
+    let settings = shard.config.maintenance.clone();
+    let fault = shard.config.faults.cleaner_abort_at.map(strom_storage::CleanerFault::Abort);
+    let mut next_retention = now_ms() + settings.retention_check_interval_ms as i64;
+    let mut next_clean = now_ms() + settings.cleaner_backoff_ms as i64;
+    let tick_ms = TICK_MS.min(settings.retention_check_interval_ms).min(settings.cleaner_backoff_ms);
+    while !shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+        if now_ms() >= next_retention {
+            for ((topic, p), log) in shard.logs.all() {
+                if shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                match log.enforce_retention(now_ms()).await {
+                    Ok(_) | Err(StorageError::Closed { .. }) => {}
+                    Err(e) => tracing::error!("retention of {topic}-{p}: {e}"),
+                }
+            }
+            next_retention = now_ms() + settings.retention_check_interval_ms as i64;
+        }
+        if settings.cleaner_enable && now_ms() >= next_clean {
+            let logs = shard.logs.all().into_iter().map(|(_, log)| log).chain(shard.groups.offsets_logs());
+            for log in logs {
+                if shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                log.set_cleaner_fault(fault);
+                match log.clean(now_ms()).await {
+                    Ok(_) | Err(StorageError::Closed { .. }) => {}
+                    Err(e) => tracing::error!("compaction of {}: {e}", log.dir().display()),
+                }
+            }
+            next_clean = now_ms() + settings.cleaner_backoff_ms as i64;
+        }
+    }
 }
 
 async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), String> {

@@ -1,6 +1,6 @@
 //! Work a shard does for the partitions it owns, whichever shard received the request.
 //! Results carry Kafka error codes: each storage error becomes a code in exactly one place
-//! per operation (`produce_error`, `read_error`).
+//! per operation (`produce_error`, `read_error`, `delete_records_error`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,6 +30,9 @@ pub struct ProduceResult {
     pub base_offset: i64,
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
+    /// Positions in the batch of the records that made it fail (ProduceResponse v8+
+    /// `record_errors`): keyless records for a compacted topic.
+    pub record_errors: Vec<i32>,
 }
 
 pub struct FetchPart {
@@ -69,6 +72,10 @@ pub enum ShardOp {
     /// Completes when any listed partition's high watermark passes the given offset, or after `wait_ms`.
     WaitForData { parts: Vec<(Arc<str>, i32, i64)>, wait_ms: u64 },
     ListOffsets(Vec<OffsetQuery>),
+    /// DeleteRecords: (topic, partition, delete before this offset; -1 = the high watermark).
+    DeleteRecords(Vec<(Arc<str>, i32, i64)>),
+    /// DescribeLogDirs: the size of each listed partition this shard owns (None: all of them).
+    LogDirSizes(Option<Vec<(Arc<str>, Vec<i32>)>>),
     OpenLogs { topic: Arc<str>, partitions: Vec<i32>, config: LogConfig, fresh: bool },
     RemoveLogs { topic: Arc<str>, partitions: Vec<i32> },
     UpdateLogConfig { topic: Arc<str>, config: LogConfig },
@@ -81,6 +88,10 @@ pub enum ShardReply {
     Fetch(Vec<FetchResult>),
     Waited,
     ListOffsets(Vec<OffsetAnswer>),
+    /// Per partition, in request order: (error code, low watermark or -1).
+    DeleteRecords(Vec<(i16, i64)>),
+    /// (topic, partition, bytes of its segment files), user topics only.
+    LogDirSizes(Vec<(Arc<str>, i32, u64)>),
     Done(Result<(), String>),
     Controller(ControllerReply),
     Group(GroupReply),
@@ -112,6 +123,11 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             }
             ShardReply::ListOffsets(out)
         }
+        ShardOp::DeleteRecords(parts) => {
+            let results = futures::future::join_all(parts.iter().map(|(t, p, o)| delete_records(shard, t, *p, *o))).await;
+            ShardReply::DeleteRecords(results)
+        }
+        ShardOp::LogDirSizes(filter) => ShardReply::LogDirSizes(log_dir_sizes(shard, filter)),
         ShardOp::OpenLogs { topic, partitions, config, fresh } => {
             ShardReply::Done(open_logs(shard, &topic, &partitions, config, fresh).await)
         }
@@ -168,7 +184,7 @@ fn produce_error(e: &StorageError) -> (i16, String) {
 }
 
 fn fail(code: E, msg: impl Into<String>) -> ProduceResult {
-    ProduceResult { error: code.code(), message: Some(msg.into()), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+    ProduceResult { error: code.code(), message: Some(msg.into()), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors: Vec::new() }
 }
 
 async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
@@ -199,12 +215,16 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         Ok(info) => info,
         Err(e) => {
             let (code, msg) = produce_error(&e);
-            if matches!(e, StorageError::Producer(_)) {
+            if matches!(e, StorageError::Producer(_) | StorageError::InvalidBatch(_)) {
                 tracing::debug!("refused batch for {}-{}: {e}", p.topic, p.partition);
             } else {
                 tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
             }
-            return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 };
+            let record_errors = match &e {
+                StorageError::InvalidBatch(BatchError::KeylessRecords { indexes }) => indexes.clone(),
+                _ => Vec::new(),
+            };
+            return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors };
         }
     };
     if info.duplicate {
@@ -223,6 +243,7 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         base_offset: info.base_offset.0,
         log_append_time_ms: info.log_append_time_ms,
         log_start_offset: info.log_start_offset.0,
+        record_errors: Vec::new(),
     }
 }
 
@@ -293,5 +314,68 @@ async fn list_offset(shard: &Rc<Shard>, q: OffsetQuery) -> OffsetAnswer {
             Ok(None) => ok(-1, -1),
             Err(e) => OffsetAnswer { error: read_error(&e), timestamp: -1, offset: -1, leader_epoch: epoch },
         },
+    }
+}
+
+fn delete_records_error(e: &StorageError) -> i16 {
+    match e {
+        StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
+        _ => E::KafkaStorageError.code(),
+    }
+}
+
+/// Moves the log start offset of one partition to `offset` (-1: the high watermark) and answers
+/// (error code, low watermark); the low watermark is -1 on error, as in Kafka.
+async fn delete_records(shard: &Rc<Shard>, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    let Some(log) = shard.logs.get(topic, partition) else {
+        return (E::UnknownTopicOrPartition.code(), -1);
+    };
+    let before = match offset {
+        -1 => log.high_watermark(),
+        o if o < -1 => return (E::OffsetOutOfRange.code(), -1),
+        o => Offset(o),
+    };
+    match log.delete_records(before).await {
+        Ok(low_watermark) => {
+            tracing::info!("{topic}-{partition}: records before {} deleted, log start offset {}", before.0, low_watermark.0);
+            (0, low_watermark.0)
+        }
+        Err(e) => {
+            if matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                tracing::debug!("delete records of {topic}-{partition} before {}: {e}", before.0);
+            } else {
+                tracing::error!("delete records of {topic}-{partition} before {} failed: {e}", before.0);
+            }
+            (delete_records_error(&e), -1)
+        }
+    }
+}
+
+/// Sizes of the user-topic partitions this shard has open, or of those listed in `filter`
+/// (partitions that are not open here are left out).
+fn log_dir_sizes(shard: &Rc<Shard>, filter: Option<Vec<(Arc<str>, Vec<i32>)>>) -> Vec<(Arc<str>, i32, u64)> {
+    let meta = shard.meta();
+    match filter {
+        None => shard
+            .logs
+            .all()
+            .into_iter()
+            .filter_map(|((topic, p), log)| {
+                // Only partitions of topics in the metadata: internal logs and the logs of a
+                // topic being created or deleted are not reported.
+                let (name, _) = meta.topics.get_key_value(topic.as_str())?;
+                meta.owner(name, p)?;
+                Some((name.clone(), p, log.size_bytes()))
+            })
+            .collect(),
+        Some(topics) => topics
+            .into_iter()
+            .flat_map(|(topic, partitions)| partitions.into_iter().map(move |p| (topic.clone(), p)))
+            .filter_map(|(topic, p)| {
+                meta.owner(&topic, p)?;
+                let log = shard.logs.get(&topic, p)?;
+                Some((topic, p, log.size_bytes()))
+            })
+            .collect(),
     }
 }

@@ -6,10 +6,12 @@ pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_groups;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_log_dirs;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -100,6 +102,8 @@ pub fn str_bytes(s: &str) -> StrBytes {
 }
 
 pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: RequestHeader, peer: &str, mut body: Bytes) -> Outcome {
+    // An old version equal to a newer one is handled as that one (`api::WIRE_ALIASES`).
+    let version = super::api::wire_version(api, version);
     let ctx = Ctx { shard, api, version, header, peer };
     let result = match api {
         ApiKey::ApiVersions => api_versions::handle(&ctx, &mut body).await,
@@ -126,6 +130,8 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
         ApiKey::DescribeGroups => describe_groups::handle(&ctx, &mut body).await,
         ApiKey::DeleteGroups => delete_groups::handle(&ctx, &mut body).await,
         ApiKey::OffsetDelete => offset_delete::handle(&ctx, &mut body).await,
+        ApiKey::DeleteRecords => delete_records::handle(&ctx, &mut body).await,
+        ApiKey::DescribeLogDirs => describe_log_dirs::handle(&ctx, &mut body).await,
         other => Err(Outcome::Close(format!("API {other:?} is not supported"))),
     };
     result.unwrap_or_else(|o| o)

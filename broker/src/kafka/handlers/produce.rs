@@ -14,6 +14,7 @@ use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult, Outcome};
 use crate::shard::ops::{ProducePart, ProduceResult};
+use kafka_protocol::messages::produce_response::BatchIndexAndErrorMessage;
 use crate::shard::{ShardOp, ShardReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
@@ -51,7 +52,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     for (positions, reply) in futures::future::join_all(calls).await {
         let results = match reply {
             ShardReply::Produce(r) => r,
-            _ => vec![ProduceResult { error: E::NotLeaderOrFollower.code(), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, message: None }; positions.len()],
+            _ => vec![ProduceResult { error: E::NotLeaderOrFollower.code(), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, message: None, record_errors: Vec::new() }; positions.len()],
         };
         for ((t, p), r) in positions.into_iter().zip(results) {
             slots[t].1[p] = r;
@@ -84,6 +85,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     p.log_append_time_ms = r.log_append_time_ms;
                     p.log_start_offset = r.log_start_offset;
                     p.error_message = r.message.as_deref().map(str_bytes);
+                    if ctx.version >= 8 {
+                        p.record_errors = r
+                            .record_errors
+                            .iter()
+                            .map(|&i| {
+                                let mut e = BatchIndexAndErrorMessage::default();
+                                e.batch_index = i;
+                                e.batch_index_error_message = Some(str_bytes("Compacted topic cannot accept message without key"));
+                                e
+                            })
+                            .collect();
+                    }
                     p
                 })
                 .collect();
