@@ -191,3 +191,54 @@ def test_several_topics_each_with_its_producers_and_group(broker, tmp_path):
     md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
     for i in range(3):
         assert len(md.topics[f"{prefix}-{i}"].partitions) == 2
+
+
+def describe_topic_configs(bootstrap, topic):
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return {k: v.value for k, v in admin.describe_configs([res])[res].result(timeout=30).items()}
+
+
+def test_topic_configs_are_sent_when_the_topic_is_created(broker, tmp_path):
+    topic = unique("bench")
+    out = tmp_path / "compact.json"
+    p = bench("-b", broker.bootstrap, "run", "--topic", topic, "--keys", "random:100", "--rate", 2000,
+              "--topic-config", "cleanup.policy=compact", "--topic-config", "segment.bytes=65536",
+              "--warmup-s", 0, "--duration-s", 1, "--json-out", out)
+    assert "topic configs: cleanup.policy=compact segment.bytes=65536" in p.stdout
+    r = load(out)
+    assert r["workload"]["topic_configs"] == {"cleanup.policy": "compact", "segment.bytes": "65536"}
+    assert r["result"]["produced"]["messages"] > 0 and r["result"]["produced"]["errors"] == 0
+    configs = describe_topic_configs(broker.bootstrap, topic)
+    assert configs["cleanup.policy"] == "compact"
+    assert configs["segment.bytes"] == "65536"
+    # The same from a workload file (a table); the existing topic is reused, and says so.
+    w = tmp_path / "w.toml"
+    w.write_text(f'topic = "{topic}"\nkeys = "random:10"\nrate = "500"\nwarmup_s = 0.0\nduration_s = 0.5\n'
+                 'topic_configs = { "cleanup.policy" = "delete" }\n')
+    p = bench("-b", broker.bootstrap, "run", "--workload", w, "--quiet")
+    assert "exists already" in p.stderr
+    assert describe_topic_configs(broker.bootstrap, topic)["cleanup.policy"] == "compact"
+
+
+def test_a_topic_config_the_broker_refuses_stops_the_run(broker):
+    topic = unique("bench")
+    p = bench("-b", broker.bootstrap, "run", "--topic", topic, "--topic-config", "no.such.config=1",
+              "--duration-s", 1, check=False, timeout=30)
+    assert p.returncode == 1
+    assert f"creating topic {topic}" in p.stderr and "no.such.config" in p.stderr
+    assert "InvalidConfig" in p.stderr
+    p = bench("-b", broker.bootstrap, "run", "--topic", topic, "--topic-config", "segment.bytes=-5",
+              "--duration-s", 1, check=False, timeout=30)
+    assert p.returncode == 1 and "segment.bytes" in p.stderr
+    # Nothing was produced: the topic was never created.
+    from confluent_kafka.admin import AdminClient
+    assert topic not in AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
+    # Malformed flags and unkeyed records for a compacted topic are refused before anything is sent.
+    p = bench("-b", broker.bootstrap, "run", "--topic-config", "segment.bytes", "--duration-s", 1,
+              check=False, timeout=30)
+    assert p.returncode == 1 and "KEY=VALUE" in p.stderr
+    p = bench("-b", broker.bootstrap, "run", "--topic-config", "cleanup.policy=compact", "--duration-s", 1,
+              check=False, timeout=30)
+    assert p.returncode == 1 and "keyed records" in p.stderr

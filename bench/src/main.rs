@@ -125,6 +125,11 @@ struct RunArgs {
     fetch_partition_max_bytes: Option<i32>,
     #[arg(long)]
     fetch_max_bytes: Option<i32>,
+    /// A topic config sent in CreateTopics when the run creates its topic(s), e.g.
+    /// cleanup.policy=compact (repeatable; adds to or overrides the workload file's
+    /// topic_configs). An existing topic keeps its own configs.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    topic_config: Vec<String>,
 
     /// Sweep the producer rate up to the latency target and report the sustainable maximum.
     #[arg(long)]
@@ -175,6 +180,10 @@ impl RunArgs {
             fetch_partition_max_bytes, fetch_max_bytes);
         if self.group.is_some() {
             w.group = self.group.clone();
+        }
+        for kv in &self.topic_config {
+            let (k, v) = run::workload::parse_topic_config(kv).map_err(|e| format!("--topic-config: {e}"))?;
+            w.topic_configs.insert(k, v);
         }
         w.validate()?;
         Ok(w)

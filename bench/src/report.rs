@@ -92,6 +92,10 @@ impl Report {
             w.warmup_s,
             w.duration_s
         );
+        if !w.topic_configs.is_empty() {
+            let list: Vec<String> = w.topic_configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("topic configs: {}", list.join(" "));
+        }
         if let Some(r) = &self.result {
             print_result(r);
         }

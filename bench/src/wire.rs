@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
@@ -36,6 +36,7 @@ const HEARTBEAT_V: i16 = 4;
 const LEAVE_GROUP_V: i16 = 5;
 const OFFSET_FETCH_V: i16 = 8;
 const OFFSET_COMMIT_V: i16 = 8;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 /// Kafka error codes the group client reacts to.
 pub mod code {
@@ -166,19 +167,42 @@ impl Conn {
         R::decode(&mut b, version).map_err(err)
     }
 
-    pub fn create_topic(&mut self, topic: &str, partitions: i32) -> Result<(), String> {
+    /// CreateTopics for one topic with `configs` (name, value). Returns true if the topic was
+    /// created, false if it existed already (it is then left as it is, configs included); any
+    /// other answer, such as a config the broker refuses, is an error carrying its message.
+    pub fn create_topic(&mut self, topic: &str, partitions: i32, configs: &[(String, String)]) -> Result<bool, String> {
         let mut t = CreatableTopic::default();
         t.name = topic_name(topic);
         t.num_partitions = partitions;
         t.replication_factor = 1;
+        t.configs = configs
+            .iter()
+            .map(|(k, v)| {
+                let mut c = CreatableTopicConfig::default();
+                c.name = str_bytes(k);
+                c.value = Some(str_bytes(v));
+                c
+            })
+            .collect();
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = 10_000;
         let id = self.send(ApiKey::CreateTopics, 4, &req)?;
         let resp: CreateTopicsResponse = self.recv(ApiKey::CreateTopics, 4, id)?;
-        match resp.topics.first().map(|t| t.error_code) {
-            Some(0) | Some(36) => Ok(()),
-            other => Err(format!("creating {topic}: error {other:?}")),
+        let r = resp.topics.first().ok_or_else(|| format!("creating topic {topic}: no topic in the CreateTopics response"))?;
+        match r.error_code {
+            0 => Ok(true),
+            TOPIC_ALREADY_EXISTS => Ok(false),
+            code => {
+                let message = r.error_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+                let sent = if configs.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(" (topic configs sent: {})", list.join(" "))
+                };
+                Err(format!("creating topic {topic}: the broker answered {}{message}{sent}", code_name(code)))
+            }
         }
     }
 

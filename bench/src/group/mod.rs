@@ -94,7 +94,7 @@ fn setup_topic(args: &GroupArgs) -> Result<i32, String> {
     let deadline = Instant::now() + args.timeout;
     let mut conn = Conn::connect(&args.brokers)?;
     conn.set_timeout(args.timeout)?;
-    conn.create_topic(&args.topic, args.partitions)?;
+    conn.create_topic(&args.topic, args.partitions, &[])?;
     let partitions = conn.partition_count(&args.topic)?;
     if partitions != args.partitions {
         eprintln!(

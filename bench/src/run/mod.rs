@@ -9,6 +9,7 @@ pub mod producer;
 pub mod records;
 pub mod workload;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -134,11 +135,14 @@ pub struct RunOptions {
 /// How long consumers may take to catch up with the producers after they stop.
 const CONSUMER_DRAIN: Duration = Duration::from_secs(10);
 
-/// Creates `topic` if needed and returns its partition count.
-pub fn prepare_topic(brokers: &str, topic: &str, partitions: i32) -> Result<i32, String> {
+/// Creates `topic` with `configs` if needed and returns its partition count.
+pub fn prepare_topic(brokers: &str, topic: &str, partitions: i32, configs: &BTreeMap<String, String>) -> Result<i32, String> {
     let mut conn = Conn::connect(brokers)?;
     conn.set_timeout(Duration::from_secs(30))?;
-    conn.create_topic(topic, partitions)?;
+    let configs: Vec<(String, String)> = configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if !conn.create_topic(topic, partitions, &configs)? && !configs.is_empty() {
+        eprintln!("strom-bench: topic {topic} exists already; it keeps its own configs (--topic-config applies to new topics)");
+    }
     // A new topic shows up in Metadata once every shard knows it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -168,7 +172,7 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     w.validate()?;
     let mut topics = Vec::new();
     for name in w.topic_names() {
-        let partitions = prepare_topic(&opts.brokers, &name, w.partitions)?;
+        let partitions = prepare_topic(&opts.brokers, &name, w.partitions, &w.topic_configs)?;
         topics.push(TopicRun { name, partitions, control: Arc::new(ConsumerControl::new(partitions)) });
     }
     let controls: Vec<Arc<ConsumerControl>> = topics.iter().map(|t| t.control.clone()).collect();

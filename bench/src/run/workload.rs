@@ -1,6 +1,8 @@
 //! What a run does, from a TOML file (`--workload`), flags, or both (flags win).
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A workload, in the spirit of the OpenMessaging Benchmark's workload files.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +50,11 @@ pub struct Workload {
     pub fetch_max_wait_ms: i32,
     pub fetch_partition_max_bytes: i32,
     pub fetch_max_bytes: i32,
+    /// Topic configs sent in CreateTopics when the run creates its topic(s), as a table
+    /// (`topic_configs = { "cleanup.policy" = "compact", "segment.bytes" = 1048576 }`) or a list
+    /// of "key=value" strings. A topic that exists already keeps its own configs.
+    #[serde(deserialize_with = "topic_configs_from_table_or_list")]
+    pub topic_configs: BTreeMap<String, String>,
 }
 
 impl Default for Workload {
@@ -74,6 +81,7 @@ impl Default for Workload {
             fetch_max_wait_ms: 500,
             fetch_partition_max_bytes: 1024 * 1024,
             fetch_max_bytes: 50 * 1024 * 1024,
+            topic_configs: BTreeMap::new(),
         }
     }
 }
@@ -144,6 +152,12 @@ impl Workload {
         check(self.warmup_s + self.duration_s <= 24.0 * 3600.0, "a run lasts at most 24 hours")?;
         check(self.max_messages >= 1, "max_messages must be positive")?;
         check(self.fetch_partition_max_bytes >= 1 && self.fetch_max_bytes >= 1, "fetch sizes must be positive")?;
+        check(self.topic_configs.keys().all(|k| !k.trim().is_empty()), "topic config names must not be empty")?;
+        let compacted = self.topic_configs.get("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
+        check(
+            !(compacted && self.producers > 0 && self.keys == "none"),
+            "cleanup.policy=compact needs keyed records (--keys random:N or round-robin:N)",
+        )?;
         Ok(())
     }
 }
@@ -167,6 +181,44 @@ pub fn parse_rate(s: &str, message_bytes: usize) -> Result<Rate, String> {
         Some(scale) => value * scale / message_bytes as f64,
         None => value,
     }))
+}
+
+/// One `KEY=VALUE` topic config (`--topic-config`).
+pub fn parse_topic_config(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("topic config {s:?}: use KEY=VALUE, e.g. cleanup.policy=compact")),
+    }
+}
+
+/// `topic_configs` of a workload file: a table whose values are strings, numbers or booleans,
+/// or a list of "key=value" strings.
+fn topic_configs_from_table_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
+    use serde_json::Value;
+    let scalar = |k: &str, v: Value| match v {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(D::Error::custom(format!("topic_configs: the value of {k:?} must be a string, number or boolean"))),
+    };
+    match Value::deserialize(d)? {
+        Value::Object(table) => table.into_iter().map(|(k, v)| scalar(&k, v).map(|v| (k, v))).collect(),
+        Value::Array(list) => {
+            let mut out = BTreeMap::new();
+            for item in list {
+                let Value::String(s) = item else {
+                    return Err(D::Error::custom("topic_configs: a list holds \"key=value\" strings"));
+                };
+                let (k, v) = parse_topic_config(&s).map_err(D::Error::custom)?;
+                if out.insert(k.clone(), v).is_some() {
+                    return Err(D::Error::custom(format!("topic_configs: {k} is given twice")));
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(D::Error::custom("topic_configs: a table of config names to values, or a list of \"key=value\" strings")),
+    }
 }
 
 pub fn parse_keys(s: &str) -> Result<Keys, String> {
@@ -224,5 +276,25 @@ mod tests {
         assert!(Workload { topics: 100, producers: 3, ..Default::default() }.validate().is_err());
         let bad = Workload { acks: 2, ..Default::default() };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn topic_configs_come_as_a_table_or_a_list() {
+        let table = "keys = \"random:10\"\ntopic_configs = { \"cleanup.policy\" = \"compact\", \"segment.bytes\" = 65536 }\n";
+        let w = Workload::from_toml(table).unwrap();
+        assert_eq!(w.topic_configs.get("cleanup.policy").map(String::as_str), Some("compact"));
+        assert_eq!(w.topic_configs.get("segment.bytes").map(String::as_str), Some("65536"));
+        w.validate().unwrap();
+        let list = Workload::from_toml("topic_configs = [\"retention.bytes=1048576\", \"cleanup.policy = delete\"]\n").unwrap();
+        assert_eq!(list.topic_configs.len(), 2);
+        assert_eq!(list.topic_configs["cleanup.policy"], "delete");
+        assert!(Workload::from_toml("topic_configs = [\"nonsense\"]\n").unwrap_err().contains("KEY=VALUE"));
+        assert!(Workload::from_toml("topic_configs = [\"a=1\", \"a=2\"]\n").unwrap_err().contains("twice"));
+        assert!(Workload::from_toml("topic_configs = { a = [1] }\n").is_err());
+        // A compacted topic refuses records without a key: caught before the run starts.
+        let unkeyed = Workload::from_toml("topic_configs = { \"cleanup.policy\" = \"compact,delete\" }\n").unwrap();
+        assert!(unkeyed.validate().unwrap_err().contains("keyed records"));
+        assert_eq!(parse_topic_config("segment.bytes=1048576"), Ok(("segment.bytes".into(), "1048576".into())));
+        assert!(parse_topic_config("=5").is_err());
     }
 }
