@@ -20,10 +20,10 @@ use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
 use crate::file_io::{remove_file, std_io_err, sync_dir, write_atomic};
 use crate::producer_state::{
-    last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SequenceVerdict,
+    last_sequence, snapshot_name, BatchMeta, ProducerState, SequenceVerdict,
     SNAPSHOTS_KEPT,
 };
-use crate::segment_reader::{BatchWalker, RangeRead, WalkStep};
+use crate::segment_reader::RangeRead;
 use crate::group_commit::GroupCommit;
 use crate::limits::{
     BATCH_BYTES_MAX, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES, RELATIVE_OFFSET_MAX,
@@ -729,6 +729,10 @@ impl PartitionLog {
     }
 }
 
+#[path = "producer_recovery.rs"]
+mod producer_recovery;
+use producer_recovery::{list_snapshots, load_producer_state};
+
 #[path = "retention.rs"]
 mod retention;
 
@@ -752,90 +756,3 @@ mod retention_tests;
 #[cfg(test)]
 #[path = "cleaner_tests.rs"]
 mod cleaner_tests;
-
-/// Offsets of the producer-state snapshots in `dir`, ascending.
-fn list_snapshots(dir: &Path) -> Vec<i64> {
-    // Listing has no io_uring operation; it runs at open and at segment roll.
-    let mut offsets: Vec<i64> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(parse_snapshot_name))
-                .collect()
-        })
-        .unwrap_or_default();
-    offsets.sort_unstable();
-    offsets
-}
-
-/// Bytes read at a time while rebuilding producer state from batch headers.
-const PRODUCER_SCAN_CHUNK_BYTES: usize = 1 << 20;
-
-/// Rebuilds the idempotent producers' state of a freshly opened (recovered) log: the newest
-/// intact snapshot at or below the log end offset, then the batch headers after it. Snapshots
-/// above the log end offset (the log was cut back by recovery) are deleted.
-async fn load_producer_state(
-    dir: &Path,
-    segments: &SegmentSet,
-    log_start: i64,
-    log_end: i64,
-    now_ms: i64,
-) -> Result<ProducerState, StorageError> {
-    let mut state = ProducerState::default();
-    let mut from = log_start;
-    for offset in list_snapshots(dir).into_iter().rev() {
-        let path = dir.join(snapshot_name(offset));
-        if offset > log_end {
-            remove_file(&path).await?;
-            continue;
-        }
-        // A small file read once per open.
-        match std::fs::read(&path).ok().and_then(|b| ProducerState::decode_snapshot(&b)) {
-            Some((at, loaded)) if at == offset => {
-                state = loaded;
-                from = offset;
-                break;
-            }
-            _ => tracing::warn!(path = %path.display(), "ignoring damaged producer-state snapshot"),
-        }
-    }
-    if from >= log_end {
-        return Ok(state);
-    }
-    let all = segments.all();
-    for (i, segment) in all.iter().enumerate() {
-        let next_base = all.get(i + 1).map_or(i64::MAX, |s| s.base_offset());
-        if next_base <= from {
-            continue;
-        }
-        let mut walker = BatchWalker::new(segment, 0, segment.size(), PRODUCER_SCAN_CHUNK_BYTES, false);
-        loop {
-            match walker.next().await? {
-                WalkStep::Batch { header, .. } => {
-                    if header.last_offset() < from
-                        || header.producer_id < 0
-                        || header.producer_epoch < 0
-                        || header.base_sequence < 0
-                        || header.is_control()
-                    {
-                        continue;
-                    }
-                    let stored = BatchMeta {
-                        first_seq: header.base_sequence,
-                        last_seq: last_sequence(header.base_sequence, header.last_offset_delta),
-                        first_offset: header.base_offset,
-                        last_offset: header.last_offset(),
-                    };
-                    state.record(header.producer_id, header.producer_epoch, stored, now_ms);
-                }
-                WalkStep::End => break,
-                WalkStep::Invalid { position, reason } => {
-                    // Recovery has already cut torn tails; stop at anything else unreadable.
-                    tracing::warn!(segment = %segment.paths.log.display(), position, reason, "producer-state scan stopped");
-                    break;
-                }
-            }
-        }
-    }
-    Ok(state)
-}
