@@ -275,3 +275,44 @@ fn compacted_logs_refuse_keyless_records() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn min_compaction_lag_holds_back_recent_segments() {
+    run(|dir| async move {
+        let config = LogConfig { min_compaction_lag_ms: 500, ..compacted() };
+        let log = PartitionLog::open(dir, config, 0).await.expect("open");
+        // Timestamps 1000 + offset, offsets 0..80.
+        updates(&log, 80, 4, 0).await;
+        assert!(log.clean(1_000).await.expect("clean").is_none(), "every closed segment is younger than the lag");
+        // At 1530 the segments whose newest record is at or before 1030 qualify, no later ones.
+        let report = log.clean(1_530).await.expect("clean").expect("the old segments are due");
+        assert!(report.first_dirty <= 31, "cleaned up to {}", report.first_dirty);
+        assert!(report.first_dirty > 0);
+        let report = log.clean(10_000).await.expect("clean").expect("the rest is due later");
+        assert!(report.first_dirty > 31);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn max_compaction_lag_forces_a_pass_and_rolls_the_active_segment() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir, compacted(), 0).await.expect("open");
+        updates(&log, 80, 4, 0).await;
+        log.clean(1_100).await.expect("clean").expect("first pass");
+        // A little new dirty data: far below a dirty ratio of 0.99.
+        updates(&log, 12, 4, 0).await;
+        let lazy = LogConfig { min_cleanable_dirty_ratio: 0.99, ..compacted() };
+        log.update_config(lazy.clone());
+        assert!(log.clean(1_200).await.expect("clean").is_none(), "below the dirty ratio");
+        // With max.compaction.lag.ms the dirty records (timestamps about 1080-1092) are overdue.
+        log.update_config(LogConfig { max_compaction_lag_ms: 50, ..lazy });
+        assert!(log.clean(1_200).await.expect("clean").is_some(), "overdue records force a pass");
+        // The active segment rolls once it is older than the lag, so its records become cleanable.
+        let segments = log.segment_count();
+        let b = keyed(&[(&b"key-0"[..], Some(&b"late"[..]))], 5_000, 0, None);
+        log.append(&b, LeaderEpoch(0), 5_000).await.expect("append");
+        assert_eq!(log.segment_count(), segments + 1, "rolled for max.compaction.lag.ms");
+        log.close().await.expect("close");
+    });
+}
