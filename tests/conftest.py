@@ -301,3 +301,30 @@ def pytest_runtest_makereport(item, call):
     if rep.failed:
         for b in getattr(item, "_strom_brokers", []) or []:
             rep.sections.append((f"strom stderr ({b.name}, last 120 lines)", b.log_tail(120)))
+
+
+def file_sizes(directory, suffix=".log"):
+    """{base offset: size} of the files named <base><suffix>; one deleted meanwhile is left out."""
+    out = {}
+    for p in directory.glob("*" + suffix):
+        try:
+            out[int(p.name[:-len(suffix)])] = p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def assert_offset_reset_error(consumer, timeout_s: float = 30.0):
+    """A confluent-kafka consumer positioned below the log start with auto.offset.reset=error
+    reports the reset error within `timeout_s`, and no record."""
+    from confluent_kafka import KafkaError
+    deadline = time.monotonic() + timeout_s
+    err = None
+    while err is None and time.monotonic() < deadline:
+        m = consumer.poll(0.2)
+        if m is None:
+            continue
+        assert m.error(), f"got a record at offset {m.offset()} below the log start"
+        err = m.error()
+    assert err is not None, "no error reported for a fetch below the log start"
+    assert err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE), err

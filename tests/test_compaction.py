@@ -12,7 +12,7 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KpTopicPartition
 
 import kafka_raw as kr
-from conftest import unique
+from conftest import unique, file_sizes
 
 SETTINGS = {"log.cleaner.backoff.ms": "100"}
 SEGMENT = 4096
@@ -79,17 +79,6 @@ def write_sentinel(p, topic, acked):
 def raw_records(broker, topic):
     with broker.conn() as c:
         return [(r.offset, r.key, r.value) for r in c.fetch_records(topic, 0, 0)]
-
-
-def file_sizes(directory, suffix=".log"):
-    """{base offset: size} of the files named <base><suffix>; one deleted meanwhile is left out."""
-    out = {}
-    for p in directory.glob("*" + suffix):
-        try:
-            out[int(p.name[:-len(suffix)])] = p.stat().st_size
-        except FileNotFoundError:
-            pass
-    return out
 
 
 def log_bytes(broker, topic):

@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient
 from kafka import TopicPartition as KpTopicPartition
 
 import kafka_raw as kr
-from conftest import unique
+from conftest import unique, assert_offset_reset_error
 
 N = 100  # records produced by most tests
 K = 37  # delete before this offset (inside a batch: the producer batches several records)
@@ -173,16 +173,7 @@ def test_consumer_below_log_start(broker, reset):
             # OFFSET_OUT_OF_RANGE, then a reset to the log start.
             assert poll_values(c, 1)[0].offset() == K
         else:
-            deadline = time.monotonic() + 30
-            err = None
-            while err is None and time.monotonic() < deadline:
-                m = c.poll(0.2)
-                if m is None:
-                    continue
-                assert m.error(), f"got a record at offset {m.offset()} below the log start"
-                err = m.error()
-            assert err is not None, "no error reported for a fetch below the log start"
-            assert err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE), err
+            assert_offset_reset_error(c)
     finally:
         c.close()
     # The raw fetch below the log start is OFFSET_OUT_OF_RANGE too; at K it returns data.

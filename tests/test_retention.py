@@ -13,7 +13,7 @@ from kafka.admin import ConfigResource as KpConfigResource
 from kafka.admin import ConfigResourceType
 
 import kafka_raw as kr
-from conftest import unique
+from conftest import unique, assert_offset_reset_error, file_sizes
 
 CHECK = {"log.retention.check.interval.ms": "200"}
 SEGMENT = 4096
@@ -47,17 +47,6 @@ def produce(broker, topic, values, keys=None, timestamp=None):
     assert p.flush(30) == 0
     assert not errors, errors
     return sorted(offsets)
-
-
-def file_sizes(directory, suffix=".log"):
-    """{base offset: size} of the files named <base><suffix>; one deleted meanwhile is left out."""
-    out = {}
-    for p in directory.glob("*" + suffix):
-        try:
-            out[int(p.name[:-len(suffix)])] = p.stat().st_size
-        except FileNotFoundError:
-            pass
-    return out
 
 
 def segment_files(broker, topic):
@@ -201,16 +190,7 @@ def test_consumer_below_log_start(broker_factory, reset):
             assert seen, "the consumer saw nothing after resetting to the end"
             assert all(o >= hw and v.startswith(b"fresh-") for o, v in seen), seen
         else:
-            deadline = time.monotonic() + 30
-            err = None
-            while err is None and time.monotonic() < deadline:
-                m = c.poll(0.2)
-                if m is None:
-                    continue
-                assert m.error(), f"got a record at offset {m.offset()} below the log start"
-                err = m.error()
-            assert err is not None, "no error reported for a fetch below the log start"
-            assert err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE), err
+            assert_offset_reset_error(c)
     finally:
         c.close()
 
