@@ -15,7 +15,7 @@ mod limits;
 mod report;
 mod run;
 mod sysinfo;
-mod wire;
+use strom_client::conn as wire;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //!    rebalance from its next heartbeat, rejoins and syncs. Timed from B's LeaveGroup to A
 //!    holding every partition.
 
-pub mod member;
+use strom_client::member;
 mod report;
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -53,10 +53,7 @@ impl GroupArgs {
 
 /// Fails with what was being waited for once `deadline` has passed.
 pub(crate) fn deadline_check(deadline: Instant, doing: &str) -> Result<(), String> {
-    if Instant::now() >= deadline {
-        return Err(format!("deadline exceeded while {doing} (raise --timeout-s?)"));
-    }
-    Ok(())
+    strom_client::member::deadline_check(deadline, doing).map_err(|e| format!("{e} (raise --timeout-s?)"))
 }
 
 /// Runs both scenarios and prints the report.

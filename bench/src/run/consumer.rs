@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::meter::{Clock, Meter, Window};
 use super::records;
-use crate::group::member::{GroupTimeouts, Heartbeat, Member};
+use strom_client::member::{GroupTimeouts, Heartbeat, Member};
 use crate::wire::{code_name, Conn};
 
 pub struct ConsumerPlan {

@@ -15,16 +15,7 @@ pub const STAMP_BYTES: usize = 8;
 const BATCH_HEADER_BYTES: usize = 61;
 const CRC_START: usize = 21;
 
-pub fn compression_from_name(name: &str) -> Result<Compression, String> {
-    Ok(match name {
-        "none" => Compression::None,
-        "gzip" => Compression::Gzip,
-        "snappy" => Compression::Snappy,
-        "lz4" => Compression::Lz4,
-        "zstd" => Compression::Zstd,
-        other => return Err(format!("unknown compression {other:?} (none, gzip, snappy, lz4, zstd)")),
-    })
-}
+pub use strom_client::batch::compression_from_name;
 
 /// Records of one partition waiting to be sent: keys, intended times, and the bytes they take.
 #[derive(Default)]

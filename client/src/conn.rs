@@ -1,7 +1,9 @@
-//! The few Kafka requests the load generator needs, over a blocking socket.
+//! A blocking Kafka connection: framing, correlation ids, and the requests the load generator
+//! and the `strom` command-line tools send. Every read and write can be bounded by a timeout,
+//! so a broker that never answers ends in an error instead of a hang.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -60,17 +62,18 @@ pub struct Conn {
     stream: TcpStream,
     next_id: i32,
     rbuf: BytesMut,
+    client_id: StrBytes,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn topic_name(topic: &str) -> TopicName {
+pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-fn str_bytes(s: &str) -> StrBytes {
+pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
@@ -107,14 +110,47 @@ pub struct JoinParams<'a> {
 impl Conn {
     pub fn connect(addr: &str) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+        Conn::from_stream(stream, "strom-bench")
+    }
+
+    /// Connects within `timeout` (per resolved address) and bounds every later read and write
+    /// by it too.
+    pub fn connect_timeout(addr: &str, timeout: Duration, client_id: &str) -> Result<Conn, String> {
+        let addrs = addr.to_socket_addrs().map_err(|e| format!("resolving {addr}: {e}"))?;
+        let mut last = format!("resolving {addr}: no address");
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(stream) => {
+                    let conn = Conn::from_stream(stream, client_id)?;
+                    conn.set_timeout(timeout)?;
+                    return Ok(conn);
+                }
+                Err(e) => last = format!("connecting to {addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    fn from_stream(stream: TcpStream, client_id: &str) -> Result<Conn, String> {
         stream.set_nodelay(true).map_err(err)?;
-        Ok(Conn { stream, next_id: 1, rbuf: BytesMut::new() })
+        Ok(Conn { stream, next_id: 1, rbuf: BytesMut::new(), client_id: str_bytes(client_id) })
+    }
+
+    /// Sends `req` as `api` at `version` and waits for its response.
+    pub fn request<Req: Encodable, Resp: Decodable>(&mut self, api: ApiKey, version: i16, req: &Req) -> Result<Resp, String> {
+        let id = self.send(api, version, req)?;
+        self.recv(api, version, id)
     }
 
     /// A second handle on the same socket, so one thread can write requests while another
     /// reads the responses (which arrive in request order).
     pub fn try_clone(&self) -> Result<Conn, String> {
-        Ok(Conn { stream: self.stream.try_clone().map_err(err)?, next_id: self.next_id, rbuf: BytesMut::new() })
+        Ok(Conn {
+            stream: self.stream.try_clone().map_err(err)?,
+            next_id: self.next_id,
+            rbuf: BytesMut::new(),
+            client_id: self.client_id.clone(),
+        })
     }
 
     /// Bounds every read and write, so a broker that never answers ends in an error.
@@ -130,7 +166,7 @@ impl Conn {
         header.request_api_key = api as i16;
         header.request_api_version = version;
         header.correlation_id = id;
-        header.client_id = Some(StrBytes::from_static_str("strom-bench"));
+        header.client_id = Some(self.client_id.clone());
         let mut buf = BytesMut::new();
         buf.put_i32(0);
         header.encode(&mut buf, api.request_header_version(version)).map_err(err)?;
@@ -441,7 +477,7 @@ impl Conn {
     pub fn leave_group(&mut self, group: &str, member_id: &str) -> Result<(), String> {
         let mut member = MemberIdentity::default();
         member.member_id = str_bytes(member_id);
-        member.reason = Some(StrBytes::from_static_str("strom-bench: leaving"));
+        member.reason = Some(StrBytes::from_static_str("leaving"));
         let mut req = LeaveGroupRequest::default();
         req.group_id = GroupId(str_bytes(group));
         req.members = vec![member];

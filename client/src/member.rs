@@ -9,8 +9,7 @@ use kafka_protocol::messages::{consumer_protocol_assignment, consumer_protocol_s
 use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use super::deadline_check;
-use crate::wire::{code, code_name, Conn, JoinParams};
+use crate::conn::{code, code_name, Conn, JoinParams};
 
 const PROTOCOL_TYPE: &str = "consumer";
 const ASSIGNOR: &str = "range";
@@ -89,7 +88,7 @@ impl Member {
                     }
                     return Err(format!(
                         "the coordinator of group {} is node {} at {coordinator}, not {brokers}; \
-                         strom-bench group only talks to the given broker, so point -b at the coordinator",
+                         this member only talks to the given broker, so point it at the coordinator",
                         self.group, c.node_id
                     ));
                 }
@@ -240,6 +239,14 @@ impl Member {
         s.generation_id = self.generation;
         encode_versioned(&s, CONSUMER_PROTOCOL_V)
     }
+}
+
+/// Fails with what was being waited for once `deadline` has passed.
+pub fn deadline_check(deadline: Instant, doing: &str) -> Result<(), String> {
+    if Instant::now() >= deadline {
+        return Err(format!("deadline exceeded while {doing}"));
+    }
+    Ok(())
 }
 
 /// Whether `a` and `b` (host:port) name the same endpoint, literally or once resolved.
