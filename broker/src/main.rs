@@ -5,6 +5,7 @@
 #[global_allocator]
 static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAlloc;
 
+mod cli;
 mod config;
 mod group;
 mod kafka;
@@ -46,6 +47,21 @@ struct Cli {
 enum Command {
     /// Run the broker (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Create, list, describe, delete and configure topics.
+    Topic(cli::topic::TopicCmd),
+    /// Write lines from stdin to a topic, one record per line.
+    Produce(cli::produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(cli::consume::ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Group(cli::group::GroupCmd),
+    /// Brokers, controller and versions of a cluster.
+    Cluster(cli::cluster::ClusterCmd),
+    /// Print a shell completion script, e.g. `strom completions bash > /etc/bash_completion.d/strom`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -71,19 +87,33 @@ struct ServeArgs {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(a)) => run_broker(a),
+        None => run_broker(cli.serve),
+        Some(Command::Topic(c)) => cli::topic::run(c),
+        Some(Command::Produce(a)) => cli::produce::run(a),
+        Some(Command::Consume(a)) => cli::consume::run(a),
+        Some(Command::Group(c)) => cli::group::run(c),
+        Some(Command::Cluster(c)) => cli::cluster::run(c),
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "strom", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("strom: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run_broker(args: ServeArgs) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(a)) => a,
-        None => cli.serve,
-    };
-    if let Err(e) = serve(args) {
-        eprintln!("strom: {e}");
-        std::process::exit(1);
-    }
+    serve(args)
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {

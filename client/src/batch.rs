@@ -53,7 +53,9 @@ pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, 
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // Constant offset - sequence keeps the records in one batch; the first record's
+            // sequence (-1: not idempotent) becomes the batch's base sequence.
+            sequence: i as i32 - 1,
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),
@@ -67,11 +69,24 @@ pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, 
     Ok(buf.freeze())
 }
 
-/// The records of every complete batch in `set` (a Fetch answer's bytes), control batches
-/// left out, in offset order. A trailing partial batch is ignored: the next fetch starts
-/// where the last complete one ended.
-pub fn decode(set: &Bytes) -> Result<Vec<InRecord>, String> {
+/// What a record set held.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Records of every complete batch, control records left out, in offset order.
+    pub records: Vec<InRecord>,
+    /// The offset after the last complete batch (None: no complete batch), which moves a
+    /// reader past batches that hold only control records.
+    pub next_offset: Option<i64>,
+}
+
+/// Offset of the `lastOffsetDelta` field in a v2 batch header.
+const LAST_OFFSET_DELTA_AT: usize = 23;
+
+/// The records of every complete batch in `set` (a Fetch answer's bytes). A trailing partial
+/// batch is ignored: the next fetch starts where the last complete one ended.
+pub fn decode(set: &Bytes) -> Result<Decoded, String> {
     let mut out = Vec::new();
+    let mut next_offset = None;
     let mut pos = 0;
     while set.len() - pos >= LOG_OVERHEAD {
         let len = i32::from_be_bytes(set[pos + 8..pos + 12].try_into().expect("4 bytes"));
@@ -81,6 +96,12 @@ pub fn decode(set: &Bytes) -> Result<Vec<InRecord>, String> {
         let end = pos + LOG_OVERHEAD + len as usize;
         if end > set.len() {
             break;
+        }
+        if len as usize >= LAST_OFFSET_DELTA_AT + 4 - LOG_OVERHEAD {
+            let base = i64::from_be_bytes(set[pos..pos + 8].try_into().expect("8 bytes"));
+            let at = pos + LAST_OFFSET_DELTA_AT;
+            let delta = i32::from_be_bytes(set[at..at + 4].try_into().expect("4 bytes"));
+            next_offset = Some(base + delta as i64 + 1);
         }
         let mut batch = set.slice(pos..end);
         let decoded = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("decoding a fetched batch: {e}"))?;
@@ -98,7 +119,7 @@ pub fn decode(set: &Bytes) -> Result<Vec<InRecord>, String> {
         }
         pos = end;
     }
-    Ok(out)
+    Ok(Decoded { records: out, next_offset })
 }
 
 #[cfg(test)]
@@ -117,11 +138,15 @@ mod tests {
                 })
                 .collect();
             let b = encode(&recs, compression_from_name(codec).unwrap()).unwrap();
+            assert_eq!(i32::from_be_bytes(b[57..61].try_into().unwrap()), 3, "one batch of 3 records");
+            assert_eq!(i32::from_be_bytes(b[53..57].try_into().unwrap()), -1, "base sequence");
             let mut two = BytesMut::from(&b[..]);
             two.extend_from_slice(&b);
             // A partial third batch at the end is ignored.
             two.extend_from_slice(&b[..20]);
-            let got = decode(&two.freeze()).unwrap();
+            let decoded = decode(&two.freeze()).unwrap();
+            assert_eq!(decoded.next_offset, Some(3), "{codec}");
+            let got = decoded.records;
             assert_eq!(got.len(), 6, "{codec}");
             assert_eq!(got[1].key, None);
             assert_eq!(got[2].value.as_deref(), Some(&b"v2"[..]));

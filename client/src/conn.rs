@@ -159,7 +159,7 @@ impl Conn {
         self.stream.set_write_timeout(Some(timeout)).map_err(err)
     }
 
-    fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<i32, String> {
+    pub fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<i32, String> {
         let id = self.next_id;
         self.next_id += 1;
         let mut header = RequestHeader::default();
@@ -177,7 +177,7 @@ impl Conn {
         Ok(id)
     }
 
-    fn recv<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> Result<R, String> {
+    pub fn recv<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> Result<R, String> {
         let timeout = self.stream.read_timeout().ok().flatten().unwrap_or_default();
         let reading = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
