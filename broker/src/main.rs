@@ -5,10 +5,12 @@
 #[global_allocator]
 static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAlloc;
 
+mod admin;
 mod config;
 mod group;
 mod kafka;
 mod metadata;
+mod metrics;
 mod shard;
 mod topic_config;
 
@@ -71,10 +73,6 @@ struct ServeArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
@@ -105,6 +103,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         cores: args.cores,
     })
     .map_err(|e| e.to_string())?;
+    init_logging(&config.log);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let mut config = config;
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
@@ -119,6 +121,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
     remove_orphan_partitions(&config.data_dir, &meta);
     probe_port(&config)?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(Arc::new(admin::bind(addr)?)),
+        None => None,
+    };
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -134,6 +140,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         shutdown,
         watchdog: watchdog.clone(),
         producer_id_block_end,
+        admin_listener,
+        recovered_shards: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        started: std::time::Instant::now(),
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",
@@ -178,6 +187,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!("clean shutdown complete");
     Ok(())
+}
+
+/// Installs the log subscriber: `RUST_LOG` if set, else `log.level`; text or JSON lines on stderr.
+fn init_logging(log: &config::LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new(&log.level)),
+        _ => EnvFilter::new(&log.level),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// One broker per data directory: an exclusive `flock` held for the process's life.
