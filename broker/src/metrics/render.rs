@@ -61,6 +61,11 @@ impl Out {
     }
 }
 
+/// A per-partition gauge: name, help, value.
+type PartitionMetric = (&'static str, &'static str, fn(&PartitionGauges) -> i64);
+/// A per-shard metric: name, type, help, value.
+type ShardMetric = (&'static str, &'static str, &'static str, fn(&Snapshot) -> u64);
+
 fn api_name(key: i16) -> String {
     ApiKey::try_from(key).map_or_else(|_| format!("Unknown{key}"), |a| format!("{a:?}"))
 }
@@ -124,7 +129,7 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
 
     let mut parts: Vec<&PartitionGauges> = snaps.iter().flat_map(|s| &s.partitions).collect();
     parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let gauges: [(&str, &str, fn(&PartitionGauges) -> i64); 4] = [
+    let gauges: [PartitionMetric; 4] = [
         ("strom_partition_log_end_offset", "Offset the next appended record gets.", |p| p.log_end_offset),
         ("strom_partition_high_watermark", "Offset below which records are visible to consumers.", |p| p.high_watermark),
         ("strom_partition_log_start_offset", "First offset still in the log.", |p| p.log_start_offset),
@@ -140,7 +145,7 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
 
     let mut shards: Vec<&Snapshot> = snaps.iter().collect();
     shards.sort_by_key(|s| s.shard);
-    let per_shard: [(&str, &str, &str, fn(&Snapshot) -> u64); 5] = [
+    let per_shard: [ShardMetric; 5] = [
         (
             "strom_shard_task_queue_depth",
             "gauge",
