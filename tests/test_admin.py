@@ -139,16 +139,23 @@ def test_request_errors_are_counted(broker):
         value(before, "strom_request_errors_total", api="Produce") + 1
 
 
-def test_group_lag(broker):
+def test_group_lag(broker_factory):
+    """Lag joins the committed offset (on the group's coordinator shard) with the high watermark
+    (on the partition's shard); with two shards and two partitions at least one pair differs."""
+    broker = broker_factory(cores=2)
     topic = unique("lag")
     group = unique("grp")
     with broker.conn() as c:
-        c.create_topic(topic, partitions=1)
-    produce(broker, topic, 10)
-    consume(broker, topic, 10, group=group, commit=True)
-    produce(broker, topic, 4)
+        c.create_topic(topic, partitions=2)
+        for p in range(2):
+            assert c.produce(topic, p, kr.simple_batch([b"x"] * 10), acks=-1)["error_code"] == 0
+    consume(broker, topic, 20, group=group, commit=True)
+    with broker.conn() as c:
+        assert c.produce(topic, 0, kr.simple_batch([b"y"] * 4), acks=-1)["error_code"] == 0
     samples = scrape(broker)
     assert value(samples, "strom_group_lag", group=group, topic=topic, partition=0) == 4
+    assert value(samples, "strom_group_lag", group=group, topic=topic, partition=1) == 0
+    assert ("strom_group_lag", frozenset({("group", group), ("topic", topic), ("partition", "1")})) in samples
 
 
 def test_status_lists_topics(broker_factory):
