@@ -73,6 +73,8 @@ class Broker:
         self.settings = dict(settings or {})
         self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
         self.port = port or free_port()
+        # Every broker gets its own admin HTTP port, so tests never collide on the default 9644.
+        self.admin_port = free_port()
         self.env = dict(env or {})
         self.extra_args = list(extra_args or [])
         self.subcommand = subcommand
@@ -108,13 +110,18 @@ class Broker:
         if self.subcommand:
             cmd.append(self.subcommand)
         cmd += ["--listen", self.bootstrap, "--advertise", self.bootstrap,
-                "--data-dir", str(self.data_dir), "--cores", str(self.cores)]
+                "--data-dir", str(self.data_dir), "--cores", str(self.cores),
+                "-o", f"admin.listeners={HOST}:{self.admin_port}"]
         for k, v in self.settings.items():
             cmd += ["-o", f"{k}={v}"]
         cmd += self.extra_args
         return cmd
 
-    def start(self, timeout: float = 30.0, wait_port_free: bool = True):
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.admin_port}"
+
+    def start(self, timeout: float = 30.0, wait_port_free: bool = True, wait: bool = True):
         """Start the broker and wait until it answers ApiVersions. With wait_port_free, first
         wait (up to 5 s) until no socket listens on the port any more: the kernel tears down a
         killed process's io_uring instance, and the listening socket it holds, asynchronously.
@@ -140,7 +147,8 @@ class Broker:
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      cwd=str(self.workdir), env=env, preexec_fn=_die_with_parent)
         log.close()
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 30.0):

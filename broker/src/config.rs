@@ -67,12 +67,22 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("offsets.topic.segment.bytes", "104857600"),
     ("producer.id.expiration.ms", "86400000"),
     ("transactional.id.expiration.ms", "604800000"),
+    // The admin HTTP listener (health, readiness, status, Prometheus metrics) on shard 0.
+    // An empty `admin.listeners` or `admin.enable=false` turns it off.
+    ("admin.listeners", "127.0.0.1:9644"),
+    ("admin.enable", "true"),
+    // Log filter (`RUST_LOG` wins when set) and line format: `text` or `json`.
+    ("log.level", "info"),
+    ("log.format", "text"),
     // Test only: every Nth Produce request (acks != 0) a shard handles is carried out and then
     // its connection is closed instead of answering, so clients retry. 0 = off.
     ("test.fault.produce.drop.response.every", "0"),
     // Test only: the log cleaner aborts the process after this step of a segment swap
     // (cleaned-written, swap-committed, old-removed, renamed). Empty = off.
     ("test.fault.cleaner.abort.at", ""),
+    // Test only: each shard waits this long before it opens its logs at startup, so that
+    // readiness can be observed as false. 0 = off.
+    ("test.fault.recovery.delay.ms", "0"),
 ];
 
 /// Settings of the group coordinator (Kafka's names in the comments).
@@ -118,6 +128,24 @@ pub struct TestFaults {
     pub produce_drop_response_every: u64,
     /// `test.fault.cleaner.abort.at`: the cleaner aborts the process after this step.
     pub cleaner_abort_at: Option<CleanerStep>,
+    /// `test.fault.recovery.delay.ms`: each shard sleeps this long before opening its logs.
+    pub recovery_delay_ms: u64,
+}
+
+/// Format of the log lines on stderr (`log.format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line (tracing-subscriber's `json` formatter).
+    Json,
+}
+
+/// Logging (`log.level`, `log.format`); `RUST_LOG`, when set, replaces `log.level`.
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// An `EnvFilter` directive: `info`, `debug`, `strom=debug,info`, ...
+    pub level: String,
+    pub format: LogFormat,
 }
 
 /// Background work on the logs (Kafka's names in the comments).
@@ -153,6 +181,12 @@ pub struct BrokerConfig {
     pub producers: ProducerSettings,
     pub faults: TestFaults,
     pub maintenance: MaintenanceSettings,
+    /// `admin.listeners` unless empty or `admin.enable=false`: where the admin HTTP server
+    /// listens.
+    pub admin_listen: Option<SocketAddr>,
+    pub log: LogSettings,
+    /// Warnings found while loading (unknown keys, test faults on), logged once logging is up.
+    pub warnings: Vec<String>,
     /// The raw key/value pairs, for DescribeConfigs on the broker resource.
     pub raw: BTreeMap<String, String>,
 }
@@ -192,6 +226,18 @@ fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> 
     Ok((if host.is_empty() { "0.0.0.0".to_string() } else { host.to_string() }, port))
 }
 
+/// A listener setting (see [`parse_listener`]) resolved to one socket address.
+fn resolve(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let (host, port) = parse_listener(key, value)?;
+    format!("{host}:{port}")
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            format!("{host}:{port}").to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
+        })
+        .map_err(|_| ConfigError::Invalid { key: key.into(), value: value.into(), msg: "cannot resolve host".into() })
+}
+
 impl BrokerConfig {
     pub fn load(sources: ConfigSources) -> Result<BrokerConfig, ConfigError> {
         let mut raw: BTreeMap<String, String> =
@@ -213,27 +259,18 @@ impl BrokerConfig {
             let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError::NotKeyValue(kv.clone()))?;
             raw.insert(k.trim().to_string(), v.trim().to_string());
         }
+        let mut warnings = Vec::new();
         for key in raw.keys() {
             if !BROKER_KEYS.iter().any(|(k, _)| k == key) {
-                tracing::warn!("unknown setting `{key}` ignored");
+                warnings.push(format!("unknown setting `{key}` ignored"));
             }
         }
         if raw.get("broker.id").is_some_and(|v| !v.is_empty()) {
             let id = raw["broker.id"].clone();
             raw.insert("node.id".into(), id);
         }
-        let (host, port) = parse_listener("listeners", &raw["listeners"])?;
-        let listen: SocketAddr = format!("{host}:{port}")
-            .parse()
-            .or_else(|_| {
-                use std::net::ToSocketAddrs;
-                format!("{host}:{port}").to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
-            })
-            .map_err(|_| ConfigError::Invalid {
-                key: "listeners".into(),
-                value: raw["listeners"].clone(),
-                msg: "cannot resolve host".into(),
-            })?;
+        let (_, port) = parse_listener("listeners", &raw["listeners"])?;
+        let listen = resolve("listeners", &raw["listeners"])?;
         let (adv_host, adv_port) = match raw["advertised.listeners"].as_str() {
             "" => {
                 let h = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
@@ -278,22 +315,26 @@ impl BrokerConfig {
             })?),
         };
         if let Some(step) = cleaner_abort_at {
-            tracing::warn!("test.fault.cleaner.abort.at={}: the cleaner aborts the process on purpose (test only)", step.name());
+            warnings.push(format!("test.fault.cleaner.abort.at={}: the cleaner aborts the process on purpose (test only)", step.name()));
         }
         let faults = TestFaults {
             produce_drop_response_every: parse(&raw, "test.fault.produce.drop.response.every")?,
             cleaner_abort_at,
+            recovery_delay_ms: parse(&raw, "test.fault.recovery.delay.ms")?,
         };
+        if faults.recovery_delay_ms > 0 {
+            warnings.push(format!("test.fault.recovery.delay.ms={}: startup recovery is delayed on purpose (test only)", faults.recovery_delay_ms));
+        }
         let maintenance = MaintenanceSettings {
             retention_check_interval_ms: parse::<u64>(&raw, "log.retention.check.interval.ms")?.max(1),
             cleaner_enable: parse(&raw, "log.cleaner.enable")?,
             cleaner_backoff_ms: parse::<u64>(&raw, "log.cleaner.backoff.ms")?.max(1),
         };
         if faults.produce_drop_response_every > 0 {
-            tracing::warn!(
+            warnings.push(format!(
                 "test.fault.produce.drop.response.every={}: dropping Produce responses on purpose (test only)",
                 faults.produce_drop_response_every
-            );
+            ));
         }
         if groups.session_timeout_ms_min > groups.session_timeout_ms_max {
             return Err(ConfigError::Invalid {
@@ -302,7 +343,25 @@ impl BrokerConfig {
                 msg: "must not exceed group.max.session.timeout.ms".into(),
             });
         }
+        let admin_listen = match (parse::<bool>(&raw, "admin.enable")?, raw["admin.listeners"].trim()) {
+            (false, _) | (true, "") => None,
+            (true, v) => Some(resolve("admin.listeners", v)?),
+        };
+        let format = match raw["log.format"].trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid { key: "log.format".into(), value: other.into(), msg: "expected text or json".into() })
+            }
+        };
+        let level = raw["log.level"].trim().to_string();
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(ConfigError::Invalid { key: "log.level".into(), value: level, msg: "not a log filter (e.g. info, debug, strom=debug)".into() });
+        }
         Ok(BrokerConfig {
+            admin_listen,
+            log: LogSettings { level, format },
+            warnings,
             listen,
             advertised_host: adv_host,
             advertised_port: adv_port as i32,
@@ -441,6 +500,24 @@ mod tests {
         assert_eq!(c.faults.cleaner_abort_at, Some(CleanerStep::SwapCommitted));
         assert!(load(None, &[], &["test.fault.cleaner.abort.at=never"]).is_err());
         assert!(load(None, &[], &["log.cleaner.min.cleanable.ratio=2"]).is_err());
+    }
+
+    #[test]
+    fn admin_and_log_settings() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.admin_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9644"));
+        assert_eq!((c.log.level.as_str(), c.log.format), ("info", LogFormat::Text));
+        assert_eq!(c.faults.recovery_delay_ms, 0);
+        assert!(load(None, &[], &["admin.listeners="]).unwrap().admin_listen.is_none());
+        assert!(load(None, &[], &["admin.enable=false"]).unwrap().admin_listen.is_none());
+        let c = load(None, &[], &["admin.listeners=0.0.0.0:19644", "log.format=json", "log.level=debug", "test.fault.recovery.delay.ms=500"]).unwrap();
+        assert_eq!(c.admin_listen.unwrap().port(), 19644);
+        assert_eq!((c.log.level.as_str(), c.log.format), ("debug", LogFormat::Json));
+        assert_eq!(c.faults.recovery_delay_ms, 500);
+        assert!(c.warnings.iter().any(|w| w.contains("recovery.delay")));
+        assert!(load(None, &[], &["log.format=xml"]).is_err());
+        assert!(load(None, &[], &["admin.listeners=nonsense"]).is_err());
+        assert!(load(None, &[], &["no.such.key=1"]).unwrap().warnings.iter().any(|w| w.contains("no.such.key")));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 #[global_allocator]
 static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAlloc;
 
+mod admin;
 mod cli;
 mod config;
 mod group;
 mod kafka;
 mod metadata;
+mod metrics;
 mod shard;
 mod topic_config;
 
@@ -89,8 +91,8 @@ struct ServeArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Serve(a)) => run_broker(a),
-        None => run_broker(cli.serve),
+        Some(Command::Serve(a)) => serve(a),
+        None => serve(cli.serve),
         Some(Command::Topic(c)) => cli::topic::run(c),
         Some(Command::Produce(a)) => cli::produce::run(a),
         Some(Command::Consume(a)) => cli::consume::run(a),
@@ -106,14 +108,6 @@ fn main() {
         eprintln!("strom: error: {e}");
         std::process::exit(1);
     }
-}
-
-fn run_broker(args: ServeArgs) -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    serve(args)
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -135,6 +129,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         cores: args.cores,
     })
     .map_err(|e| e.to_string())?;
+    init_logging(&config.log);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let mut config = config;
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
@@ -149,6 +147,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
     remove_orphan_partitions(&config.data_dir, &meta);
     probe_port(&config)?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(Arc::new(admin::bind(addr)?)),
+        None => None,
+    };
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -164,6 +166,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         shutdown,
         watchdog: watchdog.clone(),
         producer_id_block_end,
+        admin_listener,
+        recovered_shards: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        started: std::time::Instant::now(),
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",
@@ -208,6 +213,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!("clean shutdown complete");
     Ok(())
+}
+
+/// Installs the log subscriber: `RUST_LOG` if set, else `log.level`; text or JSON lines on stderr.
+fn init_logging(log: &config::LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new(&log.level)),
+        _ => EnvFilter::new(&log.level),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// One broker per data directory: an exclusive `flock` held for the process's life.

@@ -172,9 +172,10 @@ pub(crate) async fn truncate(
 
 /// fdatasyncs an open file.
 pub(crate) async fn fdatasync(file: &BufferedFile, path: &Path) -> Result<(), StorageError> {
-    file.fdatasync()
-        .await
-        .map_err(|e| io_err("fdatasync", path, e))
+    let started = std::time::Instant::now();
+    let res = file.fdatasync().await;
+    crate::metrics::record_fsync(started.elapsed());
+    res.map_err(|e| io_err("fdatasync", path, e))
 }
 
 /// fsyncs a directory so that creations, renames and removals in it are durable.
@@ -182,10 +183,10 @@ pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     let handle = Directory::open(dir)
         .await
         .map_err(|e| io_err("open dir", dir, e))?;
-    handle
-        .sync()
-        .await
-        .map_err(|e| io_err("fsync dir", dir, e))?;
+    let started = std::time::Instant::now();
+    let synced = handle.sync().await;
+    crate::metrics::record_fsync(started.elapsed());
+    synced.map_err(|e| io_err("fsync dir", dir, e))?;
     handle
         .close()
         .await

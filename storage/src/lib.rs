@@ -18,6 +18,7 @@ mod file_io;
 mod group_commit;
 pub mod limits;
 mod log_manager;
+pub mod metrics;
 mod partition_log;
 mod producer_state;
 pub mod records;

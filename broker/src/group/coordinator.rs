@@ -133,6 +133,22 @@ impl GroupCoordinator {
         })
     }
 
+    /// Every committed offset of the groups this shard coordinates (for the lag metric).
+    pub fn committed_offsets(&self) -> Vec<crate::metrics::CommittedOffset> {
+        let groups = self.groups.borrow();
+        groups
+            .iter()
+            .flat_map(|(id, g)| {
+                g.offsets.iter().map(move |((topic, partition), c)| crate::metrics::CommittedOffset {
+                    group: id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: c.offset,
+                })
+            })
+            .collect()
+    }
+
     pub fn partitions(&self) -> u32 {
         self.store.partitions
     }

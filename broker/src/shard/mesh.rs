@@ -58,6 +58,11 @@ impl Mesh {
         outbox.ready.notify(1);
     }
 
+    /// Messages waiting in the outboxes.
+    pub fn queued(&self) -> usize {
+        self.outboxes.iter().map(|o| o.queue.borrow().len()).sum()
+    }
+
     pub async fn call(&self, shard: &Rc<Shard>, to: usize, op: ShardOp) -> ShardReply {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -112,7 +117,11 @@ pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
                     ShardMsg::Request { id, op } => {
                         let shard = shard.clone();
                         glommio::spawn_local(async move {
+                            let inflight = &shard.metrics.mesh_ops_inflight;
+                            inflight.set(inflight.get() + 1);
                             let reply = ops::execute(&shard, op).await;
+                            let inflight = &shard.metrics.mesh_ops_inflight;
+                            inflight.set(inflight.get() - 1);
                             shard.mesh.enqueue(&shard, peer, ShardMsg::Reply { id, reply });
                         })
                         .detach();

@@ -14,7 +14,7 @@ pub mod watchdog;
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,9 +50,16 @@ pub struct ShardContext {
     pub watchdog: Arc<watchdog::Watchdog>,
     /// The persisted end of the last reserved producer id block (for the controller).
     pub producer_id_block_end: i64,
+    /// The admin HTTP listener, bound by `serve` so that "in use" is a startup error; shard 0
+    /// serves it.
+    pub admin_listener: Option<Arc<std::net::TcpListener>>,
+    /// Shards that have finished recovery (logs opened, groups loaded, mesh tasks running).
+    pub recovered_shards: Arc<AtomicUsize>,
+    /// When the process started (for the uptime metric).
+    pub started: std::time::Instant,
 }
 
-/// Per-shard counters (read by the metrics endpoint, later).
+/// Per-shard counters of the mesh and the acceptor (exported by the metrics endpoint).
 #[derive(Default)]
 pub struct ShardStats {
     pub cross_shard_sent: Cell<u64>,
@@ -69,6 +76,11 @@ pub struct Shard {
     pub controller: Option<Controller>,
     pub groups: Rc<GroupCoordinator>,
     pub stats: ShardStats,
+    pub metrics: crate::metrics::ShardMetrics,
+    /// Shards that have finished recovery (shared by all shards).
+    pub recovered_shards: Arc<AtomicUsize>,
+    /// When the process started.
+    pub started: std::time::Instant,
     /// Produce requests with acks != 0 handled so far, counted while
     /// `test.fault.produce.drop.response.every` is set.
     pub produce_requests_acked: Cell<u64>,
@@ -83,6 +95,11 @@ impl Shard {
         } else {
             self.mesh.call(self, to, op).await
         }
+    }
+
+    /// Messages queued to other shards, not yet in their channels.
+    pub fn mesh_queued(&self) -> usize {
+        self.mesh.queued()
     }
 
     pub fn meta(&self) -> Arc<ClusterMeta> {
@@ -154,13 +171,25 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         }),
         groups,
         stats: ShardStats::default(),
+        metrics: Default::default(),
+        recovered_shards: ctx.recovered_shards.clone(),
+        started: ctx.started,
         produce_requests_acked: Cell::new(0),
         mesh: Mesh::new(senders),
     });
+    // Before recovery, so that readiness can be asked while the logs are being opened.
+    if let (0, Some(listener)) = (id, &ctx.admin_listener) {
+        crate::admin::spawn(&shard, listener)?;
+    }
+    if ctx.config.faults.recovery_delay_ms > 0 {
+        glommio::timer::sleep(Duration::from_millis(ctx.config.faults.recovery_delay_ms)).await;
+    }
     open_owned_logs(&shard).await?;
     let owned = crate::group::owned_partitions(shard.groups.partitions(), id, shard.table.shards());
     shard.groups.load(&owned, &shard.meta()).await.map_err(|e| format!("loading consumer groups: {e}"))?;
     mesh::spawn_tasks(&shard, receivers);
+    ctx.recovered_shards.fetch_add(1, Ordering::AcqRel);
+    tracing::info!(shard = id, "recovery complete");
 
     let fd = strom_net::listener::bind_shared(ctx.config.listen).map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
     // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
@@ -264,7 +293,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match listener.accept().await {
             Ok(stream) => {
                 shard.stats.connections.set(shard.stats.connections.get() + 1);
-                glommio::spawn_local(crate::kafka::connection::serve(shard.clone(), stream)).detach();
+                let open = &shard.metrics.connections_open;
+                open.set(open.get() + 1);
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    crate::kafka::connection::serve(shard.clone(), stream).await;
+                    let open = &shard.metrics.connections_open;
+                    open.set(open.get() - 1);
+                })
+                .detach();
             }
             Err(e) => {
                 tracing::warn!(shard = shard.id, "accept failed: {e}");

@@ -81,6 +81,8 @@ pub enum ShardOp {
     UpdateLogConfig { topic: Arc<str>, config: LogConfig },
     Controller(ControllerOp),
     Group(GroupOp),
+    /// This shard's metrics snapshot (for the admin server on shard 0).
+    Metrics,
 }
 
 pub enum ShardReply {
@@ -95,6 +97,7 @@ pub enum ShardReply {
     Done(Result<(), String>),
     Controller(ControllerReply),
     Group(GroupReply),
+    Metrics(Box<crate::metrics::Snapshot>),
     /// The target shard is gone (shutting down).
     Unavailable,
 }
@@ -150,6 +153,7 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             ShardReply::Done(Ok(()))
         }
         ShardOp::Group(op) => ShardReply::Group(crate::group::execute(shard, op).await),
+        ShardOp::Metrics => ShardReply::Metrics(Box::new(crate::metrics::snapshot(shard))),
         ShardOp::Controller(op) => match &shard.controller {
             Some(c) => ShardReply::Controller(c.apply(shard, op).await),
             None => ShardReply::Unavailable,
@@ -227,6 +231,9 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
             return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors };
         }
     };
+    if !info.duplicate {
+        shard.metrics.add_bytes_in(&p.topic, records.len() as u64);
+    }
     if info.duplicate {
         tracing::debug!("{}-{}: retried batch already stored at offset {}", p.topic, p.partition, info.base_offset.0);
     }

@@ -37,6 +37,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         r.resource_name = res.resource_name.clone();
         if let Err(e) = alter_resource(ctx, res.resource_type, res.resource_name.as_str(), ops, true, req.validate_only).await {
             r.error_code = e.code;
+            ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&e.message));
         }
         resp.responses.push(r);

@@ -16,6 +16,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         let op = ControllerOp::CreatePartitions { name: t.name.0.to_string(), count: t.count, validate_only: req.validate_only };
         if let Err(e) = ctx.controller(op).await {
             r.error_code = e.code;
+            ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&e.message));
         }
         resp.results.push(r);

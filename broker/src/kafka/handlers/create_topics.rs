@@ -26,6 +26,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         r.replication_factor = -1;
         let fail = |r: &mut CreatableTopicResult, code: E, msg: String| {
             r.error_code = code.code();
+            ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&msg));
         };
         if t.replication_factor > 1 {
@@ -86,6 +87,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             }
             Err(e) => {
                 r.error_code = e.code;
+                ctx.note_error(r.error_code);
                 r.error_message = Some(str_bytes(&e.message));
             }
         }

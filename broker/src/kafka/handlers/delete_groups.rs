@@ -31,6 +31,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             let mut r = DeletableGroupResult::default();
             r.group_id = GroupId(str_bytes(id));
             r.error_code = code;
+            ctx.note_error(r.error_code);
             r
         })
         .collect();

@@ -68,6 +68,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     let mut pr = DeleteRecordsPartitionResult::default();
                     pr.partition_index = p.partition_index;
                     pr.error_code = error;
+                    ctx.note_error(pr.error_code);
                     pr.low_watermark = low_watermark;
                     pr
                 })

@@ -23,6 +23,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         };
         let Some(name) = name else {
             r.error_code = E::UnknownTopicId.code();
+            ctx.note_error(r.error_code);
             resp.responses.push(r);
             continue;
         };
@@ -32,6 +33,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         }
         if let Err(e) = ctx.controller(ControllerOp::DeleteTopic { name }).await {
             r.error_code = e.code;
+            ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&e.message));
         }
         resp.responses.push(r);

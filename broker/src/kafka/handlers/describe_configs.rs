@@ -52,6 +52,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 }
                 None => {
                     r.error_code = E::UnknownTopicOrPartition.code();
+                    ctx.note_error(r.error_code);
                     r.error_message = Some(str_bytes("This server does not host this topic"));
                 }
             },
@@ -59,6 +60,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 let name = res.resource_name.as_str();
                 if !name.is_empty() && name != config.node_id.to_string() {
                     r.error_code = E::InvalidRequest.code();
+                    ctx.note_error(r.error_code);
                     r.error_message = Some(str_bytes(&format!("unknown broker {name}")));
                 } else {
                     r.configs = config
@@ -71,6 +73,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             }
             other => {
                 r.error_code = E::InvalidRequest.code();
+                ctx.note_error(r.error_code);
                 r.error_message = Some(str_bytes(&format!("resource type {other} is not supported")));
             }
         }

@@ -34,6 +34,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         .map(|g| {
             let mut out = DescribedGroup::default();
             out.error_code = g.error;
+            ctx.note_error(out.error_code);
             out.group_id = GroupId(str_bytes(&g.group_id));
             out.group_state = str_bytes(g.state);
             out.protocol_type = str_bytes(&g.protocol_type);

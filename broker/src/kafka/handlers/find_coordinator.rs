@@ -31,6 +31,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 let mut co = Coordinator::default();
                 co.key = key.clone();
                 co.error_code = error;
+                ctx.note_error(co.error_code);
                 co.error_message = message.clone();
                 if error == 0 {
                     co.node_id = BrokerId(c.node_id);
@@ -42,6 +43,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             .collect();
     } else {
         resp.error_code = error;
+        ctx.note_error(resp.error_code);
         resp.error_message = message;
         if error == 0 {
             resp.node_id = BrokerId(c.node_id);

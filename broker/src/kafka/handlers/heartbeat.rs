@@ -22,5 +22,6 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     };
     let mut resp = HeartbeatResponse::default();
     resp.error_code = code;
+    ctx.note_error(resp.error_code);
     Ok(ctx.respond(&resp))
 }

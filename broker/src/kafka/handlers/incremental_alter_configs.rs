@@ -39,6 +39,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         };
         if let Err((code, msg)) = result {
             r.error_code = code;
+            ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&msg));
         }
         resp.responses.push(r);

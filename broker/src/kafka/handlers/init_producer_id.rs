@@ -41,6 +41,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         }
         Err(code) => {
             resp.error_code = code;
+            ctx.note_error(resp.error_code);
             resp.producer_id = ProducerId(NO_PRODUCER_ID);
             resp.producer_epoch = NO_PRODUCER_EPOCH;
         }

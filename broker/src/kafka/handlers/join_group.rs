@@ -34,6 +34,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let v = ctx.version;
     let mut resp = JoinGroupResponse::default();
     resp.error_code = r.error;
+    ctx.note_error(resp.error_code);
     resp.generation_id = r.generation;
     if v >= 7 {
         resp.protocol_type = r.protocol_type.as_deref().map(str_bytes);

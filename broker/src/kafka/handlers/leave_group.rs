@@ -20,6 +20,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     if group_id.is_empty() {
         let mut resp = LeaveGroupResponse::default();
         resp.error_code = E::InvalidGroupId.code();
+        ctx.note_error(resp.error_code);
         return Ok(ctx.respond(&resp));
     }
     let op = GroupOp::Leave { group_id: group_id.clone(), members: members.clone() };
@@ -37,11 +38,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 m.member_id = str_bytes(&member_id);
                 m.group_instance_id = instance_id.as_deref().map(str_bytes);
                 m.error_code = code;
+                ctx.note_error(m.error_code);
                 m
             })
             .collect();
     } else {
         resp.error_code = codes.first().copied().unwrap_or(0);
+        ctx.note_error(resp.error_code);
     }
     Ok(ctx.respond(&resp))
 }

@@ -60,6 +60,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     let mut pr = ListOffsetsPartitionResponse::default();
                     pr.partition_index = p.partition_index;
                     pr.error_code = a.error;
+                    ctx.note_error(pr.error_code);
                     pr.timestamp = a.timestamp;
                     pr.offset = a.offset;
                     if ctx.version >= 4 {

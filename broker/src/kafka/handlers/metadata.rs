@@ -113,6 +113,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     resp.brokers = vec![broker(ctx)];
     resp.cluster_id = Some(str_bytes(&config.cluster_id));
     resp.controller_id = BrokerId(config.node_id);
+    for t in &topics {
+        ctx.note_error(t.error_code);
+    }
     resp.topics = topics;
     Ok(ctx.respond(&resp))
 }
@@ -141,6 +144,7 @@ async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> Meta
             tracing::warn!("auto-creating topic {name}: {}", e.message);
             let mut entry = error_entry(name, E::UnknownTopicOrPartition);
             entry.error_code = e.code;
+            ctx.note_error(entry.error_code);
             return entry;
         }
     }

@@ -28,7 +28,9 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
@@ -57,9 +59,18 @@ pub struct Ctx<'a> {
     pub header: RequestHeader,
     /// The client's address, `ip:port`.
     pub peer: &'a str,
+    /// Set when the response carries an error code (for `strom_request_errors_total`).
+    failed: Cell<bool>,
 }
 
 impl Ctx<'_> {
+    /// Notes an error code of the response; any non-zero one counts the request as failed.
+    pub fn note_error(&self, code: i16) {
+        if code != 0 {
+            self.failed.set(true);
+        }
+    }
+
     pub fn respond<R: Encodable>(&self, body: &R) -> Outcome {
         match frame_response(self.api, self.version, self.header.correlation_id, body) {
             Ok(b) => Outcome::Respond(vec![OutChunk::Bytes(b)]),
@@ -104,7 +115,10 @@ pub fn str_bytes(s: &str) -> StrBytes {
 pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: RequestHeader, peer: &str, mut body: Bytes) -> Outcome {
     // An old version equal to a newer one is handled as that one (`api::WIRE_ALIASES`).
     let version = super::api::wire_version(api, version);
-    let ctx = Ctx { shard, api, version, header, peer };
+    let started = Instant::now();
+    let inflight = &shard.metrics.requests_inflight;
+    inflight.set(inflight.get() + 1);
+    let ctx = Ctx { shard, api, version, header, peer, failed: Cell::new(false) };
     let result = match api {
         ApiKey::ApiVersions => api_versions::handle(&ctx, &mut body).await,
         ApiKey::Metadata => metadata::handle(&ctx, &mut body).await,
@@ -134,7 +148,12 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
         ApiKey::DescribeLogDirs => describe_log_dirs::handle(&ctx, &mut body).await,
         other => Err(Outcome::Close(format!("API {other:?} is not supported"))),
     };
-    result.unwrap_or_else(|o| o)
+    let outcome = result.unwrap_or_else(|o| o);
+    let failed = ctx.failed.get() || matches!(outcome, Outcome::Close(_));
+    shard.metrics.record_request(api, failed, started.elapsed());
+    let inflight = &shard.metrics.requests_inflight;
+    inflight.set(inflight.get() - 1);
+    outcome
 }
 
 pub type HandlerResult = Result<Outcome, Outcome>;

@@ -50,6 +50,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     let mut r = OffsetCommitResponsePartition::default();
                     r.partition_index = p.partition_index;
                     r.error_code = codes.next().unwrap_or(0);
+                    ctx.note_error(r.error_code);
                     r
                 })
                 .collect();

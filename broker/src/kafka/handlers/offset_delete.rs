@@ -30,6 +30,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     };
     let mut resp = OffsetDeleteResponse::default();
     resp.error_code = code;
+    ctx.note_error(resp.error_code);
     if code == 0 {
         let mut codes = codes.into_iter();
         resp.topics = req
@@ -45,6 +46,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                         let mut r = OffsetDeleteResponsePartition::default();
                         r.partition_index = p.partition_index;
                         r.error_code = codes.next().unwrap_or(0);
+                        ctx.note_error(r.error_code);
                         r
                     })
                     .collect();

@@ -48,6 +48,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             let mut out = OffsetFetchResponseGroup::default();
             out.group_id = g.group_id;
             out.error_code = code;
+            ctx.note_error(out.error_code);
             out.topics = by_topic(offsets)
                 .into_iter()
                 .map(|(topic, parts)| {
@@ -76,6 +77,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let (code, offsets) = fetch_group(ctx, group_id.as_str(), wanted).await;
     if v >= 2 {
         resp.error_code = code;
+        ctx.note_error(resp.error_code);
     }
     resp.topics = by_topic(offsets)
         .into_iter()
@@ -93,6 +95,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     }
                     p.metadata = Some(str_bytes(&o.metadata));
                     p.error_code = if v < 2 { code } else { 0 };
+                    ctx.note_error(p.error_code);
                     p
                 })
                 .collect();

@@ -58,6 +58,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             slots[t].1[p] = r;
         }
     }
+    for (_, results) in &slots {
+        for r in results {
+            ctx.note_error(r.error);
+        }
+    }
     if acks == 0 {
         return Ok(Outcome::NoResponse);
     }

@@ -27,6 +27,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     };
     let mut resp = SyncGroupResponse::default();
     resp.error_code = r.error;
+    ctx.note_error(resp.error_code);
     if ctx.version >= 5 {
         resp.protocol_type = r.protocol_type.as_deref().map(str_bytes);
         resp.protocol_name = r.protocol.as_deref().map(str_bytes);

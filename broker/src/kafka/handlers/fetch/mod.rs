@@ -75,6 +75,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             break results;
         }
     };
+    for (w, r) in wanted.iter().zip(&results) {
+        ctx.note_error(r.error);
+        if let Some(s) = &r.slice {
+            ctx.shard.metrics.add_bytes_out(&w.topic, s.len as u64);
+        }
+    }
     let mut it = wanted.iter().zip(results);
     let topics = shape
         .into_iter()

@@ -1,0 +1,148 @@
+//! The admin HTTP server: health, readiness, status and Prometheus metrics, on shard 0.
+//!
+//! It starts before the shard opens its logs, so `/v1/ready` can say "not yet" during recovery.
+//! Connections are few (probes and scrapers): one request each, answered with
+//! `Connection: close`, at most [`CONNECTIONS_MAX`] at once, each bounded by
+//! [`http::REQUEST_HEAD_BYTES_MAX`] and [`REQUEST_READ_TIMEOUT_MS`].
+
+mod http;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::metrics::{self, ProcessInfo};
+use crate::shard::Shard;
+use http::HeadError;
+
+/// Admin connections served at once; more are closed at accept. Probes and scrapers need a few.
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// How long a client may take to send its request head (a slow client cannot hold a slot).
+pub const REQUEST_READ_TIMEOUT_MS: u64 = 5_000;
+
+/// How long "address in use" is retried at startup: a broker killed a moment ago can still hold
+/// its socket while the kernel tears its io_uring down (see `probe_port` in main.rs).
+const PORT_BUSY_WAIT_MS: u64 = 5_000;
+
+/// Binds the admin listener (without `SO_REUSEPORT`, so a port in use is an error).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    const RETRY_MS: u64 = 100;
+    let mut waited = 0;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && waited < PORT_BUSY_WAIT_MS => {
+                std::thread::sleep(Duration::from_millis(RETRY_MS));
+                waited += RETRY_MS;
+            }
+            Err(e) => return Err(format!("cannot listen on {addr} (admin.listeners): {e}")),
+        }
+    }
+}
+
+/// Starts serving the listener `serve` bound, on this shard.
+pub fn spawn(shard: &Rc<Shard>, listener: &std::net::TcpListener) -> Result<(), String> {
+    let addr = listener.local_addr().map_err(|e| format!("admin listener: {e}"))?;
+    let fd = listener.try_clone().map_err(|e| format!("admin listener: {e}"))?.into_raw_fd();
+    // SAFETY: `fd` is a duplicate of a listening TCP socket that nothing else owns.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    tracing::info!("admin HTTP server listening on {addr}");
+    glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    Ok(())
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        match listener.accept().await {
+            Ok(stream) if open.get() >= CONNECTIONS_MAX => {
+                tracing::debug!("admin: {CONNECTIONS_MAX} connections open, closing a new one");
+                drop(stream);
+            }
+            Ok(stream) => {
+                open.set(open.get() + 1);
+                let (shard, open) = (shard.clone(), open.clone());
+                glommio::spawn_local(async move {
+                    if let Err(e) = serve(&shard, stream).await {
+                        tracing::debug!("admin connection: {e}");
+                    }
+                    open.set(open.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> {
+    let timeout = Some(Duration::from_millis(REQUEST_READ_TIMEOUT_MS));
+    stream.set_read_timeout(timeout).map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream.set_write_timeout(timeout).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head = loop {
+        if let Some(end) = http::head_end(&buf) {
+            break Ok(&buf[..end]);
+        }
+        if buf.len() > http::REQUEST_HEAD_BYTES_MAX {
+            break Err(HeadError::TooLarge);
+        }
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) if buf.is_empty() => return Ok(()),
+            Ok(0) => break Err(HeadError::Malformed("connection closed mid-request")),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let _ = stream.write_all(&http::response(408, "text/plain", b"request timeout\n", None)).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let out = match head.map(|h| h.to_vec()).and_then(|h| http::parse_head(&h)) {
+        Ok(req) => route(shard, &req.method, &req.path).await,
+        Err(HeadError::TooLarge) => http::response(431, "text/plain", b"request head too large\n", None),
+        Err(HeadError::Malformed(why)) => http::response(400, "text/plain", format!("bad request: {why}\n").as_bytes(), None),
+    };
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    stream.close().await
+}
+
+const JSON: &str = "application/json";
+
+async fn route(shard: &Rc<Shard>, method: &str, path: &str) -> Vec<u8> {
+    const PATHS: [&str; 4] = ["/v1/health", "/v1/ready", "/v1/status", "/metrics"];
+    if !PATHS.contains(&path) {
+        return http::response(404, "text/plain", b"not found\n", None);
+    }
+    if method != "GET" {
+        return http::response(405, "text/plain", b"method not allowed\n", Some("GET"));
+    }
+    let process = ProcessInfo::of(shard);
+    match path {
+        "/v1/health" => http::response(200, JSON, br#"{"status":"ok"}"#, None),
+        "/v1/ready" if process.ready() => http::response(200, JSON, br#"{"ready":true}"#, None),
+        "/v1/ready" => http::response(503, JSON, br#"{"ready":false}"#, None),
+        "/v1/status" => {
+            let snaps = metrics::collect(shard).await;
+            let body = metrics::status_json(&process, &shard.meta(), &snaps).to_string();
+            http::response(200, JSON, body.as_bytes(), None)
+        }
+        _ => {
+            let snaps = metrics::collect(shard).await;
+            let body = metrics::render(&ProcessInfo::of(shard), &snaps);
+            http::response(200, "text/plain; version=0.0.4", body.as_bytes(), None)
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Broker metrics: counters and histograms kept per shard in plain `Cell`/`RefCell`s (each shard
+//! is one thread, so the request path pays no atomics and no locks), copied out as a
+//! [`Snapshot`] when scraped. Shard 0 asks every shard for its snapshot with
+//! `ShardOp::Metrics`, merges them and renders the Prometheus text format ([`render`]).
+
+mod render;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+use strom_storage::metrics::LatencyHistogram;
+
+use crate::shard::{Shard, ShardOp, ShardReply};
+pub use render::{render, status_json};
+
+/// Request counters of one API on one shard.
+#[derive(Clone, Debug, Default)]
+pub struct ApiStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: LatencyHistogram,
+}
+
+/// Bytes of record batches produced to and fetched from one topic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TopicBytes {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The counters of one shard; touched only by its own thread.
+#[derive(Default)]
+pub struct ShardMetrics {
+    /// Indexed by API key.
+    requests: RefCell<Vec<ApiStats>>,
+    topics: RefCell<HashMap<Arc<str>, TopicBytes>>,
+    /// Kafka requests being handled on this shard.
+    pub requests_inflight: Cell<u64>,
+    /// Operations other shards sent here that are being executed.
+    pub mesh_ops_inflight: Cell<u64>,
+    /// Client connections open on this shard.
+    pub connections_open: Cell<u64>,
+}
+
+impl ShardMetrics {
+    /// Counts one handled request: `failed` if its response carries an error code or the
+    /// connection was closed instead of answering.
+    pub fn record_request(&self, api: ApiKey, failed: bool, elapsed: Duration) {
+        let key = api as i16;
+        if key < 0 {
+            return;
+        }
+        let mut requests = self.requests.borrow_mut();
+        let i = key as usize;
+        if requests.len() <= i {
+            requests.resize_with(i + 1, ApiStats::default);
+        }
+        let s = &mut requests[i];
+        s.requests += 1;
+        s.errors += u64::from(failed);
+        s.latency.observe(elapsed);
+    }
+
+    pub fn add_bytes_in(&self, topic: &Arc<str>, n: u64) {
+        self.topic_entry(topic, |t| t.bytes_in += n);
+    }
+
+    pub fn add_bytes_out(&self, topic: &Arc<str>, n: u64) {
+        self.topic_entry(topic, |t| t.bytes_out += n);
+    }
+
+    fn topic_entry(&self, topic: &Arc<str>, f: impl FnOnce(&mut TopicBytes)) {
+        let mut topics = self.topics.borrow_mut();
+        match topics.get_mut(&**topic) {
+            Some(t) => f(t),
+            None => f(topics.entry(topic.clone()).or_default()),
+        }
+    }
+
+    /// Forgets the byte counters of deleted topics (bounds the map by the live topics).
+    fn retain_topics(&self, live: impl Fn(&str) -> bool) {
+        self.topics.borrow_mut().retain(|t, _| live(t));
+    }
+}
+
+/// Gauges of one partition log.
+#[derive(Clone, Debug)]
+pub struct PartitionGauges {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+    pub size_bytes: u64,
+}
+
+/// A committed offset of a group this shard coordinates.
+#[derive(Clone, Debug)]
+pub struct CommittedOffset {
+    pub group: String,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Everything one shard reports at a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub shard: usize,
+    /// (API key, its counters), APIs with at least one request.
+    pub requests: Vec<(i16, ApiStats)>,
+    pub topic_bytes: Vec<(Arc<str>, TopicBytes)>,
+    pub partitions: Vec<PartitionGauges>,
+    pub queue_depth: u64,
+    pub cross_shard_messages: u64,
+    pub cross_shard_channel_full: u64,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub committed: Vec<CommittedOffset>,
+    pub fsync: LatencyHistogram,
+}
+
+/// This shard's snapshot (runs on the shard).
+pub fn snapshot(shard: &Shard) -> Snapshot {
+    let meta = shard.meta();
+    let m = &shard.metrics;
+    m.retain_topics(|t| meta.topic(t).is_some());
+    let requests = m
+        .requests
+        .borrow()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.requests > 0)
+        .map(|(k, s)| (k as i16, s.clone()))
+        .collect();
+    let topic_bytes = m.topics.borrow().iter().map(|(t, b)| (t.clone(), *b)).collect();
+    let mut partitions: Vec<PartitionGauges> = shard
+        .logs
+        .all()
+        .into_iter()
+        .filter_map(|((topic, p), log)| {
+            // User topics only: not the offsets log, not a topic being created or deleted.
+            let (name, _) = meta.topics.get_key_value(topic.as_str())?;
+            meta.owner(name, p)?;
+            Some(PartitionGauges {
+                topic: name.clone(),
+                partition: p,
+                log_start_offset: log.log_start_offset().0,
+                high_watermark: log.high_watermark().0,
+                log_end_offset: log.log_end_offset().0,
+                size_bytes: log.size_bytes(),
+            })
+        })
+        .collect();
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let queue_depth = m.requests_inflight.get() + m.mesh_ops_inflight.get() + shard.mesh_queued() as u64;
+    Snapshot {
+        shard: shard.id,
+        requests,
+        topic_bytes,
+        partitions,
+        queue_depth,
+        cross_shard_messages: shard.stats.cross_shard_sent.get(),
+        cross_shard_channel_full: shard.stats.cross_shard_channel_full.get(),
+        connections_open: m.connections_open.get(),
+        connections_accepted: shard.stats.connections.get(),
+        committed: shard.groups.committed_offsets(),
+        fsync: strom_storage::metrics::fsync_latency_snapshot(),
+    }
+}
+
+/// True once every shard has finished recovery.
+pub fn ready(shard: &Shard) -> bool {
+    shard.recovered_shards.load(Ordering::Acquire) >= shard.table.shards()
+}
+
+/// Snapshots of every shard once all are ready; before that only this shard's, without waiting
+/// on shards that are still recovering.
+pub async fn collect(shard: &Rc<Shard>) -> Vec<Snapshot> {
+    if !ready(shard) {
+        return vec![snapshot(shard)];
+    }
+    let calls = (0..shard.table.shards()).map(|s| shard.call(s, ShardOp::Metrics));
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            ShardReply::Metrics(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Process-wide values rendered alongside the shard snapshots.
+pub struct ProcessInfo {
+    pub version: &'static str,
+    pub node_id: i32,
+    pub shards: usize,
+    pub shards_recovered: usize,
+    pub uptime_seconds: f64,
+}
+
+impl ProcessInfo {
+    pub fn of(shard: &Shard) -> ProcessInfo {
+        ProcessInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            node_id: shard.config.node_id,
+            shards: shard.table.shards(),
+            shards_recovered: shard.recovered_shards.load(Ordering::Acquire).min(shard.table.shards()),
+            uptime_seconds: shard.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.shards_recovered >= self.shards
+    }
+}

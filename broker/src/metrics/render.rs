@@ -1,0 +1,278 @@
+//! The Prometheus text exposition format (version 0.0.4) and the `/v1/status` JSON, from the
+//! merged shard snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{Display, Write};
+use std::sync::Arc;
+
+use kafka_protocol::messages::ApiKey;
+use strom_storage::metrics::LatencyHistogram;
+
+use super::{ApiStats, PartitionGauges, ProcessInfo, Snapshot, TopicBytes};
+use crate::metadata::ClusterMeta;
+
+/// Escapes a label value: backslash, double quote and line feed, as the text format requires.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &LatencyHistogram) {
+        let bucket = format!("{name}_bucket");
+        for (bound, n) in h.cumulative() {
+            let le = bound.map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&bucket, &l, n);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum_seconds);
+        self.sample(&format!("{name}_count"), labels, h.count);
+    }
+}
+
+/// A per-partition gauge: name, help, value.
+type PartitionMetric = (&'static str, &'static str, fn(&PartitionGauges) -> i64);
+/// A per-shard metric: name, type, help, value.
+type ShardMetric = (&'static str, &'static str, &'static str, fn(&Snapshot) -> u64);
+
+fn api_name(key: i16) -> String {
+    ApiKey::try_from(key).map_or_else(|_| format!("Unknown{key}"), |a| format!("{a:?}"))
+}
+
+/// Renders the merged snapshots in the Prometheus text format.
+pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.family("strom_build_info", "gauge", "Always 1; the labels say which build is running.");
+    o.sample("strom_build_info", &[("version", process.version)], 1);
+    o.family("strom_uptime_seconds", "gauge", "Seconds since the broker process started.");
+    o.sample("strom_uptime_seconds", &[], format!("{:.3}", process.uptime_seconds));
+    o.family("strom_ready", "gauge", "1 once every shard has finished recovery, else 0.");
+    o.sample("strom_ready", &[], u8::from(process.ready()));
+    o.family("strom_shards", "gauge", "Shards (pinned cores) of this broker.");
+    o.sample("strom_shards", &[], process.shards);
+    o.family("strom_shards_recovered", "gauge", "Shards that have finished recovery.");
+    o.sample("strom_shards_recovered", &[], process.shards_recovered);
+
+    let mut apis: BTreeMap<String, ApiStats> = BTreeMap::new();
+    for s in snaps {
+        for (key, st) in &s.requests {
+            let e = apis.entry(api_name(*key)).or_default();
+            e.requests += st.requests;
+            e.errors += st.errors;
+            e.latency.merge(&st.latency);
+        }
+    }
+    o.family("strom_requests_total", "counter", "Kafka requests handled, by API.");
+    for (api, st) in &apis {
+        o.sample("strom_requests_total", &[("api", api)], st.requests);
+    }
+    o.family(
+        "strom_request_errors_total",
+        "counter",
+        "Kafka requests whose response carried an error code or that closed the connection, by API.",
+    );
+    for (api, st) in &apis {
+        o.sample("strom_request_errors_total", &[("api", api)], st.errors);
+    }
+    o.family("strom_request_latency_seconds", "histogram", "Time from a decoded request to its encoded response, by API.");
+    for (api, st) in &apis {
+        o.histogram("strom_request_latency_seconds", &[("api", api)], &st.latency);
+    }
+
+    let mut topics: BTreeMap<Arc<str>, TopicBytes> = BTreeMap::new();
+    for s in snaps {
+        for (t, b) in &s.topic_bytes {
+            let e = topics.entry(t.clone()).or_default();
+            e.bytes_in += b.bytes_in;
+            e.bytes_out += b.bytes_out;
+        }
+    }
+    o.family("strom_topic_bytes_in_total", "counter", "Record-batch bytes appended by Produce requests, by topic.");
+    for (t, b) in &topics {
+        o.sample("strom_topic_bytes_in_total", &[("topic", t)], b.bytes_in);
+    }
+    o.family("strom_topic_bytes_out_total", "counter", "Record-batch bytes returned by Fetch requests, by topic.");
+    for (t, b) in &topics {
+        o.sample("strom_topic_bytes_out_total", &[("topic", t)], b.bytes_out);
+    }
+
+    let mut parts: Vec<&PartitionGauges> = snaps.iter().flat_map(|s| &s.partitions).collect();
+    parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let gauges: [PartitionMetric; 4] = [
+        ("strom_partition_log_end_offset", "Offset the next appended record gets.", |p| p.log_end_offset),
+        ("strom_partition_high_watermark", "Offset below which records are visible to consumers.", |p| p.high_watermark),
+        ("strom_partition_log_start_offset", "First offset still in the log.", |p| p.log_start_offset),
+        ("strom_partition_size_bytes", "Bytes of the partition's segment files.", |p| p.size_bytes as i64),
+    ];
+    for (name, help, value) in gauges {
+        o.family(name, "gauge", help);
+        for p in &parts {
+            let partition = p.partition.to_string();
+            o.sample(name, &[("topic", &p.topic), ("partition", &partition)], value(p));
+        }
+    }
+
+    let mut shards: Vec<&Snapshot> = snaps.iter().collect();
+    shards.sort_by_key(|s| s.shard);
+    let per_shard: [ShardMetric; 5] = [
+        (
+            "strom_shard_task_queue_depth",
+            "gauge",
+            "Work waiting or running on the shard: Kafka requests in flight, operations from other shards being executed, and messages queued to other shards.",
+            |s| s.queue_depth,
+        ),
+        ("strom_shard_cross_shard_messages_total", "counter", "Messages this shard sent to other shards (requests and replies).", |s| {
+            s.cross_shard_messages
+        }),
+        ("strom_shard_cross_shard_channel_full_total", "counter", "Times a message to another shard found the channel full and waited.", |s| {
+            s.cross_shard_channel_full
+        }),
+        ("strom_connections", "gauge", "Client connections open, by shard.", |s| s.connections_open),
+        ("strom_connections_accepted_total", "counter", "Client connections accepted, by shard.", |s| s.connections_accepted),
+    ];
+    for (name, kind, help, value) in per_shard {
+        o.family(name, kind, help);
+        for s in &shards {
+            o.sample(name, &[("shard", &s.shard.to_string())], value(s));
+        }
+    }
+
+    let hw: HashMap<(&str, i32), i64> = parts.iter().map(|p| ((&*p.topic, p.partition), p.high_watermark)).collect();
+    let mut lags: Vec<(&str, &str, i32, i64)> = snaps
+        .iter()
+        .flat_map(|s| &s.committed)
+        .filter_map(|c| hw.get(&(&*c.topic, c.partition)).map(|h| (c.group.as_str(), &*c.topic, c.partition, (h - c.offset).max(0))))
+        .collect();
+    lags.sort();
+    o.family(
+        "strom_group_lag",
+        "gauge",
+        "High watermark minus the committed offset, per group and partition (groups with committed offsets).",
+    );
+    for (g, t, p, lag) in lags {
+        o.sample("strom_group_lag", &[("group", g), ("topic", t), ("partition", &p.to_string())], lag);
+    }
+
+    let mut fsync = LatencyHistogram::default();
+    for s in snaps {
+        fsync.merge(&s.fsync);
+    }
+    o.family("strom_fsync_latency_seconds", "histogram", "Latency of fdatasync and directory fsync calls of the logs.");
+    o.histogram("strom_fsync_latency_seconds", &[], &fsync);
+    o.0
+}
+
+/// The `/v1/status` document: every topic of the metadata, with the gauges of the partitions
+/// whose shard answered (null otherwise, e.g. while it is still recovering).
+pub fn status_json(process: &ProcessInfo, meta: &ClusterMeta, snaps: &[Snapshot]) -> serde_json::Value {
+    use serde_json::json;
+    let by_partition: HashMap<(&str, i32), &PartitionGauges> =
+        snaps.iter().flat_map(|s| &s.partitions).map(|p| ((&*p.topic, p.partition), p)).collect();
+    let topics: Vec<serde_json::Value> = meta
+        .topics
+        .values()
+        .map(|t| {
+            let partitions: Vec<serde_json::Value> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, pm)| match by_partition.get(&(&*t.name, i as i32)) {
+                    Some(p) => json!({
+                        "partition": i,
+                        "shard": pm.shard,
+                        "log_start_offset": p.log_start_offset,
+                        "high_watermark": p.high_watermark,
+                        "log_end_offset": p.log_end_offset,
+                        "size_bytes": p.size_bytes,
+                    }),
+                    None => json!({
+                        "partition": i,
+                        "shard": pm.shard,
+                        "log_start_offset": null,
+                        "high_watermark": null,
+                        "log_end_offset": null,
+                        "size_bytes": null,
+                    }),
+                })
+                .collect();
+            json!({ "name": &*t.name, "partitions": partitions })
+        })
+        .collect();
+    json!({
+        "version": process.version,
+        "node_id": process.node_id,
+        "shards": process.shards,
+        "ready": process.ready(),
+        "topics": topics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CommittedOffset;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn merges_shards_and_renders_families() {
+        let process = ProcessInfo { version: "0.1.0", node_id: 0, shards: 2, shards_recovered: 2, uptime_seconds: 1.0 };
+        let topic: Arc<str> = Arc::from("t");
+        let mut produce = ApiStats::default();
+        produce.requests = 2;
+        produce.latency.observe(std::time::Duration::from_millis(1));
+        let gauges = PartitionGauges { topic: topic.clone(), partition: 0, log_start_offset: 0, high_watermark: 10, log_end_offset: 10, size_bytes: 100 };
+        let a = Snapshot { shard: 0, requests: vec![(0, produce.clone())], ..Default::default() };
+        let b = Snapshot {
+            shard: 1,
+            requests: vec![(0, produce)],
+            topic_bytes: vec![(topic.clone(), TopicBytes { bytes_in: 5, bytes_out: 7 })],
+            partitions: vec![gauges],
+            committed: vec![CommittedOffset { group: "g\"1".into(), topic, partition: 0, offset: 4 }],
+            ..Default::default()
+        };
+        let text = render(&process, &[a, b]);
+        assert!(text.contains("strom_requests_total{api=\"Produce\"} 4\n"), "{text}");
+        assert!(text.contains("strom_request_latency_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 2\n"), "{text}");
+        assert!(text.contains("strom_topic_bytes_in_total{topic=\"t\"} 5\n"));
+        assert!(text.contains("strom_partition_log_end_offset{topic=\"t\",partition=\"0\"} 10\n"));
+        assert!(text.contains("strom_group_lag{group=\"g\\\"1\",topic=\"t\",partition=\"0\"} 6\n"), "{text}");
+        assert!(text.contains("strom_connections{shard=\"1\"} 0\n"));
+        assert!(text.contains("strom_fsync_latency_seconds_count 0\n"));
+    }
+}
