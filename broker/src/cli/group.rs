@@ -132,6 +132,9 @@ struct GroupMember {
     assigned: Vec<(String, i32)>,
 }
 
+/// A partition's committed offset and the member it is assigned to, when any.
+type PartitionRow<'a> = (Option<i64>, Option<&'a GroupMember>);
+
 struct Described {
     state: String,
     protocol: String,
@@ -199,7 +202,7 @@ fn describe(c: &mut Client, format: Format, groups: &[String]) -> Result<(), Str
         let d = describe_one(c, coordinator, group)?;
         let offsets = committed(c, coordinator, group)?;
         // Partitions to show: committed ones and assigned ones.
-        let mut rows: BTreeMap<(String, i32), (Option<i64>, Option<&GroupMember>)> = BTreeMap::new();
+        let mut rows: BTreeMap<(String, i32), PartitionRow> = BTreeMap::new();
         for (t, parts) in &offsets {
             for (p, o) in parts {
                 rows.insert((t.clone(), *p), (Some(*o), None));

@@ -253,8 +253,7 @@ mod tests {
     fn merges_shards_and_renders_families() {
         let process = ProcessInfo { version: "0.1.0", node_id: 0, shards: 2, shards_recovered: 2, uptime_seconds: 1.0 };
         let topic: Arc<str> = Arc::from("t");
-        let mut produce = ApiStats::default();
-        produce.requests = 2;
+        let mut produce = ApiStats { requests: 2, ..Default::default() };
         produce.latency.observe(std::time::Duration::from_millis(1));
         let gauges = PartitionGauges { topic: topic.clone(), partition: 0, log_start_offset: 0, high_watermark: 10, log_end_offset: 10, size_bytes: 100 };
         let a = Snapshot { shard: 0, requests: vec![(0, produce.clone())], ..Default::default() };
