@@ -139,22 +139,15 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         .map(|(k, s)| (k as i16, s.clone()))
         .collect();
     let topic_bytes = m.topics.borrow().iter().map(|(t, b)| (t.clone(), *b)).collect();
-    let mut partitions: Vec<PartitionGauges> = shard
-        .logs
-        .all()
+    let mut partitions: Vec<PartitionGauges> = crate::shard::ops::user_partition_logs(shard)
         .into_iter()
-        .filter_map(|((topic, p), log)| {
-            // User topics only: not the offsets log, not a topic being created or deleted.
-            let (name, _) = meta.topics.get_key_value(topic.as_str())?;
-            meta.owner(name, p)?;
-            Some(PartitionGauges {
-                topic: name.clone(),
-                partition: p,
-                log_start_offset: log.log_start_offset().0,
-                high_watermark: log.high_watermark().0,
-                log_end_offset: log.log_end_offset().0,
-                size_bytes: log.size_bytes(),
-            })
+        .map(|(topic, partition, log)| PartitionGauges {
+            topic,
+            partition,
+            log_start_offset: log.log_start_offset().0,
+            high_watermark: log.high_watermark().0,
+            log_end_offset: log.log_end_offset().0,
+            size_bytes: log.size_bytes(),
         })
         .collect();
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

@@ -358,23 +358,28 @@ async fn delete_records(shard: &Rc<Shard>, topic: &str, partition: i32, offset: 
     }
 }
 
+/// The user-topic partitions this shard has open. Only partitions of topics in the metadata:
+/// internal logs and the logs of a topic being created or deleted are left out.
+pub(crate) fn user_partition_logs(shard: &Shard) -> Vec<(Arc<str>, i32, Rc<strom_storage::PartitionLog>)> {
+    let meta = shard.meta();
+    shard
+        .logs
+        .all()
+        .into_iter()
+        .filter_map(|((topic, p), log)| {
+            let (name, _) = meta.topics.get_key_value(topic.as_str())?;
+            meta.owner(name, p)?;
+            Some((name.clone(), p, log))
+        })
+        .collect()
+}
+
 /// Sizes of the user-topic partitions this shard has open, or of those listed in `filter`
 /// (partitions that are not open here are left out).
 fn log_dir_sizes(shard: &Rc<Shard>, filter: Option<Vec<(Arc<str>, Vec<i32>)>>) -> Vec<(Arc<str>, i32, u64)> {
     let meta = shard.meta();
     match filter {
-        None => shard
-            .logs
-            .all()
-            .into_iter()
-            .filter_map(|((topic, p), log)| {
-                // Only partitions of topics in the metadata: internal logs and the logs of a
-                // topic being created or deleted are not reported.
-                let (name, _) = meta.topics.get_key_value(topic.as_str())?;
-                meta.owner(name, p)?;
-                Some((name.clone(), p, log.size_bytes()))
-            })
-            .collect(),
+        None => user_partition_logs(shard).into_iter().map(|(name, p, log)| (name, p, log.size_bytes())).collect(),
         Some(topics) => topics
             .into_iter()
             .flat_map(|(topic, partitions)| partitions.into_iter().map(move |p| (topic.clone(), p)))
