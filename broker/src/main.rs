@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod group;
 mod kafka;
+mod limits;
 mod metadata;
 mod metrics;
 mod shard;
