@@ -107,7 +107,8 @@ install_node_env() {
 
 cargo_test() {
     local rc=0 counts
-    cargo test --release --workspace 2>&1 | tee "$LOGDIR/cargo-test.log" || rc=$?
+    # Overflow checks on (see [profile.release-checked] in Cargo.toml).
+    STROM_EXPECT_OVERFLOW_CHECKS=1 cargo test --profile release-checked --workspace 2>&1 | tee "$LOGDIR/cargo-test.log" || rc=$?
     counts=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } } END { printf "%d %d", p, f }' "$LOGDIR/cargo-test.log")
     local p=${counts% *} f=${counts#* }
     TOTAL_PASSED=$((TOTAL_PASSED + p))
@@ -170,7 +171,7 @@ if [[ -z "${SKIP_INSTALL:-}" ]]; then
 fi
 if [[ -z "${SKIP_CARGO:-}" ]]; then
     run_step "cargo build --release --workspace" cargo build --release --workspace
-    run_step "cargo test --release --workspace" cargo_test
+    run_step "cargo test --profile release-checked --workspace (overflow checks on)" cargo_test
     run_step "cargo clippy (warnings are errors)" cargo clippy --release --workspace --all-targets -- -D warnings
     # Criterion's test mode runs every microbenchmark once: they build and work, nothing is timed.
     run_step "cargo bench -p strom-perf -- --test (microbenchmarks, smoke)" cargo bench -p strom-perf -- --test

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use strom_storage::CleanerStep;
 
+use crate::metadata::controller::ControllerStep;
+
 use crate::topic_config::TopicDefaults;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +58,33 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("min.insync.replicas", "1"),
     ("cluster.id", "strom-cluster"),
     ("queued.max.requests", "32"),
+    // Request bytes read and not yet handled, for the whole broker (each shard gets an equal
+    // share); a connection whose next request does not fit stops reading until it does. Kafka's
+    // default is unlimited; Strom always bounds it.
+    ("queued.max.request.bytes", "536870912"),
+    // Client connections in all and from one address; more are closed at accept. Kafka's
+    // defaults are unlimited; Strom always bounds them.
+    ("max.connections", "10000"),
+    ("max.connections.per.ip", "1000"),
+    // A connection with no request in flight and no byte received for this long is closed.
+    ("connections.max.idle.ms", "600000"),
     ("connections.max.send.wait.ms", "30000"),
     ("group.initial.rebalance.delay.ms", "3000"),
     ("group.min.session.timeout.ms", "6000"),
     ("group.max.session.timeout.ms", "1800000"),
-    ("group.max.size", "2147483647"),
+    // Kafka's default is unlimited. 1000 members is far past real consumer groups (members beyond
+    // the partition count sit idle, and a classic rebalance of that many stalls them all), as
+    // Kafka's own cap on share groups (1000); with the per-member bounds in `limits.rs` it keeps
+    // one group's protocols and assignments to about 2 GiB.
+    ("group.max.size", "1000"),
     ("offset.metadata.max.bytes", "4096"),
     ("offsets.retention.minutes", "10080"),
     ("offsets.topic.num.partitions", "50"),
     ("offsets.topic.segment.bytes", "104857600"),
     ("producer.id.expiration.ms", "86400000"),
+    // Idempotent producers each partition keeps state for; a new one beyond it evicts the one
+    // with the oldest last write (not a Kafka setting; Redpanda's `max_concurrent_producer_ids`).
+    ("producer.id.max.per.partition", "10000"),
     ("transactional.id.expiration.ms", "604800000"),
     // The admin HTTP listener (health, readiness, status, Prometheus metrics) on shard 0.
     // An empty `admin.listeners` or `admin.enable=false` turns it off.
@@ -83,6 +102,11 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     // Test only: each shard waits this long before it opens its logs at startup, so that
     // readiness can be observed as false. 0 = off.
     ("test.fault.recovery.delay.ms", "0"),
+    // Test only: the controller aborts the process after this step of a topic deletion
+    // (deleting-recorded, snapshot-saved). Empty = off.
+    ("test.fault.controller.abort.at", ""),
+    // Test only: the last shard panics this long after it finished recovery. 0 = off.
+    ("test.fault.shard.panic.after.ms", "0"),
 ];
 
 /// Settings of the group coordinator (Kafka's names in the comments).
@@ -94,7 +118,8 @@ pub struct GroupSettings {
     /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
     pub session_timeout_ms_min: i32,
     pub session_timeout_ms_max: i32,
-    /// `group.max.size`.
+    /// `group.max.size`: most members (joined or pending) of one group; a JoinGroup beyond it
+    /// gets GROUP_MAX_SIZE_REACHED.
     pub members_max: usize,
     /// `offset.metadata.max.bytes`: longest commit metadata string.
     pub offset_metadata_bytes_max: usize,
@@ -114,6 +139,8 @@ pub struct ProducerSettings {
     /// `producer.id.expiration.ms`: how long the epoch of a producer id that sent no
     /// InitProducerId is remembered (for epoch bumps).
     pub id_expiration_ms: i64,
+    /// `producer.id.max.per.partition`: idempotent producers whose state each partition keeps.
+    pub ids_max_per_partition: usize,
     /// `transactional.id.expiration.ms`: accepted and reported; used once transactions exist.
     #[allow(dead_code)]
     pub transactional_id_expiration_ms: i64,
@@ -130,6 +157,11 @@ pub struct TestFaults {
     pub cleaner_abort_at: Option<CleanerStep>,
     /// `test.fault.recovery.delay.ms`: each shard sleeps this long before opening its logs.
     pub recovery_delay_ms: u64,
+    /// `test.fault.controller.abort.at`: the controller aborts the process after this step of a
+    /// topic deletion.
+    pub controller_abort_at: Option<ControllerStep>,
+    /// `test.fault.shard.panic.after.ms`: the last shard panics this long after recovery.
+    pub shard_panic_after_ms: u64,
 }
 
 /// Format of the log lines on stderr (`log.format`).
@@ -176,6 +208,13 @@ pub struct BrokerConfig {
     pub connection_requests_inflight_max: usize,
     /// How long a response may wait for a slow reader's socket before the connection is closed.
     pub send_wait_ms_max: u64,
+    /// `queued.max.request.bytes`: request bytes in flight, for the whole broker.
+    pub request_budget_bytes: usize,
+    /// `max.connections` / `max.connections.per.ip`.
+    pub connections_max: usize,
+    pub connections_per_ip_max: usize,
+    /// `connections.max.idle.ms`.
+    pub connection_idle_ms: u64,
     pub topic_defaults: TopicDefaults,
     pub groups: GroupSettings,
     pub producers: ProducerSettings,
@@ -209,6 +248,23 @@ where
         value: value.to_string(),
         msg: e.to_string(),
     })
+}
+
+/// A setting that must be a positive number (Kafka's -1 for "unlimited" is refused: Strom
+/// bounds everything a client can make it hold).
+fn positive<T>(raw: &BTreeMap<String, String>, key: &str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + Default + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    let v: T = parse(raw, key).map_err(|e| match e {
+        ConfigError::Invalid { key, value, msg } => ConfigError::Invalid { key, value, msg: format!("{msg} (must be a positive number)") },
+        other => other,
+    })?;
+    if v <= T::default() {
+        return Err(ConfigError::Invalid { key: key.into(), value: v.to_string(), msg: "must be a positive number".into() });
+    }
+    Ok(v)
 }
 
 /// `PLAINTEXT://host:port`, `host:port` or a list of them (the first is used).
@@ -303,6 +359,7 @@ impl BrokerConfig {
         };
         let producers = ProducerSettings {
             id_expiration_ms: parse::<i64>(&raw, "producer.id.expiration.ms")?.max(1),
+            ids_max_per_partition: parse::<usize>(&raw, "producer.id.max.per.partition")?.max(1),
             transactional_id_expiration_ms: parse::<i64>(&raw, "transactional.id.expiration.ms")?.max(1),
         };
         let abort_at = raw["test.fault.cleaner.abort.at"].trim().to_string();
@@ -317,11 +374,27 @@ impl BrokerConfig {
         if let Some(step) = cleaner_abort_at {
             warnings.push(format!("test.fault.cleaner.abort.at={}: the cleaner aborts the process on purpose (test only)", step.name()));
         }
+        let controller_abort_at = match raw["test.fault.controller.abort.at"].trim() {
+            "" => None,
+            name => Some(ControllerStep::parse(name).ok_or_else(|| ConfigError::Invalid {
+                key: "test.fault.controller.abort.at".into(),
+                value: name.into(),
+                msg: "expected deleting-recorded or snapshot-saved".into(),
+            })?),
+        };
+        if let Some(step) = controller_abort_at {
+            warnings.push(format!("test.fault.controller.abort.at={}: topic deletion aborts the process on purpose (test only)", step.name()));
+        }
         let faults = TestFaults {
             produce_drop_response_every: parse(&raw, "test.fault.produce.drop.response.every")?,
             cleaner_abort_at,
             recovery_delay_ms: parse(&raw, "test.fault.recovery.delay.ms")?,
+            controller_abort_at,
+            shard_panic_after_ms: parse(&raw, "test.fault.shard.panic.after.ms")?,
         };
+        if faults.shard_panic_after_ms > 0 {
+            warnings.push(format!("test.fault.shard.panic.after.ms={}: a shard panics on purpose (test only)", faults.shard_panic_after_ms));
+        }
         if faults.recovery_delay_ms > 0 {
             warnings.push(format!("test.fault.recovery.delay.ms={}: startup recovery is delayed on purpose (test only)", faults.recovery_delay_ms));
         }
@@ -358,6 +431,23 @@ impl BrokerConfig {
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(ConfigError::Invalid { key: "log.level".into(), value: level, msg: "not a log filter (e.g. info, debug, strom=debug)".into() });
         }
+        let request_budget_bytes: usize = positive(&raw, "queued.max.request.bytes")?;
+        let shard_share_min = crate::limits::REQUEST_BUDGET_SHARD_BYTES_MIN * cores;
+        if request_budget_bytes < shard_share_min {
+            return Err(ConfigError::Invalid {
+                key: "queued.max.request.bytes".into(),
+                value: request_budget_bytes.to_string(),
+                msg: format!("must be at least {shard_share_min} ({} per shard)", crate::limits::REQUEST_BUDGET_SHARD_BYTES_MIN),
+            });
+        }
+        // Absolute from here on: the working directory is read once, and nothing later (glommio
+        // opens directories relative to no descriptor) sees a relative path.
+        let data_dir_raw = raw["log.dirs"].split(',').next().unwrap_or("").trim().to_string();
+        if data_dir_raw.is_empty() {
+            return Err(ConfigError::Invalid { key: "log.dirs".into(), value: data_dir_raw, msg: "must name a directory".into() });
+        }
+        let data_dir = std::path::absolute(&data_dir_raw)
+            .map_err(|e| ConfigError::Invalid { key: "log.dirs".into(), value: data_dir_raw.clone(), msg: format!("cannot resolve: {e}") })?;
         Ok(BrokerConfig {
             admin_listen,
             log: LogSettings { level, format },
@@ -365,7 +455,7 @@ impl BrokerConfig {
             listen,
             advertised_host: adv_host,
             advertised_port: adv_port as i32,
-            data_dir: PathBuf::from(&raw["log.dirs"].split(',').next().unwrap_or("./strom-data").trim()),
+            data_dir,
             node_id: parse(&raw, "node.id")?,
             cores,
             num_partitions,
@@ -374,6 +464,10 @@ impl BrokerConfig {
             cluster_id: raw["cluster.id"].clone(),
             connection_requests_inflight_max: parse::<usize>(&raw, "queued.max.requests")?.clamp(1, 1024),
             send_wait_ms_max: parse(&raw, "connections.max.send.wait.ms")?,
+            request_budget_bytes,
+            connections_max: positive(&raw, "max.connections")?,
+            connections_per_ip_max: positive(&raw, "max.connections.per.ip")?,
+            connection_idle_ms: positive::<u64>(&raw, "connections.max.idle.ms")?,
             topic_defaults,
             groups,
             producers,
@@ -433,7 +527,9 @@ mod tests {
     fn defaults_serve_single_node_on_loopback() {
         let c = load(None, &[], &[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
-        assert_eq!(c.data_dir, PathBuf::from("./strom-data"));
+        // The relative default is resolved against the working directory once, at load.
+        assert!(c.data_dir.is_absolute(), "{}", c.data_dir.display());
+        assert_eq!(c.data_dir, std::env::current_dir().unwrap().join("strom-data"));
         assert!(c.auto_create_topics);
         assert_eq!(c.num_partitions, 1);
         assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("127.0.0.1", 9092));
@@ -467,6 +563,17 @@ mod tests {
         assert_eq!(c.producers.id_expiration_ms, 5000);
         assert_eq!(c.faults.produce_drop_response_every, 3);
         assert!(load(None, &[], &["test.fault.produce.drop.response.every=-1"]).is_err());
+    }
+
+    #[test]
+    fn producer_ids_per_partition_cap() {
+        // The broker default and the storage default are one number.
+        let default = load(None, &[], &[]).unwrap().producers.ids_max_per_partition;
+        assert_eq!(default, strom_storage::limits::PRODUCER_IDS_MAX_DEFAULT);
+        let c = load(None, &[("STROM_PRODUCER_ID_MAX_PER_PARTITION", "3")], &[]).unwrap();
+        assert_eq!(c.producers.ids_max_per_partition, 3);
+        assert_eq!(load(None, &[], &["producer.id.max.per.partition=0"]).unwrap().producers.ids_max_per_partition, 1);
+        assert!(load(None, &[], &["producer.id.max.per.partition=-1"]).is_err());
     }
 
     #[test]
@@ -518,6 +625,19 @@ mod tests {
         assert!(load(None, &[], &["log.format=xml"]).is_err());
         assert!(load(None, &[], &["admin.listeners=nonsense"]).is_err());
         assert!(load(None, &[], &["no.such.key=1"]).unwrap().warnings.iter().any(|w| w.contains("no.such.key")));
+    }
+
+    #[test]
+    fn connection_and_request_limits() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!((c.connections_max, c.connections_per_ip_max), (10_000, 1_000));
+        assert_eq!((c.connection_idle_ms, c.request_budget_bytes), (600_000, 512 << 20));
+        let c = load(None, &[], &["max.connections=3", "max.connections.per.ip=2", "connections.max.idle.ms=500", "queued.max.request.bytes=1048576"]).unwrap();
+        assert_eq!((c.connections_max, c.connections_per_ip_max, c.connection_idle_ms, c.request_budget_bytes), (3, 2, 500, 1 << 20));
+        for bad in ["max.connections=0", "max.connections.per.ip=-1", "connections.max.idle.ms=0", "queued.max.request.bytes=-1", "queued.max.request.bytes=1000"] {
+            let e = load(None, &[], &[bad]).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+        }
     }
 
     #[test]

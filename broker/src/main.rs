@@ -8,6 +8,7 @@ static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAl
 mod admin;
 mod cli;
 mod config;
+mod data_dir;
 mod group;
 mod kafka;
 mod limits;
@@ -131,13 +132,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     init_logging(&config.log);
+    install_panic_hook();
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     let mut config = config;
 
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
-    let _lock = lock_data_dir(&config.data_dir)?;
+    data_dir::create_dir_durable(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+    let _lock = data_dir::lock(&config.data_dir)?;
     // The offsets log keeps the partition count it was created with.
     config.groups.offsets_partitions = group::store::load_partition_count(&config.data_dir, config.groups.offsets_partitions)
         .map_err(|e| format!("reading the consumer-group log layout: {e}"))?;
@@ -146,7 +148,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let producer_id_block_end = metadata::producer_ids::load(&config.data_dir).map_err(|e| e.to_string())?;
     let table = ShardTable::new(config.cores);
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
-    remove_orphan_partitions(&config.data_dir, &meta);
+    let deleting = metadata::store::load_deleting(&config.data_dir).map_err(|e| e.to_string())?;
+    data_dir::check_partition_dirs(&config.data_dir, &meta, &deleting)?;
     probe_port(&config)?;
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(Arc::new(admin::bind(addr)?)),
@@ -170,6 +173,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         admin_listener,
         recovered_shards: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         started: std::time::Instant::now(),
+        connections: strom_net::ConnectionLimiter::new(config.connections_max, config.connections_per_ip_max),
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",
@@ -216,6 +220,30 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A panic anywhere in the broker ends the whole process. Every shard owns partitions and
+/// consumer groups no other shard can serve, so a broker that lost one shard would answer some
+/// requests and hang or fail others while reporting itself ready; better to stop at once (the
+/// log says which shard and why) and let the supervisor restart it, with recovery on the way.
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed thread");
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let location = info.location().map_or_else(String::new, |l| format!(" at {l}"));
+        let shard = shard::current_shard().map_or_else(String::new, |s| format!("shard {s} ({name})"));
+        let who = if shard.is_empty() { name.to_string() } else { shard };
+        tracing::error!("{who} panicked{location}: {message}; aborting the process");
+        default_hook(info);
+        std::process::abort();
+    }));
+}
+
 /// Installs the log subscriber: `RUST_LOG` if set, else `log.level`; text or JSON lines on stderr.
 fn init_logging(log: &config::LogSettings) {
     use tracing_subscriber::EnvFilter;
@@ -228,23 +256,6 @@ fn init_logging(log: &config::LogSettings) {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().init(),
     }
-}
-
-/// One broker per data directory: an exclusive `flock` held for the process's life.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join(".lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
-    // SAFETY: flock on an fd we own, no memory effects.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!("{} is in use by another strom process", dir.display()));
-    }
-    Ok(f)
 }
 
 /// Shards bind with SO_REUSEPORT, which would silently share a port with another broker; this
@@ -265,26 +276,6 @@ fn probe_port(config: &BrokerConfig) -> Result<(), String> {
                 waited += RETRY_MS;
             }
             Err(e) => return Err(format!("cannot listen on {}: {e}", config.listen)),
-        }
-    }
-}
-
-/// Partition directories of topics that no longer exist (a crash between persisting a topic
-/// deletion and removing its logs) are removed at startup.
-fn remove_orphan_partitions(data_dir: &std::path::Path, meta: &ClusterMeta) {
-    let Ok(entries) = std::fs::read_dir(data_dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !entry.path().is_dir() || name == metadata::store::META_DIR {
-            continue;
-        }
-        let Some((topic, p)) = name.rsplit_once('-') else { continue };
-        let Ok(p) = p.parse::<i32>() else { continue };
-        if meta.owner(topic, p).is_none() {
-            tracing::warn!("removing {}: its topic or partition no longer exists", entry.path().display());
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                tracing::error!("removing {}: {e}", entry.path().display());
-            }
         }
     }
 }

@@ -1,8 +1,15 @@
 //! Length-prefixed frames: a big-endian i32 size, then that many bytes.
 //!
 //! The size is checked against the caller's limit before any buffer for the frame is reserved,
-//! so a hostile prefix (say 2 GiB) costs nothing. Several pipelined frames that arrive in one
-//! read are handed out one by one without further reads.
+//! and the buffer then grows only as the frame's bytes arrive (each read asks for at most as
+//! much again as the frame has delivered so far, at least `READ_CHUNK_BYTES`), so a hostile
+//! prefix costs nothing until the bytes it announces are actually sent. Reading is split in two
+//! steps, [`FrameReader::next_len`] and [`FrameReader::next_frame`], so that the caller can
+//! charge a memory budget between them (and stop reading while it waits). Several pipelined
+//! frames that arrive in one read are handed out one by one without further reads.
+
+use std::cell::Cell;
+use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
@@ -13,19 +20,24 @@ use crate::NetError;
 /// Reads frames from one connection.
 pub struct FrameReader<R> {
     inner: R,
+    /// `buf[..filled]` holds bytes read and not yet handed out; anything past `filled` is scratch
+    /// space of a read that may have been cancelled, and is discarded by the next read.
     buf: BytesMut,
+    filled: usize,
     frame_bytes_max: usize,
+    /// Bytes read from the connection since it opened (see [`FrameReader::progress`]).
+    progress: Rc<Cell<u64>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `frame_bytes_max` is Kafka's `socket.request.max.bytes`.
     pub fn new(inner: R, frame_bytes_max: usize) -> Self {
-        FrameReader { inner, buf: BytesMut::new(), frame_bytes_max }
+        FrameReader { inner, buf: BytesMut::new(), filled: 0, frame_bytes_max, progress: Rc::default() }
     }
 
     /// Checks the length prefix at the head of the buffer, if there is one.
     fn frame_len(&self) -> Result<Option<usize>, NetError> {
-        if self.buf.len() < 4 {
+        if self.filled < 4 {
             return Ok(None);
         }
         let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
@@ -38,42 +50,64 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(len as usize))
     }
 
-    /// The next frame without its size prefix, or `None` on a clean end of stream between frames.
-    pub async fn next_frame(&mut self) -> Result<Option<BytesMut>, NetError> {
+    /// One read of at most `want` bytes (at least one); `Ok(false)` on end of stream.
+    async fn fill(&mut self, want: usize) -> Result<bool, NetError> {
+        self.buf.truncate(self.filled);
+        let start = self.filled;
+        self.buf.resize(start + want, 0);
+        let n = self.inner.read(&mut self.buf[start..]).await.map_err(|e| NetError::io("reading request", e))?;
+        self.filled = start + n;
+        self.buf.truncate(self.filled);
+        self.progress.set(self.progress.get() + n as u64);
+        Ok(n > 0)
+    }
+
+    /// Waits for the length prefix of the next frame and returns the frame's length (checked
+    /// against the limit), or `None` on a clean end of stream between frames. Reads no more
+    /// than one chunk; calling it again before [`Self::next_frame`] returns the same length.
+    pub async fn next_len(&mut self) -> Result<Option<usize>, NetError> {
         loop {
-            let want = match self.frame_len()? {
-                Some(len) if self.buf.len() >= 4 + len => {
-                    self.buf.advance(4);
-                    return Ok(Some(self.buf.split_to(len)));
+            if let Some(len) = self.frame_len()? {
+                return Ok(Some(len));
+            }
+            if !self.fill(READ_CHUNK_BYTES).await? {
+                if self.filled == 0 {
+                    return Ok(None);
                 }
-                Some(len) => 4 + len - self.buf.len(),
-                None => 4 - self.buf.len(),
-            };
-            // Read at least what is missing, and up to a chunk more for pipelined frames.
-            let chunk = want.max(READ_CHUNK_BYTES);
-            let start = self.buf.len();
-            self.buf.resize(start + chunk, 0);
-            let n = self
-                .inner
-                .read(&mut self.buf[start..])
-                .await
-                .map_err(|e| NetError::io("reading request", e));
-            match n {
-                Ok(0) => {
-                    self.buf.truncate(start);
-                    if start == 0 {
-                        return Ok(None);
-                    }
-                    let expected = self.frame_len()?.map_or(4, |l| 4 + l);
-                    return Err(NetError::TruncatedFrame { read: start, expected });
-                }
-                Ok(n) => self.buf.truncate(start + n),
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(e);
-                }
+                return Err(NetError::TruncatedFrame { read: self.filled, expected: 4 });
             }
         }
+    }
+
+    /// The next frame without its size prefix, or `None` on a clean end of stream between frames.
+    pub async fn next_frame(&mut self) -> Result<Option<BytesMut>, NetError> {
+        let Some(len) = self.next_len().await? else {
+            return Ok(None);
+        };
+        while self.filled < 4 + len {
+            let missing = 4 + len - self.filled;
+            // Grow with what has arrived: at most doubling the frame's bytes per read, so memory
+            // follows the bytes sent, not the length claimed.
+            let want = missing.min(self.filled.max(READ_CHUNK_BYTES));
+            if !self.fill(want).await? {
+                return Err(NetError::TruncatedFrame { read: self.filled, expected: 4 + len });
+            }
+        }
+        self.buf.truncate(self.filled);
+        self.buf.advance(4);
+        self.filled -= 4 + len;
+        Ok(Some(self.buf.split_to(len)))
+    }
+
+    /// Bytes read from the connection and not yet handed out as frames.
+    pub fn buffered(&self) -> usize {
+        self.filled
+    }
+
+    /// A counter of the bytes read so far, readable while a read is in progress (a timeout
+    /// around [`Self::next_frame`] can tell a stalled peer from a slow one).
+    pub fn progress(&self) -> Rc<Cell<u64>> {
+        self.progress.clone()
     }
 }
 
@@ -144,5 +178,74 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], big);
         assert_eq!(got[1], b"tail");
+    }
+
+    /// A reader that hands out at most `step` bytes per read and counts the largest buffer it
+    /// was asked to fill.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+        largest_ask: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.largest_ask = self.largest_ask.max(buf.len());
+            let n = buf.len().min(self.step).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn buffer_grows_with_the_bytes_that_arrive_not_the_prefix() {
+        // A prefix claiming 100 MiB followed by only 10 bytes, then end of stream.
+        let mut input = (100i32 << 20).to_be_bytes().to_vec();
+        input.extend_from_slice(&[1; 10]);
+        let src = Trickle { data: input, pos: 0, step: usize::MAX, largest_ask: 0 };
+        futures_lite::future::block_on(async {
+            let mut r = FrameReader::new(src, 200 << 20);
+            assert_eq!(r.next_len().await.unwrap(), Some(100 << 20));
+            assert!(matches!(r.next_frame().await, Err(NetError::TruncatedFrame { read: 14, .. })));
+            assert!(r.buf.capacity() <= 2 * READ_CHUNK_BYTES, "buffer of {} bytes for 14 received", r.buf.capacity());
+            assert!(r.inner.largest_ask <= READ_CHUNK_BYTES);
+        });
+    }
+
+    #[test]
+    fn reads_ask_for_at_most_twice_what_arrived() {
+        let big = vec![3u8; 5 << 20];
+        let mut input = (big.len() as i32).to_be_bytes().to_vec();
+        input.extend_from_slice(&big);
+        let src = Trickle { data: input, pos: 0, step: usize::MAX, largest_ask: 0 };
+        futures_lite::future::block_on(async {
+            let mut r = FrameReader::new(src, 8 << 20);
+            let f = r.next_frame().await.unwrap().unwrap();
+            assert_eq!(f.len(), big.len());
+            assert!(f.iter().all(|&b| b == 3));
+            // The last read asks for the rest: half the frame at most.
+            assert!(r.inner.largest_ask <= big.len() / 2 + 4, "asked for {}", r.inner.largest_ask);
+        });
+    }
+
+    #[test]
+    fn next_len_is_stable_and_frames_follow() {
+        let input = frames(&[b"abc", b"defg"]);
+        let src = Trickle { data: input, pos: 0, step: 1, largest_ask: 0 };
+        futures_lite::future::block_on(async {
+            let mut r = FrameReader::new(src, 100);
+            assert_eq!(r.next_len().await.unwrap(), Some(3));
+            assert_eq!(r.next_len().await.unwrap(), Some(3));
+            assert_eq!(&r.next_frame().await.unwrap().unwrap()[..], b"abc");
+            assert_eq!(r.next_len().await.unwrap(), Some(4));
+            assert_eq!(&r.next_frame().await.unwrap().unwrap()[..], b"defg");
+            assert_eq!(r.next_len().await.unwrap(), None);
+        });
     }
 }

@@ -5,10 +5,14 @@
 //!   file ranges go out with `sendfile(2)`, so their bytes never pass through user space.
 //! - [`side_ring`]: a small per-thread io_uring used only to wait for socket writability,
 //!   because glommio 0.9 has no public readiness API.
+//! - [`budget`]: a shard's budget of request bytes in flight, charged before a body is read.
+//! - [`conn_limit`]: connection counts in all and per client address.
 //! - [`alloc`]: a global allocator that maps huge allocations lazily, so a request that claims
 //!   billions of array elements cannot abort the process.
 
 pub mod alloc;
+pub mod budget;
+pub mod conn_limit;
 mod error;
 pub mod frame;
 pub mod limits;
@@ -18,6 +22,8 @@ mod side_ring;
 mod sys;
 
 pub use error::NetError;
+pub use budget::{BudgetPermit, ByteBudget};
+pub use conn_limit::{ConnectionLimiter, ConnectionSlot, Refused};
 pub use frame::FrameReader;
 pub use sender::{OutChunk, ResponseSender};
 pub use sys::{set_nonblocking, set_nodelay};

@@ -3,7 +3,8 @@
 //!
 //! This file, per-batch CPU work in the storage crate:
 //! - `crc32c/{1024,65536,1048576}`: CRC-32C over that many bytes;
-//! - `validate_batch/records_x_bytes/*`: the produce-path batch check (header and CRC);
+//! - `validate_batch/records_x_bytes/*`: the produce-path batch check (`validate_client_batch`:
+//!   header, CRC and the client-only rules);
 //! - `batch_header/view_info`, `assign_offset_and_epoch`, `set_log_append_time/64x1KiB`: the
 //!   header view and the stamping `PartitionLog::append` does on each batch;
 //! - `segment_index/lookup_{offset,position,time}/{1000,100000}`: index lookups by offset,
@@ -43,14 +44,15 @@ fn crc(c: &mut Criterion) {
     g.finish();
 }
 
-/// `validate_batch` (header sanity and CRC-32C) on batches of several shapes.
+/// `validate_client_batch` (header sanity, CRC-32C, the client-only rules) on batches of several
+/// shapes.
 fn validate(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate_batch");
     for (records, value) in [(1usize, 100usize), (64, 1024), (16, 64 * 1024)] {
         let b = batch(records, value);
         g.throughput(Throughput::Bytes(b.len() as u64));
         g.bench_with_input(BenchmarkId::new("records_x_bytes", format!("{records}x{value}")), &b, |bench, b| {
-            bench.iter(|| strom_storage::validate_batch(b).is_ok())
+            bench.iter(|| strom_storage::validate_client_batch(b).is_ok())
         });
     }
     g.finish();

@@ -216,6 +216,30 @@ pub enum BatchError {
     /// The records inside the batch do not parse or decompress.
     #[error("records unreadable: {0}")]
     RecordsUnreadable(String),
+    /// recordsCount is not lastOffsetDelta + 1 in a batch a client sent (Kafka's LogValidator
+    /// refuses it: the batch would claim offsets it holds no records for).
+    #[error("Inconsistent batch offset range (lastOffsetDelta {last_offset_delta}) and count of records {records_count}")]
+    CountMismatch {
+        /// recordsCount from the header.
+        records_count: i32,
+        /// lastOffsetDelta from the header.
+        last_offset_delta: i32,
+    },
+    /// The records section of an uncompressed batch is too short to hold recordsCount records.
+    #[error("Incorrect declared batch size: {records_bytes} bytes of records cannot hold {records_count} records")]
+    RecordsTooShort {
+        /// recordsCount from the header.
+        records_count: i32,
+        /// Bytes after the header.
+        records_bytes: usize,
+    },
+    /// A client sent a control batch (transaction markers are written by the broker only).
+    #[error("Clients are not allowed to write control records")]
+    ControlFromClient,
+    /// A transactional batch: Strom has no transaction coordinator, so no transaction is ever
+    /// ongoing.
+    #[error("Record was not part of an ongoing transaction")]
+    NoOngoingTransaction,
 }
 
 /// CRC-32C of a whole batch's CRC-covered bytes (21..end).
@@ -271,9 +295,10 @@ pub(crate) fn parse_single(bytes: &[u8]) -> Result<BatchHeaderInfo, BatchError> 
     Ok(header)
 }
 
-/// Validates bytes a producer sent for one partition: exactly one batch, magic 2, batchLength
-/// equal to the slice length, recordsCount >= 1, lastOffsetDelta >= 0, and a matching CRC-32C.
-/// Returns the decoded header.
+/// Validates the bytes of one whole batch, whoever wrote it: exactly one batch, magic 2,
+/// batchLength equal to the slice length, recordsCount >= 1, lastOffsetDelta >= 0, and a
+/// matching CRC-32C. Returns the decoded header. Batches from producers go through
+/// `validate_client_batch`, which adds the checks that only hold for them.
 pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeaderInfo, BatchError> {
     let header = parse_single(bytes)?;
     if header.records_count < 1 {
@@ -285,6 +310,50 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeaderInfo, BatchError> {
             expected: header.crc,
             actual,
         });
+    }
+    Ok(header)
+}
+
+/// Smallest encoding of one record: length, attributes, timestampDelta, offsetDelta, keyLength,
+/// valueLength and headerCount, each at least one byte.
+const RECORD_BYTES_MIN: usize = 7;
+
+/// Validates a batch a producer sent: everything `validate_batch` checks, then what Kafka's
+/// `LogValidator` checks only for client appends, in its order.
+///
+/// Not for stored batches: compaction leaves fewer records than the offset range, and the
+/// broker writes control batches itself.
+///
+/// What is checked about the records themselves: here only that an uncompressed records
+/// section is long enough for recordsCount records (constant time, no record is decoded).
+/// Appends to compacted logs decode every record anyway (`cleaner::check_keys`), which also
+/// requires exactly recordsCount records and no bytes left over, compressed or not. Not
+/// checked: the records of compressed batches on other logs (that would mean decompressing
+/// every batch) and each record's own offsetDelta.
+pub fn validate_client_batch(bytes: &[u8]) -> Result<BatchHeaderInfo, BatchError> {
+    let header = validate_batch(bytes)?;
+    if i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1 {
+        return Err(BatchError::CountMismatch {
+            records_count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    if header.is_control() {
+        return Err(BatchError::ControlFromClient);
+    }
+    let records_bytes = bytes.len() - BATCH_HEADER_BYTES;
+    let needed = usize::try_from(header.records_count).unwrap_or(usize::MAX).saturating_mul(RECORD_BYTES_MIN);
+    if header.compression_codec() == 0 && records_bytes < needed {
+        return Err(BatchError::RecordsTooShort {
+            records_count: header.records_count,
+            records_bytes,
+        });
+    }
+    // Kafka (UnifiedLog.analyzeAndValidateProducerState) answers InvalidTxnStateException to a
+    // transactional batch of a producer without an ongoing, verified transaction; here there
+    // never is one.
+    if header.is_transactional() {
+        return Err(BatchError::NoOngoingTransaction);
     }
     Ok(header)
 }
@@ -418,6 +487,70 @@ mod tests {
             validate_batch(&batch),
             Err(BatchError::BadLastOffsetDelta(-1))
         );
+    }
+
+    /// Rewrites header fields of `batch` through `edit` and reseals its CRC.
+    fn edited(mut batch: Vec<u8>, edit: impl FnOnce(&mut BatchHeader)) -> Vec<u8> {
+        edit(BatchHeader::view_mut(&mut batch).unwrap());
+        let crc = batch_crc(&batch);
+        batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn client_batch_count_must_match_offset_range() {
+        assert!(validate_client_batch(&sample()).is_ok());
+        // One record claiming a million offsets.
+        let claims = edited(sample(), |h| {
+            h.records_count.set(1);
+            h.last_offset_delta.set(1_000_000);
+        });
+        assert_eq!(
+            validate_client_batch(&claims),
+            Err(BatchError::CountMismatch { records_count: 1, last_offset_delta: 1_000_000 })
+        );
+        // Stored batches may have fewer records than offsets (compaction): still valid there.
+        assert!(validate_batch(&claims).is_ok());
+        let fewer = edited(sample(), |h| h.records_count.set(3));
+        assert!(matches!(validate_client_batch(&fewer), Err(BatchError::CountMismatch { .. })));
+    }
+
+    #[test]
+    fn client_batch_records_must_fit_the_bytes() {
+        // Consistent header, but 2 records' bytes cannot hold a million records.
+        let claims = edited(sample(), |h| {
+            h.records_count.set(1_000_000);
+            h.last_offset_delta.set(999_999);
+        });
+        assert!(matches!(
+            validate_client_batch(&claims),
+            Err(BatchError::RecordsTooShort { records_count: 1_000_000, .. })
+        ));
+        // Compressed records are not decompressed here, so the bound does not apply.
+        let compressed = edited(claims, |h| h.attributes.set(4));
+        assert!(validate_client_batch(&compressed).is_ok());
+        // Seven bytes per record is the smallest encoding: the check never refuses a real batch.
+        let smallest = build_batch(0, &[(None, None); 3]);
+        assert_eq!(smallest.len() - BATCH_HEADER_BYTES, 3 * RECORD_BYTES_MIN);
+        assert!(validate_client_batch(&smallest).is_ok());
+    }
+
+    #[test]
+    fn client_control_and_transactional_batches_are_refused() {
+        let control = edited(sample(), |h| h.attributes.set(ATTR_CONTROL));
+        assert_eq!(validate_client_batch(&control), Err(BatchError::ControlFromClient));
+        assert!(validate_batch(&control).is_ok());
+        let txn = edited(sample(), |h| h.attributes.set(ATTR_TRANSACTIONAL));
+        assert_eq!(validate_client_batch(&txn), Err(BatchError::NoOngoingTransaction));
+        assert!(validate_batch(&txn).is_ok());
+        // A transaction marker is a control batch first, as in Kafka's order of checks.
+        let marker = edited(sample(), |h| h.attributes.set(ATTR_CONTROL | ATTR_TRANSACTIONAL));
+        assert_eq!(validate_client_batch(&marker), Err(BatchError::ControlFromClient));
+        // The structural checks still come first.
+        let mut bad_crc = txn.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        assert!(matches!(validate_client_batch(&bad_crc), Err(BatchError::CrcMismatch { .. })));
     }
 
     #[test]

@@ -179,7 +179,16 @@ pub(crate) async fn fdatasync(file: &BufferedFile, path: &Path) -> Result<(), St
 }
 
 /// fsyncs a directory so that creations, renames and removals in it are durable.
-pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    // glommio 0.9 opens directories with `openat(-1, ..)`, which fails with EBADF for a relative
+    // path; a relative path is resolved against the working directory first.
+    let absolute;
+    let dir = if dir.is_relative() {
+        absolute = std::path::absolute(dir).map_err(|e| std_io_err("open dir", dir, e))?;
+        absolute.as_path()
+    } else {
+        dir
+    };
     let handle = Directory::open(dir)
         .await
         .map_err(|e| io_err("open dir", dir, e))?;
@@ -237,3 +246,19 @@ pub(crate) async fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<
 
 /// Suffix of files being replaced by `write_atomic`; leftovers are deleted on open.
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_dir_accepts_a_relative_path() {
+        // A directory under the working directory, named relative to it: what a default
+        // `log.dirs = ./strom-data` gives.
+        let cwd = std::env::current_dir().unwrap();
+        let dir = tempfile::tempdir_in(&cwd).unwrap();
+        let relative = Path::new(".").join(dir.path().strip_prefix(&cwd).unwrap());
+        assert!(relative.is_relative());
+        crate::testing::run_local(move || async move { sync_dir(&relative).await }).unwrap();
+    }
+}

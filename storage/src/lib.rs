@@ -34,9 +34,10 @@ mod test_support;
 pub mod testing;
 mod types;
 
-pub use batch::{validate_batch, BatchError, BatchHeader, BatchHeaderInfo, BATCH_HEADER_BYTES};
+pub use batch::{validate_batch, validate_client_batch, BatchError, BatchHeader, BatchHeaderInfo, BATCH_HEADER_BYTES};
 pub use config::{CleanupPolicy, LogConfig, TimestampType};
 pub use error::StorageError;
+pub use file_io::sync_dir;
 pub use log_manager::LogManager;
 pub use codec::CodecError;
 pub use partition_log::{

@@ -95,3 +95,29 @@ pub const CLEANER_WRITE_CHUNK_BYTES: usize = INLINE_WRITE_BYTES_MAX;
 pub const CLEANER_BATCH_DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
 
 const _: () = assert!(CLEANER_WRITE_CHUNK_BYTES <= INLINE_WRITE_BYTES_MAX);
+
+/// Default of `producer.id.max.per.partition`: idempotent producers whose state one partition
+/// keeps before the one with the oldest last append is evicted. Each costs about 250 bytes of
+/// memory (its map slot at ~100, five remembered batches at 120, its place in the age order at
+/// ~30) and at most 139 bytes in a producer-state snapshot, so the cap bounds a partition at
+/// about 2.5 MB and its snapshots at about 1.4 MB. Without a cap, clients that take a new
+/// producer id per connection or per request grow that state until `producer.id.expiration.ms`
+/// (a day) passes, the way Kafka brokers ran out of memory (KIP-936). Ten thousand live
+/// producers on one partition is far more than real workloads have.
+pub const PRODUCER_IDS_MAX_DEFAULT: usize = 10_000;
+
+
+#[cfg(test)]
+mod tests {
+    /// scripts/test-all.sh runs the Rust tests with `--profile release-checked` and sets
+    /// `STROM_EXPECT_OVERFLOW_CHECKS=1`: then an overflow must panic, not wrap.
+    #[test]
+    fn overflow_checks_are_on_where_expected() {
+        if std::env::var_os("STROM_EXPECT_OVERFLOW_CHECKS").is_none() {
+            return;
+        }
+        let max = std::hint::black_box(u32::MAX);
+        let wrapped = std::panic::catch_unwind(|| max + std::hint::black_box(1));
+        assert!(wrapped.is_err(), "u32::MAX + 1 did not panic: the tests run without overflow checks");
+    }
+}

@@ -10,7 +10,7 @@ use event_listener::Event;
 use crate::config::LogConfig;
 use crate::error::StorageError;
 use crate::file_io::std_io_err;
-use crate::limits::TOPIC_NAME_BYTES_MAX;
+use crate::limits::{PRODUCER_IDS_MAX_DEFAULT, TOPIC_NAME_BYTES_MAX};
 use crate::partition_log::PartitionLog;
 
 type Key = (String, i32);
@@ -22,6 +22,8 @@ pub struct LogManager {
     /// Opens in progress; a second caller for the same partition waits instead of opening the
     /// directory twice.
     opening: RefCell<HashMap<Key, Rc<Event>>>,
+    /// Idempotent producers each log keeps state for (`producer.id.max.per.partition`).
+    producer_ids_max: usize,
 }
 
 /// Whether `topic` is a legal Kafka topic name (which also makes it a safe directory name).
@@ -42,7 +44,15 @@ impl LogManager {
             data_dir,
             logs: RefCell::new(HashMap::new()),
             opening: RefCell::new(HashMap::new()),
+            producer_ids_max: PRODUCER_IDS_MAX_DEFAULT,
         }
+    }
+
+    /// The logs this manager opens keep the state of at most `max` idempotent producers each
+    /// (at least 1); beyond it the one with the oldest last append is evicted.
+    pub fn with_producer_ids_max(mut self, max: usize) -> Self {
+        self.producer_ids_max = max.max(1);
+        self
     }
 
     /// The data directory.
@@ -91,7 +101,7 @@ impl LogManager {
         self.opening
             .borrow_mut()
             .insert(key.clone(), Rc::clone(&event));
-        let opened = PartitionLog::open(dir, config, now_ms).await;
+        let opened = PartitionLog::open_with_producer_ids_max(dir, config, self.producer_ids_max, now_ms).await;
         self.opening.borrow_mut().remove(&key);
         event.notify(usize::MAX);
         let log = opened?;

@@ -26,7 +26,8 @@ use crate::producer_state::{
 use crate::segment_reader::RangeRead;
 use crate::group_commit::GroupCommit;
 use crate::limits::{
-    BATCH_BYTES_MAX, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES, RELATIVE_OFFSET_MAX,
+    BATCH_BYTES_MAX, PRODUCER_IDS_MAX_DEFAULT, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES,
+    RELATIVE_OFFSET_MAX,
 };
 use crate::recovery::open_log;
 use crate::segment::Segment;
@@ -141,6 +142,16 @@ impl PartitionLog {
         config: LogConfig,
         now_ms: i64,
     ) -> Result<Rc<PartitionLog>, StorageError> {
+        Self::open_with_producer_ids_max(dir, config, PRODUCER_IDS_MAX_DEFAULT, now_ms).await
+    }
+
+    /// `open`, keeping the state of at most `producer_ids_max` idempotent producers.
+    pub(crate) async fn open_with_producer_ids_max(
+        dir: PathBuf,
+        config: LogConfig,
+        producer_ids_max: usize,
+        now_ms: i64,
+    ) -> Result<Rc<PartitionLog>, StorageError> {
         let opened = open_log(&dir, &config, now_ms).await?;
         let segments = opened.segments;
         let active = segments
@@ -158,7 +169,7 @@ impl PartitionLog {
                 }
             }
         }
-        let producers = load_producer_state(&dir, &segments, opened.log_start, log_end, now_ms).await?;
+        let producers = load_producer_state(&dir, &segments, opened.log_start, log_end, producer_ids_max, now_ms).await?;
         let log = PartitionLog {
             dir,
             config: RefCell::new(config),
@@ -327,7 +338,9 @@ impl PartitionLog {
         });
         if let Some((id, epoch, first_seq, last_seq)) = producer {
             let stored = BatchMeta { first_seq, last_seq, first_offset: base_offset, last_offset };
-            self.producers.borrow_mut().record(id, epoch, stored, now_ms);
+            if let Some(evicted) = self.producers.borrow_mut().record(id, epoch, stored, now_ms) {
+                tracing::debug!(dir = %self.dir.display(), evicted, producer = id, "producer state full: evicted the oldest producer");
+            }
         }
         if advance_high_watermark {
             self.advance_high_watermark(last_offset + 1);

@@ -28,16 +28,18 @@ pub(super) fn list_snapshots(dir: &Path) -> Vec<i64> {
 const PRODUCER_SCAN_CHUNK_BYTES: usize = 1 << 20;
 
 /// Rebuilds the idempotent producers' state of a freshly opened (recovered) log: the newest
-/// intact snapshot at or below the log end offset, then the batch headers after it. Snapshots
-/// above the log end offset (the log was cut back by recovery) are deleted.
+/// intact snapshot at or below the log end offset, then the batch headers after it, keeping at
+/// most `producer_ids_max` producers. Snapshots above the log end offset (the log was cut back
+/// by recovery) are deleted.
 pub(super) async fn load_producer_state(
     dir: &Path,
     segments: &SegmentSet,
     log_start: i64,
     log_end: i64,
+    producer_ids_max: usize,
     now_ms: i64,
 ) -> Result<ProducerState, StorageError> {
-    let mut state = ProducerState::default();
+    let mut state = ProducerState::with_max(producer_ids_max);
     let mut from = log_start;
     for offset in list_snapshots(dir).into_iter().rev() {
         let path = dir.join(snapshot_name(offset));
@@ -49,6 +51,11 @@ pub(super) async fn load_producer_state(
         match std::fs::read(&path).ok().and_then(|b| ProducerState::decode_snapshot(&b)) {
             Some((at, loaded)) if at == offset => {
                 state = loaded;
+                // Written under a larger cap: the oldest producers go.
+                let evicted = state.set_max(producer_ids_max);
+                if evicted > 0 {
+                    tracing::info!(path = %path.display(), evicted, "producer-state snapshot holds more producers than the cap");
+                }
                 from = offset;
                 break;
             }

@@ -12,14 +12,20 @@
 //! - Otherwise the first sequence must follow the last one stored
 //!   ([`ProducerError::OutOfOrder`]). A producer the partition does not know may start anywhere
 //!   (its state may have expired).
+//! - At most `max` producers are kept (`producer.id.max.per.partition`): a new producer beyond
+//!   it evicts the one with the oldest last append, as Redpanda's `max_concurrent_producer_ids`
+//!   does. An evicted producer is then unknown, so a retry of its batch is appended again.
 //!
 //! Snapshot file `<20-digit offset>.snapshot`: the state after every batch below that offset.
 //! Layout (big-endian): magic `u32` "STPS", version `u8` = 1, offset `i64`, producer count
 //! `u32`, then per producer: id `i64`, epoch `i16`, last append time ms `i64`, batch count
 //! `u8`, and per batch: first sequence `i32`, last sequence `i32`, first offset `i64`, last
-//! offset `i64`; finally the CRC-32C of everything before it (`u32`).
+//! offset `i64`; finally the CRC-32C of everything before it (`u32`). A snapshot holds at most
+//! the cap of producers (139 bytes each at most), so its size is bounded by the cap as well.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::limits::PRODUCER_IDS_MAX_DEFAULT;
 
 /// Batches remembered per producer (Kafka's limit on in-flight requests with idempotence).
 pub const BATCHES_RETAINED: usize = 5;
@@ -111,13 +117,59 @@ fn follows(last: i32, next: i32) -> bool {
     }
 }
 
-/// All producers of one partition.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// All producers of one partition, at most `max` of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerState {
     producers: HashMap<i64, ProducerEntry>,
+    /// (last append ms, producer id) of every entry: the oldest is first, so eviction and
+    /// expiry find it in O(log n) instead of scanning. Equal times fall back to the lower id,
+    /// which the controller handed out earlier.
+    by_age: BTreeSet<(i64, i64)>,
+    max: usize,
+}
+
+impl Default for ProducerState {
+    fn default() -> Self {
+        ProducerState::with_max(PRODUCER_IDS_MAX_DEFAULT)
+    }
 }
 
 impl ProducerState {
+    /// An empty state that keeps at most `max` producers (at least 1).
+    pub fn with_max(max: usize) -> Self {
+        ProducerState { producers: HashMap::new(), by_age: BTreeSet::new(), max: max.max(1) }
+    }
+
+    /// The most producers kept.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Changes the cap, evicting the oldest producers beyond it; returns how many went.
+    pub fn set_max(&mut self, max: usize) -> usize {
+        self.max = max.max(1);
+        let mut evicted = 0;
+        while self.producers.len() > self.max {
+            self.evict_oldest();
+            evicted += 1;
+        }
+        evicted
+    }
+
+    fn evict_oldest(&mut self) -> Option<i64> {
+        let (_, id) = self.by_age.pop_first()?;
+        self.producers.remove(&id);
+        Some(id)
+    }
+
+    /// Inserts an entry known not to be present, evicting the oldest one at the cap.
+    fn insert_new(&mut self, producer_id: i64, entry: ProducerEntry) -> Option<i64> {
+        let evicted = if self.producers.len() >= self.max { self.evict_oldest() } else { None };
+        self.by_age.insert((entry.last_append_ms, producer_id));
+        self.producers.insert(producer_id, entry);
+        evicted
+    }
+
     /// Number of producers tracked.
     pub fn len(&self) -> usize {
         self.producers.len()
@@ -159,35 +211,56 @@ impl ProducerState {
     }
 
     /// Records a stored batch (after a successful append, or while rebuilding from the log).
-    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchMeta, now_ms: i64) {
-        let entry = self
-            .producers
-            .entry(producer_id)
-            .or_insert_with(|| ProducerEntry { epoch, batches: VecDeque::new(), last_append_ms: now_ms });
+    /// A producer not known yet evicts the oldest one when the state is full; returns its id.
+    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchMeta, now_ms: i64) -> Option<i64> {
+        let Some(entry) = self.producers.get_mut(&producer_id) else {
+            // Sized for the batches kept, so it never reallocates.
+            let mut batches = VecDeque::with_capacity(BATCHES_RETAINED);
+            batches.push_back(batch);
+            return self.insert_new(producer_id, ProducerEntry { epoch, batches, last_append_ms: now_ms });
+        };
         if epoch != entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
         }
-        entry.batches.push_back(batch);
-        while entry.batches.len() > BATCHES_RETAINED {
+        while entry.batches.len() >= BATCHES_RETAINED {
             entry.batches.pop_front();
         }
-        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        entry.batches.push_back(batch);
+        let before = entry.last_append_ms;
+        entry.last_append_ms = before.max(now_ms);
+        // Several appends of one producer within a millisecond leave its place unchanged.
+        if entry.last_append_ms != before {
+            self.by_age.remove(&(before, producer_id));
+            self.by_age.insert((entry.last_append_ms, producer_id));
+        }
+        None
     }
 
     /// Forgets producers whose last append is older than `max_age_ms`; returns how many.
     pub fn expire(&mut self, now_ms: i64, max_age_ms: i64) -> usize {
-        let before = self.producers.len();
-        self.producers.retain(|_, e| now_ms.saturating_sub(e.last_append_ms) < max_age_ms);
-        before - self.producers.len()
+        let mut expired = 0;
+        while let Some(&(last_append_ms, _)) = self.by_age.first() {
+            if now_ms.saturating_sub(last_append_ms) < max_age_ms {
+                break;
+            }
+            self.evict_oldest();
+            expired += 1;
+        }
+        expired
     }
 
     /// Drops every batch at or above `offset` (the log was cut back there), and producers left
     /// without batches.
     pub fn truncate_to(&mut self, offset: i64) {
-        self.producers.retain(|_, e| {
+        let by_age = &mut self.by_age;
+        self.producers.retain(|id, e| {
             e.batches.retain(|b| b.last_offset < offset);
-            !e.batches.is_empty()
+            let keep = !e.batches.is_empty();
+            if !keep {
+                by_age.remove(&(e.last_append_ms, *id));
+            }
+            keep
         });
     }
 
@@ -219,6 +292,8 @@ impl ProducerState {
     }
 
     /// Decodes a snapshot: (its offset, the state). None if it is damaged or of another format.
+    /// The state has the default cap and may hold more producers than that (a snapshot written
+    /// under a larger cap); `set_max` trims it.
     pub fn decode_snapshot(bytes: &[u8]) -> Option<(i64, ProducerState)> {
         let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
         if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
@@ -240,7 +315,10 @@ impl ProducerState {
             for _ in 0..n {
                 batches.push_back(BatchMeta { first_seq: r.i32()?, last_seq: r.i32()?, first_offset: r.i64()?, last_offset: r.i64()? });
             }
-            state.producers.insert(id, ProducerEntry { epoch, batches, last_append_ms });
+            if state.producers.insert(id, ProducerEntry { epoch, batches, last_append_ms }).is_some() {
+                return None;
+            }
+            state.by_age.insert((last_append_ms, id));
         }
         if !r.0.is_empty() {
             return None;

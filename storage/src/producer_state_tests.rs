@@ -1,11 +1,13 @@
-//! Idempotent appends through `PartitionLog`: duplicates, sequence and epoch errors, and the
-//! producer state after a clean reopen (snapshot), an unclean one (rescan), and a cut tail.
+//! Idempotent appends through `PartitionLog`: duplicates, sequence and epoch errors, the
+//! producer state after a clean reopen (snapshot), an unclean one (rescan), and a cut tail, and
+//! the cap on producers per partition.
 
 use std::path::Path;
 
 use crate::error::StorageError;
+use crate::log_manager::LogManager;
 use crate::partition_log::PartitionLog;
-use crate::producer_state::ProducerError;
+use crate::producer_state::{BatchMeta, ProducerError, ProducerState, SequenceVerdict};
 use crate::test_support::{config, run, segment_logs};
 use crate::testing::{build_batch_with, BatchOptions};
 use crate::types::{LeaderEpoch, Offset};
@@ -112,5 +114,106 @@ fn a_cut_tail_takes_its_producer_batches_with_it() {
         assert_eq!(append(&log, &pbatch(3, 0, 2, 2)).await.unwrap(), (2, false));
         assert_eq!(append(&log, &pbatch(3, 0, 0, 2)).await.unwrap(), (0, true));
         log.close().await.unwrap();
+    });
+}
+
+fn meta(seq: i32, offset: i64) -> BatchMeta {
+    BatchMeta { first_seq: seq, last_seq: seq, first_offset: offset, last_offset: offset }
+}
+
+#[test]
+fn a_full_state_evicts_the_producer_written_longest_ago() {
+    let mut s = ProducerState::with_max(3);
+    assert_eq!(s.record(1, 0, meta(0, 0), 100), None);
+    assert_eq!(s.record(2, 0, meta(0, 1), 200), None);
+    assert_eq!(s.record(3, 0, meta(0, 2), 300), None);
+    // Producer 1 writes again: now producer 2 is the one written longest ago.
+    assert_eq!(s.record(1, 0, meta(1, 3), 400), None);
+    assert_eq!(s.record(4, 0, meta(0, 4), 500), Some(2));
+    assert_eq!(s.len(), 3);
+    assert!(s.get(2).is_none());
+    // The evicted producer is unknown: its retry is appended again, at any sequence.
+    assert_eq!(s.check(2, 0, 0, 0), Ok(SequenceVerdict::Append));
+    assert_eq!(s.check(2, 0, 7, 7), Ok(SequenceVerdict::Append));
+    // The others are still recognised.
+    assert_eq!(s.check(1, 0, 1, 1), Ok(SequenceVerdict::Duplicate(meta(1, 3))));
+    assert_eq!(s.check(3, 0, 0, 0), Ok(SequenceVerdict::Duplicate(meta(0, 2))));
+    // Equal times: the lower (earlier issued) id goes first.
+    let mut t = ProducerState::with_max(2);
+    t.record(9, 0, meta(0, 0), 10);
+    t.record(5, 0, meta(0, 1), 10);
+    assert_eq!(t.record(7, 0, meta(0, 2), 10), Some(5));
+}
+
+#[test]
+fn the_age_order_follows_expiry_truncation_and_snapshots() {
+    let mut s = ProducerState::with_max(3);
+    s.record(1, 0, meta(0, 0), 100);
+    s.record(2, 0, meta(0, 1), 200);
+    s.record(3, 0, meta(0, 5), 300);
+    // Expiry removes the oldest only, and what it removed is no longer evicted later.
+    assert_eq!(s.expire(1_150, 1_000), 1);
+    assert!(s.get(1).is_none());
+    // A cut tail drops producer 3; the next two new producers fill the free slots first.
+    s.truncate_to(5);
+    assert!(s.get(3).is_none());
+    assert_eq!(s.record(4, 0, meta(0, 5), 400), None);
+    assert_eq!(s.record(5, 0, meta(0, 6), 500), None);
+    assert_eq!(s.record(6, 0, meta(0, 7), 600), Some(2));
+
+    // A snapshot holds at most the cap; loaded under a smaller cap, the oldest go.
+    let bytes = s.encode_snapshot(8);
+    let (_, mut loaded) = ProducerState::decode_snapshot(&bytes).expect("decodes");
+    assert_eq!(loaded.len(), 3);
+    assert_eq!(loaded.set_max(2), 1);
+    assert!(loaded.get(4).is_none() && loaded.get(5).is_some() && loaded.get(6).is_some());
+    assert_eq!(loaded.record(7, 0, meta(0, 8), 700), Some(5));
+    assert_eq!(ProducerState::with_max(0).max(), 1, "a cap of 0 still keeps one producer");
+}
+
+async fn append_at(log: &PartitionLog, b: &[u8], now_ms: i64) -> (i64, bool) {
+    let info = log.append(b, LeaderEpoch(0), now_ms).await.expect("append");
+    (info.base_offset.0, info.duplicate)
+}
+
+#[test]
+fn the_cap_holds_through_appends_and_reopens() {
+    run(|dir| async move {
+        let open = |max| PartitionLog::open_with_producer_ids_max(dir.clone(), config(1 << 20, 4096), max, 0);
+        let log = open(3).await.expect("open");
+        for (pid, now) in [(1, 10), (2, 20), (3, 30), (4, 40)] {
+            assert_eq!(append_at(&log, &pbatch(pid, 0, 0, 1), now).await, (pid - 1, false));
+        }
+        assert_eq!(log.producer_count(), 3);
+        // Producer 1 was evicted by producer 4: its retry is stored again (and evicts producer
+        // 2, now the oldest). Producer 3's retry is still recognised.
+        assert_eq!(append_at(&log, &pbatch(1, 0, 0, 1), 50).await, (4, false));
+        assert_eq!(append_at(&log, &pbatch(3, 0, 0, 1), 60).await, (2, true));
+        assert_eq!(append_at(&log, &pbatch(2, 0, 0, 1), 60).await, (5, false), "producer 2 was evicted");
+        log.close().await.expect("close");
+
+        // The clean-close snapshot holds producers 3 (30), 1 (50), 2 (60); reopened with a cap
+        // of 2, producer 3 goes.
+        let log = open(2).await.expect("reopen");
+        assert_eq!(log.producer_count(), 2);
+        assert_eq!(append_at(&log, &pbatch(1, 0, 0, 1), 70).await, (4, true));
+        assert_eq!(append_at(&log, &pbatch(2, 0, 0, 1), 70).await, (5, true));
+        assert_eq!(append_at(&log, &pbatch(3, 0, 0, 1), 70).await, (6, false));
+        drop(log);
+
+        // Unclean, no snapshot: the rescan keeps the cap too, and the log manager passes it on.
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".snapshot") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let data_dir = dir.parent().unwrap().to_path_buf();
+        let manager = LogManager::new(data_dir).with_producer_ids_max(1);
+        let log = manager.open_or_create("topic", 0, config(1 << 20, 4096), 0).await.expect("rescan");
+        assert_eq!(log.producer_count(), 1);
+        // The last batch in the log was producer 3's: that one is kept.
+        assert_eq!(append_at(&log, &pbatch(3, 0, 0, 1), 80).await, (6, true));
+        assert_eq!(append_at(&log, &pbatch(2, 0, 0, 1), 80).await, (7, false));
+        log.close().await.expect("close");
     });
 }

@@ -16,7 +16,8 @@ use futures::channel::oneshot;
 use kafka_protocol::ResponseError as E;
 
 use super::state::{mono_ms, Committed, Group, GroupState, JoinResult, Member, SyncResult};
-use super::store::{LogRecord, OffsetsStore};
+use super::input;
+use super::store::{self, LogRecord, OffsetsStore, StoreError};
 use crate::config::GroupSettings;
 use crate::metadata::ClusterMeta;
 use crate::now_ms;
@@ -274,11 +275,6 @@ impl GroupCoordinator {
         .detach();
     }
 
-    fn new_member_id(prefix: &str) -> String {
-        let id = uuid::Uuid::from_bytes(rand::random());
-        format!("{prefix}-{}", id.hyphenated())
-    }
-
     // ---------------------------------------------------------------------------------------
     // JoinGroup
 
@@ -288,10 +284,8 @@ impl GroupCoordinator {
     }
 
     fn join_step(self: &Rc<Self>, p: JoinParams) -> Reply<JoinResult> {
+        // The group id, member id, instance id and protocol sizes are checked on entry (`input`).
         let s = &self.settings;
-        if p.group_id.is_empty() {
-            return Reply::Now(JoinResult::error(E::InvalidGroupId, &p.member_id));
-        }
         if p.session_timeout_ms < s.session_timeout_ms_min || p.session_timeout_ms > s.session_timeout_ms_max {
             return Reply::Now(JoinResult::error(E::InvalidSessionTimeout, &p.member_id));
         }
@@ -333,7 +327,7 @@ impl GroupCoordinator {
             return Reply::Now(JoinResult::error(E::GroupMaxSizeReached, ""));
         }
         let prefix = p.instance_id.clone().unwrap_or_else(|| p.client_id.clone());
-        let new_id = Self::new_member_id(&prefix);
+        let new_id = input::new_member_id(&prefix);
         if p.instance_id.is_none() && p.version >= 4 {
             // KIP-394: the member must come back with the id, so a client that never does
             // (it timed out) leaves no ghost member behind.
@@ -371,7 +365,7 @@ impl GroupCoordinator {
     }
 
     fn rejoin_static_member(&self, group: &mut Group, old_id: &str, p: JoinParams, now: i64, wall: i64) -> Reply<JoinResult> {
-        let new_id = Self::new_member_id(p.instance_id.as_deref().unwrap_or("static"));
+        let new_id = input::new_member_id(p.instance_id.as_deref().unwrap_or("static"));
         tracing::info!(group = %group.id, instance = ?p.instance_id, old = %old_id, new = %new_id, "static member rejoined; fencing its old member id");
         group.replace_static_member(old_id, &new_id);
         let protocol = group.protocol.clone();
@@ -451,17 +445,14 @@ impl GroupCoordinator {
     pub async fn sync(self: &Rc<Self>, p: SyncParams) -> SyncResult {
         let (reply, store) = self.sync_step(p);
         if let Some((group_id, generation, rx)) = store {
-            let stored = rx.await.unwrap_or_else(|_| Err("writer stopped".into()));
+            let stored = store::outcome(rx).await;
             self.finish_sync(&group_id, generation, stored);
         }
         reply.get(|| SyncResult::error(E::RebalanceInProgress)).await
     }
 
     #[allow(clippy::type_complexity)]
-    fn sync_step(self: &Rc<Self>, p: SyncParams) -> (Reply<SyncResult>, Option<(String, i32, oneshot::Receiver<Result<(), String>>)>) {
-        if p.group_id.is_empty() {
-            return (Reply::Now(SyncResult::error(E::InvalidGroupId)), None);
-        }
+    fn sync_step(self: &Rc<Self>, p: SyncParams) -> (Reply<SyncResult>, Option<(String, i32, oneshot::Receiver<Result<(), StoreError>>)>) {
         let now = mono_ms();
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(&p.group_id) else {
@@ -520,7 +511,7 @@ impl GroupCoordinator {
 
     /// After the leader's assignment is stored: hand every member its part (or, if storing
     /// failed, make them rejoin).
-    fn finish_sync(&self, group_id: &str, generation: i32, stored: Result<(), String>) {
+    fn finish_sync(&self, group_id: &str, generation: i32, stored: Result<(), StoreError>) {
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else { return };
         if !group.is(GroupState::CompletingRebalance) || group.generation != generation {
@@ -542,7 +533,7 @@ impl GroupCoordinator {
                 for m in group.members.values_mut() {
                     m.assignment = Bytes::new();
                     if let Some(w) = m.sync_waiter.take() {
-                        let _ = w.send(SyncResult::error(E::CoordinatorNotAvailable));
+                        let _ = w.send(SyncResult { error: e.code(), ..Default::default() });
                     }
                 }
                 group.prepare_rebalance(mono_ms(), self.settings.initial_rebalance_delay_ms);
@@ -557,9 +548,6 @@ impl GroupCoordinator {
     // Heartbeat, LeaveGroup
 
     pub fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
-        if group_id.is_empty() {
-            return E::InvalidGroupId.code();
-        }
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
             return E::UnknownMemberId.code();
@@ -591,9 +579,6 @@ impl GroupCoordinator {
 
     /// Removes the listed members ((member id, instance id) pairs); one error code per member.
     pub fn leave(self: &Rc<Self>, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
-        if group_id.is_empty() {
-            return vec![E::InvalidGroupId.code(); members.len()];
-        }
         let (now, wall) = (mono_ms(), now_ms());
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
@@ -702,11 +687,11 @@ impl GroupCoordinator {
         };
         tracing::info!(group = %group_id, "group deleted");
         let rx = self.store.submit(self, records);
-        match rx.await.unwrap_or_else(|_| Err("writer stopped".into())) {
+        match store::outcome(rx).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!(group = %group_id, "deleting group: {e}");
-                E::CoordinatorNotAvailable.code()
+                e.code()
             }
         }
     }

@@ -6,6 +6,7 @@
 //! group is touched by that one thread only.
 
 pub mod coordinator;
+pub mod input;
 pub mod state;
 pub mod store;
 

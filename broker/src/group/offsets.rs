@@ -8,7 +8,8 @@ use kafka_protocol::ResponseError as E;
 
 use super::{CommitParams, FetchedOffset, GroupCoordinator};
 use crate::group::state::{mono_ms, Committed, Group, GroupState};
-use crate::group::store::LogRecord;
+use crate::group::input;
+use crate::group::store::{self, LogRecord};
 use crate::metadata::ClusterMeta;
 use crate::now_ms;
 
@@ -40,11 +41,10 @@ impl GroupCoordinator {
         if records.is_empty() {
             return codes;
         }
-        let rx = self.store.submit(self, records);
-        if let Err(e) = rx.await.unwrap_or_else(|_| Err("writer stopped".into())) {
+        if let Err(e) = store::outcome(self.store.submit(self, records)).await {
             tracing::warn!(group = %p.group_id, "offset commit failed: {e}");
             for c in codes.iter_mut().filter(|c| **c == 0) {
-                *c = E::CoordinatorNotAvailable.code();
+                *c = e.code();
             }
         }
         codes
@@ -73,6 +73,9 @@ impl GroupCoordinator {
         }
         if group.is(GroupState::CompletingRebalance) {
             return Some(E::RebalanceInProgress.code());
+        }
+        if input::member_id_is_unknown(&p.member_id) {
+            return Some(E::UnknownMemberId.code());
         }
         let current = group.generation;
         let Some(member) = group.members.get_mut(&p.member_id) else {
@@ -129,10 +132,8 @@ impl GroupCoordinator {
     pub async fn delete_offsets(self: &Rc<Self>, group_id: &str, partitions: &[(Arc<str>, i32)], meta: &ClusterMeta) -> (i16, Vec<i16>) {
         let mut records = Vec::new();
         let codes = {
+            // The group id is checked on entry (`input`).
             let groups = self.groups.borrow();
-            if group_id.is_empty() {
-                return (E::InvalidGroupId.code(), vec![0; partitions.len()]);
-            }
             let Some(group) = groups.get(group_id).filter(|g| !g.is(GroupState::Dead)) else {
                 return (E::GroupIdNotFound.code(), vec![0; partitions.len()]);
             };
@@ -161,10 +162,9 @@ impl GroupCoordinator {
                 .collect::<Vec<i16>>()
         };
         if !records.is_empty() {
-            let rx = self.store.submit(self, records);
-            if let Err(e) = rx.await.unwrap_or_else(|_| Err("writer stopped".into())) {
+            if let Err(e) = store::outcome(self.store.submit(self, records)).await {
                 tracing::error!(group = %group_id, "deleting offsets failed: {e}");
-                return (E::CoordinatorNotAvailable.code(), codes);
+                return (e.code(), codes);
             }
         }
         (0, codes)

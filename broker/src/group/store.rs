@@ -15,12 +15,16 @@
 //! group  := version:u8 = 0, rkyv archive of GroupRecord
 //! ```
 //!
-//! (`str16`/`str32`: big-endian u16/u32 byte length, then UTF-8 bytes.)
+//! (`str16`/`str32`: big-endian u16/u32 byte length, then UTF-8 bytes.) A record whose string
+//! does not fit its length field is refused, never cut: the write fails with an error and
+//! nothing of it is stored. The APIs refuse such input first (`input.rs`).
 //!
 //! Writes for one partition go through one writer task ([`PartitionWriter`]): requests queue up,
-//! the writer appends everything queued as one batch, flushes it when the broker flushes acks=all
-//! writes (`log.flush.on.ack`), applies the offset changes to memory, and only then answers. So
-//! memory and log change in the same order, and a commit is visible only once it is stored.
+//! the writer appends everything queued as one batch (or a few, should they exceed the log's
+//! batch limit; a write that cannot be encoded fails alone), flushes it when the broker flushes
+//! acks=all writes (`log.flush.on.ack`), applies the offset changes to memory, and only then
+//! answers. So memory and log change in the same order, and a commit is visible only once it is
+//! stored.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -31,8 +35,10 @@ use std::sync::Arc;
 use bytes::Buf;
 use event_listener::Event;
 use futures::channel::oneshot;
+use kafka_protocol::ResponseError as E;
+use strom_storage::limits::BATCH_BYTES_MAX;
 use strom_storage::records::{decode_records, encode_batch};
-use strom_storage::{CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog, BATCH_HEADER_BYTES};
+use strom_storage::{CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog, StorageError, BATCH_HEADER_BYTES};
 
 use super::state::Committed;
 use super::GroupCoordinator;
@@ -51,6 +57,41 @@ const REPLAY_READ_BYTES: u32 = 1 << 20;
 const FORMAT_VERSION: u8 = 0;
 const KIND_OFFSET: u8 = 0;
 const KIND_GROUP: u8 = 1;
+
+/// Most bytes a record adds to a batch besides its key and value: attributes, then varints for
+/// its length, timestamp delta, offset delta, key length, value length and header count.
+const RECORD_OVERHEAD_BYTES_MAX: usize = 1 + 5 + 10 + 5 + 5 + 5 + 5;
+
+/// Why a queued write was not stored.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A record does not fit the log's format (a string longer than its length field, a write
+    /// larger than one batch). Retrying cannot help.
+    #[error("record cannot be stored: {0}")]
+    Encode(String),
+    /// The log could not be opened, appended to or flushed, or the coordinator is closing.
+    #[error("{0}")]
+    Log(String),
+}
+
+impl StoreError {
+    /// The Kafka error code of a write that failed so. A record that cannot be stored is
+    /// UNKNOWN_SERVER_ERROR, as Kafka answers when a record does not fit its offsets topic
+    /// (`CoordinatorOperationExceptionHelper`: MESSAGE_TOO_LARGE -> UNKNOWN_SERVER_ERROR); a
+    /// failing log is COORDINATOR_NOT_AVAILABLE, which clients retry.
+    pub fn code(&self) -> i16 {
+        match self {
+            StoreError::Encode(_) => E::UnknownServerError.code(),
+            StoreError::Log(_) => E::CoordinatorNotAvailable.code(),
+        }
+    }
+}
+
+/// The outcome of a write queued with [`OffsetsStore::submit`] (an error if the writer stopped).
+pub async fn outcome(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    rx.await.unwrap_or_else(|_| Err(StoreError::Log("the offsets log writer stopped".into())))
+}
 
 /// Persisted form of a group's membership, written when a generation is complete and when the
 /// group becomes empty.
@@ -92,43 +133,47 @@ impl LogRecord {
         }
     }
 
-    fn encode_key(&self) -> Vec<u8> {
+    fn encode_key(&self) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(64);
         out.push(FORMAT_VERSION);
         match self {
             LogRecord::Offset { group, topic, partition, .. } => {
                 out.push(KIND_OFFSET);
-                put_str16(&mut out, group);
-                put_str16(&mut out, topic);
+                put_str16(&mut out, group, "group id")?;
+                put_str16(&mut out, topic, "topic name")?;
                 out.extend_from_slice(&partition.to_be_bytes());
             }
             LogRecord::Group { group, .. } => {
                 out.push(KIND_GROUP);
-                put_str16(&mut out, group);
+                put_str16(&mut out, group, "group id")?;
             }
         }
-        out
+        Ok(out)
     }
 
-    fn encode_value(&self) -> Option<Vec<u8>> {
+    fn encode_value(&self) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
-            LogRecord::Offset { value, .. } => value.as_ref().map(|c| {
+            LogRecord::Offset { value: None, .. } | LogRecord::Group { value: None, .. } => Ok(None),
+            LogRecord::Offset { value: Some(c), .. } => {
+                let len = u32::try_from(c.metadata.len())
+                    .map_err(|_| StoreError::Encode(format!("commit metadata of {} bytes does not fit a u32 length", c.metadata.len())))?;
                 let mut out = Vec::with_capacity(32 + c.metadata.len());
                 out.push(FORMAT_VERSION);
                 out.extend_from_slice(&c.offset.to_be_bytes());
                 out.extend_from_slice(&c.leader_epoch.to_be_bytes());
                 out.extend_from_slice(&c.commit_ms.to_be_bytes());
-                out.extend_from_slice(&(c.metadata.len() as u32).to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(c.metadata.as_bytes());
-                out
-            }),
-            LogRecord::Group { value, .. } => value.as_ref().map(|g| {
-                let archive = rkyv::to_bytes::<rkyv::rancor::Error>(g).expect("group record serializes");
+                Ok(Some(out))
+            }
+            LogRecord::Group { value: Some(g), .. } => {
+                // rkyv's relative pointers are 32-bit: an archive too large for them is an error.
+                let archive = rkyv::to_bytes::<rkyv::rancor::Error>(g).map_err(|e| StoreError::Encode(format!("group record: {e}")))?;
                 let mut out = Vec::with_capacity(1 + archive.len());
                 out.push(FORMAT_VERSION);
                 out.extend_from_slice(&archive);
-                out
-            }),
+                Ok(Some(out))
+            }
         }
     }
 
@@ -188,9 +233,12 @@ impl LogRecord {
     }
 }
 
-fn put_str16(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+/// Writes `s` with a u16 length; refuses (rather than cut) a string longer than that holds.
+fn put_str16(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
+    let len = u16::try_from(s.len()).map_err(|_| StoreError::Encode(format!("{what} of {} bytes is longer than {} bytes", s.len(), u16::MAX)))?;
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
 
 fn get_str16(buf: &mut &[u8]) -> Option<String> {
@@ -242,7 +290,7 @@ pub fn load_partition_count(data_dir: &Path, configured: u32) -> std::io::Result
 /// A queued write: records plus where to send the outcome.
 struct Pending {
     records: Vec<LogRecord>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// The single writer of one offsets-log partition.
@@ -261,10 +309,10 @@ impl PartitionWriter {
 
     /// Queues `records` (the queue order is the log order); the receiver gets the outcome once
     /// they are stored and applied.
-    pub fn submit(&self, records: Vec<LogRecord>) -> oneshot::Receiver<Result<(), String>> {
+    pub fn submit(&self, records: Vec<LogRecord>) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         if self.closed.get() {
-            let _ = done.send(Err("the group coordinator is shutting down".into()));
+            let _ = done.send(Err(StoreError::Log("the group coordinator is shutting down".into())));
             return rx;
         }
         self.queue.borrow_mut().push(Pending { records, done });
@@ -272,11 +320,14 @@ impl PartitionWriter {
         rx
     }
 
-    async fn open(&self, config: &LogConfig) -> Result<Rc<PartitionLog>, String> {
+    async fn open(&self, config: &LogConfig) -> Result<Rc<PartitionLog>, StoreError> {
         if let Some(log) = self.log.borrow().clone() {
             return Ok(log);
         }
-        let log = PartitionLog::open(self.dir.clone(), config.clone(), now_ms()).await.map_err(|e| e.to_string())?;
+        let log = PartitionLog::open(self.dir.clone(), config.clone(), now_ms()).await.map_err(|e| {
+            tracing::error!("opening {}: {e}", self.dir.display());
+            StoreError::Log(e.to_string())
+        })?;
         *self.log.borrow_mut() = Some(log.clone());
         Ok(log)
     }
@@ -307,41 +358,108 @@ async fn writer_loop(writer: Rc<PartitionWriter>, coordinator: Weak<GroupCoordin
             }
             continue;
         }
-        let result = store(&writer, &config, flush, &batch).await;
+        let outcomes = store(&writer, &config, flush, &batch).await;
         let Some(coordinator) = coordinator.upgrade() else { return };
-        if result.is_ok() {
-            for p in &batch {
+        for (p, outcome) in batch.iter().zip(&outcomes) {
+            if outcome.is_ok() {
                 coordinator.apply_stored(&p.records);
             }
         }
-        for p in batch {
-            let _ = p.done.send(result.clone());
+        for (p, outcome) in batch.into_iter().zip(outcomes) {
+            let _ = p.done.send(outcome);
         }
     }
 }
 
-async fn store(writer: &PartitionWriter, config: &LogConfig, flush: bool, batch: &[Pending]) -> Result<(), String> {
+/// The encoded (key, value) records of one queued write, and the bytes they add to a batch.
+struct EncodedWrite {
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    batch_bytes: usize,
+}
+
+/// Encodes the records of one queued write; an error if any of them cannot be stored, so a write
+/// is stored whole or not at all.
+fn encode_write(records: &[LogRecord]) -> Result<EncodedWrite, StoreError> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut batch_bytes = 0;
+    for r in records {
+        let (key, value) = (r.encode_key()?, r.encode_value()?);
+        batch_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD_BYTES_MAX;
+        out.push((key, value));
+    }
+    if (BATCH_HEADER_BYTES + batch_bytes) as u64 > BATCH_BYTES_MAX {
+        return Err(StoreError::Encode(format!("{batch_bytes} bytes of records exceed the offsets log's batch limit of {BATCH_BYTES_MAX} bytes")));
+    }
+    Ok(EncodedWrite { records: out, batch_bytes })
+}
+
+/// Stores the queued writes in order, in as few batches as the log's batch limit allows, and
+/// returns the outcome of each. A write that cannot be encoded fails alone; the others are
+/// stored.
+async fn store(writer: &PartitionWriter, config: &LogConfig, flush: bool, batch: &[Pending]) -> Vec<Result<(), StoreError>> {
+    let encoded: Vec<Result<EncodedWrite, StoreError>> = batch.iter().map(|p| encode_write(&p.records)).collect();
+    let mut outcomes: Vec<Result<(), StoreError>> = encoded.iter().map(|e| e.as_ref().map(|_| ()).map_err(Clone::clone)).collect();
+    for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        tracing::error!("{}: refusing a write: {e}", writer.dir.display());
+    }
+    // Consecutive encodable writes, grouped so that each group fits in one batch.
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut chunk_bytes = 0;
+    for (i, e) in encoded.iter().enumerate() {
+        let Ok(e) = e else { continue };
+        if e.records.is_empty() {
+            continue;
+        }
+        match chunks.last_mut() {
+            Some(chunk) if ((BATCH_HEADER_BYTES + chunk_bytes + e.batch_bytes) as u64) <= BATCH_BYTES_MAX => {
+                chunk.push(i);
+                chunk_bytes += e.batch_bytes;
+            }
+            _ => {
+                chunks.push(vec![i]);
+                chunk_bytes = e.batch_bytes;
+            }
+        }
+    }
     let now = now_ms();
-    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-        batch.iter().flat_map(|p| p.records.iter()).map(|r| (r.encode_key(), r.encode_value())).collect();
-    if encoded.is_empty() {
-        return Ok(());
+    let mut appended = Vec::new();
+    for chunk in chunks {
+        let parts: Vec<BatchRecord<'_>> = chunk
+            .iter()
+            .filter_map(|&i| encoded[i].as_ref().ok())
+            .flat_map(|e| e.records.iter())
+            .map(|(k, v)| (Some(k.as_slice()), v.as_deref(), now))
+            .collect();
+        match append(writer, config, &encode_batch(&parts), now).await {
+            Ok(()) => appended.extend(chunk),
+            Err(e) => chunk.iter().for_each(|&i| outcomes[i] = Err(e.clone())),
+        }
     }
-    let parts: Vec<BatchRecord<'_>> =
-        encoded.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref(), now)).collect();
-    let bytes = encode_batch(&parts);
+    if flush && !appended.is_empty() {
+        if let Err(e) = flush_log(writer, config).await {
+            appended.iter().for_each(|&i| outcomes[i] = Err(e.clone()));
+        }
+    }
+    outcomes
+}
+
+async fn append(writer: &PartitionWriter, config: &LogConfig, bytes: &[u8], now: i64) -> Result<(), StoreError> {
     let log = writer.open(config).await?;
-    log.append(&bytes, LeaderEpoch(0), now).await.map_err(|e| {
+    log.append(bytes, LeaderEpoch(0), now).await.map(|_| ()).map_err(|e| {
         tracing::error!("appending to {}: {e}", writer.dir.display());
-        e.to_string()
-    })?;
-    if flush {
-        log.flush().await.map_err(|e| {
-            tracing::error!("flushing {}: {e}", writer.dir.display());
-            e.to_string()
-        })?;
-    }
-    Ok(())
+        match e {
+            StorageError::BatchTooLarge { .. } => StoreError::Encode(e.to_string()),
+            e => StoreError::Log(e.to_string()),
+        }
+    })
+}
+
+async fn flush_log(writer: &PartitionWriter, config: &LogConfig) -> Result<(), StoreError> {
+    let log = writer.open(config).await?;
+    log.flush().await.map_err(|e| {
+        tracing::error!("flushing {}: {e}", writer.dir.display());
+        StoreError::Log(e.to_string())
+    })
 }
 
 /// The partitions of the offsets log that one shard owns.
@@ -435,7 +553,7 @@ impl OffsetsStore {
     }
 
     /// Queues `records`, all of one group, to be stored and then applied.
-    pub fn submit(&self, coordinator: &Rc<GroupCoordinator>, records: Vec<LogRecord>) -> oneshot::Receiver<Result<(), String>> {
+    pub fn submit(&self, coordinator: &Rc<GroupCoordinator>, records: Vec<LogRecord>) -> oneshot::Receiver<Result<(), StoreError>> {
         let Some(first) = records.first() else {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(()));
@@ -445,8 +563,8 @@ impl OffsetsStore {
     }
 
     /// Stores `records`, all of one group, and applies them.
-    pub async fn write(&self, coordinator: &Rc<GroupCoordinator>, records: Vec<LogRecord>) -> Result<(), String> {
-        self.submit(coordinator, records).await.unwrap_or_else(|_| Err("the offsets log writer stopped".into()))
+    pub async fn write(&self, coordinator: &Rc<GroupCoordinator>, records: Vec<LogRecord>) -> Result<(), StoreError> {
+        outcome(self.submit(coordinator, records)).await
     }
 
     pub async fn close(&self) {
@@ -460,6 +578,16 @@ impl OffsetsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::GROUP_ID_BYTES_MAX;
+
+    fn encode(r: &LogRecord) -> (Vec<u8>, Option<Vec<u8>>) {
+        (r.encode_key().unwrap(), r.encode_value().unwrap())
+    }
+
+    fn commit(group: String, offset: i64) -> LogRecord {
+        let value = Some(Committed { offset, leader_epoch: -1, metadata: String::new(), commit_ms: 1 });
+        LogRecord::Offset { group, topic: "t".into(), partition: 0, value }
+    }
 
     #[test]
     fn records_round_trip() {
@@ -469,10 +597,11 @@ mod tests {
             partition: 3,
             value: Some(Committed { offset: 42, leader_epoch: 7, metadata: "héllo".into(), commit_ms: 1 }),
         };
-        let back = LogRecord::decode(&offset.encode_key(), offset.encode_value().as_deref()).unwrap();
+        let (key, value) = encode(&offset);
+        let back = LogRecord::decode(&key, value.as_deref()).unwrap();
         assert!(matches!(back, LogRecord::Offset { ref group, partition: 3, value: Some(ref c), .. } if group == "g" && c.offset == 42 && c.metadata == "héllo" && c.leader_epoch == 7));
         let tomb = LogRecord::Offset { group: "g".into(), topic: "t".into(), partition: 3, value: None };
-        assert!(matches!(LogRecord::decode(&tomb.encode_key(), None), Some(LogRecord::Offset { value: None, .. })));
+        assert!(matches!(LogRecord::decode(&encode(&tomb).0, None), Some(LogRecord::Offset { value: None, .. })));
 
         let record = GroupRecord {
             protocol_type: Some("consumer".into()),
@@ -482,12 +611,68 @@ mod tests {
             members: vec![MemberRecord { member_id: "m1".into(), assignment: vec![1, 2, 3], ..Default::default() }],
         };
         let group = LogRecord::Group { group: "g".into(), value: Some(record.clone()) };
-        match LogRecord::decode(&group.encode_key(), group.encode_value().as_deref()) {
+        let (key, value) = encode(&group);
+        match LogRecord::decode(&key, value.as_deref()) {
             Some(LogRecord::Group { value: Some(v), .. }) => assert_eq!(v, record),
             other => panic!("{other:?}"),
         }
         assert!(LogRecord::decode(&[9, 9], None).is_none());
-        assert!(LogRecord::decode(&offset.encode_key(), Some(&[0, 1, 2])).is_none());
+        assert!(LogRecord::decode(&key, Some(&[0, 1, 2])).is_none());
+    }
+
+    #[test]
+    fn strings_longer_than_their_length_field_are_refused_not_cut() {
+        let too_long = "g".repeat(u16::MAX as usize + 1);
+        for r in [commit(too_long.clone(), 1), LogRecord::Group { group: too_long.clone(), value: None }] {
+            assert!(matches!(r.encode_key(), Err(StoreError::Encode(_))), "{:?}", r.encode_key().map(|k| k.len()));
+        }
+        let long_topic = LogRecord::Offset { group: "g".into(), topic: too_long.as_str().into(), partition: 0, value: None };
+        assert!(matches!(long_topic.encode_key(), Err(StoreError::Encode(_))));
+        assert!(matches!(encode_write(&[commit("g".into(), 1), commit(too_long, 2)]), Err(StoreError::Encode(_))));
+        assert_eq!(StoreError::Encode(String::new()).code(), E::UnknownServerError.code());
+    }
+
+    #[test]
+    fn strings_at_the_limits_round_trip() {
+        for len in [GROUP_ID_BYTES_MAX, u16::MAX as usize] {
+            let group = "é".repeat(len / 2) + &"g".repeat(len % 2);
+            assert_eq!(group.len(), len);
+            let (key, value) = encode(&commit(group.clone(), 7));
+            match LogRecord::decode(&key, value.as_deref()) {
+                Some(LogRecord::Offset { group: g, value: Some(c), .. }) => assert!(g == group && c.offset == 7),
+                other => panic!("{other:?}"),
+            }
+            let (key, _) = encode(&LogRecord::Group { group: group.clone(), value: None });
+            assert!(matches!(LogRecord::decode(&key, None), Some(LogRecord::Group { group: g, value: None }) if g == group));
+        }
+    }
+
+    #[test]
+    fn a_write_that_cannot_be_encoded_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let path = data.join(GROUPS_DIR).join("offsets-0");
+        let (outcomes, stored) = strom_storage::testing::run_local(move || async move {
+            let writer = PartitionWriter::new(path.clone(), None);
+            let config = LogConfig { cleanup: CleanupPolicy { delete: false, compact: true }, ..LogConfig::default() };
+            let pending = |records| Pending { records, done: oneshot::channel().0 };
+            let batch = [
+                pending(vec![commit("a".into(), 1)]),
+                pending(vec![commit("b".into(), 2), commit("b".repeat(u16::MAX as usize + 1), 3)]),
+                pending(vec![commit("c".into(), 4)]),
+            ];
+            let outcomes = store(&writer, &config, true, &batch).await;
+            writer.close().await;
+            let store = OffsetsStore::new(&data, 1, 1 << 20, 0, false);
+            let mut stored = Vec::new();
+            store.replay(&[0], |r| stored.push(r)).await.unwrap();
+            store.close().await;
+            (outcomes, stored)
+        });
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(StoreError::Encode(_))), "{outcomes:?}");
+        let groups: Vec<&str> = stored.iter().map(|r| r.group()).collect();
+        assert_eq!(groups, ["a", "c"]);
     }
 
     #[test]

@@ -2,12 +2,24 @@
 //! and a writer that sends the responses in request order. Up to `queued.max.requests`
 //! requests of one connection are in flight at once.
 //!
+//! Memory: each request is charged to the shard's request budget (`queued.max.request.bytes`)
+//! from its length prefix, before its body is read; while the charge does not fit the reader
+//! stops reading. The charge is released when the request's handler is done. A connection with
+//! nothing in flight and no byte received for `connections.max.idle.ms` is closed, and so is one
+//! whose started request receives no byte for `REQUEST_BODY_STALL_MS_MAX` (or the idle time, if
+//! shorter).
+//!
 //! A malformed request or a frame over `socket.request.max.bytes` closes the connection with a
 //! log line; the requests before it still get their responses.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{select, Either};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
@@ -18,6 +30,7 @@ use strom_net::{FrameReader, OutChunk, ResponseSender};
 
 use super::handlers::{self, Outcome};
 use super::api;
+use crate::limits::REQUEST_BODY_STALL_MS_MAX;
 use crate::shard::Shard;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -30,26 +43,63 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     let (tx, rx) = local_channel::new_bounded::<JoinHandle<Outcome>>(shard.config.connection_requests_inflight_max);
-    let writer = glommio::spawn_local(write_responses(sender, rx, peer.to_string()));
+    // Requests read and not yet answered (or dropped, for acks=0): a connection waiting for a
+    // long poll is busy, not idle.
+    let inflight = Rc::new(Cell::new(0usize));
+    let writer = glommio::spawn_local(write_responses(sender, rx, peer.to_string(), inflight.clone()));
 
+    let idle = Duration::from_millis(shard.config.connection_idle_ms);
+    // A started request may not stall longer than an idle connection may live.
+    let stall = Duration::from_millis(REQUEST_BODY_STALL_MS_MAX.min(shard.config.connection_idle_ms));
     let mut reader = FrameReader::new(stream, shard.config.request_bytes_max);
+    let progress = reader.progress();
     loop {
-        let frame = match reader.next_frame().await {
-            Ok(Some(f)) => f.freeze(),
-            Ok(None) => break,
-            Err(e) => {
+        let busy = || inflight.get() > 0;
+        let len = match quiet_bounded(reader.next_len(), &progress, busy, idle).await {
+            Some(Ok(Some(len))) => len,
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
                 tracing::warn!("{peer}: closing connection: {e}");
                 break;
             }
+            None => {
+                tracing::debug!("{peer}: closing connection idle for {} ms (connections.max.idle.ms)", idle.as_millis());
+                count_idle_close(&shard);
+                break;
+            }
         };
+        // Back-pressure: nothing more is read from this connection until the request fits.
+        let permit = shard.request_budget.acquire(4 + len).await;
+        let frame = match quiet_bounded(reader.next_frame(), &progress, || false, stall).await {
+            Some(Ok(Some(f))) => f.freeze(),
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
+                tracing::warn!("{peer}: closing connection: {e}");
+                break;
+            }
+            None => {
+                tracing::warn!(
+                    "{peer}: closing connection: no byte of a {len}-byte request arrived for {} ms",
+                    stall.as_millis()
+                );
+                count_idle_close(&shard);
+                break;
+            }
+        };
+        inflight.set(inflight.get() + 1);
         let task = match parse(frame) {
             Ok((api, version, header, body)) => {
                 let shard = shard.clone();
                 let peer = peer.clone();
-                glommio::spawn_local(async move { handlers::dispatch(&shard, api, version, header, &peer, body).await })
-                    .detach()
+                glommio::spawn_local(async move {
+                    let outcome = handlers::dispatch(&shard, api, version, header, &peer, body).await;
+                    drop(permit);
+                    outcome
+                })
+                .detach()
             }
             Err(outcome) => {
+                drop(permit);
                 let stop = matches!(outcome, Outcome::Close(_));
                 let t = glommio::spawn_local(async move { outcome }).detach();
                 if tx.send(t).await.is_err() || stop {
@@ -64,6 +114,32 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(tx);
     writer.await;
+}
+
+/// Awaits `fut` unless `quiet` passes with no byte read (`progress` unchanged) and `busy()`
+/// false, checked every `quiet`: so a connection is given up between one and two `quiet`
+/// periods after its last byte. The future is polled once before any timer exists, so a frame
+/// already in the buffer costs no timer.
+async fn quiet_bounded<T>(fut: impl Future<Output = T>, progress: &Cell<u64>, busy: impl Fn() -> bool, quiet: Duration) -> Option<T> {
+    let mut fut = pin!(fut);
+    let mut seen = progress.get();
+    loop {
+        match select(fut.as_mut(), pin!(glommio::timer::sleep(quiet))).await {
+            Either::Left((v, _)) => return Some(v),
+            Either::Right(_) => {
+                let now = progress.get();
+                if now == seen && !busy() {
+                    return None;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+fn count_idle_close(shard: &Shard) {
+    let closed = &shard.stats.connections_idle_closed;
+    closed.set(closed.get() + 1);
 }
 
 /// Splits a frame into API, version, header and body; answers what cannot go to a handler.
@@ -92,9 +168,10 @@ fn parse(mut frame: Bytes) -> Result<(ApiKey, i16, RequestHeader, Bytes), Outcom
     Ok((api, version, header, frame))
 }
 
-async fn write_responses(mut sender: ResponseSender, rx: local_channel::LocalReceiver<JoinHandle<Outcome>>, peer: String) {
+async fn write_responses(mut sender: ResponseSender, rx: local_channel::LocalReceiver<JoinHandle<Outcome>>, peer: String, inflight: Rc<Cell<usize>>) {
     while let Some(task) = rx.recv().await {
         let outcome = task.await.unwrap_or_else(|| Outcome::Close("request handler was cancelled".into()));
+        inflight.set(inflight.get().saturating_sub(1));
         let chunks: Vec<OutChunk> = match outcome {
             Outcome::Respond(chunks) => chunks,
             Outcome::NoResponse => continue,

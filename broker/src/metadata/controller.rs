@@ -84,15 +84,59 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Steps of a topic deletion after which `test.fault.controller.abort.at` aborts the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerStep {
+    /// The topic is listed in `__strom_meta/deleting`; the snapshot still has it.
+    DeletingRecorded,
+    /// The snapshot without the topic is durable; its partition directories still exist.
+    SnapshotSaved,
+}
+
+impl ControllerStep {
+    pub fn parse(name: &str) -> Option<ControllerStep> {
+        match name {
+            "deleting-recorded" => Some(ControllerStep::DeletingRecorded),
+            "snapshot-saved" => Some(ControllerStep::SnapshotSaved),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ControllerStep::DeletingRecorded => "deleting-recorded",
+            ControllerStep::SnapshotSaved => "snapshot-saved",
+        }
+    }
+}
+
 pub struct Controller {
     lock: Semaphore,
     snapshot: RefCell<Option<MetadataSnapshot>>,
     producer_ids: ProducerIds,
+    /// Topics whose deletion is persisted in `__strom_meta/deleting` and whose logs are not yet
+    /// removed everywhere (startup empties the file, so this starts empty).
+    deleting: RefCell<Vec<String>>,
 }
 
 impl Controller {
     pub fn new(producer_ids: ProducerIds) -> Controller {
-        Controller { lock: Semaphore::new(1), snapshot: RefCell::new(None), producer_ids }
+        Controller { lock: Semaphore::new(1), snapshot: RefCell::new(None), producer_ids, deleting: RefCell::new(Vec::new()) }
+    }
+
+    /// Persists the list of topics being deleted.
+    async fn save_deleting(&self, shard: &Shard) -> Result<(), ControllerError> {
+        let topics = self.deleting.borrow().clone();
+        store::save_deleting(&shard.config.data_dir, &topics)
+            .await
+            .map_err(|e| err(E::KafkaStorageError, format!("persisting the topics being deleted: {e}")))
+    }
+
+    fn fault(shard: &Shard, step: ControllerStep) {
+        if shard.config.faults.controller_abort_at == Some(step) {
+            tracing::error!("test.fault.controller.abort.at={}: aborting on purpose", step.name());
+            std::process::abort();
+        }
     }
 
     pub async fn apply(&self, shard: &Rc<Shard>, op: ControllerOp) -> ControllerReply {
@@ -199,9 +243,30 @@ impl Controller {
                 return Err(err(E::UnknownServerError, "InitProducerId is not a metadata change"));
             }
         }
+        // A deletion is recorded before the snapshot that drops the topic, so that the startup
+        // check can tell the directories it leaves from data whose metadata was lost.
+        let deleting: Vec<String> = after
+            .iter()
+            .filter_map(|(_, op)| match op {
+                ShardOp::RemoveLogs { topic, .. } => Some(topic.to_string()),
+                _ => None,
+            })
+            .filter(|t| !self.deleting.borrow().contains(t))
+            .collect();
+        if !deleting.is_empty() {
+            self.deleting.borrow_mut().extend(deleting.iter().cloned());
+            if let Err(e) = self.save_deleting(shard).await {
+                self.deleting.borrow_mut().retain(|t| !deleting.contains(t));
+                return Err(e);
+            }
+            Self::fault(shard, ControllerStep::DeletingRecorded);
+        }
         store::save(&shard.config.data_dir, &next)
             .await
             .map_err(|e| err(E::KafkaStorageError, format!("persisting metadata: {e}")))?;
+        if !deleting.is_empty() {
+            Self::fault(shard, ControllerStep::SnapshotSaved);
+        }
         // Opening logs must happen before the topic is published; removal after.
         let (opens, removes): (Vec<_>, Vec<_>) = after.into_iter().partition(|(_, op)| !matches!(op, ShardOp::RemoveLogs { .. }));
         let mut failure = None;
@@ -221,7 +286,15 @@ impl Controller {
             .filter(|t| shard.meta().topic(t).is_none())
             .collect();
         deleted.dedup();
-        futures::future::join_all(removes.into_iter().map(|(s, op)| shard.call(s, op))).await;
+        let removed = futures::future::join_all(removes.into_iter().map(|(s, op)| shard.call(s, op))).await;
+        if !deleting.is_empty() && removed.iter().all(|r| matches!(r, ShardReply::Done(Ok(())))) {
+            // Every directory is gone: the entries are no longer needed. If this write fails
+            // they stay, which is harmless (startup removes nothing the metadata lists).
+            self.deleting.borrow_mut().retain(|t| !deleting.contains(t));
+            if let Err(e) = self.save_deleting(shard).await {
+                tracing::warn!("{}", e.message);
+            }
+        }
         if !deleted.is_empty() {
             // Committed offsets of a deleted topic go with it.
             shard.group_call_all(|| GroupOp::TopicsDeleted { topics: deleted.clone() }).await;

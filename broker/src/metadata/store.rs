@@ -1,5 +1,6 @@
-//! Durable metadata files in `<data>/__strom_meta/`: the topics snapshot (`topics.snapshot`)
-//! here, the producer id block (`producer-ids`) in [`super::producer_ids`].
+//! Durable metadata files in `<data>/__strom_meta/`: the topics snapshot (`topics.snapshot`) and
+//! the topics being deleted (`deleting`) here, the producer id block (`producer-ids`) in
+//! [`super::producer_ids`].
 //!
 //! Every file has the layout: magic (8 bytes), format version (u32 BE), payload length (u64 BE),
 //! CRC-32C of the payload (u32 BE), payload. The snapshot's magic is `STRMMETA` and its payload
@@ -9,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glommio::io::{BufferedFile, Directory, OpenOptions};
+use glommio::io::{BufferedFile, OpenOptions};
 
 use super::model::MetadataSnapshot;
 
@@ -18,6 +19,13 @@ const FORMAT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 pub const META_DIR: &str = "__strom_meta";
 const FILE: &str = "topics.snapshot";
+/// Topics whose deletion is decided but whose partition directories may still exist. Written
+/// before the snapshot that drops them, so that at startup a partition directory the snapshot
+/// does not list is removed only if its topic is named here; any other unlisted directory means
+/// metadata was lost, and the broker refuses to start rather than delete data.
+const DELETING_FILE: &str = "deleting";
+const DELETING_MAGIC: &[u8; 8] = b"STRMDELS";
+const DELETING_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,7 +93,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<MetadataSnapshot, MetaStoreError>
 pub(crate) fn read_meta_file(data_dir: &Path, file: &str) -> Result<Option<(PathBuf, Vec<u8>)>, MetaStoreError> {
     let dir = meta_dir(data_dir);
     let path = dir.join(file);
-    std::fs::create_dir_all(&dir).map_err(|source| MetaStoreError::Io { op: "create", path: dir.clone(), source })?;
+    crate::data_dir::create_dir_durable(&dir).map_err(|source| MetaStoreError::Io { op: "create", path: dir.clone(), source })?;
     match std::fs::read(&path) {
         Ok(bytes) => Ok(Some((path, bytes))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -99,6 +107,47 @@ pub fn load(data_dir: &Path) -> Result<MetadataSnapshot, MetaStoreError> {
         Some((path, bytes)) => decode(&path, &bytes),
         None => Ok(MetadataSnapshot::default()),
     }
+}
+
+/// Reads the names of the topics being deleted at startup (empty if the file does not exist).
+pub fn load_deleting(data_dir: &Path) -> Result<Vec<String>, MetaStoreError> {
+    let Some((path, bytes)) = read_meta_file(data_dir, DELETING_FILE)? else {
+        return Ok(Vec::new());
+    };
+    let payload = unframe(&path, DELETING_MAGIC, DELETING_FORMAT_VERSION, &bytes)?;
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<Vec<String>, rkyv::rancor::Error>(&aligned).map_err(|e| MetaStoreError::Corrupt { path, why: e.to_string() })
+}
+
+fn encode_deleting(topics: &[String]) -> Vec<u8> {
+    // A list of strings: serialization cannot fail.
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&topics.to_vec()).expect("topic names serialize");
+    frame(DELETING_MAGIC, DELETING_FORMAT_VERSION, &payload)
+}
+
+/// Durably records the topics being deleted (controller shard, through io_uring).
+pub async fn save_deleting(data_dir: &Path, topics: &[String]) -> Result<(), MetaStoreError> {
+    write_meta_file(data_dir, DELETING_FILE, encode_deleting(topics)).await
+}
+
+/// Durably records the topics being deleted at startup, before the shards run.
+pub fn save_deleting_blocking(data_dir: &Path, topics: &[String]) -> Result<(), MetaStoreError> {
+    let dir = meta_dir(data_dir);
+    let path = dir.join(DELETING_FILE);
+    let tmp = dir.join(format!("{DELETING_FILE}.tmp"));
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source: std::io::Error| MetaStoreError::Io { op, path: p, source }
+    };
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&encode_deleting(topics)).map_err(io("write", &tmp))?;
+        f.sync_data().map_err(io("fdatasync", &tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("fsync dir", &dir))
 }
 
 /// Durably replaces the snapshot. Runs on the controller shard, through io_uring.
@@ -137,10 +186,9 @@ pub(crate) async fn write_meta_file(data_dir: &Path, file: &str, bytes: Vec<u8>)
     file.fdatasync().await.map_err(io("fdatasync", &tmp))?;
     file.close().await.map_err(io("close", &tmp))?;
     glommio::io::rename(&tmp, &path).await.map_err(io("rename", &path))?;
-    let d = Directory::open(&dir).await.map_err(io("open dir", &dir))?;
-    d.sync().await.map_err(io("fsync dir", &dir))?;
-    d.close().await.map_err(io("close dir", &dir))?;
-    Ok(())
+    strom_storage::sync_dir(&dir)
+        .await
+        .map_err(|e| MetaStoreError::Io { op: "fsync dir", path: dir.clone(), source: std::io::Error::other(e) })
 }
 
 #[cfg(test)]
@@ -181,5 +229,28 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(load(&data).unwrap(), snap);
+    }
+
+    #[test]
+    fn deleting_list_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        assert!(load_deleting(&data).unwrap().is_empty());
+        let topics = vec!["orders".to_string(), "a.b-c".to_string()];
+        save_deleting_blocking(&data, &topics).unwrap();
+        assert_eq!(load_deleting(&data).unwrap(), topics);
+        let (d2, t2) = (data.clone(), vec!["x".to_string()]);
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { save_deleting(&d2, &t2).await.unwrap() })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(load_deleting(&data).unwrap(), vec!["x".to_string()]);
+        let path = meta_dir(&data).join(DELETING_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(load_deleting(&data), Err(MetaStoreError::Corrupt { .. })));
     }
 }

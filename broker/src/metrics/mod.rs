@@ -45,6 +45,25 @@ pub struct ShardMetrics {
     pub mesh_ops_inflight: Cell<u64>,
     /// Client connections open on this shard.
     pub connections_open: Cell<u64>,
+    /// Long-poll waits (Fetch below `min_bytes`) parked on this shard's partitions.
+    pub fetch_waits: Cell<u64>,
+}
+
+/// Counts something in a gauge for as long as it lives, however it ends (a cancelled task is
+/// dropped without finishing).
+pub struct Tracked<'a>(&'a Cell<u64>);
+
+impl<'a> Tracked<'a> {
+    pub fn start(gauge: &'a Cell<u64>) -> Tracked<'a> {
+        gauge.set(gauge.get() + 1);
+        Tracked(gauge)
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl ShardMetrics {
@@ -121,6 +140,14 @@ pub struct Snapshot {
     pub cross_shard_channel_full: u64,
     pub connections_open: u64,
     pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_idle_closed: u64,
+    pub request_bytes_inflight: u64,
+    pub request_bytes_budget: u64,
+    pub request_budget_waits: u64,
+    pub fetch_waits: u64,
+    pub mesh_outbox_full: u64,
+    pub mesh_cancelled: u64,
     pub committed: Vec<CommittedOffset>,
     pub fsync: LatencyHistogram,
 }
@@ -151,6 +178,7 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         })
         .collect();
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let (mesh_outbox_full, mesh_cancelled) = shard.mesh_counts();
     let queue_depth = m.requests_inflight.get() + m.mesh_ops_inflight.get() + shard.mesh_queued() as u64;
     Snapshot {
         shard: shard.id,
@@ -162,6 +190,14 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         cross_shard_channel_full: shard.stats.cross_shard_channel_full.get(),
         connections_open: m.connections_open.get(),
         connections_accepted: shard.stats.connections.get(),
+        connections_refused: shard.stats.connections_refused.get(),
+        connections_idle_closed: shard.stats.connections_idle_closed.get(),
+        request_bytes_inflight: shard.request_budget.in_use() as u64,
+        request_bytes_budget: shard.request_budget.capacity() as u64,
+        request_budget_waits: shard.request_budget.waits_total(),
+        fetch_waits: m.fetch_waits.get(),
+        mesh_outbox_full,
+        mesh_cancelled,
         committed: shard.groups.committed_offsets(),
         fsync: strom_storage::metrics::fsync_latency_snapshot(),
     }

@@ -145,7 +145,7 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
 
     let mut shards: Vec<&Snapshot> = snaps.iter().collect();
     shards.sort_by_key(|s| s.shard);
-    let per_shard: [ShardMetric; 5] = [
+    let per_shard: [ShardMetric; 13] = [
         (
             "strom_shard_task_queue_depth",
             "gauge",
@@ -160,6 +160,26 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
         }),
         ("strom_connections", "gauge", "Client connections open, by shard.", |s| s.connections_open),
         ("strom_connections_accepted_total", "counter", "Client connections accepted, by shard.", |s| s.connections_accepted),
+        ("strom_connections_refused_total", "counter", "Client connections closed at accept by max.connections or max.connections.per.ip.", |s| {
+            s.connections_refused
+        }),
+        ("strom_connections_idle_closed_total", "counter", "Connections closed for connections.max.idle.ms or a request body that stopped arriving.", |s| {
+            s.connections_idle_closed
+        }),
+        ("strom_request_bytes_inflight", "gauge", "Request bytes charged to the shard's share of queued.max.request.bytes.", |s| {
+            s.request_bytes_inflight
+        }),
+        ("strom_request_bytes_budget", "gauge", "The shard's share of queued.max.request.bytes.", |s| s.request_bytes_budget),
+        ("strom_request_budget_waits_total", "counter", "Times a connection stopped reading until its next request fit the budget.", |s| {
+            s.request_budget_waits
+        }),
+        ("strom_fetch_waits", "gauge", "Long-poll fetch waits parked on the shard's partitions.", |s| s.fetch_waits),
+        ("strom_shard_cross_shard_outbox_full_total", "counter", "Requests to another shard refused because its outbox was full.", |s| {
+            s.mesh_outbox_full
+        }),
+        ("strom_shard_cross_shard_cancelled_total", "counter", "Waits other shards cancelled while they ran here (their fetch had its answer).", |s| {
+            s.mesh_cancelled
+        }),
     ];
     for (name, kind, help, value) in per_shard {
         o.family(name, kind, help);

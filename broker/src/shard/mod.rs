@@ -57,6 +57,8 @@ pub struct ShardContext {
     pub recovered_shards: Arc<AtomicUsize>,
     /// When the process started (for the uptime metric).
     pub started: std::time::Instant,
+    /// Client connections of the whole broker (`max.connections`, `max.connections.per.ip`).
+    pub connections: Arc<strom_net::ConnectionLimiter>,
 }
 
 /// Per-shard counters of the mesh and the acceptor (exported by the metrics endpoint).
@@ -65,6 +67,12 @@ pub struct ShardStats {
     pub cross_shard_sent: Cell<u64>,
     pub cross_shard_channel_full: Cell<u64>,
     pub connections: Cell<u64>,
+    /// Connections closed at accept by `max.connections` or `max.connections.per.ip`.
+    pub connections_refused: Cell<u64>,
+    /// When a refused connection was last logged (ms), to rate-limit the warning.
+    connections_refused_logged_ms: Cell<i64>,
+    /// Connections closed for `connections.max.idle.ms` or a stalled request body.
+    pub connections_idle_closed: Cell<u64>,
 }
 
 pub struct Shard {
@@ -84,6 +92,9 @@ pub struct Shard {
     /// Produce requests with acks != 0 handled so far, counted while
     /// `test.fault.produce.drop.response.every` is set.
     pub produce_requests_acked: Cell<u64>,
+    /// This shard's share of `queued.max.request.bytes`, charged per request before its body
+    /// is read.
+    pub request_budget: Rc<strom_net::ByteBudget>,
     mesh: Mesh,
 }
 
@@ -95,6 +106,12 @@ impl Shard {
         } else {
             self.mesh.call(self, to, op).await
         }
+    }
+
+    /// Requests refused because an outbox to another shard was full, and requests from other
+    /// shards cancelled while they ran (for the metrics).
+    pub fn mesh_counts(&self) -> (u64, u64) {
+        (self.mesh.outbox_full(), self.mesh.cancelled())
     }
 
     /// Messages queued to other shards, not yet in their channels.
@@ -133,6 +150,16 @@ impl Shard {
     }
 }
 
+thread_local! {
+    /// The shard this thread runs, for the panic hook's message.
+    static CURRENT_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The shard the calling thread runs, if it is a shard thread.
+pub fn current_shard() -> Option<usize> {
+    CURRENT_SHARD.with(Cell::get)
+}
+
 /// The body of one shard's executor. Returns after a clean shutdown.
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
     let slot = ctx.watchdog.register();
@@ -148,6 +175,7 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     .detach();
     let (senders, receivers) = ctx.mesh.join().await.map_err(|_| "joining the shard mesh failed".to_string())?;
     let id = senders.peer_id();
+    CURRENT_SHARD.with(|c| c.set(Some(id)));
     let table = ShardTable::new(senders.nr_consumers());
     let settings = ctx.config.groups.clone();
     let defaults = ctx.config.topic_defaults.resolve(&Default::default());
@@ -164,7 +192,7 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         table,
         config: ctx.config.clone(),
         meta: ctx.meta.clone(),
-        logs: LogManager::new(ctx.config.data_dir.clone()),
+        logs: LogManager::new(ctx.config.data_dir.clone()).with_producer_ids_max(ctx.config.producers.ids_max_per_partition),
         controller: (id == 0).then(|| {
             let expiration_ms = ctx.config.producers.id_expiration_ms;
             Controller::new(ProducerIds::new(ctx.config.data_dir.clone(), ctx.producer_id_block_end, expiration_ms))
@@ -175,6 +203,10 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         recovered_shards: ctx.recovered_shards.clone(),
         started: ctx.started,
         produce_requests_acked: Cell::new(0),
+        request_budget: strom_net::ByteBudget::new(
+            ctx.config.request_budget_bytes / ctx.config.cores.max(1),
+            crate::limits::REQUEST_SMALL_BYTES_MAX,
+        ),
         mesh: Mesh::new(senders),
     });
     // Before recovery, so that readiness can be asked while the logs are being opened.
@@ -190,12 +222,20 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     mesh::spawn_tasks(&shard, receivers);
     ctx.recovered_shards.fetch_add(1, Ordering::AcqRel);
     tracing::info!(shard = id, "recovery complete");
+    let panic_after_ms = ctx.config.faults.shard_panic_after_ms;
+    if panic_after_ms > 0 && id + 1 == shard.table.shards() {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(panic_after_ms)).await;
+            panic!("test.fault.shard.panic.after.ms={panic_after_ms}: shard {id} panics on purpose");
+        })
+        .detach();
+    }
 
     let fd = strom_net::listener::bind_shared(ctx.config.listen).map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
     // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
     let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener, ctx.connections.clone()));
     // Retention and compaction yield the core to request handling: their own task queue with
     // few shares, so under contention they get about a tenth of what request handling gets.
     let queue = glommio::executor().create_task_queue(
@@ -288,16 +328,31 @@ async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), String> {
     Ok(())
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, limiter: Arc<strom_net::ConnectionLimiter>) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                let ip = match stream.peer_addr() {
+                    Ok(addr) => addr.ip(),
+                    Err(e) => {
+                        tracing::debug!(shard = shard.id, "dropping a connection without a peer address: {e}");
+                        continue;
+                    }
+                };
+                let slot = match limiter.admit(ip) {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        refuse_connection(&shard, ip, refused);
+                        continue;
+                    }
+                };
                 shard.stats.connections.set(shard.stats.connections.get() + 1);
                 let open = &shard.metrics.connections_open;
                 open.set(open.get() + 1);
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     crate::kafka::connection::serve(shard.clone(), stream).await;
+                    drop(slot);
                     let open = &shard.metrics.connections_open;
                     open.set(open.get() - 1);
                 })
@@ -308,6 +363,27 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// Counts a connection closed at accept, with a warning at most every
+/// `CONNECTION_REFUSED_LOG_INTERVAL_MS` per shard.
+fn refuse_connection(shard: &Shard, ip: std::net::IpAddr, refused: strom_net::Refused) {
+    let stats = &shard.stats;
+    stats.connections_refused.set(stats.connections_refused.get() + 1);
+    let now = now_ms();
+    if now - stats.connections_refused_logged_ms.get() >= crate::limits::CONNECTION_REFUSED_LOG_INTERVAL_MS as i64 {
+        stats.connections_refused_logged_ms.set(now);
+        let limit = match refused {
+            strom_net::Refused::Total => shard.config.connections_max,
+            strom_net::Refused::PerIp => shard.config.connections_per_ip_max,
+        };
+        tracing::warn!(
+            shard = shard.id,
+            "refusing a connection from {ip}: {} = {limit} reached ({} refused on this shard so far)",
+            refused.setting(),
+            stats.connections_refused.get()
+        );
     }
 }
 

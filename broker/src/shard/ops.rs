@@ -102,6 +102,14 @@ pub enum ShardReply {
     Unavailable,
 }
 
+impl ShardOp {
+    /// Whether the caller may stop waiting and have the owner drop the operation midway. Only
+    /// waits qualify: dropping any other operation could leave its work half done.
+    pub fn cancellable(&self) -> bool {
+        matches!(self, ShardOp::WaitForData { .. })
+    }
+}
+
 pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
     match op {
         ShardOp::Produce(parts) => {
@@ -182,6 +190,8 @@ fn produce_error(e: &StorageError) -> (i16, String) {
         StorageError::Producer(ProducerError::StaleEpoch { .. }) => (E::InvalidProducerEpoch.code(), e.to_string()),
         StorageError::Producer(ProducerError::OutOfOrder { .. }) => (E::OutOfOrderSequenceNumber.code(), e.to_string()),
         StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => (E::CorruptMessage.code(), e.to_string()),
+        // No transaction is ever ongoing: Kafka's answer to a transactional batch outside one.
+        StorageError::InvalidBatch(BatchError::NoOngoingTransaction) => (E::InvalidTxnState.code(), e.to_string()),
         StorageError::InvalidBatch(_) => (E::InvalidRecord.code(), e.to_string()),
         _ => (E::KafkaStorageError.code(), e.to_string()),
     }
@@ -206,10 +216,11 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
             format!("batch of {} bytes exceeds max.message.bytes {}", records.len(), config.max_message_bytes),
         );
     }
-    if let Err(e) = strom_storage::validate_batch(&records) {
-        let code = if matches!(e, BatchError::CrcMismatch { .. }) { E::CorruptMessage } else { E::InvalidRecord };
+    // Kafka's client-append checks: nothing refused here is appended or takes an offset.
+    if let Err(e) = strom_storage::validate_client_batch(&records) {
         tracing::debug!("rejected batch for {}-{}: {e}", p.topic, p.partition);
-        return fail(code, e.to_string());
+        let (code, msg) = produce_error(&StorageError::InvalidBatch(e));
+        return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors: Vec::new() };
     }
     if p.acks == -1 && config.min_insync_replicas > 1 {
         return fail(E::NotEnoughReplicas, format!("min.insync.replicas={} but the ISR has 1 member", config.min_insync_replicas));
@@ -293,6 +304,7 @@ async fn wait_for_data(shard: &Rc<Shard>, parts: Vec<(Arc<str>, i32, i64)>, wait
     if listeners.is_empty() {
         return;
     }
+    let _waiting = crate::metrics::Tracked::start(&shard.metrics.fetch_waits);
     let timer = glommio::timer::Timer::new(Duration::from_millis(wait_ms));
     let any = select_all(listeners.into_iter().map(Box::pin));
     let _ = select(Box::pin(any), Box::pin(timer)).await;

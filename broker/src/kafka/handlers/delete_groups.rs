@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, GroupId};
-use kafka_protocol::ResponseError as E;
 
 use super::{per_group_owner, str_bytes, Ctx, HandlerResult};
 use crate::group::{GroupOp, GroupReply};
@@ -13,14 +12,14 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: DeleteGroupsRequest = ctx.decode(body)?;
     let ids: Vec<String> = req.groups_names.iter().map(|g| g.to_string()).collect();
     let codes = per_group_owner(
-        ctx.shard,
+        ctx,
         &ids,
         |group_ids| GroupOp::Delete { group_ids },
         |r| match r {
             GroupReply::Codes(c) => Some(c),
             _ => None,
         },
-        |_| E::CoordinatorNotAvailable.code(),
+        |_, code| code,
     )
     .await;
     let mut resp = DeleteGroupsResponse::default();

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
-use kafka_protocol::ResponseError as E;
 
 use super::{per_group_owner, str_bytes, Ctx, HandlerResult};
 use crate::group::coordinator;
@@ -17,14 +16,14 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: DescribeGroupsRequest = ctx.decode(body)?;
     let ids: Vec<String> = req.groups.iter().map(|g| g.to_string()).collect();
     let described = per_group_owner(
-        ctx.shard,
+        ctx,
         &ids,
         |group_ids| GroupOp::Describe { group_ids },
         |r| match r {
             GroupReply::Describe(d) => Some(d),
             _ => None,
         },
-        |id| coordinator::DescribedGroup { error: E::CoordinatorNotAvailable.code(), group_id: id.to_string(), state: "Dead", ..Default::default() },
+        |id, code| coordinator::DescribedGroup { error: code, group_id: id.to_string(), state: "Dead", ..Default::default() },
     )
     .await;
     let v = ctx.version;

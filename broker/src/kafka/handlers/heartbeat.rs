@@ -5,7 +5,7 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use kafka_protocol::ResponseError as E;
 
 use super::{Ctx, HandlerResult};
-use crate::group::{GroupOp, GroupReply};
+use crate::group::{input, GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: HeartbeatRequest = ctx.decode(body)?;
@@ -16,9 +16,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.map(|s| s.to_string()),
     };
-    let code = match ctx.shard.group_call(&group_id, op).await {
-        Some(GroupReply::Code(c)) => c,
-        _ => E::CoordinatorNotAvailable.code(),
+    let refused = input::group_id_error(&group_id, false).or_else(|| input::member_id_is_unknown(&req.member_id).then_some(E::UnknownMemberId));
+    let code = match refused {
+        Some(e) => e.code(),
+        None => match ctx.shard.group_call(&group_id, op).await {
+            Some(GroupReply::Code(c)) => c,
+            _ => E::CoordinatorNotAvailable.code(),
+        },
     };
     let mut resp = HeartbeatResponse::default();
     resp.error_code = code;

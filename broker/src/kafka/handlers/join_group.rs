@@ -8,12 +8,18 @@ use kafka_protocol::ResponseError as E;
 use super::{str_bytes, Ctx, HandlerResult};
 use crate::group::coordinator::JoinParams;
 use crate::group::state::JoinResult;
-use crate::group::{GroupOp, GroupReply};
+use crate::group::{input, GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: JoinGroupRequest = ctx.decode(body)?;
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
+    let instance_id = req.group_instance_id.map(|s| s.to_string());
+    let protocol_type = req.protocol_type.to_string();
+    let protocols: Vec<(String, Bytes)> = req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect();
+    let refused = input::group_id_error(&group_id, false)
+        .or_else(|| input::member_id_is_unknown(&member_id).then_some(E::UnknownMemberId))
+        .or_else(|| input::join_error(instance_id.as_deref(), &protocol_type, &protocols));
     let params = JoinParams {
         version: ctx.version,
         group_id: group_id.clone(),
@@ -21,15 +27,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         // v0 has no rebalance timeout: the session timeout serves as both.
         rebalance_timeout_ms: if ctx.version >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms },
         member_id: member_id.clone(),
-        instance_id: req.group_instance_id.map(|s| s.to_string()),
-        protocol_type: req.protocol_type.to_string(),
-        protocols: req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        instance_id,
+        protocol_type,
+        protocols,
         client_id: ctx.client_id(),
         client_host: ctx.client_host(),
     };
-    let r = match ctx.shard.group_call(&group_id, GroupOp::Join(params)).await {
-        Some(GroupReply::Join(r)) => r,
-        _ => JoinResult::error(E::CoordinatorNotAvailable, &member_id),
+    let r = match refused {
+        Some(e) => JoinResult::error(e, &member_id),
+        None => match ctx.shard.group_call(&group_id, GroupOp::Join(params)).await {
+            Some(GroupReply::Join(r)) => r,
+            _ => JoinResult::error(E::CoordinatorNotAvailable, &member_id),
+        },
     };
     let v = ctx.version;
     let mut resp = JoinGroupResponse::default();

@@ -6,8 +6,8 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use kafka_protocol::ResponseError as E;
 
-use super::{str_bytes, Ctx, HandlerResult};
-use crate::group::{GroupOp, GroupReply};
+use super::{codes_per_item, str_bytes, Ctx, HandlerResult};
+use crate::group::{input, GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: LeaveGroupRequest = ctx.decode(body)?;
@@ -17,17 +17,35 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     } else {
         vec![(req.member_id.to_string(), None)]
     };
-    if group_id.is_empty() {
+    if let Some(e) = input::group_id_error(&group_id, false) {
         let mut resp = LeaveGroupResponse::default();
-        resp.error_code = E::InvalidGroupId.code();
+        resp.error_code = e.code();
         ctx.note_error(resp.error_code);
         return Ok(ctx.respond(&resp));
     }
-    let op = GroupOp::Leave { group_id: group_id.clone(), members: members.clone() };
-    let codes = match ctx.shard.group_call(&group_id, op).await {
-        Some(GroupReply::Codes(c)) => c,
-        _ => vec![E::CoordinatorNotAvailable.code(); members.len()],
+    // Member ids longer than any generated one name no member; only the others are looked up.
+    let known: Vec<(String, Option<String>)> = members.iter().filter(|(m, _)| !input::member_id_is_unknown(m)).cloned().collect();
+    let codes = if known.is_empty() {
+        Vec::new()
+    } else {
+        let op = GroupOp::Leave { group_id: group_id.clone(), members: known.clone() };
+        match ctx.shard.group_call(&group_id, op).await {
+            Some(GroupReply::Codes(c)) => codes_per_item(c, known.len(), ctx.api),
+            _ => vec![E::CoordinatorNotAvailable.code(); known.len()],
+        }
     };
+    let mut known_codes = codes.into_iter();
+    let codes: Vec<i16> = members
+        .iter()
+        .map(|(m, _)| {
+            if input::member_id_is_unknown(m) {
+                E::UnknownMemberId.code()
+            } else {
+                // One code per looked-up member (`codes_per_item`).
+                known_codes.next().unwrap_or(E::UnknownServerError.code())
+            }
+        })
+        .collect();
     let mut resp = LeaveGroupResponse::default();
     if ctx.version >= 3 {
         resp.members = members
@@ -43,7 +61,8 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             })
             .collect();
     } else {
-        resp.error_code = codes.first().copied().unwrap_or(0);
+        // v0-2 carry exactly one member, so exactly one code.
+        resp.error_code = codes.first().copied().unwrap_or(E::UnknownServerError.code());
         ctx.note_error(resp.error_code);
     }
     Ok(ctx.respond(&resp))

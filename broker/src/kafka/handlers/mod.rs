@@ -35,11 +35,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
 use strom_net::OutChunk;
 
 use super::codec::frame_response;
 use crate::metadata::controller::{ControllerError, ControllerOp, ControllerReply};
-use crate::group::{GroupOp, GroupReply};
+use crate::group::{input, GroupOp, GroupReply};
 use crate::shard::{Shard, ShardOp, ShardReply};
 
 /// What the connection writer does with a request's result.
@@ -158,17 +159,43 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
 
 pub type HandlerResult = Result<Outcome, Outcome>;
 
+/// The group coordinator's answers, if it gave exactly one per item of the request (partition,
+/// member, group). Another count is a bug: then Err(UNKNOWN_SERVER_ERROR) for every item, and a
+/// log line, never 0 for an item nothing was answered for. Not a retriable code: a retry meets
+/// the same bug, and the client should report it rather than retry until its timeout.
+pub fn one_per_item<T>(answers: Vec<T>, items: usize, api: ApiKey) -> Result<Vec<T>, i16> {
+    if answers.len() == items {
+        return Ok(answers);
+    }
+    tracing::error!(?api, items, answers = answers.len(), "the group coordinator's reply does not have one answer per item of the request");
+    Err(ResponseError::UnknownServerError.code())
+}
+
+/// One error code per item of the request (see [`one_per_item`]).
+pub fn codes_per_item(codes: Vec<i16>, items: usize, api: ApiKey) -> Vec<i16> {
+    one_per_item(codes, items, api).unwrap_or_else(|code| vec![code; items])
+}
+
 /// Sends each group id to its coordinating shard (one call per shard, with that shard's ids)
-/// and puts the per-group answers back in request order.
+/// and puts the per-group answers back in request order. A group without an answer gets
+/// `fallback(id, code)`: INVALID_GROUP_ID for an id no group can have (not sent), else
+/// COORDINATOR_NOT_AVAILABLE if its shard did not answer, or UNKNOWN_SERVER_ERROR if the answer
+/// does not match the ids (see [`one_per_item`]).
 pub async fn per_group_owner<T>(
-    shard: &Rc<Shard>,
+    ctx: &Ctx<'_>,
     ids: &[String],
     make: impl Fn(Vec<String>) -> GroupOp,
     extract: impl Fn(GroupReply) -> Option<Vec<T>>,
-    fallback: impl Fn(&str) -> T,
+    fallback: impl Fn(&str, i16) -> T,
 ) -> Vec<T> {
+    let shard = ctx.shard;
+    // DescribeGroups and DeleteGroups accept the empty group id, as Kafka does.
+    let mut out: Vec<Result<T, i16>> = ids
+        .iter()
+        .map(|id| Err(input::group_id_error(id, true).unwrap_or(ResponseError::CoordinatorNotAvailable).code()))
+        .collect();
     let mut by_owner: Vec<(usize, Vec<usize>)> = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
+    for (i, id) in ids.iter().enumerate().filter(|(_, id)| input::group_id_error(id, true).is_none()) {
         let owner = shard.group_owner(id);
         match by_owner.iter_mut().find(|(o, _)| *o == owner) {
             Some((_, v)) => v.push(i),
@@ -180,15 +207,28 @@ pub async fn per_group_owner<T>(
         shard.call(*owner, ShardOp::Group(op))
     });
     let replies = futures::future::join_all(calls).await;
-    let mut out: Vec<Option<T>> = ids.iter().map(|_| None).collect();
     for ((_, idx), reply) in by_owner.iter().zip(replies) {
-        let values = match reply {
-            ShardReply::Group(r) => extract(r).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        for (&i, v) in idx.iter().zip(values) {
-            out[i] = Some(v);
+        let ShardReply::Group(r) = reply else { continue };
+        match one_per_item(extract(r).unwrap_or_default(), idx.len(), ctx.api) {
+            Ok(values) => idx.iter().zip(values).for_each(|(&i, v)| out[i] = Ok(v)),
+            Err(code) => idx.iter().for_each(|&i| out[i] = Err(code)),
         }
     }
-    out.into_iter().zip(ids).map(|(v, id)| v.unwrap_or_else(|| fallback(id))).collect()
+    out.into_iter().zip(ids).map(|(v, id)| v.unwrap_or_else(|code| fallback(id, code))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_reply_codes_are_errors_never_success() {
+        let unknown = ResponseError::UnknownServerError.code();
+        assert_eq!(codes_per_item(vec![0, 12], 2, ApiKey::OffsetCommit), [0, 12]);
+        assert_eq!(codes_per_item(vec![0], 3, ApiKey::OffsetCommit), [unknown; 3]);
+        assert_eq!(codes_per_item(Vec::new(), 2, ApiKey::LeaveGroup), [unknown; 2]);
+        assert_eq!(codes_per_item(vec![0, 0, 0], 2, ApiKey::OffsetDelete), [unknown; 2]);
+        assert!(codes_per_item(Vec::new(), 0, ApiKey::OffsetDelete).is_empty());
+        assert_eq!(one_per_item(vec!["a"], 2, ApiKey::DescribeGroups), Err(unknown));
+    }
 }

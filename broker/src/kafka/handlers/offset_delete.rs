@@ -8,8 +8,8 @@ use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponseParti
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use kafka_protocol::ResponseError as E;
 
-use super::{Ctx, HandlerResult};
-use crate::group::{GroupOp, GroupReply};
+use super::{codes_per_item, Ctx, HandlerResult};
+use crate::group::{input, GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: OffsetDeleteRequest = ctx.decode(body)?;
@@ -23,16 +23,21 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         })
         .collect();
     let count = partitions.len();
-    let op = GroupOp::DeleteOffsets { group_id: group_id.clone(), partitions };
-    let (code, codes) = match ctx.shard.group_call(&group_id, op).await {
-        Some(GroupReply::OffsetDelete(code, codes)) => (code, codes),
-        _ => (E::CoordinatorNotAvailable.code(), vec![0; count]),
+    let (code, codes) = if let Some(e) = input::group_id_error(&group_id, false) {
+        (e.code(), Vec::new())
+    } else {
+        let op = GroupOp::DeleteOffsets { group_id: group_id.clone(), partitions };
+        match ctx.shard.group_call(&group_id, op).await {
+            Some(GroupReply::OffsetDelete(code, codes)) => (code, codes),
+            _ => (E::CoordinatorNotAvailable.code(), Vec::new()),
+        }
     };
     let mut resp = OffsetDeleteResponse::default();
     resp.error_code = code;
     ctx.note_error(resp.error_code);
+    // Per-partition codes only without a group-level error, as Kafka.
     if code == 0 {
-        let mut codes = codes.into_iter();
+        let mut codes = codes_per_item(codes, count, ctx.api).into_iter();
         resp.topics = req
             .topics
             .into_iter()
@@ -45,7 +50,8 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     .map(|p| {
                         let mut r = OffsetDeleteResponsePartition::default();
                         r.partition_index = p.partition_index;
-                        r.error_code = codes.next().unwrap_or(0);
+                        // `codes` has one code per partition (`codes_per_item`).
+                        r.error_code = codes.next().unwrap_or(E::UnknownServerError.code());
                         ctx.note_error(r.error_code);
                         r
                     })

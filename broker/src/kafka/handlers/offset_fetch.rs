@@ -13,11 +13,15 @@ use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult};
 use crate::group::coordinator::FetchedOffset;
-use crate::group::{GroupOp, GroupReply};
+use crate::group::{input, GroupOp, GroupReply};
 
 type Wanted = Option<Vec<(Arc<str>, Vec<i32>)>>;
 
 async fn fetch_group(ctx: &Ctx<'_>, group_id: &str, topics: Wanted) -> (i16, Vec<FetchedOffset>) {
+    // The empty group id is accepted, as by Kafka (offsets of old clients).
+    if let Some(e) = input::group_id_error(group_id, true) {
+        return (e.code(), Vec::new());
+    }
     let op = GroupOp::FetchOffsets { group_id: group_id.to_string(), topics };
     match ctx.shard.group_call(group_id, op).await {
         Some(GroupReply::Offsets(o)) => (0, o),
@@ -74,7 +78,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     }
     let group_id: GroupId = req.group_id;
     let wanted: Wanted = req.topics.map(|ts| ts.into_iter().map(|t| (Arc::from(t.name.as_str()), t.partition_indexes)).collect());
-    let (code, offsets) = fetch_group(ctx, group_id.as_str(), wanted).await;
+    // v0-1 have no group-level error: a failed fetch answers each partition asked for with it.
+    let unanswered: Vec<FetchedOffset> = match (&wanted, v < 2) {
+        (Some(topics), true) => topics
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |&p| FetchedOffset { topic: t.clone(), partition: p, offset: -1, leader_epoch: -1, metadata: String::new() }))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let (code, offsets) = match fetch_group(ctx, group_id.as_str(), wanted).await {
+        (0, offsets) => (0, offsets),
+        (code, _) => (code, unanswered),
+    };
     if v >= 2 {
         resp.error_code = code;
         ctx.note_error(resp.error_code);

@@ -7,7 +7,7 @@ use kafka_protocol::ResponseError as E;
 use super::{str_bytes, Ctx, HandlerResult};
 use crate::group::coordinator::SyncParams;
 use crate::group::state::SyncResult;
-use crate::group::{GroupOp, GroupReply};
+use crate::group::{input, GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: SyncGroupRequest = ctx.decode(body)?;
@@ -21,9 +21,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         protocol: req.protocol_name.map(|s| s.to_string()),
         assignments: req.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect(),
     };
-    let r = match ctx.shard.group_call(&group_id, GroupOp::Sync(params)).await {
-        Some(GroupReply::Sync(r)) => r,
-        _ => SyncResult::error(E::CoordinatorNotAvailable),
+    let refused = input::group_id_error(&group_id, false)
+        .or_else(|| input::member_id_is_unknown(&params.member_id).then_some(E::UnknownMemberId))
+        .or_else(|| input::sync_error(&params.assignments));
+    let r = match refused {
+        Some(e) => SyncResult::error(e),
+        None => match ctx.shard.group_call(&group_id, GroupOp::Sync(params)).await {
+            Some(GroupReply::Sync(r)) => r,
+            _ => SyncResult::error(E::CoordinatorNotAvailable),
+        },
     };
     let mut resp = SyncGroupResponse::default();
     resp.error_code = r.error;
