@@ -488,10 +488,10 @@ class KafkaConn:
     """One TCP connection to the broker; requests may be pipelined with send()/recv()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9092, timeout: float = 15.0,
-                 client_id: Optional[str] = "strom-raw-test"):
+                 client_id: Optional[str] = "strom-raw-test", source_address: Optional[Tuple[str, int]] = None):
         self.host, self.port = host, port
         self.client_id = client_id
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source_address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         self.next_corr = 1
@@ -1026,8 +1026,10 @@ INVALID_REQUEST = 42
 NON_EMPTY_GROUP = 68
 GROUP_ID_NOT_FOUND = 69
 MEMBER_ID_REQUIRED = 79
+GROUP_MAX_SIZE_REACHED = 81
 FENCED_INSTANCE_ID = 82
 GROUP_SUBSCRIBED_TO_TOPIC = 86
+UNKNOWN_SERVER_ERROR = -1
 
 # First flexible version (compact strings/arrays, tagged fields, request header v2, response
 # header v1) of each API; OffsetDelete has none.
@@ -1724,3 +1726,27 @@ def _produce_idempotent(self: KafkaConn, topic: str, partition: int, producer_id
 KafkaConn.init_producer_id = _init_producer_id
 KafkaConn.new_producer = _new_producer
 KafkaConn.produce_idempotent = _produce_idempotent
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches whose header says something the records do not (for the broker's batch checks).
+
+INVALID_TXN_STATE = 48
+
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+
+
+def reseal_batch(batch: bytes, attributes_or: int = 0, records_count: Optional[int] = None,
+                 last_offset_delta: Optional[int] = None) -> bytes:
+    """A copy of a v2 batch with attribute bits added and/or recordsCount and lastOffsetDelta
+    replaced, and the CRC-32C recomputed: well-formed bytes whose header lies."""
+    b = bytearray(batch)
+    attributes = struct.unpack_from(">h", b, 21)[0]
+    struct.pack_into(">h", b, 21, attributes | attributes_or)
+    if last_offset_delta is not None:
+        struct.pack_into(">i", b, 23, last_offset_delta)
+    if records_count is not None:
+        struct.pack_into(">i", b, 57, records_count)
+    struct.pack_into(">I", b, 17, crc32c(bytes(b[21:])))
+    return bytes(b)

@@ -314,6 +314,100 @@ def test_errors_are_per_partition(conn):
 
 
 # ---------------------------------------------------------------------------------------------
+# Batch checks: what Kafka's LogValidator refuses from clients (an offset range that disagrees
+# with the record count, control batches), transactional batches (Kafka refuses them outside an
+# ongoing transaction; here there never is one), and the cap on producers per partition. A
+# refused batch appends nothing and takes no offset.
+
+
+def _refused(conn, topic, batch, code, version=3):
+    before = conn.latest_offset(topic)
+    res = conn.produce(topic, 0, batch, version=version)
+    assert res["error_code"] == code, res
+    assert res["base_offset"] == -1, res
+    assert conn.latest_offset(topic) == before, "a refused batch was appended"
+    return res
+
+
+def test_batch_offset_range_must_match_record_count(conn):
+    topic = unique("count")
+    conn.create_topic(topic)
+    assert conn.produce(topic, 0, kr.simple_batch([b"a", b"b"]))["base_offset"] == 0
+    # One record claiming a million offsets.
+    claims = kr.reseal_batch(kr.simple_batch([b"one"]), last_offset_delta=1_000_000)
+    res = _refused(conn, topic, claims, kr.INVALID_RECORD, version=8)
+    assert "Inconsistent batch offset range" in (res["error_message"] or ""), res
+    # Fewer offsets than records.
+    _refused(conn, topic, kr.reseal_batch(kr.simple_batch([b"c", b"d", b"e"]), last_offset_delta=1),
+             kr.INVALID_RECORD)
+    nxt = conn.produce(topic, 0, kr.simple_batch([b"next"]))
+    assert nxt["error_code"] == 0 and nxt["base_offset"] == 2, nxt
+    assert [r.value for r in conn.fetch_records(topic, 0)] == [b"a", b"b", b"next"]
+
+
+def test_batch_record_count_must_fit_its_bytes(conn):
+    """Offset range and count agree, but an uncompressed batch of a few bytes cannot hold a
+    million records."""
+    topic = unique("countbytes")
+    conn.create_topic(topic)
+    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    liar = kr.reseal_batch(kr.simple_batch([b"b"]), records_count=1_000_000, last_offset_delta=999_999)
+    _refused(conn, topic, liar, kr.INVALID_RECORD)
+    nxt = conn.produce(topic, 0, kr.simple_batch([b"c"]))
+    assert nxt["error_code"] == 0 and nxt["base_offset"] == 1, nxt
+
+
+def test_control_batch_from_a_client_is_invalid_record(conn):
+    topic = unique("control")
+    conn.create_topic(topic)
+    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    control = kr.reseal_batch(kr.simple_batch([b"not-a-marker"]), attributes_or=kr.ATTR_CONTROL)
+    res = _refused(conn, topic, control, kr.INVALID_RECORD, version=8)
+    assert "control records" in (res["error_message"] or ""), res
+    nxt = conn.produce(topic, 0, kr.simple_batch([b"b"]))
+    assert nxt["error_code"] == 0 and nxt["base_offset"] == 1, nxt
+
+
+def test_transactional_batch_is_invalid_txn_state(conn):
+    topic = unique("txn")
+    conn.create_topic(topic)
+    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    pid, epoch = conn.new_producer()
+    txn = kr.reseal_batch(kr.idempotent_batch([b"t0", b"t1"], pid, epoch, 0), attributes_or=kr.ATTR_TRANSACTIONAL)
+    _refused(conn, topic, txn, kr.INVALID_TXN_STATE)
+    # The refusal left no producer state behind: the same sequence, not transactional, is new.
+    ok = conn.produce_idempotent(topic, 0, pid, epoch, 0, [b"t0", b"t1"])
+    assert ok["error_code"] == 0 and ok["base_offset"] == 1, ok
+    assert conn.latest_offset(topic) == 3
+
+
+@pytest.mark.parametrize("cap,kept", [("3", False), ("4", True), (None, True)], ids=["cap3", "cap4", "default"])
+def test_producer_state_cap_evicts_the_oldest_producer(broker_factory, cap, kept):
+    """Four producers write one partition. With room for three, the first one's state is
+    evicted and its retry is stored again at a new offset; with room for four (or the default
+    cap), the retry is recognised as a duplicate."""
+    broker = broker_factory(settings={"producer.id.max.per.partition": cap} if cap else {})
+    topic = unique("pidcap")
+    with broker.conn() as c:
+        c.create_topic(topic)
+        producers = [c.new_producer() for _ in range(4)]
+        for i, (pid, epoch) in enumerate(producers):
+            res = c.produce_idempotent(topic, 0, pid, epoch, 0, [f"p{i}".encode()])
+            assert res["error_code"] == 0 and res["base_offset"] == i, res
+        pid, epoch = producers[0]
+        retry = c.produce_idempotent(topic, 0, pid, epoch, 0, [b"p0"])
+        assert retry["error_code"] == 0, retry
+        if kept:
+            assert retry["base_offset"] == 0 and c.latest_offset(topic) == 4, retry
+        else:
+            assert retry["base_offset"] == 4 and c.latest_offset(topic) == 5, retry
+        # The newest producer is kept either way.
+        pid, epoch = producers[3]
+        newest = c.produce_idempotent(topic, 0, pid, epoch, 0, [b"p3"])
+        assert newest["error_code"] == 0 and newest["base_offset"] == 3, newest
+
+
+# ---------------------------------------------------------------------------------------------
 # Unknown topics and partitions
 
 
@@ -473,3 +567,180 @@ def test_api_versions_unsupported_version_kip511(conn):
     # The client then retries on the same connection with a supported version.
     again = conn.api_versions(hi)
     assert again["error_code"] == 0 and again["api_keys"] == res["api_keys"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumer group input
+#
+# Bounds from broker/src/limits.rs. Whatever the broker acknowledges must be readable after a
+# restart; what it cannot store is refused with an error code, never answered 0.
+
+GROUP_ID_BYTES_MAX = 32767  # Kafka's own offsets-topic keys hold no longer group id
+INSTANCE_ID_BYTES_MAX = 249
+MEMBER_ID_PREFIX_BYTES_MAX = 249
+MEMBER_ID_BYTES_MAX = MEMBER_ID_PREFIX_BYTES_MAX + 1 + 36
+JOIN_PROTOCOLS_MAX = 64
+JOIN_PROTOCOLS_BYTES_MAX = 1 << 20
+SYNC_ASSIGNMENT_BYTES_MAX = 1 << 20
+
+
+@pytest.fixture
+def group_broker(broker_factory):
+    """A broker whose first rebalance does not wait for more members."""
+    return broker_factory(settings={"group.initial.rebalance.delay.ms": "0"})
+
+
+def group_id_of_bytes(n: int) -> str:
+    """A unique group id of exactly `n` UTF-8 bytes, mostly two-byte characters (bytes, not
+    characters, are bounded)."""
+    prefix = unique("g")
+    rest = n - len(prefix)
+    return prefix + "é" * (rest // 2) + "g" * (rest % 2)
+
+
+def test_offset_commit_with_an_overlong_group_id_is_refused_not_stored(broker):
+    with broker.conn() as c:
+        topic = unique("grp-long")
+        c.create_topic(topic)
+        for group in ("g" * 70_000, group_id_of_bytes(GROUP_ID_BYTES_MAX + 1)):
+            # Only flexible versions (compact strings) can carry ids over 32767 bytes.
+            assert c.offset_commit(group, {(topic, 0): (5, "meta")}, version=8) == {(topic, 0): kr.INVALID_GROUP_ID}
+            for version in (6, 8):
+                res = c.offset_fetch(group, [(topic, 0)], version=version)
+                assert res["error_code"] == kr.INVALID_GROUP_ID and res["partitions"] == {}, (version, res)
+    assert "skipping unreadable record" not in broker.log_text()
+    served(broker)
+
+
+def test_group_id_at_the_limit_is_committed_and_survives_a_restart(broker):
+    group = group_id_of_bytes(GROUP_ID_BYTES_MAX)
+    assert len(group.encode()) == GROUP_ID_BYTES_MAX
+    topic = unique("grp-limit")
+    with broker.conn() as c:
+        c.create_topic(topic)
+        assert c.offset_commit(group, {(topic, 0): (42, "at-limit", 3)}, version=8) == {(topic, 0): 0}
+    broker.stop()
+    broker.start()
+    with broker.conn() as c:
+        for version in (1, 8):  # a classic string (i16 length) holds exactly this id too
+            res = c.offset_fetch(group, [(topic, 0)], version=version)
+            assert res["error_code"] == 0, (version, res)
+            p = res["partitions"][(topic, 0)]
+            assert (p["offset"], p["metadata"]) == (42, "at-limit"), (version, p)
+    assert "skipping unreadable record" not in broker.log_text()
+
+
+def test_group_apis_refuse_overlong_group_ids(group_broker):
+    long_group = "g" * 70_000
+    with group_broker.conn() as c:
+        topic = unique("grp-apis")
+        c.create_topic(topic)
+        protocols = [("range", kr.consumer_subscription([topic]))]
+        got = {
+            "JoinGroup v6": c.join_group(long_group, "", protocols, version=6)["error_code"],
+            "SyncGroup v4": c.sync_group(long_group, 1, "m", {"m": b""}, version=4)["error_code"],
+            "Heartbeat v4": c.heartbeat(long_group, 1, "m", version=4)["error_code"],
+            "LeaveGroup v4": c.leave_group(long_group, [("m", None)], version=4)["error_code"],
+        }
+        assert got == {k: kr.INVALID_GROUP_ID for k in got}, got
+        # At the limit the group id is accepted: a new member is asked for its id (KIP-394).
+        at_limit = group_id_of_bytes(GROUP_ID_BYTES_MAX)
+        assert c.join_group(at_limit, "", protocols, version=6)["error_code"] == kr.MEMBER_ID_REQUIRED
+        # Several groups per request: only the over-long one is refused, in request order.
+        short = unique("g-short")
+        assert c.offset_commit(short, {(topic, 0): (1, None)}, version=8) == {(topic, 0): 0}
+        described = c.group_call(kr.API_DESCRIBE_GROUPS, 5, kr.encode_describe_groups(5, [long_group, short]))
+        assert [(g["group_id"], g["error_code"]) for g in described["groups"]] == [
+            (long_group, kr.INVALID_GROUP_ID), (short, 0)], described
+        deleted = c.group_call(kr.API_DELETE_GROUPS, 2, kr.encode_delete_groups(2, [long_group, short]))
+        assert deleted["results"] == [(long_group, kr.INVALID_GROUP_ID), (short, 0)], deleted
+    served(group_broker)
+
+
+def test_join_group_refuses_overlong_instance_ids_and_oversized_protocols(group_broker):
+    with group_broker.conn() as c:
+        topic = unique("grp-join")
+        c.create_topic(topic)
+        sub = kr.consumer_subscription([topic])
+
+        def join(protocols, **kw):
+            return c.join_group(unique("g"), "", protocols, version=5, **kw)
+
+        assert join([("range", sub)], group_instance_id="i" * (INSTANCE_ID_BYTES_MAX + 1))["error_code"] == kr.INVALID_REQUEST
+        instance = "i" * INSTANCE_ID_BYTES_MAX
+        res = join([("range", sub)], group_instance_id=instance)  # a static member joins at once
+        assert res["error_code"] == 0 and res["member_id"].startswith(instance + "-"), res
+        # Protocol type, names and metadata of one member together: at most 1 MiB.
+        fits = JOIN_PROTOCOLS_BYTES_MAX - len("consumer") - len("range")
+        assert join([("range", b"\0" * (fits + 1))])["error_code"] == kr.INVALID_REQUEST
+        assert join([("range", b"\0" * fits)])["error_code"] == kr.MEMBER_ID_REQUIRED
+        many = [(f"p{i}", sub) for i in range(JOIN_PROTOCOLS_MAX + 1)]
+        assert join(many)["error_code"] == kr.INVALID_REQUEST
+        assert join(many[:JOIN_PROTOCOLS_MAX])["error_code"] == kr.MEMBER_ID_REQUIRED
+    served(group_broker)
+
+
+def test_generated_member_ids_are_bounded_and_longer_ones_unknown(group_broker):
+    client_id = "c" * 32767  # the longest a request header carries
+    with kr.KafkaConn(group_broker.host, group_broker.port, client_id=client_id) as c:
+        topic = unique("grp-member")
+        c.create_topic(topic)
+        group = unique("g")
+        res = c.join_group(group, "", [("range", kr.consumer_subscription([topic]))], version=5)
+        assert res["error_code"] == kr.MEMBER_ID_REQUIRED
+        member = res["member_id"]
+        assert len(member.encode()) <= MEMBER_ID_BYTES_MAX, len(member)
+        assert member.startswith(client_id[:MEMBER_ID_PREFIX_BYTES_MAX] + "-"), member[:300]
+        res = c.join_group(group, member, [("range", kr.consumer_subscription([topic]))], version=5)
+        assert res["error_code"] == 0 and res["member_id"] == member, res
+        generation = res["generation_id"]
+        assert c.sync_group(group, generation, member, {member: b""})["error_code"] == 0
+        ghost = member + "x" * (MEMBER_ID_BYTES_MAX + 1 - len(member))
+        assert c.heartbeat(group, generation, ghost)["error_code"] == kr.UNKNOWN_MEMBER_ID
+        assert c.sync_group(group, generation, ghost, {})["error_code"] == kr.UNKNOWN_MEMBER_ID
+        assert c.offset_commit(group, {(topic, 0): (1, None)}, generation, ghost) == {(topic, 0): kr.UNKNOWN_MEMBER_ID}
+        left = c.leave_group(group, [(ghost, None), (member, None)], version=3)
+        assert [m["error_code"] for m in left["members"]] == [kr.UNKNOWN_MEMBER_ID, 0], left
+    served(group_broker)
+
+
+def test_sync_group_refuses_an_oversized_assignment(group_broker):
+    with group_broker.conn() as c:
+        topic = unique("grp-sync")
+        c.create_topic(topic)
+        group, protocols = unique("g"), [("range", kr.consumer_subscription([topic]))]
+        member = c.join_group(group, "", protocols, version=5)["member_id"]
+        res = c.join_group(group, member, protocols, version=5)
+        assert res["error_code"] == 0 and res["leader"] == member, res
+        generation = res["generation_id"]
+        too_big = {member: b"\0" * (SYNC_ASSIGNMENT_BYTES_MAX + 1)}
+        assert c.sync_group(group, generation, member, too_big)["error_code"] == kr.INVALID_REQUEST
+        # Nothing was stored; the leader can still hand in an assignment within the bound.
+        fits = b"\1" * SYNC_ASSIGNMENT_BYTES_MAX
+        res = c.sync_group(group, generation, member, {member: fits})
+        assert res["error_code"] == 0 and res["assignment"] == fits
+        assert c.heartbeat(group, generation, member)["error_code"] == 0
+    served(group_broker)
+
+
+def test_group_max_size_is_finite_by_default_and_enforced(broker_factory):
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    default = broker_factory()
+    admin = AdminClient({"bootstrap.servers": default.bootstrap})
+    res = ConfigResource(ResourceType.BROKER, "0")
+    assert admin.describe_configs([res])[res].result(timeout=30)["group.max.size"].value == "1000"
+
+    small = broker_factory(settings={"group.max.size": "2", "group.initial.rebalance.delay.ms": "0"})
+    with small.conn() as c:
+        topic = unique("grp-size")
+        c.create_topic(topic)
+        group, protocols = unique("g"), [("range", kr.consumer_subscription([topic]))]
+        # Members waiting to rejoin with their new id (KIP-394) count: two fill the group.
+        ids = [c.join_group(group, "", protocols, version=5) for _ in range(2)]
+        assert [r["error_code"] for r in ids] == [kr.MEMBER_ID_REQUIRED] * 2, ids
+        assert c.join_group(group, "", protocols, version=5)["error_code"] == kr.GROUP_MAX_SIZE_REACHED
+        # A static member is refused too (it would be a third member).
+        full = c.join_group(group, "", protocols, version=5, group_instance_id="static-3")
+        assert full["error_code"] == kr.GROUP_MAX_SIZE_REACHED, full
+    served(small)

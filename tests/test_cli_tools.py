@@ -198,7 +198,9 @@ def test_consume_positions_templates_and_json(broker):
     t = unique("cli-consume")
     strom(broker, "topic", "create", t, "-p", "2")
     strom(broker, "produce", t, "-p", "0", "-k", "=", "-H", "h=1", input="".join(f"k{i}=v{i}\n" for i in range(10)))
-    before = int(time.time() * 1000)
+    # One millisecond past now: the records above may carry this very millisecond (the produce
+    # can finish within it), and a timestamp lookup finds records at or after the time.
+    before = int(time.time() * 1000) + 1
     time.sleep(0.05)
     strom(broker, "produce", t, "-p", "1", input="late0\nlate1\n")
 

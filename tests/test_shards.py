@@ -248,3 +248,26 @@ def test_pipelined_produces_keep_order_within_partition(broker_factory, cores):
             assert sorted(got, key=int) == sorted(expected[p], key=int), f"partition {p}: records lost or duplicated"
             assert got == expected[p], (f"partition {p}: pipelined produces appended out of order; first "
                                         f"difference at index {next(i for i, (a, e) in enumerate(zip(got, expected[p])) if a != e)}")
+
+
+def test_a_panicking_shard_stops_the_whole_broker(broker_factory):
+    """A shard that panics must not leave the others serving and /v1/ready green while its
+    partitions and groups hang: the process aborts, and the log says which shard and why."""
+    import signal
+    import urllib.request
+
+    broker = broker_factory(cores=2, settings={"test.fault.shard.panic.after.ms": "1500"})
+    topic = unique("panic")
+    with broker.conn() as c:
+        c.create_topic(topic, partitions=2)
+    try:
+        code = broker.proc.wait(15)
+    except Exception:
+        with urllib.request.urlopen(broker.admin_url + "/v1/ready", timeout=5) as r:
+            status = r.status
+        pytest.fail(f"the broker kept running after a shard panicked (/v1/ready answers {status})")
+    assert code == -signal.SIGABRT, f"exit code {code}, expected SIGABRT"
+    log = broker.log_text()
+    assert "shard 1 (" in log and "panicked" in log and "shard 1 panics on purpose" in log, log[-2000:]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(broker.admin_url + "/v1/ready", timeout=2)
