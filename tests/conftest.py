@@ -55,6 +55,28 @@ def port_has_listener(port: int) -> bool:
     return False
 
 
+def wait_api_versions(proc: subprocess.Popen, port: int, timeout: float, name: str, log_tail, kill):
+    """Polls ApiVersions on `port` until a broker answers it. Fails the test (with `log_tail()`)
+    if `proc` exits first or nothing answers within `timeout`; then calls `kill()`."""
+    deadline = time.monotonic() + timeout
+    last_err = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with code {proc.returncode} during startup; output:\n{log_tail()}")
+        try:
+            with kafka_raw.KafkaConn(HOST, port, timeout=2.0) as c:
+                res = c.api_versions(0)
+                if res["error_code"] == 0 and res["api_keys"]:
+                    return
+                last_err = f"ApiVersions answered {res}"
+        except (OSError, kafka_raw.ConnectionClosed, ValueError, AssertionError) as e:
+            last_err = repr(e)
+        time.sleep(0.05)
+    kill()
+    pytest.fail(f"{name} did not answer ApiVersions on {HOST}:{port} within {timeout}s "
+                f"(last error: {last_err}); output:\n{log_tail()}")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -152,24 +174,7 @@ class Broker:
         return self
 
     def wait_ready(self, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        last_err = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"broker exited with code {self.proc.returncode} during startup; "
-                            f"stderr:\n{self.log_tail()}")
-            try:
-                with kafka_raw.KafkaConn(HOST, self.port, timeout=2.0) as c:
-                    res = c.api_versions(0)
-                    if res["error_code"] == 0 and res["api_keys"]:
-                        return
-                    last_err = f"ApiVersions answered {res}"
-            except (OSError, kafka_raw.ConnectionClosed, ValueError, AssertionError) as e:
-                last_err = repr(e)
-            time.sleep(0.05)
-        self.kill()
-        pytest.fail(f"broker did not answer ApiVersions on {self.bootstrap} within {timeout}s "
-                    f"(last error: {last_err}); stderr:\n{self.log_tail()}")
+        wait_api_versions(self.proc, self.port, timeout, "broker", self.log_tail, self.kill)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

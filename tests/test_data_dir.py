@@ -7,7 +7,6 @@ such directory makes the broker refuse to start, naming it."""
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest

@@ -31,8 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-import kafka_raw
-from conftest import HOST, REPO, _die_with_parent, port_has_listener, strom_bin
+from conftest import HOST, REPO, _die_with_parent, port_has_listener, strom_bin, wait_api_versions
 
 README = REPO / "README.md"
 KAFKA_PORT = 9092
@@ -241,24 +240,7 @@ class ReadmeBroker:
         return self
 
     def wait_ready(self, timeout: float):
-        deadline = time.monotonic() + timeout
-        last_err = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"`{' '.join(self.argv)}` exited with code {self.proc.returncode} during "
-                            f"startup; output:\n{self.log_tail()}")
-            try:
-                with kafka_raw.KafkaConn(HOST, KAFKA_PORT, timeout=2.0) as c:
-                    res = c.api_versions(0)
-                    if res["error_code"] == 0 and res["api_keys"]:
-                        return
-                    last_err = f"ApiVersions answered {res}"
-            except (OSError, kafka_raw.ConnectionClosed, ValueError, AssertionError) as e:
-                last_err = repr(e)
-            time.sleep(0.05)
-        self.kill()
-        pytest.fail(f"`{' '.join(self.argv)}` did not answer ApiVersions on {BOOTSTRAP} within {timeout} s "
-                    f"(last error: {last_err}); output:\n{self.log_tail()}")
+        wait_api_versions(self.proc, KAFKA_PORT, timeout, f"`{' '.join(self.argv)}`", self.log_tail, self.kill)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -173,7 +173,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         admin_listener,
         recovered_shards: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         started: std::time::Instant::now(),
-        connections: strom_net::ConnectionLimiter::new(config.connections_max, config.connections_per_ip_max),
+        connection_limiter: strom_net::ConnectionLimiter::new(config.connections_max, config.connections_per_ip_max),
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",

@@ -58,7 +58,7 @@ pub struct ShardContext {
     /// When the process started (for the uptime metric).
     pub started: std::time::Instant,
     /// Client connections of the whole broker (`max.connections`, `max.connections.per.ip`).
-    pub connections: Arc<strom_net::ConnectionLimiter>,
+    pub connection_limiter: Arc<strom_net::ConnectionLimiter>,
 }
 
 /// Per-shard counters of the mesh and the acceptor (exported by the metrics endpoint).
@@ -235,7 +235,7 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
     let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener, ctx.connections.clone()));
+    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener, ctx.connection_limiter.clone()));
     // Retention and compaction yield the core to request handling: their own task queue with
     // few shares, so under contention they get about a tenth of what request handling gets.
     let queue = glommio::executor().create_task_queue(
