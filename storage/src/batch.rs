@@ -242,6 +242,12 @@ pub enum BatchError {
     NoOngoingTransaction,
 }
 
+/// Recomputes a batch's CRC-32C after bytes it covers changed.
+fn write_crc(batch: &mut [u8]) {
+    let crc = batch_crc(batch);
+    batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// CRC-32C of a whole batch's CRC-covered bytes (21..end).
 pub(crate) fn batch_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[CRC_START..])
@@ -374,8 +380,7 @@ pub(crate) fn reseal(batch: &mut [u8], records_count: i32) {
         header.batch_length.set(batch_length);
         header.records_count.set(records_count);
     }
-    let crc = batch_crc(batch);
-    batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
+    write_crc(batch);
 }
 
 /// Marks a batch as LogAppendTime with `now_ms` as its maxTimestamp and recomputes its CRC.
@@ -385,8 +390,7 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
         header.attributes.set(attributes);
         header.max_timestamp.set(now_ms);
     }
-    let crc = batch_crc(batch);
-    batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
+    write_crc(batch);
 }
 
 #[cfg(test)]
@@ -474,8 +478,7 @@ mod tests {
             .unwrap()
             .records_count
             .set(0);
-        let crc = batch_crc(&batch);
-        batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
+        write_crc(&mut batch);
         assert_eq!(validate_batch(&batch), Err(BatchError::Empty));
 
         let mut batch = sample();
@@ -492,8 +495,7 @@ mod tests {
     /// Rewrites header fields of `batch` through `edit` and reseals its CRC.
     fn edited(mut batch: Vec<u8>, edit: impl FnOnce(&mut BatchHeader)) -> Vec<u8> {
         edit(BatchHeader::view_mut(&mut batch).unwrap());
-        let crc = batch_crc(&batch);
-        batch[CRC_RANGE].copy_from_slice(&crc.to_be_bytes());
+        write_crc(&mut batch);
         batch
     }
 

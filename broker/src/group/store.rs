@@ -268,19 +268,7 @@ pub fn load_partition_count(data_dir: &Path, configured: u32) -> std::io::Result
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} does not hold a partition count", path.display()))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!("{PARTITIONS_FILE}.tmp"));
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                writeln!(f, "{configured}")?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()?;
-            if let Some(parent) = dir.parent() {
-                std::fs::File::open(parent)?.sync_all()?;
-            }
+            crate::data_dir::replace_file_durable(&dir, PARTITIONS_FILE, format!("{configured}\n").as_bytes())?;
             Ok(configured)
         }
         Err(e) => Err(e),

@@ -134,20 +134,8 @@ pub async fn save_deleting(data_dir: &Path, topics: &[String]) -> Result<(), Met
 /// Durably records the topics being deleted at startup, before the shards run.
 pub fn save_deleting_blocking(data_dir: &Path, topics: &[String]) -> Result<(), MetaStoreError> {
     let dir = meta_dir(data_dir);
-    let path = dir.join(DELETING_FILE);
-    let tmp = dir.join(format!("{DELETING_FILE}.tmp"));
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source: std::io::Error| MetaStoreError::Io { op, path: p, source }
-    };
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&encode_deleting(topics)).map_err(io("write", &tmp))?;
-        f.sync_data().map_err(io("fdatasync", &tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("fsync dir", &dir))
+    crate::data_dir::replace_file_durable(&dir, DELETING_FILE, &encode_deleting(topics))
+        .map_err(|source| MetaStoreError::Io { op: "replace", path: dir.join(DELETING_FILE), source })
 }
 
 /// Durably replaces the snapshot. Runs on the controller shard, through io_uring.
