@@ -69,6 +69,9 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     // A connection with no request in flight and no byte received for this long is closed.
     ("connections.max.idle.ms", "600000"),
     ("connections.max.send.wait.ms", "30000"),
+    // A connection whose requests all go to partitions of another shard moves to that shard
+    // (kafka/affinity.rs), so it no longer pays a cross-core hop per request.
+    ("connections.migrate.to.owner", "true"),
     ("group.initial.rebalance.delay.ms", "3000"),
     ("group.min.session.timeout.ms", "6000"),
     ("group.max.session.timeout.ms", "1800000"),
@@ -215,6 +218,8 @@ pub struct BrokerConfig {
     pub connections_per_ip_max: usize,
     /// `connections.max.idle.ms`.
     pub connection_idle_ms: u64,
+    /// `connections.migrate.to.owner`: move a connection to the shard its requests go to.
+    pub connection_migrate: bool,
     pub topic_defaults: TopicDefaults,
     pub groups: GroupSettings,
     pub producers: ProducerSettings,
@@ -467,6 +472,7 @@ impl BrokerConfig {
             request_budget_bytes,
             connections_max: positive(&raw, "max.connections")?,
             connections_per_ip_max: positive(&raw, "max.connections.per.ip")?,
+            connection_migrate: parse(&raw, "connections.migrate.to.owner")?,
             connection_idle_ms: positive::<u64>(&raw, "connections.max.idle.ms")?,
             topic_defaults,
             groups,

@@ -29,6 +29,16 @@ pub const REQUEST_BODY_STALL_MS_MAX: u64 = 30_000;
 /// Smallest `queued.max.request.bytes` per shard: one small request always fits.
 pub const REQUEST_BUDGET_SHARD_BYTES_MIN: usize = 4 * REQUEST_SMALL_BYTES_MAX;
 
+/// Requests in a row that touched only partitions of one other shard before a connection moves
+/// to that shard (`kafka/affinity.rs`). Long enough that a client's first requests (metadata,
+/// a few produces to several partitions) do not move it, short enough that a producer moves
+/// within its first few milliseconds of traffic.
+pub const CONNECTION_MIGRATE_STREAK: u32 = 8;
+
+/// A connection moves to another shard at most once per this many ms, so a client whose
+/// requests alternate between shards cannot make its connection bounce.
+pub const CONNECTION_MIGRATE_INTERVAL_MS: u64 = 1_000;
+
 /// Warnings about refused connections, at most one per shard per this many ms (a flood of
 /// connections must not become a flood of log lines; the metric counts every one).
 pub const CONNECTION_REFUSED_LOG_INTERVAL_MS: u64 = 10_000;

@@ -35,6 +35,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader { inner, buf: BytesMut::new(), filled: 0, frame_bytes_max, progress: Rc::default() }
     }
 
+    /// A reader that first hands out `buffered`, bytes another reader of the same connection had
+    /// read and not handed out (see [`Self::into_parts`]).
+    pub fn with_buffered(inner: R, frame_bytes_max: usize, buffered: BytesMut) -> Self {
+        let filled = buffered.len();
+        FrameReader { inner, buf: buffered, filled, frame_bytes_max, progress: Rc::default() }
+    }
+
+    /// The connection and the bytes read from it that were not handed out as frames yet, for a
+    /// reader elsewhere to continue with.
+    pub fn into_parts(mut self) -> (R, BytesMut) {
+        self.buf.truncate(self.filled);
+        (self.inner, self.buf)
+    }
+
     /// Checks the length prefix at the head of the buffer, if there is one.
     fn frame_len(&self) -> Result<Option<usize>, NetError> {
         if self.filled < 4 {
@@ -108,6 +122,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// around [`Self::next_frame`] can tell a stalled peer from a slow one).
     pub fn progress(&self) -> Rc<Cell<u64>> {
         self.progress.clone()
+    }
+}
+
+#[cfg(test)]
+mod handover_tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_continues_where_another_stopped() {
+        glommio::LocalExecutor::default().run(async {
+            let mut wire = Vec::new();
+            for body in [&b"first"[..], b"second", b"third"] {
+                wire.extend_from_slice(&(body.len() as i32).to_be_bytes());
+                wire.extend_from_slice(body);
+            }
+            // All three frames arrive in one read; the first reader hands out only the first.
+            let mut a = FrameReader::new(futures_lite::io::Cursor::new(wire), 1024);
+            assert_eq!(&a.next_frame().await.unwrap().unwrap()[..], b"first");
+            let (rest_of_stream, buffered) = a.into_parts();
+            assert_eq!(buffered.len(), 4 + 6 + 4 + 5, "the unread frames travel with the handover");
+            let mut b = FrameReader::with_buffered(rest_of_stream, 1024, buffered);
+            assert_eq!(&b.next_frame().await.unwrap().unwrap()[..], b"second");
+            assert_eq!(&b.next_frame().await.unwrap().unwrap()[..], b"third");
+            assert!(b.next_frame().await.unwrap().is_none());
+        });
     }
 }
 

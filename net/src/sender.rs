@@ -77,6 +77,11 @@ impl ResponseSender {
     }
 
     /// Closes both directions now (after a protocol error), waking the connection's reader.
+    /// The sender's own descriptor of the socket (to hand the connection to another thread).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     pub fn shutdown(&self) {
         sys::shutdown(self.fd.as_raw_fd());
     }

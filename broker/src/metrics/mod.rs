@@ -4,6 +4,7 @@
 //! `ShardOp::Metrics`, merges them and renders the Prometheus text format ([`render`]).
 
 mod render;
+pub mod stages;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use kafka_protocol::messages::ApiKey;
 use strom_storage::metrics::LatencyHistogram;
 
 use crate::shard::{Shard, ShardOp, ShardReply};
+use stages::{RequestTrace, StageHistograms};
 pub use render::{render, status_json};
 
 /// Request counters of one API on one shard.
@@ -47,6 +49,8 @@ pub struct ShardMetrics {
     pub connections_open: Cell<u64>,
     /// Long-poll waits (Fetch below `min_bytes`) parked on this shard's partitions.
     pub fetch_waits: Cell<u64>,
+    /// Where requests answered on this shard spent their time.
+    stages: RefCell<StageHistograms>,
 }
 
 /// Counts something in a gauge for as long as it lives, however it ends (a cancelled task is
@@ -83,6 +87,11 @@ impl ShardMetrics {
         s.requests += 1;
         s.errors += u64::from(failed);
         s.latency.observe(elapsed);
+    }
+
+    /// Records the stages of a request whose response was written (or dropped, for acks=0).
+    pub fn record_stages(&self, api: ApiKey, trace: &RequestTrace) {
+        self.stages.borrow_mut().record(api, trace);
     }
 
     pub fn add_bytes_in(&self, topic: &Arc<str>, n: u64) {
@@ -142,6 +151,7 @@ pub struct Snapshot {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub connections_idle_closed: u64,
+    pub connections_migrated: u64,
     pub request_bytes_inflight: u64,
     pub request_bytes_budget: u64,
     pub request_budget_waits: u64,
@@ -150,6 +160,7 @@ pub struct Snapshot {
     pub mesh_cancelled: u64,
     pub committed: Vec<CommittedOffset>,
     pub fsync: LatencyHistogram,
+    pub stages: StageHistograms,
 }
 
 /// This shard's snapshot (runs on the shard).
@@ -192,6 +203,7 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         connections_accepted: shard.stats.connections.get(),
         connections_refused: shard.stats.connections_refused.get(),
         connections_idle_closed: shard.stats.connections_idle_closed.get(),
+        connections_migrated: shard.stats.connections_migrated.get(),
         request_bytes_inflight: shard.request_budget.in_use() as u64,
         request_bytes_budget: shard.request_budget.capacity() as u64,
         request_budget_waits: shard.request_budget.waits_total(),
@@ -200,6 +212,7 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         mesh_cancelled,
         committed: shard.groups.committed_offsets(),
         fsync: strom_storage::metrics::fsync_latency_snapshot(),
+        stages: m.stages.borrow().clone(),
     }
 }
 

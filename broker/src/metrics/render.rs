@@ -8,6 +8,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::ApiKey;
 use strom_storage::metrics::LatencyHistogram;
 
+use super::stages::{ApiGroup, Stage, StageHistograms};
 use super::{ApiStats, PartitionGauges, ProcessInfo, Snapshot, TopicBytes};
 use crate::metadata::ClusterMeta;
 
@@ -61,6 +62,38 @@ impl Out {
     }
 }
 
+/// The request stage histograms of every shard, merged, as a Prometheus summary (quantiles
+/// since the broker started; quantile 1 is the maximum).
+fn render_stages(o: &mut Out, snaps: &[Snapshot]) {
+    let mut merged = StageHistograms::default();
+    for s in snaps {
+        merged.merge(&s.stages);
+    }
+    const NAME: &str = "strom_request_stage_seconds";
+    o.family(
+        NAME,
+        "summary",
+        "Where requests spend their time, by API (Produce, Fetch, other) and stage: schedule, decode, hop_out, execute, hop_back, encode, queue, send, and total (frame read to response written). Quantile 1 is the maximum.",
+    );
+    for api in ApiGroup::ALL {
+        for stage in Stage::ALL {
+            let h = merged.get(api, stage);
+            if h.is_empty() {
+                continue;
+            }
+            let labels = [("api", api.name()), ("stage", stage.name())];
+            for q in ["0.5", "0.9", "0.99", "0.999", "1"] {
+                let v = if q == "1" { h.max() } else { h.value_at_quantile(q.parse().unwrap_or(1.0)) };
+                let mut l = labels.to_vec();
+                l.push(("quantile", q));
+                o.sample(NAME, &l, format!("{:.6}", v as f64 / 1e6));
+            }
+            o.sample(&format!("{NAME}_sum"), &labels, format!("{:.6}", h.mean() * h.len() as f64 / 1e6));
+            o.sample(&format!("{NAME}_count"), &labels, h.len());
+        }
+    }
+}
+
 /// A per-partition gauge: name, help, value.
 type PartitionMetric = (&'static str, &'static str, fn(&PartitionGauges) -> i64);
 /// A per-shard metric: name, type, help, value.
@@ -110,6 +143,8 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
         o.histogram("strom_request_latency_seconds", &[("api", api)], &st.latency);
     }
 
+    render_stages(&mut o, snaps);
+
     let mut topics: BTreeMap<Arc<str>, TopicBytes> = BTreeMap::new();
     for s in snaps {
         for (t, b) in &s.topic_bytes {
@@ -145,7 +180,7 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
 
     let mut shards: Vec<&Snapshot> = snaps.iter().collect();
     shards.sort_by_key(|s| s.shard);
-    let per_shard: [ShardMetric; 13] = [
+    let per_shard: [ShardMetric; 14] = [
         (
             "strom_shard_task_queue_depth",
             "gauge",
@@ -165,6 +200,9 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
         }),
         ("strom_connections_idle_closed_total", "counter", "Connections closed for connections.max.idle.ms or a request body that stopped arriving.", |s| {
             s.connections_idle_closed
+        }),
+        ("strom_connections_migrated_total", "counter", "Connections this shard handed to the shard that owns the partitions they use (connections.migrate.to.owner).", |s| {
+            s.connections_migrated
         }),
         ("strom_request_bytes_inflight", "gauge", "Request bytes charged to the shard's share of queued.max.request.bytes.", |s| {
             s.request_bytes_inflight

@@ -26,13 +26,15 @@ use glommio::{GlommioError, ResourceType};
 use super::ops::{self, ShardOp, ShardReply};
 use super::Shard;
 use crate::limits::MESH_OUTBOX_REQUESTS_MAX;
+use crate::metrics::stages::OwnerTimes;
 
 /// Messages per direction between two shards before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 pub enum ShardMsg {
     Request { id: u64, op: ShardOp },
-    Reply { id: u64, reply: ShardReply },
+    /// `ran`: when this shard started and finished the request (for the request stages).
+    Reply { id: u64, reply: ShardReply, ran: OwnerTimes },
     /// The caller of request `id` no longer waits for it.
     Cancel { id: u64 },
 }
@@ -97,7 +99,7 @@ impl<M> Outbox<M> {
 pub struct Mesh {
     senders: Rc<Senders<ShardMsg>>,
     outboxes: Vec<Rc<Outbox<ShardMsg>>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<(ShardReply, OwnerTimes)>>>,
     next_id: Cell<u64>,
     /// Cancellable requests from peers being executed here, by (peer, id).
     running: RefCell<HashMap<(usize, u64), JoinHandle<()>>>,
@@ -164,20 +166,24 @@ impl Mesh {
         self.cancelled.get()
     }
 
-    pub async fn call(&self, shard: &Shard, to: usize, op: ShardOp) -> ShardReply {
+    /// Runs `op` on shard `to`; the reply, and when `to` ran it (None if it never did).
+    pub async fn call(&self, shard: &Shard, to: usize, op: ShardOp) -> (ShardReply, Option<OwnerTimes>) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let cancellable = op.cancellable();
         if self.outboxes[to].push_request(ShardMsg::Request { id, op }).is_err() {
             self.outbox_full.set(self.outbox_full.get() + 1);
             tracing::debug!(shard = shard.id, peer = to, "outbox to shard {to} is full: request refused");
-            return ShardReply::Unavailable;
+            return (ShardReply::Unavailable, None);
         }
         shard.stats.cross_shard_sent.set(shard.stats.cross_shard_sent.get() + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
         let mut call = PendingCall { mesh: self, shard, to, id, cancellable, answered: false };
-        let reply = rx.await.unwrap_or(ShardReply::Unavailable);
+        let reply = match rx.await {
+            Ok((reply, ran)) => (reply, Some(ran)),
+            Err(_) => (ShardReply::Unavailable, None),
+        };
         call.answered = true;
         reply
     }
@@ -227,9 +233,9 @@ pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
                             shard.mesh.running.borrow_mut().insert((peer, id), task);
                         }
                     }
-                    ShardMsg::Reply { id, reply } => {
+                    ShardMsg::Reply { id, reply, ran } => {
                         if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&id) {
-                            let _ = tx.send(reply);
+                            let _ = tx.send((reply, ran));
                         }
                     }
                     ShardMsg::Cancel { id } => {
@@ -249,14 +255,16 @@ pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
 
 /// Executes a request from `peer` and queues the reply.
 async fn run_request(shard: Rc<Shard>, peer: usize, id: u64, op: ShardOp, cancellable: bool) {
+    let start = std::time::Instant::now();
     let reply = {
         let _running = crate::metrics::Tracked::start(&shard.metrics.mesh_ops_inflight);
         ops::execute(&shard, op).await
     };
+    let ran = OwnerTimes { start, end: std::time::Instant::now() };
     if cancellable {
         shard.mesh.running.borrow_mut().remove(&(peer, id));
     }
-    shard.mesh.enqueue_control(&shard, peer, ShardMsg::Reply { id, reply });
+    shard.mesh.enqueue_control(&shard, peer, ShardMsg::Reply { id, reply, ran });
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use crate::group::{GroupCoordinator, GroupOp, GroupReply};
 use crate::metadata::controller::Controller;
 use crate::metadata::producer_ids::ProducerIds;
 use crate::metadata::ClusterMeta;
+use crate::metrics::stages::OwnerTimes;
 use crate::now_ms;
 use mesh::{Mesh, ShardMsg};
 pub use ops::{ShardOp, ShardReply};
@@ -73,6 +74,8 @@ pub struct ShardStats {
     connections_refused_logged_ms: Cell<i64>,
     /// Connections closed for `connections.max.idle.ms` or a stalled request body.
     pub connections_idle_closed: Cell<u64>,
+    /// Connections handed to another shard (`kafka/affinity.rs`).
+    pub connections_migrated: Cell<u64>,
 }
 
 pub struct Shard {
@@ -101,8 +104,15 @@ pub struct Shard {
 impl Shard {
     /// Runs `op` on shard `to`: directly if that is this shard, else over the mesh.
     pub async fn call(self: &Rc<Self>, to: usize, op: ShardOp) -> ShardReply {
+        self.call_timed(to, op).await.0
+    }
+
+    /// [`Shard::call`], also saying when the owner ran the operation (None if it never did).
+    pub async fn call_timed(self: &Rc<Self>, to: usize, op: ShardOp) -> (ShardReply, Option<OwnerTimes>) {
         if to == self.id {
-            ops::execute(self, op).await
+            let start = std::time::Instant::now();
+            let reply = ops::execute(self, op).await;
+            (reply, Some(OwnerTimes { start, end: std::time::Instant::now() }))
         } else {
             self.mesh.call(self, to, op).await
         }
@@ -347,16 +357,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, limiter: Arc<strom
                     }
                 };
                 shard.stats.connections.set(shard.stats.connections.get() + 1);
-                let open = &shard.metrics.connections_open;
-                open.set(open.get() + 1);
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    crate::kafka::connection::serve(shard.clone(), stream).await;
-                    drop(slot);
-                    let open = &shard.metrics.connections_open;
-                    open.set(open.get() - 1);
-                })
-                .detach();
+                crate::kafka::connection::spawn(shard.clone(), stream, slot);
             }
             Err(e) => {
                 tracing::warn!(shard = shard.id, "accept failed: {e}");

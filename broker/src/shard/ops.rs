@@ -83,6 +83,8 @@ pub enum ShardOp {
     Group(GroupOp),
     /// This shard's metrics snapshot (for the admin server on shard 0).
     Metrics,
+    /// Serve this client connection from now on (it moves to the shard its partitions live on).
+    AdoptConnection(Box<crate::kafka::connection::Handoff>),
 }
 
 pub enum ShardReply {
@@ -162,6 +164,10 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
         }
         ShardOp::Group(op) => ShardReply::Group(crate::group::execute(shard, op).await),
         ShardOp::Metrics => ShardReply::Metrics(Box::new(crate::metrics::snapshot(shard))),
+        ShardOp::AdoptConnection(handoff) => {
+            crate::kafka::connection::adopt(shard, *handoff);
+            ShardReply::Done(Ok(()))
+        }
         ShardOp::Controller(op) => match &shard.controller {
             Some(c) => ShardReply::Controller(c.apply(shard, op).await),
             None => ShardReply::Unavailable,

@@ -41,6 +41,8 @@ use strom_net::OutChunk;
 use super::codec::frame_response;
 use crate::metadata::controller::{ControllerError, ControllerOp, ControllerReply};
 use crate::group::{input, GroupOp, GroupReply};
+use crate::kafka::affinity::Hint;
+use crate::metrics::stages::RequestTrace;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
 /// What the connection writer does with a request's result.
@@ -62,6 +64,10 @@ pub struct Ctx<'a> {
     pub peer: &'a str,
     /// Set when the response carries an error code (for `strom_request_errors_total`).
     failed: Cell<bool>,
+    /// The request's stage stamps.
+    pub trace: &'a RequestTrace,
+    /// The shards the request's partitions live on (for connection migration).
+    hint: Cell<Hint>,
 }
 
 impl Ctx<'_> {
@@ -80,8 +86,20 @@ impl Ctx<'_> {
     }
 
     pub fn decode<R: Decodable>(&self, body: &mut Bytes) -> Result<R, Outcome> {
-        R::decode(body, self.version)
-            .map_err(|e| Outcome::Close(format!("malformed {:?} v{} request: {e}", self.api, self.version)))
+        let decoded = R::decode(body, self.version)
+            .map_err(|e| Outcome::Close(format!("malformed {:?} v{} request: {e}", self.api, self.version)));
+        self.trace.decoded();
+        decoded
+    }
+
+    /// Runs `op` on the shard that owns its partitions, stamping the hop stages of the trace.
+    pub async fn call_owner(&self, to: usize, op: ShardOp) -> ShardReply {
+        self.hint.set(self.hint.get().with(to));
+        let (reply, ran) = self.shard.call_timed(to, op).await;
+        if let Some(ran) = ran {
+            self.trace.owner_replied(ran);
+        }
+        reply
     }
 
     /// The client id from the request header ("" if none).
@@ -113,13 +131,21 @@ pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: RequestHeader, peer: &str, mut body: Bytes) -> Outcome {
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    api: ApiKey,
+    version: i16,
+    header: RequestHeader,
+    peer: &str,
+    mut body: Bytes,
+    trace: &RequestTrace,
+) -> (Outcome, Hint) {
     // An old version equal to a newer one is handled as that one (`api::WIRE_ALIASES`).
     let version = super::api::wire_version(api, version);
     let started = Instant::now();
     let inflight = &shard.metrics.requests_inflight;
     inflight.set(inflight.get() + 1);
-    let ctx = Ctx { shard, api, version, header, peer, failed: Cell::new(false) };
+    let ctx = Ctx { shard, api, version, header, peer, failed: Cell::new(false), trace, hint: Cell::new(Hint::None) };
     let result = match api {
         ApiKey::ApiVersions => api_versions::handle(&ctx, &mut body).await,
         ApiKey::Metadata => metadata::handle(&ctx, &mut body).await,
@@ -154,7 +180,7 @@ pub async fn dispatch(shard: &Rc<Shard>, api: ApiKey, version: i16, header: Requ
     shard.metrics.record_request(api, failed, started.elapsed());
     let inflight = &shard.metrics.requests_inflight;
     inflight.set(inflight.get() - 1);
-    outcome
+    (outcome, ctx.hint.get())
 }
 
 pub type HandlerResult = Result<Outcome, Outcome>;

@@ -47,7 +47,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let calls = per_shard.into_iter().map(|(shard_id, parts)| async move {
         let positions: Vec<(usize, usize)> = parts.iter().map(|(t, p, _)| (*t, *p)).collect();
         let work = parts.into_iter().map(|(_, _, p)| p).collect();
-        (positions, ctx.shard.call(shard_id, ShardOp::Produce(work)).await)
+        (positions, ctx.call_owner(shard_id, ShardOp::Produce(work)).await)
     });
     for (positions, reply) in futures::future::join_all(calls).await {
         let results = match reply {

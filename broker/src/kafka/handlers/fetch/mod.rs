@@ -114,7 +114,7 @@ async fn read_round(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Vec<FetchResult> {
                 min_one_batch: true,
             })
             .collect();
-        (idx, ctx.shard.call(s, ShardOp::Fetch(parts)).await)
+        (idx, ctx.call_owner(s, ShardOp::Fetch(parts)).await)
     });
     for (idx, reply) in futures::future::join_all(calls).await {
         match reply {
@@ -164,7 +164,7 @@ async fn wait_for_data(ctx: &Ctx<'_>, wanted: &[Wanted], results: &[FetchResult]
     let wait_ms = timeout.as_millis() as u64;
     let waits: Vec<_> = per_shard
         .into_iter()
-        .map(|(s, parts)| Box::pin(ctx.shard.call(s, ShardOp::WaitForData { parts, wait_ms })))
+        .map(|(s, parts)| Box::pin(ctx.call_owner(s, ShardOp::WaitForData { parts, wait_ms })))
         .collect();
     let timer = Box::pin(glommio::timer::sleep(timeout));
     let _ = select(Box::pin(select_all(waits)), timer).await;
