@@ -155,6 +155,18 @@ async fn sequential(mesh: Rc<Mesh>, iters: u64) -> Duration {
     start.elapsed()
 }
 
+/// `n` calls to the other shard, one at a time, each timed; microseconds per round trip.
+async fn timed(mesh: Rc<Mesh>, n: u64) -> hdrhistogram::Histogram<u64> {
+    let peer = 1 - mesh.id;
+    let mut h = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    for op in 0..n {
+        let start = Instant::now();
+        assert_eq!(mesh.call(peer, op).await, op);
+        h.saturating_record(start.elapsed().as_micros() as u64);
+    }
+    h
+}
+
 /// `iters` calls to the other shard with up to `PIPELINE_DEPTH` in flight; returns the total time.
 async fn pipelined(mesh: Rc<Mesh>, iters: u64) -> Duration {
     let peer = 1 - mesh.id;
@@ -194,6 +206,18 @@ fn cross_shard(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("pipelined_64", |b| b.iter_custom(|iters| caller.run(move |mesh| pipelined(mesh, iters))));
     g.finish();
+    // The tail, which criterion's mean and median hide: a fixed number of timed round trips
+    // (fewer under `--test`, as CI runs it).
+    let n: u64 = if std::env::args().any(|a| a == "--test") { 2_000 } else { 20_000 };
+    let h = caller.run(move |mesh| timed(mesh, n));
+    println!(
+        "cross_shard/round_trip percentiles over {n} calls (us): p50 {} p90 {} p99 {} p99.9 {} max {}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
     drop(caller);
     drop(peer);
 }
