@@ -77,6 +77,19 @@ def wait_earliest(broker, topic, cond, timeout=15.0, what="the log start offset 
         time.sleep(0.05)
 
 
+def wait_segments_from(broker, topic, start, timeout=15.0):
+    """The segment files once none below `start` is left. The log start offset moves first (it
+    is persisted, then visible), the files of the segments below it go right after."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = segment_files(broker, topic)
+        if all(b >= start for b in files):
+            return files
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for the segments below {start} to go: {files}")
+        time.sleep(0.05)
+
+
 def values_from(broker, topic, start):
     with broker.conn() as c:
         return [(r.offset, r.value) for r in c.fetch_records(topic, 0, start)]
@@ -112,7 +125,7 @@ def test_retention_by_time(broker_factory):
     # Changed at runtime: the old segments are past one minute, the new ones are not.
     alter(broker, topic, {"retention.ms": "60000"})
     assert wait_earliest(broker, topic, lambda e: e > 0) == 100
-    after = segment_files(broker, topic)
+    after = wait_segments_from(broker, topic, 100)
     # Whole segments went, the others are untouched, the active one is still there.
     assert after == {b: s for b, s in before.items() if b >= 100}
     assert max(before) in after
