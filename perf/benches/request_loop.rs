@@ -13,7 +13,9 @@
 //! - `blocking`: a plain thread in a blocking `recv`: the floor of the machine.
 //!
 //! The client, pinned to the second CPU, sends at a fixed rate (sleeping until each due time)
-//! and times each round trip. The server's CPU time comes from `getrusage(RUSAGE_THREAD)` on
+//! and times each round trip. A second pass runs it as `rdkafka_performance` does on a small
+//! machine: the client unpinned, beside a thread that spins on a CPU for the whole run (its
+//! pacing loop polls without sleeping), so the server competes for CPU with both. The server's CPU time comes from `getrusage(RUSAGE_THREAD)` on
 //! its own thread. Printed per runtime: CPU microseconds per request, and round-trip
 //! p50/p90/p99/p99.9/max.
 
@@ -161,9 +163,12 @@ fn serve_blocking(listener: TcpListener, cpu: usize, file: std::fs::File, n: u64
     (thread_cpu() - start, served)
 }
 
-/// Sends `n` requests at `RATE_PER_S` and times each round trip (microseconds).
-fn client(port: u16, cpu: usize, n: u64) -> Histogram<u64> {
-    pin(cpu);
+/// Sends `n` requests at `RATE_PER_S` and times each round trip (microseconds). `cpu`: pin the
+/// client there, or leave it to the kernel.
+fn client(port: u16, cpu: Option<usize>, n: u64) -> Histogram<u64> {
+    if let Some(cpu) = cpu {
+        pin(cpu);
+    }
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let mut frame = (REQUEST_BYTES as u32).to_be_bytes().to_vec();
@@ -185,7 +190,7 @@ fn client(port: u16, cpu: usize, n: u64) -> Histogram<u64> {
     h
 }
 
-fn run(name: &str, server: fn(TcpListener, usize, std::fs::File, u64) -> Report, cpus: (usize, usize), n: u64) {
+fn run(name: &str, server: fn(TcpListener, usize, std::fs::File, u64) -> Report, cpus: (usize, usize), n: u64, contended: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     let file = tempfile::tempfile().expect("a temporary file");
@@ -193,11 +198,26 @@ fn run(name: &str, server: fn(TcpListener, usize, std::fs::File, u64) -> Report,
     let srv = thread::spawn(move || {
         let _ = tx.send(server(listener, cpus.0, file, n));
     });
-    let h = client(port, cpus.1, n);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = contended.then(|| {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            // Bounded by the run: the client's last round trip sets `stop`.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    let h = client(port, if contended { None } else { Some(cpus.1) }, n);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(s) = spinner {
+        s.join().expect("spinner");
+    }
     let (cpu, served) = rx.recv_timeout(Duration::from_secs(60)).expect("the server finishes");
     srv.join().expect("server thread");
+    let name = if contended { format!("{name}+spin") } else { name.to_string() };
     println!(
-        "request_loop/{name:<8} {n} requests at {RATE_PER_S}/s: server CPU {:.1} us per request; round trip (us) p50 {} p90 {} p99 {} p99.9 {} max {}",
+        "request_loop/{name:<13} {n} requests at {RATE_PER_S}/s: server CPU {:.1} us per request; round trip (us) p50 {} p90 {} p99 {} p99.9 {} max {}",
         cpu.as_secs_f64() * 1e6 / served as f64,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.9),
@@ -215,9 +235,11 @@ fn main() {
     }
     let n: u64 = if std::env::args().any(|a| a == "--test") { 300 } else { 20_000 };
     let rounds = if n > 1000 { 2 } else { 1 };
-    for _ in 0..rounds {
-        run("glommio", serve_glommio, (cpus[0], cpus[1]), n);
-        run("io_uring", serve_io_uring, (cpus[0], cpus[1]), n);
-        run("blocking", serve_blocking, (cpus[0], cpus[1]), n);
+    for contended in [false, true] {
+        for _ in 0..rounds {
+            run("glommio", serve_glommio, (cpus[0], cpus[1]), n, contended);
+            run("io_uring", serve_io_uring, (cpus[0], cpus[1]), n, contended);
+            run("blocking", serve_blocking, (cpus[0], cpus[1]), n, contended);
+        }
     }
 }
