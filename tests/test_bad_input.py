@@ -329,6 +329,19 @@ def _refused(conn, topic, batch, code, version=3):
     return res
 
 
+def _topic_with_one_record(conn, prefix):
+    topic = unique(prefix)
+    conn.create_topic(topic)
+    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    return topic
+
+
+def _next_batch_lands_at(conn, topic, offset):
+    """A good batch after refused ones takes the next offset: the refusals took none."""
+    nxt = conn.produce(topic, 0, kr.simple_batch([b"next"]))
+    assert nxt["error_code"] == 0 and nxt["base_offset"] == offset, nxt
+
+
 def test_batch_offset_range_must_match_record_count(conn):
     topic = unique("count")
     conn.create_topic(topic)
@@ -340,38 +353,29 @@ def test_batch_offset_range_must_match_record_count(conn):
     # Fewer offsets than records.
     _refused(conn, topic, kr.reseal_batch(kr.simple_batch([b"c", b"d", b"e"]), last_offset_delta=1),
              kr.INVALID_RECORD)
-    nxt = conn.produce(topic, 0, kr.simple_batch([b"next"]))
-    assert nxt["error_code"] == 0 and nxt["base_offset"] == 2, nxt
+    _next_batch_lands_at(conn, topic, 2)
     assert [r.value for r in conn.fetch_records(topic, 0)] == [b"a", b"b", b"next"]
 
 
 def test_batch_record_count_must_fit_its_bytes(conn):
     """Offset range and count agree, but an uncompressed batch of a few bytes cannot hold a
     million records."""
-    topic = unique("countbytes")
-    conn.create_topic(topic)
-    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    topic = _topic_with_one_record(conn, "countbytes")
     liar = kr.reseal_batch(kr.simple_batch([b"b"]), records_count=1_000_000, last_offset_delta=999_999)
     _refused(conn, topic, liar, kr.INVALID_RECORD)
-    nxt = conn.produce(topic, 0, kr.simple_batch([b"c"]))
-    assert nxt["error_code"] == 0 and nxt["base_offset"] == 1, nxt
+    _next_batch_lands_at(conn, topic, 1)
 
 
 def test_control_batch_from_a_client_is_invalid_record(conn):
-    topic = unique("control")
-    conn.create_topic(topic)
-    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    topic = _topic_with_one_record(conn, "control")
     control = kr.reseal_batch(kr.simple_batch([b"not-a-marker"]), attributes_or=kr.ATTR_CONTROL)
     res = _refused(conn, topic, control, kr.INVALID_RECORD, version=8)
     assert "control records" in (res["error_message"] or ""), res
-    nxt = conn.produce(topic, 0, kr.simple_batch([b"b"]))
-    assert nxt["error_code"] == 0 and nxt["base_offset"] == 1, nxt
+    _next_batch_lands_at(conn, topic, 1)
 
 
 def test_transactional_batch_is_invalid_txn_state(conn):
-    topic = unique("txn")
-    conn.create_topic(topic)
-    assert conn.produce(topic, 0, kr.simple_batch([b"a"]))["base_offset"] == 0
+    topic = _topic_with_one_record(conn, "txn")
     pid, epoch = conn.new_producer()
     txn = kr.reseal_batch(kr.idempotent_batch([b"t0", b"t1"], pid, epoch, 0), attributes_or=kr.ATTR_TRANSACTIONAL)
     _refused(conn, topic, txn, kr.INVALID_TXN_STATE)

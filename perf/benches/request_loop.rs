@@ -64,18 +64,38 @@ fn send_response(fd: RawFd) {
     assert_eq!(n as usize, RESPONSE.len(), "send");
 }
 
-/// Takes whole frames off the front of `buf`; returns how many.
-fn frames(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while buf.len() >= 4 {
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if buf.len() < 4 + len {
-            break;
-        }
-        out.push(buf[4..4 + len].to_vec());
-        buf.drain(..4 + len);
+/// The request handling all three servers share: whole frames out of the bytes read, each
+/// appended to the file and answered; a partial frame waits for the next read.
+struct Handler {
+    file: std::fs::File,
+    sock: RawFd,
+    buf: Vec<u8>,
+    pos: u64,
+    served: u64,
+}
+
+impl Handler {
+    fn new(file: std::fs::File, sock: RawFd) -> Handler {
+        Handler { file, sock, buf: Vec::new(), pos: 0, served: 0 }
     }
-    out
+
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        assert!(!bytes.is_empty(), "client closed early");
+        self.buf.extend_from_slice(bytes);
+        let mut at = 0;
+        while self.buf.len() - at >= 4 {
+            let len = u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]) as usize;
+            if self.buf.len() - at < 4 + len {
+                break;
+            }
+            pwrite_all(self.file.as_raw_fd(), &self.buf[at + 4..at + 4 + len], self.pos);
+            self.pos += len as u64;
+            send_response(self.sock);
+            self.served += 1;
+            at += 4 + len;
+        }
+        self.buf.drain(..at);
+    }
 }
 
 /// What the server thread reports: CPU time spent and requests served.
@@ -95,23 +115,16 @@ fn serve_glommio(listener: TcpListener, cpu: usize, file: std::fs::File, n: u64)
             // SAFETY: the glommio listener takes over a listening socket this closure owns.
             let listener = unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(listener)) };
             let mut stream = listener.accept().await.expect("accept");
-            let sock = stream.as_raw_fd();
+            let mut h = Handler::new(file, stream.as_raw_fd());
             let start = thread_cpu();
-            let (mut buf, mut chunk, mut served, mut pos) = (Vec::new(), vec![0u8; 64 << 10], 0u64, 0u64);
-            while served < n {
+            let mut chunk = vec![0u8; 64 << 10];
+            while h.served < n {
                 let got = stream.read(&mut chunk).await.expect("read");
-                assert!(got > 0, "client closed early");
-                buf.extend_from_slice(&chunk[..got]);
-                for f in frames(&mut buf) {
-                    pwrite_all(file.as_raw_fd(), &f, pos);
-                    pos += f.len() as u64;
-                    send_response(sock);
-                    served += 1;
-                }
+                h.on_bytes(&chunk[..got]);
             }
             let cpu = thread_cpu() - start;
             tick.cancel();
-            (cpu, served)
+            (cpu, h.served)
         })
         .expect("start the executor");
     handle.join().expect("executor ran")
@@ -122,45 +135,33 @@ fn serve_io_uring(listener: TcpListener, cpu: usize, file: std::fs::File, n: u64
     let (stream, _) = listener.accept().expect("accept");
     stream.set_nonblocking(true).expect("nonblocking");
     let sock = stream.as_raw_fd();
+    let mut h = Handler::new(file, sock);
     let mut ring = io_uring::IoUring::new(8).expect("ring");
     let start = thread_cpu();
-    let (mut buf, mut chunk, mut served, mut pos) = (Vec::new(), vec![0u8; 64 << 10], 0u64, 0u64);
-    while served < n {
+    let mut chunk = vec![0u8; 64 << 10];
+    while h.served < n {
         let recv = io_uring::opcode::Recv::new(io_uring::types::Fd(sock), chunk.as_mut_ptr(), chunk.len() as u32).build();
         // SAFETY: `chunk` outlives the operation: we wait for its completion right here.
         unsafe { ring.submission().push(&recv).expect("queue RECV") };
         ring.submit_and_wait(1).expect("submit_and_wait");
         let cqe = ring.completion().next().expect("one completion");
-        assert!(cqe.result() > 0, "recv: {}", cqe.result());
-        buf.extend_from_slice(&chunk[..cqe.result() as usize]);
-        for f in frames(&mut buf) {
-            pwrite_all(file.as_raw_fd(), &f, pos);
-            pos += f.len() as u64;
-            send_response(sock);
-            served += 1;
-        }
+        assert!(cqe.result() >= 0, "recv: {}", cqe.result());
+        h.on_bytes(&chunk[..cqe.result() as usize]);
     }
-    (thread_cpu() - start, served)
+    (thread_cpu() - start, h.served)
 }
 
 fn serve_blocking(listener: TcpListener, cpu: usize, file: std::fs::File, n: u64) -> Report {
     pin(cpu);
     let (mut stream, _) = listener.accept().expect("accept");
-    let sock = stream.as_raw_fd();
+    let mut h = Handler::new(file, stream.as_raw_fd());
     let start = thread_cpu();
-    let (mut buf, mut chunk, mut served, mut pos) = (Vec::new(), vec![0u8; 64 << 10], 0u64, 0u64);
-    while served < n {
+    let mut chunk = vec![0u8; 64 << 10];
+    while h.served < n {
         let got = stream.read(&mut chunk).expect("read");
-        assert!(got > 0, "client closed early");
-        buf.extend_from_slice(&chunk[..got]);
-        for f in frames(&mut buf) {
-            pwrite_all(file.as_raw_fd(), &f, pos);
-            pos += f.len() as u64;
-            send_response(sock);
-            served += 1;
-        }
+        h.on_bytes(&chunk[..got]);
     }
-    (thread_cpu() - start, served)
+    (thread_cpu() - start, h.served)
 }
 
 /// Sends `n` requests at `RATE_PER_S` and times each round trip (microseconds). `cpu`: pin the

@@ -1,13 +1,14 @@
 //! Appending to a segment: the batch write, its index entries, and the rollback that keeps the
 //! files equal to what was acknowledged when a write fails (ENOSPC, short write).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use crate::batch::BatchHeaderInfo;
 use crate::error::StorageError;
 use crate::file_io::{truncate, write_all_at, write_small_at};
 use crate::limits::{OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES, WRITEBACK_KICK_BYTES};
 use crate::segment::Segment;
+use crate::segment_fd::SegmentFd;
 use crate::segment_index::{encode_offsets, encode_times, IndexUpdate};
 
 impl Segment {
@@ -78,14 +79,13 @@ impl Segment {
         }
         self.set_writeback_from(to);
         let log = self.paths.log.clone();
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor this segment owns; no memory is passed.
-        let dup = unsafe { libc::fcntl(self.log.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            tracing::debug!(path = %log.display(), error = %std::io::Error::last_os_error(), "starting writeback");
-            return;
-        }
-        // SAFETY: `dup` is a fresh descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        let fd = match SegmentFd::dup_of(self.log.as_raw_fd()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(path = %log.display(), error = %e, "starting writeback");
+                return;
+            }
+        };
         let job = glommio::executor().spawn_blocking(move || {
             // SAFETY: sync_file_range on a descriptor this closure owns; no memory is passed.
             let rc = unsafe {

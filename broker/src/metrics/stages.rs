@@ -30,7 +30,7 @@ const STAGE_MAX: Duration = Duration::from_secs(60);
 /// Significant decimal digits the histograms keep (1% resolution).
 const STAGE_SIGFIG: u8 = 2;
 
-/// One gap between two stamps of a request.
+/// One gap between two stamps of a request (in the order of [`Stage::ALL`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     /// Frame read to handler running: the executor's scheduling delay.
@@ -111,12 +111,8 @@ fn stamp(cell: &Cell<Option<Instant>>) {
 impl RequestTrace {
     /// A trace whose frame was read just now.
     pub fn new() -> RequestTrace {
-        RequestTrace::read_at(Instant::now())
-    }
-
-    pub fn read_at(read: Instant) -> RequestTrace {
         RequestTrace {
-            read,
+            read: Instant::now(),
             started: Cell::new(None),
             decoded: Cell::new(None),
             owner_start: Cell::new(None),
@@ -160,18 +156,17 @@ impl RequestTrace {
         stamp(&self.written);
     }
 
-    /// Each stage whose two ends were stamped, with its duration.
-    pub fn stages(&self) -> Vec<(Stage, Duration)> {
+    /// Calls `f` with each stage whose two ends were stamped and its duration, in order.
+    pub fn for_each_stage(&self, mut f: impl FnMut(Stage, Duration)) {
         let gap = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
             _ => None,
         };
         let read = Some(self.read);
         let decoded = self.decoded.get().or(self.started.get());
-        let mut out = Vec::with_capacity(Stage::ALL.len());
         let mut push = |stage, d: Option<Duration>| {
             if let Some(d) = d {
-                out.push((stage, d));
+                f(stage, d);
             }
         };
         push(Stage::Schedule, gap(read, self.started.get()));
@@ -187,13 +182,6 @@ impl RequestTrace {
         push(Stage::Queue, gap(self.encoded.get(), self.write_start.get()));
         push(Stage::Send, gap(self.write_start.get(), self.written.get()));
         push(Stage::Total, gap(read, self.written.get()));
-        out
-    }
-}
-
-impl Default for RequestTrace {
-    fn default() -> Self {
-        RequestTrace::new()
     }
 }
 
@@ -224,24 +212,17 @@ impl ApiGroup {
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// Microsecond histograms per (API group, stage); a fixed set, so its memory is bounded.
 #[derive(Clone, Debug)]
 pub struct StageHistograms {
-    /// Indexed by `ApiGroup as usize * Stage::ALL.len() + stage index`.
+    /// Indexed by `ApiGroup as usize * Stage::ALL.len() + Stage as usize`.
     hists: Vec<Histogram<u64>>,
 }
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, STAGE_MAX.as_micros() as u64, STAGE_SIGFIG).expect("valid histogram bounds")
-}
-
-fn stage_index(stage: Stage) -> usize {
-    Stage::ALL.iter().position(|s| *s == stage).expect("every stage is in Stage::ALL")
 }
 
 impl Default for StageHistograms {
@@ -252,16 +233,16 @@ impl Default for StageHistograms {
 
 impl StageHistograms {
     fn slot(&self, api: ApiGroup, stage: Stage) -> usize {
-        api.index() * Stage::ALL.len() + stage_index(stage)
+        api as usize * Stage::ALL.len() + stage as usize
     }
 
     /// Records every stamped stage of a finished request.
     pub fn record(&mut self, api: ApiKey, trace: &RequestTrace) {
         let group = ApiGroup::of(api);
-        for (stage, d) in trace.stages() {
+        trace.for_each_stage(|stage, d| {
             let slot = self.slot(group, stage);
             self.hists[slot].saturating_record(d.as_micros() as u64);
-        }
+        });
     }
 
     pub fn get(&self, api: ApiGroup, stage: Stage) -> &Histogram<u64> {
@@ -285,6 +266,19 @@ mod tests {
         Some(base + Duration::from_micros(us))
     }
 
+    fn stages(t: &RequestTrace) -> Vec<(Stage, Duration)> {
+        let mut out = Vec::new();
+        t.for_each_stage(|s, d| out.push((s, d)));
+        out
+    }
+
+    #[test]
+    fn stage_all_is_in_declaration_order() {
+        for (i, s) in Stage::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "{s:?}");
+        }
+    }
+
     #[test]
     fn stages_are_the_gaps_between_stamps() {
         let t = RequestTrace::new();
@@ -296,7 +290,7 @@ mod tests {
         t.encoded.set(at(base, 135));
         t.write_start.set(at(base, 1135));
         t.written.set(at(base, 1140));
-        let got: Vec<(&str, u128)> = t.stages().into_iter().map(|(s, d)| (s.name(), d.as_micros())).collect();
+        let got: Vec<(&str, u128)> = stages(&t).into_iter().map(|(s, d)| (s.name(), d.as_micros())).collect();
         assert_eq!(
             got,
             vec![
@@ -327,7 +321,7 @@ mod tests {
         local.started.set(at(base, 1));
         local.decoded.set(at(base, 2));
         local.encoded.set(at(base, 9));
-        let got: Vec<&str> = local.stages().into_iter().map(|(s, _)| s.name()).collect();
+        let got: Vec<&str> = stages(&local).into_iter().map(|(s, _)| s.name()).collect();
         assert_eq!(got, vec!["schedule", "decode", "execute"], "unstamped stages are left out");
     }
 
