@@ -164,6 +164,14 @@ run_node() {
     return $rc
 }
 
+# rustfmt ships with rustup's default profile; a minimal toolchain gets the component first.
+cargo_fmt_check() {
+    if ! cargo fmt --version >/dev/null 2>&1; then
+        rustup component add rustfmt || return 1
+    fi
+    cargo fmt --all --check
+}
+
 if [[ -z "${SKIP_INSTALL:-}" ]]; then
     run_step "install system packages (apt)" install_system_packages
     run_step "install Python test env (.venv)" install_python_env
@@ -172,6 +180,7 @@ fi
 if [[ -z "${SKIP_CARGO:-}" ]]; then
     run_step "cargo build --release --workspace" cargo build --release --workspace
     run_step "cargo test --profile release-checked --workspace (overflow checks on)" cargo_test
+    run_step "cargo fmt --check (rustfmt defaults)" cargo_fmt_check
     run_step "cargo clippy (warnings are errors)" cargo clippy --release --workspace --all-targets -- -D warnings
     # Criterion's test mode runs every microbenchmark once: they build and work, nothing is timed.
     run_step "cargo bench -p strom-perf -- --test (microbenchmarks, smoke)" cargo bench -p strom-perf -- --test

@@ -1,7 +1,6 @@
 //! Dependency-free SVG line charts: panels stacked vertically, each with its own axes, legend
 //! and optional logarithmic y axis.
 
-
 use std::fmt::Write;
 
 /// One line: points (x, y) drawn in the given order. Non-finite points are skipped, as are
@@ -36,8 +35,10 @@ const TARGET_TICKS: usize = 5;
 /// Points of a series from which markers are left out (the line alone is readable).
 const MARKER_LIMIT: usize = 40;
 
-const PALETTE: [&str; 10] =
-    ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
 
 /// Colour of the i-th series: a fixed palette, then hues spread by the golden angle.
 fn colour(i: usize) -> String {
@@ -76,7 +77,11 @@ struct Axis {
 impl Axis {
     /// Position of `v` in [0, 1] along the axis.
     fn frac(&self, v: f64) -> f64 {
-        let (v, lo, hi) = if self.log { (v.log10(), self.lo.log10(), self.hi.log10()) } else { (v, self.lo, self.hi) };
+        let (v, lo, hi) = if self.log {
+            (v.log10(), self.lo.log10(), self.hi.log10())
+        } else {
+            (v, self.lo, self.hi)
+        };
         let f = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
         if f.is_finite() {
             f.clamp(0.0, 1.0)
@@ -123,8 +128,11 @@ fn format_tick(v: f64, step: f64) -> String {
     if a >= 1e4 && step >= 1e3 {
         return trim_decimals(format!("{:.2}", v / 1e3)) + "k";
     }
-    let decimals =
-        if step > 0.0 && step.is_finite() { (-step.log10().floor()).clamp(0.0, 6.0) as usize + 1 } else { 2 };
+    let decimals = if step > 0.0 && step.is_finite() {
+        (-step.log10().floor()).clamp(0.0, 6.0) as usize + 1
+    } else {
+        2
+    };
     trim_decimals(format!("{v:.decimals$}"))
 }
 
@@ -170,7 +178,12 @@ fn linear_axis(range: Option<(f64, f64)>, include_zero: bool) -> Axis {
         let v = if (v / step).abs() < 1e-9 { 0.0 } else { v };
         ticks.push((v, format_tick(v, step)));
     }
-    Axis { lo, hi, log: false, ticks }
+    Axis {
+        lo,
+        hi,
+        log: false,
+        ticks,
+    }
 }
 
 /// A base-10 logarithmic axis over [min, max] (both > 0; None: no data), widened to decades.
@@ -200,7 +213,12 @@ fn log_axis(range: Option<(f64, f64)>) -> Axis {
             ticks.push((m * base, format_tick(m * base, base)));
         }
     }
-    Axis { lo: 10f64.powf(lo_exp), hi: 10f64.powf(hi_exp), log: true, ticks }
+    Axis {
+        lo: 10f64.powf(lo_exp),
+        hi: 10f64.powf(hi_exp),
+        log: true,
+        ticks,
+    }
 }
 
 fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
@@ -251,7 +269,11 @@ fn render_panel(out: &mut String, panel: &Panel) {
     let all = || series.iter().flatten();
     let x_axis = linear_axis(min_max(all().map(|p| p.0)), false);
     let y_range = min_max(all().map(|p| p.1));
-    let y_axis = if panel.log_y { log_axis(y_range) } else { linear_axis(y_range, true) };
+    let y_axis = if panel.log_y {
+        log_axis(y_range)
+    } else {
+        linear_axis(y_range, true)
+    };
     let px = |x: f64| PLOT_LEFT + x_axis.frac(x) * (PLOT_RIGHT - PLOT_LEFT);
     let py = |y: f64| PLOT_BOTTOM - y_axis.frac(y) * (PLOT_BOTTOM - PLOT_TOP);
 
@@ -296,7 +318,11 @@ fn render_panel(out: &mut String, panel: &Panel) {
         xml_escape(&panel.x_label)
     );
     let mid_y = (PLOT_TOP + PLOT_BOTTOM) / 2.0;
-    let y_label = if panel.log_y { format!("{} (log)", panel.y_label) } else { panel.y_label.clone() };
+    let y_label = if panel.log_y {
+        format!("{} (log)", panel.y_label)
+    } else {
+        panel.y_label.clone()
+    };
     let _ = writeln!(
         out,
         r#"<text x="18" y="{mid_y:.1}" text-anchor="middle" transform="rotate(-90 18 {mid_y:.1})">{}</text>"#,
@@ -306,7 +332,10 @@ fn render_panel(out: &mut String, panel: &Panel) {
     for (i, (s, points)) in panel.series.iter().zip(&series).enumerate() {
         let c = colour(i);
         if points.len() > 1 {
-            let coords: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            let coords: Vec<String> = points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
             let _ = writeln!(
                 out,
                 r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#,
@@ -315,7 +344,12 @@ fn render_panel(out: &mut String, panel: &Panel) {
         }
         if !points.is_empty() && points.len() <= MARKER_LIMIT {
             for &(x, y) in points {
-                let _ = writeln!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{c}"/>"#, px(x), py(y));
+                let _ = writeln!(
+                    out,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{c}"/>"#,
+                    px(x),
+                    py(y)
+                );
             }
         }
         let ly = PLOT_TOP + 8.0 + LEGEND_ROW * i as f64;
@@ -355,16 +389,30 @@ mod tests {
         // Every '&' starts an entity.
         for (i, _) in doc.match_indices('&') {
             let rest = &doc[i..];
-            assert!(["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"].iter().any(|e| rest.starts_with(e)), "bare & at {i}");
+            assert!(
+                ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"]
+                    .iter()
+                    .any(|e| rest.starts_with(e)),
+                "bare & at {i}"
+            );
         }
     }
 
     fn series(name: &str, points: Vec<(f64, f64)>) -> Series {
-        Series { name: name.into(), points }
+        Series {
+            name: name.into(),
+            points,
+        }
     }
 
     fn panel(log_y: bool, series: Vec<Series>) -> Panel {
-        Panel { title: "Throughput".into(), x_label: "time (s)".into(), y_label: "MB/s".into(), log_y, series }
+        Panel {
+            title: "Throughput".into(),
+            x_label: "time (s)".into(),
+            y_label: "MB/s".into(),
+            log_y,
+            series,
+        }
     }
 
     #[test]
@@ -375,15 +423,29 @@ mod tests {
                 panel(
                     false,
                     vec![
-                        series("strom", (0..50).map(|i| (i as f64, 100.0 + i as f64)).collect()),
+                        series(
+                            "strom",
+                            (0..50).map(|i| (i as f64, 100.0 + i as f64)).collect(),
+                        ),
                         series("kafka", vec![(0.0, 80.0), (49.0, 95.0)]),
                     ],
                 ),
-                panel(true, vec![series("p99 \"latency\"", vec![(1.0, 0.5), (2.0, 30.0), (3.0, 12_000.0)])]),
+                panel(
+                    true,
+                    vec![series(
+                        "p99 \"latency\"",
+                        vec![(1.0, 0.5), (2.0, 30.0), (3.0, 12_000.0)],
+                    )],
+                ),
             ],
         );
         check_well_formed(&doc);
-        for name in ["strom", "kafka", "p99 &quot;latency&quot;", "Produce &lt;acks=all&gt; &amp; more"] {
+        for name in [
+            "strom",
+            "kafka",
+            "p99 &quot;latency&quot;",
+            "Produce &lt;acks=all&gt; &amp; more",
+        ] {
             assert!(doc.contains(name), "{name} missing");
         }
         assert!(doc.contains("polyline"));
@@ -399,15 +461,36 @@ mod tests {
                 panel(false, vec![series("single", vec![(3.0, 7.0)])]),
                 panel(false, vec![series("flat", vec![(1.0, 0.0), (2.0, 0.0)])]),
                 panel(false, vec![series("same x", vec![(5.0, 1.0), (5.0, 2.0)])]),
-                panel(true, vec![series("log nonpositive", vec![(1.0, 0.0), (2.0, -3.0)])]),
+                panel(
+                    true,
+                    vec![series("log nonpositive", vec![(1.0, 0.0), (2.0, -3.0)])],
+                ),
                 panel(true, vec![series("log single", vec![(1.0, 42.0)])]),
-                panel(true, vec![series("log huge", vec![(0.0, 1e-3), (1.0, 1e12)])]),
-                panel(false, vec![series("nan", vec![(f64::NAN, 1.0), (1.0, f64::INFINITY), (2.0, -1e-7)])]),
+                panel(
+                    true,
+                    vec![series("log huge", vec![(0.0, 1e-3), (1.0, 1e12)])],
+                ),
+                panel(
+                    false,
+                    vec![series(
+                        "nan",
+                        vec![(f64::NAN, 1.0), (1.0, f64::INFINITY), (2.0, -1e-7)],
+                    )],
+                ),
                 panel(false, vec![]),
             ],
         );
         check_well_formed(&doc);
-        for name in ["empty", "single", "flat", "same x", "log nonpositive", "log single", "log huge", "nan"] {
+        for name in [
+            "empty",
+            "single",
+            "flat",
+            "same x",
+            "log nonpositive",
+            "log single",
+            "log huge",
+            "nan",
+        ] {
             assert!(doc.contains(name), "{name} missing");
         }
         // The single point is still drawn.
@@ -417,7 +500,9 @@ mod tests {
 
     #[test]
     fn many_series_get_distinct_colours() {
-        let many: Vec<Series> = (0..15).map(|i| series(&format!("s{i}"), vec![(0.0, i as f64), (1.0, 1.0)])).collect();
+        let many: Vec<Series> = (0..15)
+            .map(|i| series(&format!("s{i}"), vec![(0.0, i as f64), (1.0, 1.0)]))
+            .collect();
         let doc = svg("many", &[panel(false, many)]);
         check_well_formed(&doc);
         let colours: std::collections::HashSet<String> = (0..15).map(colour).collect();
@@ -430,7 +515,11 @@ mod tests {
         let labels: Vec<&str> = a.ticks.iter().map(|t| t.1.as_str()).collect();
         assert_eq!(labels, ["0", "20", "40", "60", "80", "100"]);
         let a = linear_axis(Some((0.1, 0.35)), false);
-        assert!(a.ticks.iter().all(|t| t.1.len() <= 5), "{:?}", a.ticks.iter().map(|t| &t.1).collect::<Vec<_>>());
+        assert!(
+            a.ticks.iter().all(|t| t.1.len() <= 5),
+            "{:?}",
+            a.ticks.iter().map(|t| &t.1).collect::<Vec<_>>()
+        );
         let a = linear_axis(Some((0.0, 2_500_000.0)), false);
         assert_eq!(a.ticks.last().unwrap().1, "2.5M");
         let a = log_axis(Some((3.0, 7000.0)));

@@ -183,9 +183,15 @@ impl Limits {
         for (name, stopped) in [
             ("direct_write_qd1", self.direct_write_qd1.stopped_early),
             ("direct_write", self.direct_write.stopped_early),
-            ("direct_write_fdatasync_each_mib", self.direct_write_fdatasync_each_mib.stopped_early),
+            (
+                "direct_write_fdatasync_each_mib",
+                self.direct_write_fdatasync_each_mib.stopped_early,
+            ),
             ("fdatasync_4k", self.fdatasync_4k_us.stopped_early),
-            ("buffered_write_then_fdatasync", self.buffered_write_then_fdatasync.stopped_early),
+            (
+                "buffered_write_then_fdatasync",
+                self.buffered_write_then_fdatasync.stopped_early,
+            ),
             ("loopback_sendfile", self.loopback_sendfile.stopped_early),
         ] {
             if stopped {
@@ -214,30 +220,57 @@ impl Limits {
         };
         put("direct_write", &self.direct_write);
         put("direct_write_qd1", &self.direct_write_qd1);
-        put("direct_write_then_fdatasync", &self.direct_write_then_fdatasync);
-        put("direct_write_fdatasync_each_mib", &self.direct_write_fdatasync_each_mib);
-        put("buffered_write_then_fdatasync", &self.buffered_write_then_fdatasync);
+        put(
+            "direct_write_then_fdatasync",
+            &self.direct_write_then_fdatasync,
+        );
+        put(
+            "direct_write_fdatasync_each_mib",
+            &self.direct_write_fdatasync_each_mib,
+        );
+        put(
+            "buffered_write_then_fdatasync",
+            &self.buffered_write_then_fdatasync,
+        );
         put("loopback_sendfile", &self.loopback_sendfile);
         m.insert("direct_write_in_flight".into(), json!(self.writers));
         m.insert("direct_write_mode".into(), json!(self.direct_write_mode()));
-        m.insert("final_fdatasync_ms".into(), json!(round4(self.final_fdatasync_ms)));
+        m.insert(
+            "final_fdatasync_ms".into(),
+            json!(round4(self.final_fdatasync_ms)),
+        );
         let p = &self.fdatasync_4k_us;
         m.insert(
             "fdatasync_4k_us".into(),
             json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p999": p.p999, "max": p.max}),
         );
         m.insert("fdatasync_4k_count".into(), json!(p.count));
-        m.insert("loopback_sendfile_server_cpu_s".into(), json!(self.loopback_sendfile_server_cpu_s.map(round4)));
-        m.insert("loopback_sendfile_client_cpu_s".into(), json!(self.loopback_sendfile_client_cpu_s.map(round4)));
+        m.insert(
+            "loopback_sendfile_server_cpu_s".into(),
+            json!(self.loopback_sendfile_server_cpu_s.map(round4)),
+        );
+        m.insert(
+            "loopback_sendfile_client_cpu_s".into(),
+            json!(self.loopback_sendfile_client_cpu_s.map(round4)),
+        );
         m.insert("stopped_early".into(), json!(self.stopped_early()));
         Value::Object(m)
     }
 
     /// Human-readable table on stdout.
     pub fn print_table(&self) {
-        let device = self.device.as_deref().map(|d| format!(" (device {d})")).unwrap_or_default();
+        let device = self
+            .device
+            .as_deref()
+            .map(|d| format!(" (device {d})"))
+            .unwrap_or_default();
         let row = |label: &str, t: &Throughput, extra: &str| {
-            println!("  {label:<48} {:>9.1} MB/s  ({:.0} MiB in {:.2} s{extra})", t.mb_s(), t.mib(), t.seconds);
+            println!(
+                "  {label:<48} {:>9.1} MB/s  ({:.0} MiB in {:.2} s{extra})",
+                t.mb_s(),
+                t.mib(),
+                t.seconds
+            );
         };
         println!("Physical limits (MB = 10^6 bytes, writes of 1 MiB from 4096-aligned buffers)");
         println!("  dir: {}{device}", self.dir.display());
@@ -248,16 +281,34 @@ impl Limits {
             &self.direct_write_then_fdatasync,
             &format!("; fdatasync {:.1} ms", self.final_fdatasync_ms),
         );
-        row(&format!("{} threads x qd1 ({} in flight), overwrite", self.writers, self.writers), &self.direct_write, "");
-        row("qd1, appending, fdatasync after every 1 MiB", &self.direct_write_fdatasync_each_mib, "");
+        row(
+            &format!(
+                "{} threads x qd1 ({} in flight), overwrite",
+                self.writers, self.writers
+            ),
+            &self.direct_write,
+            "",
+        );
+        row(
+            "qd1, appending, fdatasync after every 1 MiB",
+            &self.direct_write_fdatasync_each_mib,
+            "",
+        );
         let p = &self.fdatasync_4k_us;
         println!(
             "4 KiB O_DIRECT append + fdatasync, us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
             p.p50, p.p90, p.p99, p.p999, p.max, p.count
         );
-        row("buffered (page cache), appending, then one fdatasync", &self.buffered_write_then_fdatasync, "");
+        row(
+            "buffered (page cache), appending, then one fdatasync",
+            &self.buffered_write_then_fdatasync,
+            "",
+        );
         println!("Loopback TCP, one connection:");
-        let cpu = |c: Option<f64>| c.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "n/a".into());
+        let cpu = |c: Option<f64>| {
+            c.map(|s| format!("{s:.2} s"))
+                .unwrap_or_else(|| "n/a".into())
+        };
         row(
             "sendfile from page cache -> read into 1 MiB",
             &self.loopback_sendfile,
@@ -269,7 +320,11 @@ impl Limits {
         );
         let stopped = self.stopped_early();
         if !stopped.is_empty() {
-            println!("Stopped at --max-seconds {}: {}", self.max_seconds, stopped.join(", "));
+            println!(
+                "Stopped at --max-seconds {}: {}",
+                self.max_seconds,
+                stopped.join(", ")
+            );
         }
     }
 }
@@ -288,7 +343,8 @@ pub fn run(args: &LimitsArgs) -> Result<(), String> {
     limits.print_table();
     if let Some(path) = &args.json_out {
         let text = serde_json::to_string_pretty(&limits.to_json()).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -297,7 +353,11 @@ pub fn run(args: &LimitsArgs) -> Result<(), String> {
 /// nearest existing ancestor, which is where it would be created.
 pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
     let wanted = dir.unwrap_or(Path::new(DEFAULT_DIR));
-    let mut candidate = if wanted.as_os_str().is_empty() { Path::new(".") } else { wanted };
+    let mut candidate = if wanted.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        wanted
+    };
     loop {
         if candidate.is_dir() {
             return Ok(candidate.to_path_buf());
@@ -310,7 +370,10 @@ pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
     if wanted.is_relative() {
         return Ok(PathBuf::from("."));
     }
-    Err(format!("no existing directory at or above {}", wanted.display()))
+    Err(format!(
+        "no existing directory at or above {}",
+        wanted.display()
+    ))
 }
 
 fn validate(args: &LimitsArgs) -> Result<Duration, String> {
@@ -457,7 +520,12 @@ fn pwrite_all(file: &File, buf: &[u8], offset: u64) -> Result<(), String> {
             Ok(n) if n == buf.len() => return Ok(()),
             // A partial O_DIRECT write would leave the next one unaligned; it does not happen
             // on local filesystems short of a full disk.
-            Ok(n) => return Err(format!("short write at offset {offset}: {n} of {} bytes", buf.len())),
+            Ok(n) => {
+                return Err(format!(
+                    "short write at offset {offset}: {n} of {} bytes",
+                    buf.len()
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("O_DIRECT write at offset {offset}: {e}")),
         }
@@ -470,23 +538,44 @@ fn fdatasync(file: &File) -> Result<(), String> {
 
 /// qd1 append of `bytes` in 1 MiB writes, then one fdatasync. Returns the write throughput, the
 /// throughput including the fdatasync, and the fdatasync's duration in ms.
-fn sequential_then_sync(f: &TempFile, bytes: u64, max: Duration) -> Result<(Throughput, Throughput, f64), String> {
+fn sequential_then_sync(
+    f: &TempFile,
+    bytes: u64,
+    max: Duration,
+) -> Result<(Throughput, Throughput, f64), String> {
     let start = Instant::now();
-    let Throughput { bytes: offset, stopped_early, .. } = append_mib(f, bytes, max, 1, false)?;
+    let Throughput {
+        bytes: offset,
+        stopped_early,
+        ..
+    } = append_mib(f, bytes, max, 1, false)?;
     let written = start.elapsed();
     let sync_start = Instant::now();
     fdatasync(&f.file)?;
     let sync = sync_start.elapsed();
     let total = start.elapsed();
     Ok((
-        Throughput { bytes: offset, seconds: written.as_secs_f64(), stopped_early },
-        Throughput { bytes: offset, seconds: total.as_secs_f64(), stopped_early },
+        Throughput {
+            bytes: offset,
+            seconds: written.as_secs_f64(),
+            stopped_early,
+        },
+        Throughput {
+            bytes: offset,
+            seconds: total.as_secs_f64(),
+            stopped_early,
+        },
         sync.as_secs_f64() * 1e3,
     ))
 }
 
 /// `writers` threads overwrite disjoint ranges of the first `bytes` of `f` in 1 MiB writes.
-fn parallel_overwrite(f: &TempFile, bytes: u64, writers: usize, max: Duration) -> Result<Throughput, String> {
+fn parallel_overwrite(
+    f: &TempFile,
+    bytes: u64,
+    writers: usize,
+    max: Duration,
+) -> Result<Throughput, String> {
     let chunks = bytes / MIB as u64;
     let writers = (writers as u64).min(chunks.max(1));
     let stop = AtomicBool::new(false);
@@ -501,7 +590,10 @@ fn parallel_overwrite(f: &TempFile, bytes: u64, writers: usize, max: Duration) -
                 s.spawn(move || {
                     let fail = |e: String| {
                         stop.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
                     };
                     let buf = match AlignedBuf::new(MIB, 2 + w) {
                         Ok(b) => b,
@@ -528,13 +620,20 @@ fn parallel_overwrite(f: &TempFile, bytes: u64, writers: usize, max: Duration) -
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or((0, false))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, false)))
+            .collect()
     });
     let seconds = start.elapsed().as_secs_f64();
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    Ok(Throughput { bytes: results.iter().map(|r| r.0).sum(), seconds, stopped_early: results.iter().any(|r| r.1) })
+    Ok(Throughput {
+        bytes: results.iter().map(|r| r.0).sum(),
+        seconds,
+        stopped_early: results.iter().any(|r| r.1),
+    })
 }
 
 /// qd1 append of `bytes` in 1 MiB writes, each followed by fdatasync.
@@ -544,7 +643,13 @@ fn fdatasync_each(f: &TempFile, bytes: u64, max: Duration) -> Result<Throughput,
 
 /// Appends `bytes` to `f` in 1 MiB writes of a buffer seeded with `seed`, fdatasyncing after
 /// each write if `sync_each`; stops early at `max`.
-fn append_mib(f: &TempFile, bytes: u64, max: Duration, seed: u64, sync_each: bool) -> Result<Throughput, String> {
+fn append_mib(
+    f: &TempFile,
+    bytes: u64,
+    max: Duration,
+    seed: u64,
+    sync_each: bool,
+) -> Result<Throughput, String> {
     let buf = AlignedBuf::new(MIB, seed)?;
     let start = Instant::now();
     let deadline = start + max;
@@ -561,13 +666,18 @@ fn append_mib(f: &TempFile, bytes: u64, max: Duration, seed: u64, sync_each: boo
         }
         offset += MIB as u64;
     }
-    Ok(Throughput { bytes: offset, seconds: start.elapsed().as_secs_f64(), stopped_early })
+    Ok(Throughput {
+        bytes: offset,
+        seconds: start.elapsed().as_secs_f64(),
+        stopped_early,
+    })
 }
 
 /// `syncs` times: a 4 KiB O_DIRECT append then fdatasync, timed together.
 fn fdatasync_latency(f: &TempFile, syncs: u64, max: Duration) -> Result<Percentiles, String> {
     let buf = AlignedBuf::new(SYNC_WRITE_BYTES, 200)?;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + max;
     let mut stopped_early = false;
     for i in 0..syncs {
@@ -610,7 +720,11 @@ fn cpu_delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
 /// Writes a `bytes` file (buffered, then fdatasync so writeback does not overlap the
 /// measurement) and reads it back once so it is in the page cache. Bounded by `max`.
 /// Also returns how fast it was written (including the fdatasync).
-fn page_cached_file(dir: &Path, bytes: u64, max: Duration) -> Result<(TempFile, Throughput), String> {
+fn page_cached_file(
+    dir: &Path,
+    bytes: u64,
+    max: Duration,
+) -> Result<(TempFile, Throughput), String> {
     let f = TempFile::create(dir, "sendfile", false)?;
     let mut buf = vec![0u8; MIB];
     let seeded = AlignedBuf::new(MIB, 300)?;
@@ -620,13 +734,22 @@ fn page_cached_file(dir: &Path, bytes: u64, max: Duration) -> Result<(TempFile, 
     let mut len = 0u64;
     let mut w = &f.file;
     while len < bytes && Instant::now() < deadline {
-        w.write_all(&buf).map_err(|e| format!("writing {}: {e}", f.path.display()))?;
+        w.write_all(&buf)
+            .map_err(|e| format!("writing {}: {e}", f.path.display()))?;
         len += MIB as u64;
     }
     fdatasync(&f.file)?;
-    let written = Throughput { bytes: len, seconds: start.elapsed().as_secs_f64(), stopped_early: len < bytes };
+    let written = Throughput {
+        bytes: len,
+        seconds: start.elapsed().as_secs_f64(),
+        stopped_early: len < bytes,
+    };
     let mut r = File::open(&f.path).map_err(|e| format!("opening {}: {e}", f.path.display()))?;
-    while r.read(&mut buf).map_err(|e| format!("reading {}: {e}", f.path.display()))? > 0 {}
+    while r
+        .read(&mut buf)
+        .map_err(|e| format!("reading {}: {e}", f.path.display()))?
+        > 0
+    {}
     Ok((f, written))
 }
 
@@ -635,7 +758,8 @@ fn page_cached_file(dir: &Path, bytes: u64, max: Duration) -> Result<(TempFile, 
 fn loopback_sendfile(dir: &Path, bytes: u64, max: Duration) -> Result<SendfileResult, String> {
     let (file, buffered_write) = page_cached_file(dir, bytes, max)?;
     let (len, short_file) = (buffered_write.bytes, buffered_write.stopped_early);
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + max;
@@ -667,7 +791,9 @@ fn loopback_sendfile(dir: &Path, bytes: u64, max: Duration) -> Result<SendfileRe
                 let count = (len - offset as u64).min(SENDFILE_CHUNK as u64) as usize;
                 // SAFETY: both descriptors are open for the duration of the call and `offset`
                 // is a valid, writable off_t.
-                let n = unsafe { libc::sendfile(sock.as_raw_fd(), source.as_raw_fd(), &mut offset, count) };
+                let n = unsafe {
+                    libc::sendfile(sock.as_raw_fd(), source.as_raw_fd(), &mut offset, count)
+                };
                 if n < 0 {
                     let e = std::io::Error::last_os_error();
                     if e.kind() == std::io::ErrorKind::Interrupted {
@@ -687,7 +813,8 @@ fn loopback_sendfile(dir: &Path, bytes: u64, max: Duration) -> Result<SendfileRe
             let start = Instant::now();
             let mut sock = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
             // Bounded even if the server dies without closing.
-            sock.set_read_timeout(Some(max + Duration::from_secs(10))).map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(max + Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
             let cpu0 = thread_cpu_seconds();
             let mut buf = vec![0u8; MIB];
             let mut received = 0u64;
@@ -707,12 +834,18 @@ fn loopback_sendfile(dir: &Path, bytes: u64, max: Duration) -> Result<SendfileRe
     let (sent, stopped_early, server_cpu_s) = server?;
     let (received, seconds, client_cpu_s) = client?;
     if received != sent {
-        return Err(format!("loopback: sent {sent} bytes but received {received}"));
+        return Err(format!(
+            "loopback: sent {sent} bytes but received {received}"
+        ));
     }
     drop(file);
     Ok(SendfileResult {
         buffered_write,
-        throughput: Throughput { bytes: received, seconds, stopped_early: stopped_early || short_file },
+        throughput: Throughput {
+            bytes: received,
+            seconds,
+            stopped_early: stopped_early || short_file,
+        },
         server_cpu_s,
         client_cpu_s,
     })

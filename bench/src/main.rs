@@ -167,7 +167,8 @@ impl RunArgs {
     fn workload(&self) -> Result<Workload, String> {
         let mut w = match &self.workload {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
                 Workload::from_toml(&text)?
             }
             None => Workload::default(),
@@ -175,14 +176,34 @@ impl RunArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { w.$field = v.clone(); } )* };
         }
-        set!(topic, topics, partitions, producers, consumers, consume_from, message_bytes, keys, acks, compression, linger_ms,
-            batch_bytes, max_inflight, rate, warmup_s, duration_s, max_messages, fetch_max_wait_ms,
-            fetch_partition_max_bytes, fetch_max_bytes);
+        set!(
+            topic,
+            topics,
+            partitions,
+            producers,
+            consumers,
+            consume_from,
+            message_bytes,
+            keys,
+            acks,
+            compression,
+            linger_ms,
+            batch_bytes,
+            max_inflight,
+            rate,
+            warmup_s,
+            duration_s,
+            max_messages,
+            fetch_max_wait_ms,
+            fetch_partition_max_bytes,
+            fetch_max_bytes
+        );
         if self.group.is_some() {
             w.group = self.group.clone();
         }
         for kv in &self.topic_config {
-            let (k, v) = run::workload::parse_topic_config(kv).map_err(|e| format!("--topic-config: {e}"))?;
+            let (k, v) = run::workload::parse_topic_config(kv)
+                .map_err(|e| format!("--topic-config: {e}"))?;
             w.topic_configs.insert(k, v);
         }
         w.validate()?;
@@ -196,7 +217,14 @@ fn main() {
         Command::Run(args) => run(&cli.brokers, &args),
         Command::Limits(args) => limits::run(&args),
         Command::Compare { a, b } => report::compare(&a.to_string_lossy(), &b.to_string_lossy()),
-        Command::Group { topic, partitions, rounds, heartbeat_ms, timeout_s, json } => group::run(&group::GroupArgs {
+        Command::Group {
+            topic,
+            partitions,
+            rounds,
+            heartbeat_ms,
+            timeout_s,
+            json,
+        } => group::run(&group::GroupArgs {
             brokers: cli.brokers.clone(),
             topic,
             partitions,
@@ -222,23 +250,46 @@ fn run(brokers: &str, args: &RunArgs) -> Result<(), String> {
         BrokerPid::Pid(p) => Some(*p),
         _ => sysinfo::BrokerProcess::find(brokers).map(|p| p.pid),
     };
-    let opts = RunOptions { brokers: brokers.to_string(), broker_pid, progress: !args.quiet };
+    let opts = RunOptions {
+        brokers: brokers.to_string(),
+        broker_pid,
+        progress: !args.quiet,
+    };
     let mut report = report::Report::new(brokers, pid, &w);
     if let Some(path) = &args.limits {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        report.limits = Some(serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        report.limits = Some(
+            serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not JSON: {e}", path.display()))?,
+        );
     }
     if args.find_max {
         let fractions = args
             .fractions
             .split(',')
-            .map(|f| f.trim().parse::<f64>().ok().filter(|f| *f > 0.0 && *f <= 10.0))
+            .map(|f| {
+                f.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| *f > 0.0 && *f <= 10.0)
+            })
             .collect::<Option<Vec<f64>>>()
-            .ok_or_else(|| format!("--fractions {:?}: comma-separated numbers in (0, 10]", args.fractions))?;
+            .ok_or_else(|| {
+                format!(
+                    "--fractions {:?}: comma-separated numbers in (0, 10]",
+                    args.fractions
+                )
+            })?;
         if w.producers == 0 {
             return Err("--find-max needs at least one producer".into());
         }
-        let fm = FindMaxArgs { target_p99_ms: args.target_p99_ms, step_s: args.step_s, warmup_s: w.warmup_s, fractions };
+        let fm = FindMaxArgs {
+            target_p99_ms: args.target_p99_ms,
+            step_s: args.step_s,
+            warmup_s: w.warmup_s,
+            fractions,
+        };
         report.find_max = Some(findmax::find_max(&w, &fm, &opts)?);
     } else {
         report.result = Some(run::run_once(&w, &opts)?);
@@ -247,11 +298,13 @@ fn run(brokers: &str, args: &RunArgs) -> Result<(), String> {
     report.print_table();
     if let Some(path) = &args.json_out {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         eprintln!("report: {}", path.display());
     }
     if let Some(path) = &args.svg_out {
-        std::fs::write(path, report.svg()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, report.svg())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         eprintln!("chart: {}", path.display());
     }
     Ok(())

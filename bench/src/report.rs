@@ -53,26 +53,50 @@ impl Report {
 
     /// Fills `fraction_of_limits` from `limits` and the result.
     pub fn relate_to_limits(&mut self) {
-        let (Some(limits), Some(r)) = (&self.limits, &self.result) else { return };
+        let (Some(limits), Some(r)) = (&self.limits, &self.result) else {
+            return;
+        };
         let mut out = serde_json::Map::new();
         let mut ratio = |name: &str, measured: Option<f64>, limit_key: &str| {
             if let (Some(m), Some(l)) = (measured, limits.get(limit_key).and_then(Value::as_f64)) {
                 if l > 0.0 {
-                    out.insert(name.into(), serde_json::json!(((m / l) * 1000.0).round() / 1000.0));
+                    out.insert(
+                        name.into(),
+                        serde_json::json!(((m / l) * 1000.0).round() / 1000.0),
+                    );
                 }
             }
         };
         let produced = r.produced.as_ref().map(|p| p.mb_per_s);
         ratio("produce_vs_direct_write", produced, "direct_write_mb_s");
-        ratio("produce_vs_direct_write_qd1", produced, "direct_write_qd1_mb_s");
-        ratio("produce_vs_buffered_write", produced, "buffered_write_then_fdatasync_mb_s");
-        ratio("produce_vs_direct_write_fdatasync_each_mib", produced, "direct_write_fdatasync_each_mib_mb_s");
-        ratio("consume_vs_loopback_sendfile", r.consumed.as_ref().map(|c| c.mb_per_s), "loopback_sendfile_mb_s");
+        ratio(
+            "produce_vs_direct_write_qd1",
+            produced,
+            "direct_write_qd1_mb_s",
+        );
+        ratio(
+            "produce_vs_buffered_write",
+            produced,
+            "buffered_write_then_fdatasync_mb_s",
+        );
+        ratio(
+            "produce_vs_direct_write_fdatasync_each_mib",
+            produced,
+            "direct_write_fdatasync_each_mib_mb_s",
+        );
+        ratio(
+            "consume_vs_loopback_sendfile",
+            r.consumed.as_ref().map(|c| c.mb_per_s),
+            "loopback_sendfile_mb_s",
+        );
         self.fraction_of_limits = Some(Value::Object(out));
     }
 
     pub fn print_table(&self) {
-        println!("strom-bench {} ({}) against {} at {}", self.tool_version, self.git_revision, self.broker, self.started_at);
+        println!(
+            "strom-bench {} ({}) against {} at {}",
+            self.tool_version, self.git_revision, self.broker, self.started_at
+        );
         let w = &self.workload;
         println!(
             "workload: {} ({} partitions each), {} producers, {} consumers{} per topic, {} B messages, keys {}, \
@@ -93,7 +117,11 @@ impl Report {
             w.duration_s
         );
         if !w.topic_configs.is_empty() {
-            let list: Vec<String> = w.topic_configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let list: Vec<String> = w
+                .topic_configs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             println!("topic configs: {}", list.join(" "));
         }
         if let Some(r) = &self.result {
@@ -112,7 +140,11 @@ impl Report {
     /// The chart: throughput and latency over time for a run, latency against rate for a sweep.
     pub fn svg(&self) -> String {
         let mut panels = Vec::new();
-        if let Some(r) = self.result.as_ref().or(self.find_max.as_ref().and_then(|f| f.at_sustainable.as_ref())) {
+        if let Some(r) = self.result.as_ref().or(self
+            .find_max
+            .as_ref()
+            .and_then(|f| f.at_sustainable.as_ref()))
+        {
             let t = &r.timeline;
             let series = |name: &str, f: &dyn Fn(&crate::run::Point) -> Option<f64>| Series {
                 name: name.into(),
@@ -122,7 +154,13 @@ impl Report {
             if self.workload.consumers > 0 {
                 thr.push(series("consume MB/s", &|p| Some(p.consume_mb_per_s)));
             }
-            panels.push(Panel { title: "Throughput".into(), x_label: "seconds".into(), y_label: "MB/s".into(), log_y: false, series: thr });
+            panels.push(Panel {
+                title: "Throughput".into(),
+                x_label: "seconds".into(),
+                y_label: "MB/s".into(),
+                log_y: false,
+                series: thr,
+            });
             let ms = |v: Option<f64>| v.map(|u| u / 1000.0);
             let mut lat = vec![
                 series("publish p50", &|p| ms(p.publish_p50_us)),
@@ -135,21 +173,51 @@ impl Report {
                 lat.push(series("end-to-end p99", &|p| ms(p.e2e_p99_us)));
             }
             lat.retain(|s| !s.points.is_empty());
-            panels.push(Panel { title: "Latency per second".into(), x_label: "seconds".into(), y_label: "ms".into(), log_y: true, series: lat });
-            let mut res = vec![series("broker CPU %", &|p| p.broker_cpu_pct), series("client CPU %", &|p| Some(p.client_cpu_pct))];
+            panels.push(Panel {
+                title: "Latency per second".into(),
+                x_label: "seconds".into(),
+                y_label: "ms".into(),
+                log_y: true,
+                series: lat,
+            });
+            let mut res = vec![
+                series("broker CPU %", &|p| p.broker_cpu_pct),
+                series("client CPU %", &|p| Some(p.client_cpu_pct)),
+            ];
             res.retain(|s| !s.points.is_empty());
-            panels.push(Panel { title: "CPU (100% = one core)".into(), x_label: "seconds".into(), y_label: "%".into(), log_y: false, series: res });
+            panels.push(Panel {
+                title: "CPU (100% = one core)".into(),
+                x_label: "seconds".into(),
+                y_label: "%".into(),
+                log_y: false,
+                series: res,
+            });
         }
         if let Some(f) = &self.find_max {
-            let mut fixed: Vec<&crate::run::findmax::Step> = f.steps.iter().filter(|s| s.offered_messages_per_s.is_some()).collect();
-            fixed.sort_by(|a, b| a.offered_messages_per_s.partial_cmp(&b.offered_messages_per_s).unwrap_or(std::cmp::Ordering::Equal));
-            let series = |name: &str, g: &dyn Fn(&crate::run::findmax::Step) -> Option<f64>| Series {
-                name: name.into(),
-                points: fixed.iter().filter_map(|s| g(s).map(|v| (s.offered_messages_per_s.unwrap_or(0.0), v))).collect(),
-            };
+            let mut fixed: Vec<&crate::run::findmax::Step> = f
+                .steps
+                .iter()
+                .filter(|s| s.offered_messages_per_s.is_some())
+                .collect();
+            fixed.sort_by(|a, b| {
+                a.offered_messages_per_s
+                    .partial_cmp(&b.offered_messages_per_s)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let series =
+                |name: &str, g: &dyn Fn(&crate::run::findmax::Step) -> Option<f64>| Series {
+                    name: name.into(),
+                    points: fixed
+                        .iter()
+                        .filter_map(|s| g(s).map(|v| (s.offered_messages_per_s.unwrap_or(0.0), v)))
+                        .collect(),
+                };
             let ms = |v: Option<f64>| v.map(|u| u / 1000.0);
             panels.push(Panel {
-                title: format!("Publish latency against offered rate (target p99 {} ms)", f.target_p99_us / 1000.0),
+                title: format!(
+                    "Publish latency against offered rate (target p99 {} ms)",
+                    f.target_p99_us / 1000.0
+                ),
                 x_label: "offered msg/s".into(),
                 y_label: "ms".into(),
                 log_y: true,
@@ -165,10 +233,16 @@ impl Report {
                 x_label: "offered msg/s".into(),
                 y_label: "msg/s".into(),
                 log_y: false,
-                series: vec![series("achieved", &|s| Some(s.achieved_messages_per_s)), series("offered", &|s| s.offered_messages_per_s)],
+                series: vec![
+                    series("achieved", &|s| Some(s.achieved_messages_per_s)),
+                    series("offered", &|s| s.offered_messages_per_s),
+                ],
             });
         }
-        let title = format!("strom-bench {} against {} ({})", self.git_revision, self.broker, self.started_at);
+        let title = format!(
+            "strom-bench {} against {} ({})",
+            self.git_revision, self.broker, self.started_at
+        );
         chart::svg(&title, &panels)
     }
 }
@@ -190,7 +264,10 @@ fn lat_row(name: &str, l: &Option<Latency>) {
 }
 
 fn print_result(r: &RunResult) {
-    println!("measured window: {:.2} s after {:.1} s of warm-up", r.measured_s, r.warmup_s);
+    println!(
+        "measured window: {:.2} s after {:.1} s of warm-up",
+        r.measured_s, r.warmup_s
+    );
     if let Some(o) = r.offered_messages_per_s {
         println!("offered: {o:.0} msg/s");
     }
@@ -201,12 +278,23 @@ fn print_result(r: &RunResult) {
                 f.messages,
                 f.messages_per_s,
                 f.mb_per_s,
-                if f.errors > 0 { format!(", {} errors (last: {})", f.errors, f.last_error.as_deref().unwrap_or("?")) } else { String::new() }
+                if f.errors > 0 {
+                    format!(
+                        ", {} errors (last: {})",
+                        f.errors,
+                        f.last_error.as_deref().unwrap_or("?")
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
     }
     if r.produced.is_some() {
-        println!("{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}", "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max", "count");
+        println!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max", "count"
+        );
         lat_row("publish", &r.publish_latency);
     }
     if r.consumed.is_some() && r.produced.is_some() {
@@ -217,8 +305,12 @@ fn print_result(r: &RunResult) {
             "broker: {:.2} CPU s ({:.1}% of a core){}{}, RSS {:.1} -> {:.1} MiB (max {:.1})",
             b.cpu_s,
             b.cpu_pct,
-            b.cpu_s_per_gib_in.map(|c| format!(", {c:.2} s per GiB in")).unwrap_or_default(),
-            b.cpu_s_per_gib_out.map(|c| format!(", {c:.2} s per GiB out")).unwrap_or_default(),
+            b.cpu_s_per_gib_in
+                .map(|c| format!(", {c:.2} s per GiB in"))
+                .unwrap_or_default(),
+            b.cpu_s_per_gib_out
+                .map(|c| format!(", {c:.2} s per GiB out"))
+                .unwrap_or_default(),
             b.rss_mib_start.unwrap_or(0.0),
             b.rss_mib_end.unwrap_or(0.0),
             b.rss_mib_max.unwrap_or(0.0)
@@ -226,24 +318,37 @@ fn print_result(r: &RunResult) {
     } else {
         println!("broker: process not found on this machine (no CPU or memory figures)");
     }
-    println!("client: {:.2} CPU s ({:.1}% of a core)", r.client.cpu_s, r.client.cpu_pct);
+    println!(
+        "client: {:.2} CPU s ({:.1}% of a core)",
+        r.client.cpu_s, r.client.cpu_pct
+    );
 }
 
 fn print_find_max(f: &FindMax) {
-    println!("find-max: target publish p99 <= {:.2} ms, achieved >= {:.0}% of offered, {} s per step", f.target_p99_us / 1000.0, f.min_achieved_ratio * 100.0, f.step_s);
-    println!("{:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  verdict", "offered/s", "achieved/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "cpu %");
+    println!(
+        "find-max: target publish p99 <= {:.2} ms, achieved >= {:.0}% of offered, {} s per step",
+        f.target_p99_us / 1000.0,
+        f.min_achieved_ratio * 100.0,
+        f.step_s
+    );
+    println!(
+        "{:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  verdict",
+        "offered/s", "achieved/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "cpu %"
+    );
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |u| format!("{:.3}", u / 1000.0));
     for s in &f.steps {
         println!(
             "{:>12} {:>12.0} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
-            s.offered_messages_per_s.map_or("max".to_string(), |o| format!("{o:.0}")),
+            s.offered_messages_per_s
+                .map_or("max".to_string(), |o| format!("{o:.0}")),
             s.achieved_messages_per_s,
             s.achieved_mb_per_s,
             ms(s.publish_p50_us),
             ms(s.publish_p99_us),
             ms(s.publish_p999_us),
             ms(s.publish_max_us),
-            s.broker_cpu_pct.map_or("-".to_string(), |c| format!("{c:.0}")),
+            s.broker_cpu_pct
+                .map_or("-".to_string(), |c| format!("{c:.0}")),
             s.verdict
         );
     }
@@ -257,15 +362,26 @@ fn print_find_max(f: &FindMax) {
 pub fn compare(a: &str, b: &str) -> Result<(), String> {
     let load = |path: &str| -> Result<Value, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?;
         if v.get("tool").and_then(Value::as_str) != Some("strom-bench") {
             return Err(format!("{path} is not a strom-bench report"));
         }
         Ok(v)
     };
     let (va, vb) = (load(a)?, load(b)?);
-    println!("A: {a} ({} against {}, {})", s(&va, "git_revision"), s(&va, "broker"), s(&va, "started_at"));
-    println!("B: {b} ({} against {}, {})", s(&vb, "git_revision"), s(&vb, "broker"), s(&vb, "started_at"));
+    println!(
+        "A: {a} ({} against {}, {})",
+        s(&va, "git_revision"),
+        s(&va, "broker"),
+        s(&va, "started_at")
+    );
+    println!(
+        "B: {b} ({} against {}, {})",
+        s(&vb, "git_revision"),
+        s(&vb, "broker"),
+        s(&vb, "started_at")
+    );
     let mut fa = Vec::new();
     for section in ["result", "find_max"] {
         if let Some(v) = va.get(section) {
@@ -282,7 +398,11 @@ pub fn compare(a: &str, b: &str) -> Result<(), String> {
     let mut shown = 0;
     for (key, x) in &fa {
         if let Some((_, y)) = fb.iter().find(|(k, _)| k == key) {
-            let ratio = if *x != 0.0 { format!("{:.3}", y / x) } else { "-".to_string() };
+            let ratio = if *x != 0.0 {
+                format!("{:.3}", y / x)
+            } else {
+                "-".to_string()
+            };
             println!("{key:<52} {x:>14.3} {y:>14.3} {ratio:>9}");
             shown += 1;
         }
@@ -294,7 +414,10 @@ pub fn compare(a: &str, b: &str) -> Result<(), String> {
 }
 
 fn s(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or("?").to_string()
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// Numeric leaves of `v` as dotted paths, skipping the per-second timeline and sweep steps.
@@ -319,7 +442,10 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, f64)>) {
 
 /// The current UTC time as RFC 3339 (seconds).
 fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -331,7 +457,12 @@ fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -350,6 +481,9 @@ mod tests {
         let v = serde_json::json!({"a": 1, "b": {"c": 2.5, "timeline": [{"x": 1}]}, "d": "text"});
         let mut out = Vec::new();
         flatten("r", &v, &mut out);
-        assert_eq!(out, vec![("r.a".to_string(), 1.0), ("r.b.c".to_string(), 2.5)]);
+        assert_eq!(
+            out,
+            vec![("r.a".to_string(), 1.0), ("r.b.c".to_string(), 2.5)]
+        );
     }
 }

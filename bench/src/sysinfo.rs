@@ -6,15 +6,23 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 fn read(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Hostname, kernel, CPUs and memory of this machine.
 pub fn machine() -> Value {
     let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()));
+    let model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")
+            .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+    });
     let mem_kib = read("/proc/meminfo").and_then(|m| {
-        m.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+        m.lines().find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
     });
     json!({
         "hostname": read("/proc/sys/kernel/hostname"),
@@ -28,7 +36,10 @@ pub fn machine() -> Value {
 /// The git revision of the checkout this binary was built in (it lives in `target/`), with
 /// "-dirty" when files differ from it; "unknown" outside a checkout.
 pub fn git_revision() -> String {
-    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| ".".into());
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| ".".into());
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")
@@ -65,8 +76,17 @@ pub struct ProcessSample {
 impl BrokerProcess {
     pub fn new(pid: u32) -> Option<BrokerProcess> {
         // SAFETY: sysconf has no preconditions.
-        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-        let p = BrokerProcess { pid, ticks_per_s: ticks.max(1) as f64, page_bytes: page.max(1) as u64 };
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let p = BrokerProcess {
+            pid,
+            ticks_per_s: ticks.max(1) as f64,
+            page_bytes: page.max(1) as u64,
+        };
         p.sample().map(|_| p)
     }
 
@@ -76,8 +96,16 @@ impl BrokerProcess {
         let inode = listening_inode(port)?;
         let target = format!("socket:[{inode}]");
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
             for fd in fds.flatten() {
                 if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target) {
                     return BrokerProcess::new(pid);
@@ -95,18 +123,28 @@ impl BrokerProcess {
         let utime: u64 = f.get(11)?.parse().ok()?;
         let stime: u64 = f.get(12)?.parse().ok()?;
         let rss_pages: u64 = f.get(21)?.parse().ok()?;
-        Some(ProcessSample { cpu_s: (utime + stime) as f64 / self.ticks_per_s, rss_bytes: rss_pages * self.page_bytes })
+        Some(ProcessSample {
+            cpu_s: (utime + stime) as f64 / self.ticks_per_s,
+            rss_bytes: rss_pages * self.page_bytes,
+        })
     }
 }
 
 /// The socket inode of a TCP socket listening on `port` (IPv4 or IPv6).
 fn listening_inode(port: u16) -> Option<u64> {
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
-            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
             if *state == "0A" && local_port == Some(port) {
                 return inode.parse().ok();
             }

@@ -17,7 +17,11 @@ pub enum ConfigError {
     #[error("config file {path}: {msg}")]
     File { path: PathBuf, msg: String },
     #[error("setting `{key}` = `{value}`: {msg}")]
-    Invalid { key: String, value: String, msg: String },
+    Invalid {
+        key: String,
+        value: String,
+        msg: String,
+    },
     #[error("`{0}` is not of the form key=value")]
     NotKeyValue(String),
 }
@@ -263,28 +267,53 @@ where
     T::Err: std::fmt::Display,
 {
     let v: T = parse(raw, key).map_err(|e| match e {
-        ConfigError::Invalid { key, value, msg } => ConfigError::Invalid { key, value, msg: format!("{msg} (must be a positive number)") },
+        ConfigError::Invalid { key, value, msg } => ConfigError::Invalid {
+            key,
+            value,
+            msg: format!("{msg} (must be a positive number)"),
+        },
         other => other,
     })?;
     if v <= T::default() {
-        return Err(ConfigError::Invalid { key: key.into(), value: v.to_string(), msg: "must be a positive number".into() });
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            value: v.to_string(),
+            msg: "must be a positive number".into(),
+        });
     }
     Ok(v)
 }
 
 /// `PLAINTEXT://host:port`, `host:port` or a list of them (the first is used).
 fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
-    let invalid = |msg: &str| ConfigError::Invalid { key: key.into(), value: value.into(), msg: msg.into() };
+    let invalid = |msg: &str| ConfigError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        msg: msg.into(),
+    };
     let first = value.split(',').next().unwrap_or("").trim();
     let addr = match first.split_once("://") {
         Some((proto, rest)) if proto.eq_ignore_ascii_case("PLAINTEXT") => rest,
-        Some((proto, _)) => return Err(invalid(&format!("listener protocol {proto} is not supported (only PLAINTEXT)"))),
+        Some((proto, _)) => {
+            return Err(invalid(&format!(
+                "listener protocol {proto} is not supported (only PLAINTEXT)"
+            )))
+        }
         None => first,
     };
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid("expected host:port"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected host:port"))?;
     let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((if host.is_empty() { "0.0.0.0".to_string() } else { host.to_string() }, port))
+    Ok((
+        if host.is_empty() {
+            "0.0.0.0".to_string()
+        } else {
+            host.to_string()
+        },
+        port,
+    ))
 }
 
 /// A listener setting (see [`parse_listener`]) resolved to one socket address.
@@ -294,20 +323,36 @@ fn resolve(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         .parse()
         .or_else(|_| {
             use std::net::ToSocketAddrs;
-            format!("{host}:{port}").to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
+            format!("{host}:{port}")
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or(())
         })
-        .map_err(|_| ConfigError::Invalid { key: key.into(), value: value.into(), msg: "cannot resolve host".into() })
+        .map_err(|_| ConfigError::Invalid {
+            key: key.into(),
+            value: value.into(),
+            msg: "cannot resolve host".into(),
+        })
 }
 
 impl BrokerConfig {
     pub fn load(sources: ConfigSources) -> Result<BrokerConfig, ConfigError> {
-        let mut raw: BTreeMap<String, String> =
-            BROKER_KEYS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut raw: BTreeMap<String, String> = BROKER_KEYS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         if let Some(path) = &sources.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::File { path: path.clone(), msg: e.to_string() })?;
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
             let table: toml::Table =
-                text.parse().map_err(|e: toml::de::Error| ConfigError::File { path: path.clone(), msg: e.to_string() })?;
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: path.clone(),
+                        msg: e.to_string(),
+                    })?;
             flatten_toml("", &table, &mut raw);
         }
         for (key, _) in BROKER_KEYS {
@@ -317,7 +362,9 @@ impl BrokerConfig {
             }
         }
         for kv in &sources.overrides {
-            let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError::NotKeyValue(kv.clone()))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ConfigError::NotKeyValue(kv.clone()))?;
             raw.insert(k.trim().to_string(), v.trim().to_string());
         }
         let mut warnings = Vec::new();
@@ -334,7 +381,11 @@ impl BrokerConfig {
         let listen = resolve("listeners", &raw["listeners"])?;
         let (adv_host, adv_port) = match raw["advertised.listeners"].as_str() {
             "" => {
-                let h = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+                let h = if listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    listen.ip().to_string()
+                };
                 (h, port)
             }
             v => parse_listener("advertised.listeners", v)?,
@@ -352,12 +403,14 @@ impl BrokerConfig {
         }
         let topic_defaults = TopicDefaults::from_broker(&raw)?;
         let groups = GroupSettings {
-            initial_rebalance_delay_ms: parse::<i64>(&raw, "group.initial.rebalance.delay.ms")?.max(0),
+            initial_rebalance_delay_ms: parse::<i64>(&raw, "group.initial.rebalance.delay.ms")?
+                .max(0),
             session_timeout_ms_min: parse(&raw, "group.min.session.timeout.ms")?,
             session_timeout_ms_max: parse(&raw, "group.max.session.timeout.ms")?,
             members_max: parse::<usize>(&raw, "group.max.size")?.max(1),
             offset_metadata_bytes_max: parse(&raw, "offset.metadata.max.bytes")?,
-            offsets_retention_ms: parse::<i64>(&raw, "offsets.retention.minutes")?.saturating_mul(60_000),
+            offsets_retention_ms: parse::<i64>(&raw, "offsets.retention.minutes")?
+                .saturating_mul(60_000),
             offsets_partitions: parse::<u32>(&raw, "offsets.topic.num.partitions")?.clamp(1, 1000),
             // Kafka's minimum is 1; the log applies its own minimum on top.
             offsets_segment_bytes: parse::<u64>(&raw, "offsets.topic.segment.bytes")?.max(1),
@@ -365,27 +418,32 @@ impl BrokerConfig {
         let producers = ProducerSettings {
             id_expiration_ms: parse::<i64>(&raw, "producer.id.expiration.ms")?.max(1),
             ids_max_per_partition: parse::<usize>(&raw, "producer.id.max.per.partition")?.max(1),
-            transactional_id_expiration_ms: parse::<i64>(&raw, "transactional.id.expiration.ms")?.max(1),
+            transactional_id_expiration_ms: parse::<i64>(&raw, "transactional.id.expiration.ms")?
+                .max(1),
         };
         let abort_at = raw["test.fault.cleaner.abort.at"].trim().to_string();
         let cleaner_abort_at = match abort_at.as_str() {
             "" => None,
-            name => Some(CleanerStep::parse(name).ok_or_else(|| ConfigError::Invalid {
-                key: "test.fault.cleaner.abort.at".into(),
-                value: name.into(),
-                msg: "expected cleaned-written, swap-committed, old-removed or renamed".into(),
-            })?),
+            name => Some(
+                CleanerStep::parse(name).ok_or_else(|| ConfigError::Invalid {
+                    key: "test.fault.cleaner.abort.at".into(),
+                    value: name.into(),
+                    msg: "expected cleaned-written, swap-committed, old-removed or renamed".into(),
+                })?,
+            ),
         };
         if let Some(step) = cleaner_abort_at {
             warnings.push(format!("test.fault.cleaner.abort.at={}: the cleaner aborts the process on purpose (test only)", step.name()));
         }
         let controller_abort_at = match raw["test.fault.controller.abort.at"].trim() {
             "" => None,
-            name => Some(ControllerStep::parse(name).ok_or_else(|| ConfigError::Invalid {
-                key: "test.fault.controller.abort.at".into(),
-                value: name.into(),
-                msg: "expected deleting-recorded or snapshot-saved".into(),
-            })?),
+            name => Some(
+                ControllerStep::parse(name).ok_or_else(|| ConfigError::Invalid {
+                    key: "test.fault.controller.abort.at".into(),
+                    value: name.into(),
+                    msg: "expected deleting-recorded or snapshot-saved".into(),
+                })?,
+            ),
         };
         if let Some(step) = controller_abort_at {
             warnings.push(format!("test.fault.controller.abort.at={}: topic deletion aborts the process on purpose (test only)", step.name()));
@@ -398,13 +456,17 @@ impl BrokerConfig {
             shard_panic_after_ms: parse(&raw, "test.fault.shard.panic.after.ms")?,
         };
         if faults.shard_panic_after_ms > 0 {
-            warnings.push(format!("test.fault.shard.panic.after.ms={}: a shard panics on purpose (test only)", faults.shard_panic_after_ms));
+            warnings.push(format!(
+                "test.fault.shard.panic.after.ms={}: a shard panics on purpose (test only)",
+                faults.shard_panic_after_ms
+            ));
         }
         if faults.recovery_delay_ms > 0 {
             warnings.push(format!("test.fault.recovery.delay.ms={}: startup recovery is delayed on purpose (test only)", faults.recovery_delay_ms));
         }
         let maintenance = MaintenanceSettings {
-            retention_check_interval_ms: parse::<u64>(&raw, "log.retention.check.interval.ms")?.max(1),
+            retention_check_interval_ms: parse::<u64>(&raw, "log.retention.check.interval.ms")?
+                .max(1),
             cleaner_enable: parse(&raw, "log.cleaner.enable")?,
             cleaner_backoff_ms: parse::<u64>(&raw, "log.cleaner.backoff.ms")?.max(1),
         };
@@ -421,7 +483,10 @@ impl BrokerConfig {
                 msg: "must not exceed group.max.session.timeout.ms".into(),
             });
         }
-        let admin_listen = match (parse::<bool>(&raw, "admin.enable")?, raw["admin.listeners"].trim()) {
+        let admin_listen = match (
+            parse::<bool>(&raw, "admin.enable")?,
+            raw["admin.listeners"].trim(),
+        ) {
             (false, _) | (true, "") => None,
             (true, v) => Some(resolve("admin.listeners", v)?),
         };
@@ -429,12 +494,20 @@ impl BrokerConfig {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(ConfigError::Invalid { key: "log.format".into(), value: other.into(), msg: "expected text or json".into() })
+                return Err(ConfigError::Invalid {
+                    key: "log.format".into(),
+                    value: other.into(),
+                    msg: "expected text or json".into(),
+                })
             }
         };
         let level = raw["log.level"].trim().to_string();
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            return Err(ConfigError::Invalid { key: "log.level".into(), value: level, msg: "not a log filter (e.g. info, debug, strom=debug)".into() });
+            return Err(ConfigError::Invalid {
+                key: "log.level".into(),
+                value: level,
+                msg: "not a log filter (e.g. info, debug, strom=debug)".into(),
+            });
         }
         let request_budget_bytes: usize = positive(&raw, "queued.max.request.bytes")?;
         let shard_share_min = crate::limits::REQUEST_BUDGET_SHARD_BYTES_MIN * cores;
@@ -442,17 +515,32 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid {
                 key: "queued.max.request.bytes".into(),
                 value: request_budget_bytes.to_string(),
-                msg: format!("must be at least {shard_share_min} ({} per shard)", crate::limits::REQUEST_BUDGET_SHARD_BYTES_MIN),
+                msg: format!(
+                    "must be at least {shard_share_min} ({} per shard)",
+                    crate::limits::REQUEST_BUDGET_SHARD_BYTES_MIN
+                ),
             });
         }
         // Absolute from here on: the working directory is read once, and nothing later (glommio
         // opens directories relative to no descriptor) sees a relative path.
-        let data_dir_raw = raw["log.dirs"].split(',').next().unwrap_or("").trim().to_string();
+        let data_dir_raw = raw["log.dirs"]
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if data_dir_raw.is_empty() {
-            return Err(ConfigError::Invalid { key: "log.dirs".into(), value: data_dir_raw, msg: "must name a directory".into() });
+            return Err(ConfigError::Invalid {
+                key: "log.dirs".into(),
+                value: data_dir_raw,
+                msg: "must name a directory".into(),
+            });
         }
-        let data_dir = std::path::absolute(&data_dir_raw)
-            .map_err(|e| ConfigError::Invalid { key: "log.dirs".into(), value: data_dir_raw.clone(), msg: format!("cannot resolve: {e}") })?;
+        let data_dir = std::path::absolute(&data_dir_raw).map_err(|e| ConfigError::Invalid {
+            key: "log.dirs".into(),
+            value: data_dir_raw.clone(),
+            msg: format!("cannot resolve: {e}"),
+        })?;
         Ok(BrokerConfig {
             admin_listen,
             log: LogSettings { level, format },
@@ -467,7 +555,8 @@ impl BrokerConfig {
             auto_create_topics: parse(&raw, "auto.create.topics.enable")?,
             request_bytes_max,
             cluster_id: raw["cluster.id"].clone(),
-            connection_requests_inflight_max: parse::<usize>(&raw, "queued.max.requests")?.clamp(1, 1024),
+            connection_requests_inflight_max: parse::<usize>(&raw, "queued.max.requests")?
+                .clamp(1, 1024),
             send_wait_ms_max: parse(&raw, "connections.max.send.wait.ms")?,
             request_budget_bytes,
             connections_max: positive(&raw, "max.connections")?,
@@ -487,7 +576,11 @@ impl BrokerConfig {
 /// `a = { b = 1 }` and `"a.b" = 1` both become `a.b = "1"`.
 fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => flatten_toml(&key, t, out),
             toml::Value::String(s) => {
@@ -514,7 +607,11 @@ fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, St
 mod tests {
     use super::*;
 
-    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: &[&str]) -> Result<BrokerConfig, ConfigError> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        overrides: &[&str],
+    ) -> Result<BrokerConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = file.map(|text| {
             let p = dir.path().join("strom.toml");
@@ -523,7 +620,10 @@ mod tests {
         });
         BrokerConfig::load(ConfigSources {
             file: path,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             overrides: overrides.iter().map(|s| s.to_string()).collect(),
             cores: Some(1),
         })
@@ -535,28 +635,55 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
         // The relative default is resolved against the working directory once, at load.
         assert!(c.data_dir.is_absolute(), "{}", c.data_dir.display());
-        assert_eq!(c.data_dir, std::env::current_dir().unwrap().join("strom-data"));
+        assert_eq!(
+            c.data_dir,
+            std::env::current_dir().unwrap().join("strom-data")
+        );
         assert!(c.auto_create_topics);
         assert_eq!(c.num_partitions, 1);
-        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("127.0.0.1", 9092));
+        assert_eq!(
+            (c.advertised_host.as_str(), c.advertised_port),
+            ("127.0.0.1", 9092)
+        );
     }
 
     #[test]
     fn flags_beat_env_beat_file() {
         let file = "\"num.partitions\" = 2\nlog = { dirs = \"/tmp/a\" }\nlisteners = \"PLAINTEXT://127.0.0.1:1\"\n";
-        let c = load(Some(file), &[("STROM_NUM_PARTITIONS", "3")], &["listeners=127.0.0.1:7"]).unwrap();
+        let c = load(
+            Some(file),
+            &[("STROM_NUM_PARTITIONS", "3")],
+            &["listeners=127.0.0.1:7"],
+        )
+        .unwrap();
         assert_eq!(c.num_partitions, 3);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/a"));
         assert_eq!(c.listen.port(), 7);
-        let c = load(Some(file), &[("STROM_NUM_PARTITIONS", "3")], &["num.partitions=5"]).unwrap();
+        let c = load(
+            Some(file),
+            &[("STROM_NUM_PARTITIONS", "3")],
+            &["num.partitions=5"],
+        )
+        .unwrap();
         assert_eq!(c.num_partitions, 5);
     }
 
     #[test]
     fn advertised_listener_is_separate() {
-        let c = load(None, &[], &["listeners=PLAINTEXT://0.0.0.0:9000", "advertised.listeners=PLAINTEXT://broker.local:19000"]).unwrap();
+        let c = load(
+            None,
+            &[],
+            &[
+                "listeners=PLAINTEXT://0.0.0.0:9000",
+                "advertised.listeners=PLAINTEXT://broker.local:19000",
+            ],
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 9000);
-        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("broker.local", 19000));
+        assert_eq!(
+            (c.advertised_host.as_str(), c.advertised_port),
+            ("broker.local", 19000)
+        );
     }
 
     #[test]
@@ -565,7 +692,12 @@ mod tests {
         assert_eq!(c.producers.id_expiration_ms, 86_400_000);
         assert_eq!(c.producers.transactional_id_expiration_ms, 604_800_000);
         assert_eq!(c.faults.produce_drop_response_every, 0);
-        let c = load(None, &[("STROM_PRODUCER_ID_EXPIRATION_MS", "5000")], &["test.fault.produce.drop.response.every=3"]).unwrap();
+        let c = load(
+            None,
+            &[("STROM_PRODUCER_ID_EXPIRATION_MS", "5000")],
+            &["test.fault.produce.drop.response.every=3"],
+        )
+        .unwrap();
         assert_eq!(c.producers.id_expiration_ms, 5000);
         assert_eq!(c.faults.produce_drop_response_every, 3);
         assert!(load(None, &[], &["test.fault.produce.drop.response.every=-1"]).is_err());
@@ -574,11 +706,20 @@ mod tests {
     #[test]
     fn producer_ids_per_partition_cap() {
         // The broker default and the storage default are one number.
-        let default = load(None, &[], &[]).unwrap().producers.ids_max_per_partition;
+        let default = load(None, &[], &[])
+            .unwrap()
+            .producers
+            .ids_max_per_partition;
         assert_eq!(default, strom_storage::limits::PRODUCER_IDS_MAX_DEFAULT);
         let c = load(None, &[("STROM_PRODUCER_ID_MAX_PER_PARTITION", "3")], &[]).unwrap();
         assert_eq!(c.producers.ids_max_per_partition, 3);
-        assert_eq!(load(None, &[], &["producer.id.max.per.partition=0"]).unwrap().producers.ids_max_per_partition, 1);
+        assert_eq!(
+            load(None, &[], &["producer.id.max.per.partition=0"])
+                .unwrap()
+                .producers
+                .ids_max_per_partition,
+            1
+        );
         assert!(load(None, &[], &["producer.id.max.per.partition=-1"]).is_err());
     }
 
@@ -589,7 +730,11 @@ mod tests {
         assert_eq!(c.maintenance.cleaner_backoff_ms, 15_000);
         assert!(c.maintenance.cleaner_enable);
         assert_eq!(c.faults.cleaner_abort_at, None);
-        let described: BTreeMap<_, _> = c.topic_defaults.describe(&BTreeMap::new()).map(|(k, v, _)| (k, v)).collect();
+        let described: BTreeMap<_, _> = c
+            .topic_defaults
+            .describe(&BTreeMap::new())
+            .map(|(k, v, _)| (k, v))
+            .collect();
         for (key, value) in [
             ("cleanup.policy", "delete"),
             ("retention.ms", "604800000"),
@@ -604,10 +749,17 @@ mod tests {
         let c = load(
             None,
             &[("STROM_LOG_RETENTION_MINUTES", "2")],
-            &["log.cleaner.enable=false", "log.cleaner.backoff.ms=100", "test.fault.cleaner.abort.at=swap-committed"],
+            &[
+                "log.cleaner.enable=false",
+                "log.cleaner.backoff.ms=100",
+                "test.fault.cleaner.abort.at=swap-committed",
+            ],
         )
         .unwrap();
-        assert_eq!(c.topic_defaults.resolve(&BTreeMap::new()).retention_ms, 120_000);
+        assert_eq!(
+            c.topic_defaults.resolve(&BTreeMap::new()).retention_ms,
+            120_000
+        );
         assert!(!c.maintenance.cleaner_enable);
         assert_eq!(c.maintenance.cleaner_backoff_ms, 100);
         assert_eq!(c.faults.cleaner_abort_at, Some(CleanerStep::SwapCommitted));
@@ -618,29 +770,88 @@ mod tests {
     #[test]
     fn admin_and_log_settings() {
         let c = load(None, &[], &[]).unwrap();
-        assert_eq!(c.admin_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9644"));
-        assert_eq!((c.log.level.as_str(), c.log.format), ("info", LogFormat::Text));
+        assert_eq!(
+            c.admin_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9644")
+        );
+        assert_eq!(
+            (c.log.level.as_str(), c.log.format),
+            ("info", LogFormat::Text)
+        );
         assert_eq!(c.faults.recovery_delay_ms, 0);
-        assert!(load(None, &[], &["admin.listeners="]).unwrap().admin_listen.is_none());
-        assert!(load(None, &[], &["admin.enable=false"]).unwrap().admin_listen.is_none());
-        let c = load(None, &[], &["admin.listeners=0.0.0.0:19644", "log.format=json", "log.level=debug", "test.fault.recovery.delay.ms=500"]).unwrap();
+        assert!(load(None, &[], &["admin.listeners="])
+            .unwrap()
+            .admin_listen
+            .is_none());
+        assert!(load(None, &[], &["admin.enable=false"])
+            .unwrap()
+            .admin_listen
+            .is_none());
+        let c = load(
+            None,
+            &[],
+            &[
+                "admin.listeners=0.0.0.0:19644",
+                "log.format=json",
+                "log.level=debug",
+                "test.fault.recovery.delay.ms=500",
+            ],
+        )
+        .unwrap();
         assert_eq!(c.admin_listen.unwrap().port(), 19644);
-        assert_eq!((c.log.level.as_str(), c.log.format), ("debug", LogFormat::Json));
+        assert_eq!(
+            (c.log.level.as_str(), c.log.format),
+            ("debug", LogFormat::Json)
+        );
         assert_eq!(c.faults.recovery_delay_ms, 500);
         assert!(c.warnings.iter().any(|w| w.contains("recovery.delay")));
         assert!(load(None, &[], &["log.format=xml"]).is_err());
         assert!(load(None, &[], &["admin.listeners=nonsense"]).is_err());
-        assert!(load(None, &[], &["no.such.key=1"]).unwrap().warnings.iter().any(|w| w.contains("no.such.key")));
+        assert!(load(None, &[], &["no.such.key=1"])
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("no.such.key")));
     }
 
     #[test]
     fn connection_and_request_limits() {
         let c = load(None, &[], &[]).unwrap();
-        assert_eq!((c.connections_max, c.connections_per_ip_max), (10_000, 1_000));
-        assert_eq!((c.connection_idle_ms, c.request_budget_bytes), (600_000, 512 << 20));
-        let c = load(None, &[], &["max.connections=3", "max.connections.per.ip=2", "connections.max.idle.ms=500", "queued.max.request.bytes=1048576"]).unwrap();
-        assert_eq!((c.connections_max, c.connections_per_ip_max, c.connection_idle_ms, c.request_budget_bytes), (3, 2, 500, 1 << 20));
-        for bad in ["max.connections=0", "max.connections.per.ip=-1", "connections.max.idle.ms=0", "queued.max.request.bytes=-1", "queued.max.request.bytes=1000"] {
+        assert_eq!(
+            (c.connections_max, c.connections_per_ip_max),
+            (10_000, 1_000)
+        );
+        assert_eq!(
+            (c.connection_idle_ms, c.request_budget_bytes),
+            (600_000, 512 << 20)
+        );
+        let c = load(
+            None,
+            &[],
+            &[
+                "max.connections=3",
+                "max.connections.per.ip=2",
+                "connections.max.idle.ms=500",
+                "queued.max.request.bytes=1048576",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.connections_max,
+                c.connections_per_ip_max,
+                c.connection_idle_ms,
+                c.request_budget_bytes
+            ),
+            (3, 2, 500, 1 << 20)
+        );
+        for bad in [
+            "max.connections=0",
+            "max.connections.per.ip=-1",
+            "connections.max.idle.ms=0",
+            "queued.max.request.bytes=-1",
+            "queued.max.request.bytes=1000",
+        ] {
             let e = load(None, &[], &[bad]).unwrap_err().to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
         }
@@ -648,7 +859,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_clear_errors() {
-        let e = load(None, &[], &["num.partitions=zero"]).unwrap_err().to_string();
+        let e = load(None, &[], &["num.partitions=zero"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num.partitions"), "{e}");
         assert!(load(None, &[], &["listeners=SSL://127.0.0.1:1"]).is_err());
         assert!(load(None, &[], &["novalue"]).is_err());

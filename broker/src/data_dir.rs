@@ -67,7 +67,10 @@ pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
     // SAFETY: flock on an fd we own, no memory effects.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!("{} is in use by another strom process", dir.display()));
+        return Err(format!(
+            "{} is in use by another strom process",
+            dir.display()
+        ));
     }
     Ok(f)
 }
@@ -81,7 +84,9 @@ fn partition_dirs(data_dir: &Path) -> io::Result<Vec<(PathBuf, String, i32)>> {
         if !entry.file_type()?.is_dir() || name == metadata::store::META_DIR {
             continue;
         }
-        let Some((topic, p)) = name.rsplit_once('-') else { continue };
+        let Some((topic, p)) = name.rsplit_once('-') else {
+            continue;
+        };
         let Ok(p) = p.parse::<i32>() else { continue };
         out.push((entry.path(), topic.to_string(), p));
     }
@@ -96,8 +101,13 @@ fn partition_dirs(data_dir: &Path) -> io::Result<Vec<(PathBuf, String, i32)>> {
 /// to start, naming them: deleting them would lose every record they hold.
 ///
 /// Afterwards the list of topics being deleted is durably emptied.
-pub fn check_partition_dirs(data_dir: &Path, meta: &ClusterMeta, deleting: &[String]) -> Result<(), String> {
-    let dirs = partition_dirs(data_dir).map_err(|e| format!("listing {}: {e}", data_dir.display()))?;
+pub fn check_partition_dirs(
+    data_dir: &Path,
+    meta: &ClusterMeta,
+    deleting: &[String],
+) -> Result<(), String> {
+    let dirs =
+        partition_dirs(data_dir).map_err(|e| format!("listing {}: {e}", data_dir.display()))?;
     let deleting: BTreeSet<&str> = deleting.iter().map(String::as_str).collect();
     let mut orphans = Vec::new();
     for (path, topic, p) in dirs {
@@ -106,13 +116,18 @@ pub fn check_partition_dirs(data_dir: &Path, meta: &ClusterMeta, deleting: &[Str
         }
         if meta.topic(&topic).is_none() && deleting.contains(topic.as_str()) {
             tracing::warn!("removing {}: its topic was deleted", path.display());
-            std::fs::remove_dir_all(&path).map_err(|e| format!("removing {} of a deleted topic: {e}", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| format!("removing {} of a deleted topic: {e}", path.display()))?;
         } else {
             orphans.push(path);
         }
     }
     if !orphans.is_empty() {
-        let mut names: Vec<String> = orphans.iter().take(ORPHANS_LISTED_MAX).map(|p| p.display().to_string()).collect();
+        let mut names: Vec<String> = orphans
+            .iter()
+            .take(ORPHANS_LISTED_MAX)
+            .map(|p| p.display().to_string())
+            .collect();
         if orphans.len() > ORPHANS_LISTED_MAX {
             names.push(format!("and {} more", orphans.len() - ORPHANS_LISTED_MAX));
         }

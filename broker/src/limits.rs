@@ -119,7 +119,10 @@ const _: () = assert!(MEMBER_ID_PREFIX_BYTES_MAX >= GROUP_INSTANCE_ID_BYTES_MAX)
 // of the offsets log, so only the member count (`group.max.size`) decides whether a group's
 // record does.
 const _: () = assert!(
-    (JOIN_PROTOCOLS_BYTES_MAX + SYNC_ASSIGNMENT_BYTES_MAX + MEMBER_ID_BYTES_MAX + GROUP_INSTANCE_ID_BYTES_MAX + i16::MAX as usize)
-        as u64
+    (JOIN_PROTOCOLS_BYTES_MAX
+        + SYNC_ASSIGNMENT_BYTES_MAX
+        + MEMBER_ID_BYTES_MAX
+        + GROUP_INSTANCE_ID_BYTES_MAX
+        + i16::MAX as usize) as u64
         <= strom_storage::limits::BATCH_BYTES_MAX
 );

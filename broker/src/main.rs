@@ -35,11 +35,17 @@ use shard::ShardContext;
 
 /// Wall-clock milliseconds since the Unix epoch (record timestamps, segment age).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "strom", version, about = "Strom: a Kafka-compatible event-streaming broker")]
+#[command(
+    name = "strom",
+    version,
+    about = "Strom: a Kafka-compatible event-streaming broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -138,14 +144,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let mut config = config;
 
-    data_dir::create_dir_durable(&config.data_dir).map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+    data_dir::create_dir_durable(&config.data_dir)
+        .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
     let _lock = data_dir::lock(&config.data_dir)?;
     // The offsets log keeps the partition count it was created with.
-    config.groups.offsets_partitions = group::store::load_partition_count(&config.data_dir, config.groups.offsets_partitions)
-        .map_err(|e| format!("reading the consumer-group log layout: {e}"))?;
+    config.groups.offsets_partitions =
+        group::store::load_partition_count(&config.data_dir, config.groups.offsets_partitions)
+            .map_err(|e| format!("reading the consumer-group log layout: {e}"))?;
     let config = Arc::new(config);
     let snapshot = metadata::store::load(&config.data_dir).map_err(|e| e.to_string())?;
-    let producer_id_block_end = metadata::producer_ids::load(&config.data_dir).map_err(|e| e.to_string())?;
+    let producer_id_block_end =
+        metadata::producer_ids::load(&config.data_dir).map_err(|e| e.to_string())?;
     let table = ShardTable::new(config.cores);
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
     let deleting = metadata::store::load_deleting(&config.data_dir).map_err(|e| e.to_string())?;
@@ -158,7 +167,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, shutdown.clone())
+            .map_err(|e| format!("installing signal handler: {e}"))?;
     }
     let watchdog = shard::watchdog::Watchdog::new(config.cores, shard::TICK_MS);
     let watchdog_stop = Arc::new(AtomicBool::new(false));
@@ -173,7 +183,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         admin_listener,
         recovered_shards: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         started: std::time::Instant::now(),
-        connection_limiter: strom_net::ConnectionLimiter::new(config.connections_max, config.connections_per_ip_max),
+        connection_limiter: strom_net::ConnectionLimiter::new(
+            config.connections_max,
+            config.connections_per_ip_max,
+        ),
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",
@@ -183,7 +196,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         snapshot.topics.len()
     );
     let placement = match CpuSet::online() {
-        Ok(cpus) if cpus.len() >= config.cores => PoolPlacement::MaxSpread(config.cores, Some(cpus)),
+        Ok(cpus) if cpus.len() >= config.cores => {
+            PoolPlacement::MaxSpread(config.cores, Some(cpus))
+        }
         _ => PoolPlacement::Unbound(config.cores),
     };
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -198,7 +213,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     watchdog_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = watchdog_thread.join();
     if watchdog.stalls() > 0 {
-        tracing::info!("the watchdog woke stalled shards {} time(s)", watchdog.stalls());
+        tracing::info!(
+            "the watchdog woke stalled shards {} time(s)",
+            watchdog.stalls()
+        );
     }
     for r in results {
         match r {
@@ -235,9 +253,16 @@ fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".into());
-        let location = info.location().map_or_else(String::new, |l| format!(" at {l}"));
-        let shard = shard::current_shard().map_or_else(String::new, |s| format!("shard {s} ({name})"));
-        let who = if shard.is_empty() { name.to_string() } else { shard };
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {l}"));
+        let shard =
+            shard::current_shard().map_or_else(String::new, |s| format!("shard {s} ({name})"));
+        let who = if shard.is_empty() {
+            name.to_string()
+        } else {
+            shard
+        };
         tracing::error!("{who} panicked{location}: {message}; aborting the process");
         default_hook(info);
         std::process::abort();
@@ -248,10 +273,14 @@ fn install_panic_hook() {
 fn init_logging(log: &config::LogSettings) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new(&log.level)),
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new(&log.level))
+        }
         _ => EnvFilter::new(&log.level),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match log.format {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().init(),

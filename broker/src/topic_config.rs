@@ -8,10 +8,17 @@ use crate::config::ConfigError;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
-    Long { min: i64 },
-    Int { min: i64 },
+    Long {
+        min: i64,
+    },
+    Int {
+        min: i64,
+    },
     /// A float in [min, max].
-    Double { min: f64, max: f64 },
+    Double {
+        min: f64,
+        max: f64,
+    },
     Bool,
     TimestampType,
     CleanupPolicy,
@@ -20,18 +27,58 @@ enum Kind {
 /// (topic key, broker key holding its default, kind)
 const TOPIC_KEYS: &[(&str, &str, Kind)] = &[
     ("cleanup.policy", "log.cleanup.policy", Kind::CleanupPolicy),
-    ("delete.retention.ms", "log.cleaner.delete.retention.ms", Kind::Long { min: 0 }),
-    ("flush.messages", "log.flush.interval.messages", Kind::Long { min: 1 }),
+    (
+        "delete.retention.ms",
+        "log.cleaner.delete.retention.ms",
+        Kind::Long { min: 0 },
+    ),
+    (
+        "flush.messages",
+        "log.flush.interval.messages",
+        Kind::Long { min: 1 },
+    ),
     ("flush.ms", "log.flush.interval.ms", Kind::Long { min: 0 }),
     ("flush.on.ack", "log.flush.on.ack", Kind::Bool),
-    ("index.interval.bytes", "log.index.interval.bytes", Kind::Int { min: 0 }),
-    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms", Kind::Long { min: 1 }),
-    ("max.message.bytes", "message.max.bytes", Kind::Int { min: 0 }),
-    ("message.timestamp.type", "log.message.timestamp.type", Kind::TimestampType),
-    ("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", Kind::Double { min: 0.0, max: 1.0 }),
-    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", Kind::Long { min: 0 }),
-    ("min.insync.replicas", "min.insync.replicas", Kind::Int { min: 1 }),
-    ("retention.bytes", "log.retention.bytes", Kind::Long { min: i64::MIN }),
+    (
+        "index.interval.bytes",
+        "log.index.interval.bytes",
+        Kind::Int { min: 0 },
+    ),
+    (
+        "max.compaction.lag.ms",
+        "log.cleaner.max.compaction.lag.ms",
+        Kind::Long { min: 1 },
+    ),
+    (
+        "max.message.bytes",
+        "message.max.bytes",
+        Kind::Int { min: 0 },
+    ),
+    (
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        Kind::TimestampType,
+    ),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+        Kind::Double { min: 0.0, max: 1.0 },
+    ),
+    (
+        "min.compaction.lag.ms",
+        "log.cleaner.min.compaction.lag.ms",
+        Kind::Long { min: 0 },
+    ),
+    (
+        "min.insync.replicas",
+        "min.insync.replicas",
+        Kind::Int { min: 1 },
+    ),
+    (
+        "retention.bytes",
+        "log.retention.bytes",
+        Kind::Long { min: i64::MIN },
+    ),
     ("retention.ms", "log.retention.ms", Kind::Long { min: -1 }),
     ("segment.bytes", "log.segment.bytes", Kind::Int { min: 14 }),
     ("segment.ms", "log.roll.ms", Kind::Long { min: 1 }),
@@ -75,7 +122,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         Kind::Bool => matches!(v.to_ascii_lowercase().as_str(), "true" | "false"),
         Kind::TimestampType => matches!(v, "CreateTime" | "LogAppendTime"),
         Kind::CleanupPolicy => {
-            !v.is_empty() && v.split(',').all(|p| matches!(p.trim(), "delete" | "compact"))
+            !v.is_empty()
+                && v.split(',')
+                    .all(|p| matches!(p.trim(), "delete" | "compact"))
         }
     };
     if ok {
@@ -93,13 +142,18 @@ fn broker_value(raw: &BTreeMap<String, String>, broker_key: &str) -> Result<Stri
     if broker_key != "log.retention.ms" || get(broker_key).is_some() {
         return Ok(get(broker_key).unwrap_or_default().to_string());
     }
-    for (key, unit_ms) in [("log.retention.minutes", 60_000i64), ("log.retention.hours", 3_600_000)] {
+    for (key, unit_ms) in [
+        ("log.retention.minutes", 60_000i64),
+        ("log.retention.hours", 3_600_000),
+    ] {
         if let Some(v) = get(key) {
-            let n: i64 = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
-                key: key.to_string(),
-                value: v.to_string(),
-                msg: e.to_string(),
-            })?;
+            let n: i64 = v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+                    key: key.to_string(),
+                    value: v.to_string(),
+                    msg: e.to_string(),
+                })?;
             return Ok(if n < 0 { -1 } else { n.saturating_mul(unit_ms) }.to_string());
         }
     }
@@ -129,7 +183,13 @@ impl TopicDefaults {
 
     /// Resolves a topic's overrides over these defaults.
     pub fn resolve(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
-        let get = |k: &str| overrides.get(k).or_else(|| self.values.get(k)).map(String::as_str).unwrap_or("");
+        let get = |k: &str| {
+            overrides
+                .get(k)
+                .or_else(|| self.values.get(k))
+                .map(String::as_str)
+                .unwrap_or("")
+        };
         let long = |k: &str| get(k).trim().parse::<i64>().unwrap_or(i64::MAX);
         // Validated values; a fallback only for a stored override written by an older version.
         let ms = |k: &str| u64::try_from(long(k)).unwrap_or(0);
@@ -150,11 +210,17 @@ impl TopicDefaults {
             flush_messages: long("flush.messages").max(1) as u64,
             flush_ms: long("flush.ms").max(0) as u64,
             flush_on_ack: get("flush.on.ack").eq_ignore_ascii_case("true"),
-            cleanup: CleanupPolicy { delete: has("delete"), compact: has("compact") },
+            cleanup: CleanupPolicy {
+                delete: has("delete"),
+                compact: has("compact"),
+            },
             retention_ms: long("retention.ms").max(-1),
             retention_bytes: long("retention.bytes"),
             delete_retention_ms: ms("delete.retention.ms"),
-            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio").trim().parse::<f64>().map_or(0.5, |r| r.clamp(0.0, 1.0)),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                .trim()
+                .parse::<f64>()
+                .map_or(0.5, |r| r.clamp(0.0, 1.0)),
             min_compaction_lag_ms: ms("min.compaction.lag.ms"),
             // Kafka's "never" is i64::MAX; the log's is u64::MAX.
             max_compaction_lag_ms: match long("max.compaction.lag.ms") {
@@ -165,13 +231,20 @@ impl TopicDefaults {
     }
 
     /// Every topic config with its effective value and whether the topic overrides it.
-    pub fn describe<'a>(&'a self, overrides: &'a BTreeMap<String, String>) -> impl Iterator<Item = (&'static str, String, bool)> + 'a {
-        let enforced = TOPIC_KEYS.iter().map(move |(k, _, _)| (*k, self.values.get(k).cloned().unwrap_or_default()));
+    pub fn describe<'a>(
+        &'a self,
+        overrides: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'static str, String, bool)> + 'a {
+        let enforced = TOPIC_KEYS
+            .iter()
+            .map(move |(k, _, _)| (*k, self.values.get(k).cloned().unwrap_or_default()));
         let stored = STORED_ONLY_KEYS.iter().map(|(k, v)| (*k, v.to_string()));
-        enforced.chain(stored).map(move |(k, default)| match overrides.get(k) {
-            Some(v) => (k, v.clone(), true),
-            None => (k, default, false),
-        })
+        enforced
+            .chain(stored)
+            .map(move |(k, default)| match overrides.get(k) {
+                Some(v) => (k, v.clone(), true),
+                None => (k, default, false),
+            })
     }
 }
 
@@ -262,12 +335,33 @@ mod tests {
             raw.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             raw
         };
-        let ms = |r: BTreeMap<String, String>| TopicDefaults::from_broker(&r).unwrap().resolve(&BTreeMap::new()).retention_ms;
+        let ms = |r: BTreeMap<String, String>| {
+            TopicDefaults::from_broker(&r)
+                .unwrap()
+                .resolve(&BTreeMap::new())
+                .retention_ms
+        };
         assert_eq!(ms(raw(&[("log.retention.hours", "2")])), 7_200_000);
-        assert_eq!(ms(raw(&[("log.retention.hours", "2"), ("log.retention.minutes", "3")])), 180_000);
-        assert_eq!(ms(raw(&[("log.retention.minutes", "3"), ("log.retention.ms", "7")])), 7);
+        assert_eq!(
+            ms(raw(&[
+                ("log.retention.hours", "2"),
+                ("log.retention.minutes", "3")
+            ])),
+            180_000
+        );
+        assert_eq!(
+            ms(raw(&[
+                ("log.retention.minutes", "3"),
+                ("log.retention.ms", "7")
+            ])),
+            7
+        );
         assert_eq!(ms(raw(&[("log.retention.hours", "-1")])), -1);
-        let compact = TopicDefaults::from_broker(&raw(&[("log.cleanup.policy", "compact,delete"), ("log.retention.hours", "1")])).unwrap();
+        let compact = TopicDefaults::from_broker(&raw(&[
+            ("log.cleanup.policy", "compact,delete"),
+            ("log.retention.hours", "1"),
+        ]))
+        .unwrap();
         let c = compact.resolve(&BTreeMap::new()).log_config();
         assert!(c.cleanup.compact && c.cleanup.delete);
     }
@@ -294,8 +388,13 @@ mod tests {
         assert_eq!(c.min_cleanable_dirty_ratio, 0.25);
         assert_eq!(c.log_config().delete_retention_ms, 100);
         assert!(c.flush_on_ack);
-        let described: Vec<_> = d.describe(&o).filter(|(_, _, overridden)| *overridden).collect();
-        assert!(d.describe(&o).any(|(k, v, _)| k == "compression.type" && v == "producer"));
+        let described: Vec<_> = d
+            .describe(&o)
+            .filter(|(_, _, overridden)| *overridden)
+            .collect();
+        assert!(d
+            .describe(&o)
+            .any(|(k, v, _)| k == "compression.type" && v == "producer"));
         assert_eq!(described, vec![("retention.ms", "5".to_string(), true)]);
     }
 }

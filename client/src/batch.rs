@@ -3,7 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 /// Bytes before a batch's `batchLength` field ends: baseOffset (8) + batchLength (4).
 const LOG_OVERHEAD: usize = 12;
@@ -35,7 +37,11 @@ pub fn compression_from_name(name: &str) -> Result<Compression, String> {
         "snappy" => Compression::Snappy,
         "lz4" => Compression::Lz4,
         "zstd" => Compression::Zstd,
-        other => return Err(format!("unknown compression {other:?} (none, gzip, snappy, lz4, zstd)")),
+        other => {
+            return Err(format!(
+                "unknown compression {other:?} (none, gzip, snappy, lz4, zstd)"
+            ))
+        }
     })
 }
 
@@ -59,13 +65,24 @@ pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, 
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),
-            headers: r.headers.iter().map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone())).collect(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone()))
+                .collect(),
             delete_horizon: false,
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, recs.iter(), &RecordEncodeOptions { version: 2, compression })
-        .map_err(|e| format!("encoding a record batch: {e}"))?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        recs.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| format!("encoding a record batch: {e}"))?;
     Ok(buf.freeze())
 }
 
@@ -104,7 +121,8 @@ pub fn decode(set: &Bytes) -> Result<Decoded, String> {
             next_offset = Some(base + delta as i64 + 1);
         }
         let mut batch = set.slice(pos..end);
-        let decoded = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("decoding a fetched batch: {e}"))?;
+        let decoded = RecordBatchDecoder::decode(&mut batch)
+            .map_err(|e| format!("decoding a fetched batch: {e}"))?;
         for r in decoded.records {
             if r.control {
                 continue;
@@ -114,12 +132,19 @@ pub fn decode(set: &Bytes) -> Result<Decoded, String> {
                 timestamp: r.timestamp,
                 key: r.key,
                 value: r.value,
-                headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             });
         }
         pos = end;
     }
-    Ok(Decoded { records: out, next_offset })
+    Ok(Decoded {
+        records: out,
+        next_offset,
+    })
 }
 
 #[cfg(test)]
@@ -138,8 +163,16 @@ mod tests {
                 })
                 .collect();
             let b = encode(&recs, compression_from_name(codec).unwrap()).unwrap();
-            assert_eq!(i32::from_be_bytes(b[57..61].try_into().unwrap()), 3, "one batch of 3 records");
-            assert_eq!(i32::from_be_bytes(b[53..57].try_into().unwrap()), -1, "base sequence");
+            assert_eq!(
+                i32::from_be_bytes(b[57..61].try_into().unwrap()),
+                3,
+                "one batch of 3 records"
+            );
+            assert_eq!(
+                i32::from_be_bytes(b[53..57].try_into().unwrap()),
+                -1,
+                "base sequence"
+            );
             let mut two = BytesMut::from(&b[..]);
             two.extend_from_slice(&b);
             // A partial third batch at the end is ignored.

@@ -13,16 +13,21 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
-use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -116,7 +121,9 @@ impl Conn {
     /// Connects within `timeout` (per resolved address) and bounds every later read and write
     /// by it too.
     pub fn connect_timeout(addr: &str, timeout: Duration, client_id: &str) -> Result<Conn, String> {
-        let addrs = addr.to_socket_addrs().map_err(|e| format!("resolving {addr}: {e}"))?;
+        let addrs = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {addr}: {e}"))?;
         let mut last = format!("resolving {addr}: no address");
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {
@@ -133,11 +140,21 @@ impl Conn {
 
     fn from_stream(stream: TcpStream, client_id: &str) -> Result<Conn, String> {
         stream.set_nodelay(true).map_err(err)?;
-        Ok(Conn { stream, next_id: 1, rbuf: BytesMut::new(), client_id: str_bytes(client_id) })
+        Ok(Conn {
+            stream,
+            next_id: 1,
+            rbuf: BytesMut::new(),
+            client_id: str_bytes(client_id),
+        })
     }
 
     /// Sends `req` as `api` at `version` and waits for its response.
-    pub fn request<Req: Encodable, Resp: Decodable>(&mut self, api: ApiKey, version: i16, req: &Req) -> Result<Resp, String> {
+    pub fn request<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Result<Resp, String> {
         let id = self.send(api, version, req)?;
         self.recv(api, version, id)
     }
@@ -159,7 +176,12 @@ impl Conn {
         self.stream.set_write_timeout(Some(timeout)).map_err(err)
     }
 
-    pub fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<i32, String> {
+    pub fn send<R: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &R,
+    ) -> Result<i32, String> {
         let id = self.next_id;
         self.next_id += 1;
         let mut header = RequestHeader::default();
@@ -169,7 +191,9 @@ impl Conn {
         header.client_id = Some(self.client_id.clone());
         let mut buf = BytesMut::new();
         buf.put_i32(0);
-        header.encode(&mut buf, api.request_header_version(version)).map_err(err)?;
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .map_err(err)?;
         body.encode(&mut buf, version).map_err(err)?;
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -178,7 +202,12 @@ impl Conn {
     }
 
     pub fn recv<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> Result<R, String> {
-        let timeout = self.stream.read_timeout().ok().flatten().unwrap_or_default();
+        let timeout = self
+            .stream
+            .read_timeout()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let reading = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 format!("no {api:?} response within {} ms", timeout.as_millis())
@@ -194,11 +223,17 @@ impl Conn {
         self.rbuf.clear();
         self.rbuf.reserve(len);
         self.rbuf.resize(len, 0);
-        self.stream.read_exact(&mut self.rbuf[..]).map_err(reading)?;
+        self.stream
+            .read_exact(&mut self.rbuf[..])
+            .map_err(reading)?;
         let mut b = self.rbuf.split().freeze();
-        let h = ResponseHeader::decode(&mut b, api.response_header_version(version)).map_err(err)?;
+        let h =
+            ResponseHeader::decode(&mut b, api.response_header_version(version)).map_err(err)?;
         if h.correlation_id != id {
-            return Err(format!("response for {} while waiting for {id}", h.correlation_id));
+            return Err(format!(
+                "response for {} while waiting for {id}",
+                h.correlation_id
+            ));
         }
         R::decode(&mut b, version).map_err(err)
     }
@@ -206,7 +241,12 @@ impl Conn {
     /// CreateTopics for one topic with `configs` (name, value). Returns true if the topic was
     /// created, false if it existed already (it is then left as it is, configs included); any
     /// other answer, such as a config the broker refuses, is an error carrying its message.
-    pub fn create_topic(&mut self, topic: &str, partitions: i32, configs: &[(String, String)]) -> Result<bool, String> {
+    pub fn create_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(String, String)],
+    ) -> Result<bool, String> {
         let mut t = CreatableTopic::default();
         t.name = topic_name(topic);
         t.num_partitions = partitions;
@@ -225,25 +265,40 @@ impl Conn {
         req.timeout_ms = 10_000;
         let id = self.send(ApiKey::CreateTopics, 4, &req)?;
         let resp: CreateTopicsResponse = self.recv(ApiKey::CreateTopics, 4, id)?;
-        let r = resp.topics.first().ok_or_else(|| format!("creating topic {topic}: no topic in the CreateTopics response"))?;
+        let r = resp.topics.first().ok_or_else(|| {
+            format!("creating topic {topic}: no topic in the CreateTopics response")
+        })?;
         match r.error_code {
             0 => Ok(true),
             TOPIC_ALREADY_EXISTS => Ok(false),
             code => {
-                let message = r.error_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+                let message = r
+                    .error_message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
                 let sent = if configs.is_empty() {
                     String::new()
                 } else {
-                    let list: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let list: Vec<String> =
+                        configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     format!(" (topic configs sent: {})", list.join(" "))
                 };
-                Err(format!("creating topic {topic}: the broker answered {}{message}{sent}", code_name(code)))
+                Err(format!(
+                    "creating topic {topic}: the broker answered {}{message}{sent}",
+                    code_name(code)
+                ))
             }
         }
     }
 
     /// One Produce request with a batch for each of `parts` (partition, batch) of `topic`.
-    pub fn send_produce_parts(&mut self, topic: &str, parts: Vec<(i32, Bytes)>, acks: i16) -> Result<i32, String> {
+    pub fn send_produce_parts(
+        &mut self,
+        topic: &str,
+        parts: Vec<(i32, Bytes)>,
+        acks: i16,
+    ) -> Result<i32, String> {
         let mut t = TopicProduceData::default();
         t.name = topic_name(topic);
         t.partition_data = parts
@@ -265,11 +320,21 @@ impl Conn {
     /// The (partition, error code) pairs of a Produce response.
     pub fn recv_produce_errors(&mut self, id: i32) -> Result<Vec<(i32, i16)>, String> {
         let resp: ProduceResponse = self.recv(ApiKey::Produce, PRODUCE_V, id)?;
-        Ok(resp.responses.iter().flat_map(|t| &t.partition_responses).map(|p| (p.index, p.error_code)).collect())
+        Ok(resp
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .map(|p| (p.index, p.error_code))
+            .collect())
     }
 
     /// ListOffsets for `partitions` at `timestamp` (-1 latest, -2 earliest): (partition, offset).
-    pub fn list_offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<Vec<(i32, i64)>, String> {
+    pub fn list_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<Vec<(i32, i64)>, String> {
         let mut t = ListOffsetsTopic::default();
         t.name = topic_name(topic);
         t.partitions = partitions
@@ -289,12 +354,20 @@ impl Conn {
         let mut out = Vec::with_capacity(partitions.len());
         for p in resp.topics.iter().flat_map(|t| &t.partitions) {
             if p.error_code != 0 {
-                return Err(format!("ListOffsets {topic}/{}: {}", p.partition_index, code_name(p.error_code)));
+                return Err(format!(
+                    "ListOffsets {topic}/{}: {}",
+                    p.partition_index,
+                    code_name(p.error_code)
+                ));
             }
             out.push((p.partition_index, p.offset));
         }
         if out.len() != partitions.len() {
-            return Err(format!("ListOffsets {topic}: asked for {} partitions, got {}", partitions.len(), out.len()));
+            return Err(format!(
+                "ListOffsets {topic}: asked for {} partitions, got {}",
+                partitions.len(),
+                out.len()
+            ));
         }
         Ok(out)
     }
@@ -307,7 +380,10 @@ impl Conn {
         req.topics = Some(vec![t]);
         let id = self.send(ApiKey::Metadata, METADATA_V, &req)?;
         let resp: MetadataResponse = self.recv(ApiKey::Metadata, METADATA_V, id)?;
-        let t = resp.topics.first().ok_or_else(|| format!("Metadata for {topic}: no topic in the response"))?;
+        let t = resp
+            .topics
+            .first()
+            .ok_or_else(|| format!("Metadata for {topic}: no topic in the response"))?;
         if t.error_code != 0 {
             return Err(format!("Metadata for {topic}: {}", code_name(t.error_code)));
         }
@@ -351,7 +427,13 @@ impl Conn {
             .responses
             .into_iter()
             .flat_map(|t| t.partitions)
-            .map(|p| (p.partition_index, p.error_code, p.records.unwrap_or_default()))
+            .map(|p| {
+                (
+                    p.partition_index,
+                    p.error_code,
+                    p.records.unwrap_or_default(),
+                )
+            })
             .collect())
     }
 
@@ -386,8 +468,16 @@ impl Conn {
             match p.error_code {
                 0 => {}
                 // A rebalance started: the next heartbeat says so and the member rejoins.
-                code::REBALANCE_IN_PROGRESS | code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID => return Ok(()),
-                e => return Err(format!("OffsetCommit {group} {topic}/{}: {}", p.partition_index, code_name(e))),
+                code::REBALANCE_IN_PROGRESS
+                | code::ILLEGAL_GENERATION
+                | code::UNKNOWN_MEMBER_ID => return Ok(()),
+                e => {
+                    return Err(format!(
+                        "OffsetCommit {group} {topic}/{}: {}",
+                        p.partition_index,
+                        code_name(e)
+                    ))
+                }
             }
         }
         Ok(())
@@ -399,7 +489,8 @@ impl Conn {
         req.key = str_bytes(group);
         req.key_type = 0;
         let id = self.send(ApiKey::FindCoordinator, FIND_COORDINATOR_V, &req)?;
-        let resp: FindCoordinatorResponse = self.recv(ApiKey::FindCoordinator, FIND_COORDINATOR_V, id)?;
+        let resp: FindCoordinatorResponse =
+            self.recv(ApiKey::FindCoordinator, FIND_COORDINATOR_V, id)?;
         Ok(Coordinator {
             error: resp.error_code,
             node_id: resp.node_id.0,
@@ -428,7 +519,11 @@ impl Conn {
             member_id: resp.member_id.to_string(),
             leader: resp.leader.to_string(),
             protocol_name: resp.protocol_name.map(|n| n.to_string()),
-            members: resp.members.into_iter().map(|m| (m.member_id.to_string(), m.metadata)).collect(),
+            members: resp
+                .members
+                .into_iter()
+                .map(|m| (m.member_id.to_string(), m.metadata))
+                .collect(),
         })
     }
 
@@ -463,7 +558,12 @@ impl Conn {
     }
 
     /// Heartbeat; returns the error code (REBALANCE_IN_PROGRESS asks the member to rejoin).
-    pub fn heartbeat(&mut self, group: &str, generation: i32, member_id: &str) -> Result<i16, String> {
+    pub fn heartbeat(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Result<i16, String> {
         let mut req = HeartbeatRequest::default();
         req.group_id = GroupId(str_bytes(group));
         req.generation_id = generation;
@@ -484,7 +584,11 @@ impl Conn {
         let id = self.send(ApiKey::LeaveGroup, LEAVE_GROUP_V, &req)?;
         let resp: LeaveGroupResponse = self.recv(ApiKey::LeaveGroup, LEAVE_GROUP_V, id)?;
         let member_error = resp.members.first().map_or(0, |m| m.error_code);
-        let code = if resp.error_code != 0 { resp.error_code } else { member_error };
+        let code = if resp.error_code != 0 {
+            resp.error_code
+        } else {
+            member_error
+        };
         if code != 0 {
             return Err(format!("LeaveGroup {group}: {}", code_name(code)));
         }
@@ -492,7 +596,12 @@ impl Conn {
     }
 
     /// Committed offsets of `partitions` for `group`: (partition, offset, -1 when none).
-    pub fn offset_fetch(&mut self, group: &str, topic: &str, partitions: &[i32]) -> Result<Vec<(i32, i64)>, String> {
+    pub fn offset_fetch(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, i64)>, String> {
         let mut t = OffsetFetchRequestTopics::default();
         t.name = topic_name(topic);
         t.partition_indexes = partitions.to_vec();
@@ -503,19 +612,30 @@ impl Conn {
         req.groups = vec![g];
         let id = self.send(ApiKey::OffsetFetch, OFFSET_FETCH_V, &req)?;
         let resp: OffsetFetchResponse = self.recv(ApiKey::OffsetFetch, OFFSET_FETCH_V, id)?;
-        let g = resp.groups.first().ok_or_else(|| format!("OffsetFetch {group}: no group in the response"))?;
+        let g = resp
+            .groups
+            .first()
+            .ok_or_else(|| format!("OffsetFetch {group}: no group in the response"))?;
         if g.error_code != 0 {
             return Err(format!("OffsetFetch {group}: {}", code_name(g.error_code)));
         }
         let mut out = Vec::with_capacity(partitions.len());
         for p in g.topics.iter().flat_map(|t| &t.partitions) {
             if p.error_code != 0 {
-                return Err(format!("OffsetFetch {group} {topic}/{}: {}", p.partition_index, code_name(p.error_code)));
+                return Err(format!(
+                    "OffsetFetch {group} {topic}/{}: {}",
+                    p.partition_index,
+                    code_name(p.error_code)
+                ));
             }
             out.push((p.partition_index, p.committed_offset));
         }
         if out.len() != partitions.len() {
-            return Err(format!("OffsetFetch {group}: asked for {} partitions, got {}", partitions.len(), out.len()));
+            return Err(format!(
+                "OffsetFetch {group}: asked for {} partitions, got {}",
+                partitions.len(),
+                out.len()
+            ));
         }
         Ok(out)
     }

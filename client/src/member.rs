@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{consumer_protocol_assignment, consumer_protocol_subscription};
-use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName};
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::conn::{code, code_name, Conn, JoinParams};
@@ -73,7 +75,11 @@ impl Member {
 
     /// Lets no socket read or write outlast `deadline`.
     fn bound_io(&self, deadline: Instant) -> Result<(), String> {
-        self.conn.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
+        self.conn.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        )
     }
 
     fn check_coordinator(&mut self, brokers: &str, deadline: Instant) -> Result<(), String> {
@@ -132,7 +138,10 @@ impl Member {
                 }
             }
         }
-        Err(format!("group {}: no stable assignment after {MAX_JOIN_ATTEMPTS} JoinGroup attempts", self.group))
+        Err(format!(
+            "group {}: no stable assignment after {MAX_JOIN_ATTEMPTS} JoinGroup attempts",
+            self.group
+        ))
     }
 
     /// One JoinGroup. `None` when the member has to send another; otherwise the assignments
@@ -158,14 +167,19 @@ impl Member {
                 self.member_id.clear();
                 return Ok(None);
             }
-            code::REBALANCE_IN_PROGRESS | code::COORDINATOR_LOAD_IN_PROGRESS | code::COORDINATOR_NOT_AVAILABLE => {
+            code::REBALANCE_IN_PROGRESS
+            | code::COORDINATOR_LOAD_IN_PROGRESS
+            | code::COORDINATOR_NOT_AVAILABLE => {
                 std::thread::sleep(RETRY_BACKOFF);
                 return Ok(None);
             }
             e => return Err(format!("JoinGroup {}: {}", self.group, code_name(e))),
         }
         if let Some(name) = joined.protocol_name.as_deref().filter(|n| *n != ASSIGNOR) {
-            return Err(format!("JoinGroup {}: coordinator chose protocol {name:?}, not {ASSIGNOR:?}", self.group));
+            return Err(format!(
+                "JoinGroup {}: coordinator chose protocol {name:?}, not {ASSIGNOR:?}",
+                self.group
+            ));
         }
         self.member_id = joined.member_id;
         self.generation = joined.generation;
@@ -201,7 +215,10 @@ impl Member {
 
     /// One heartbeat of the current generation.
     pub fn heartbeat(&mut self) -> Result<Heartbeat, String> {
-        match self.conn.heartbeat(&self.group, self.generation, &self.member_id)? {
+        match self
+            .conn
+            .heartbeat(&self.group, self.generation, &self.member_id)?
+        {
             0 => Ok(Heartbeat::Stable),
             code::REBALANCE_IN_PROGRESS | code::ILLEGAL_GENERATION => Ok(Heartbeat::Rejoin),
             code::UNKNOWN_MEMBER_ID => {
@@ -254,7 +271,11 @@ fn same_address(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    let resolve = |s: &str| s.to_socket_addrs().map(|it| it.collect::<Vec<_>>()).unwrap_or_default();
+    let resolve = |s: &str| {
+        s.to_socket_addrs()
+            .map(|it| it.collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
     let b_addrs = resolve(b);
     resolve(a).iter().any(|x| b_addrs.contains(x))
 }
@@ -263,7 +284,8 @@ fn same_address(a: &str, b: &str) -> bool {
 fn encode_versioned<M: Encodable>(m: &M, version: i16) -> Result<Bytes, String> {
     let mut buf = BytesMut::new();
     buf.put_i16(version);
-    m.encode(&mut buf, version).map_err(|e| format!("encoding consumer protocol v{version}: {e}"))?;
+    m.encode(&mut buf, version)
+        .map_err(|e| format!("encoding consumer protocol v{version}: {e}"))?;
     Ok(buf.freeze())
 }
 
@@ -271,13 +293,17 @@ fn encode_versioned<M: Encodable>(m: &M, version: i16) -> Result<Bytes, String> 
 /// newer (later versions only append fields, which is how Kafka's clients read them too).
 fn decode_versioned<M: Decodable>(mut bytes: Bytes, what: &str) -> Result<(i16, M), String> {
     if bytes.remaining() < 2 {
-        return Err(format!("{what}: {} bytes, too short for a version", bytes.remaining()));
+        return Err(format!(
+            "{what}: {} bytes, too short for a version",
+            bytes.remaining()
+        ));
     }
     let version = bytes.get_i16();
     if version < 0 {
         return Err(format!("{what}: negative version {version}"));
     }
-    let m = M::decode(&mut bytes, version.min(CONSUMER_PROTOCOL_V)).map_err(|e| format!("{what} v{version}: {e}"))?;
+    let m = M::decode(&mut bytes, version.min(CONSUMER_PROTOCOL_V))
+        .map_err(|e| format!("{what} v{version}: {e}"))?;
     Ok((version, m))
 }
 
@@ -286,7 +312,8 @@ fn decode_assignment(bytes: Bytes, topic: &str) -> Result<Vec<i32>, String> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let (_, a): (_, ConsumerProtocolAssignment) = decode_versioned(bytes, "ConsumerProtocolAssignment")?;
+    let (_, a): (_, ConsumerProtocolAssignment) =
+        decode_versioned(bytes, "ConsumerProtocolAssignment")?;
     let mut partitions: Vec<i32> = a
         .assigned_partitions
         .iter()
@@ -300,7 +327,11 @@ fn decode_assignment(bytes: Bytes, topic: &str) -> Result<Vec<i32>, String> {
 /// Kafka's range assignor for one topic: members subscribed to it, sorted by member id, get
 /// consecutive ranges; the first `partitions % n` get one partition more. Every member gets an
 /// assignment (possibly empty), encoded at the lowest subscription version among them.
-fn range_assign(members: &[(String, Bytes)], topic: &str, partitions: i32) -> Result<Vec<(String, Bytes)>, String> {
+fn range_assign(
+    members: &[(String, Bytes)],
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(String, Bytes)>, String> {
     let mut version = CONSUMER_PROTOCOL_V;
     let mut subscribed = Vec::new();
     for (id, metadata) in members {
@@ -324,7 +355,11 @@ fn range_assign(members: &[(String, Bytes)], topic: &str, partitions: i32) -> Re
             tp.topic = TopicName(StrBytes::from_string(topic.to_string()));
             tp.partitions = range.collect();
             let mut a = ConsumerProtocolAssignment::default();
-            a.assigned_partitions = if tp.partitions.is_empty() { Vec::new() } else { vec![tp] };
+            a.assigned_partitions = if tp.partitions.is_empty() {
+                Vec::new()
+            } else {
+                vec![tp]
+            };
             Ok((id.clone(), encode_versioned(&a, version)?))
         })
         .collect()
@@ -357,9 +392,23 @@ mod tests {
             s.topics = vec![StrBytes::from_string(topic.to_string())];
             encode_versioned(&s, 1).unwrap()
         };
-        let members = vec![("b".to_string(), sub("t")), ("a".to_string(), sub("t")), ("c".to_string(), sub("u"))];
+        let members = vec![
+            ("b".to_string(), sub("t")),
+            ("a".to_string(), sub("t")),
+            ("c".to_string(), sub("u")),
+        ];
         let out = range_assign(&members, "t", 5).unwrap();
-        let got: Vec<_> = out.into_iter().map(|(id, bytes)| (id, decode_assignment(bytes, "t").unwrap())).collect();
-        assert_eq!(got, vec![("b".into(), vec![3, 4]), ("a".into(), vec![0, 1, 2]), ("c".into(), vec![])]);
+        let got: Vec<_> = out
+            .into_iter()
+            .map(|(id, bytes)| (id, decode_assignment(bytes, "t").unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("b".into(), vec![3, 4]),
+                ("a".into(), vec![0, 1, 2]),
+                ("c".into(), vec![])
+            ]
+        );
     }
 }

@@ -115,9 +115,17 @@ mod tests {
             *p.add((64 << 30) - 1) = 9;
             let small = a.realloc(p, layout, 16);
             assert_eq!(*small, 7);
-            let big = a.realloc(small, Layout::from_size_align(16, 8).unwrap(), LAZY_THRESHOLD_BYTES);
+            let big = a.realloc(
+                small,
+                Layout::from_size_align(16, 8).unwrap(),
+                LAZY_THRESHOLD_BYTES,
+            );
             assert_eq!(*big, 7);
-            let small = a.realloc(big, Layout::from_size_align(LAZY_THRESHOLD_BYTES, 8).unwrap(), 16);
+            let small = a.realloc(
+                big,
+                Layout::from_size_align(LAZY_THRESHOLD_BYTES, 8).unwrap(),
+                16,
+            );
             assert_eq!(*small, 7);
             a.dealloc(small, Layout::from_size_align(16, 8).unwrap());
         }

@@ -74,7 +74,10 @@ impl ByteBudget {
         let available = self.available.get();
         (available >= charge + keep_free).then(|| {
             self.available.set(available - charge);
-            BudgetPermit { budget: self.clone(), bytes: charge }
+            BudgetPermit {
+                budget: self.clone(),
+                bytes: charge,
+            }
         })
     }
 
@@ -148,7 +151,10 @@ mod tests {
         block_on(async {
             let first = b.acquire(700).await;
             let mut second = Box::pin(b.acquire(500));
-            assert!(poll_once(&mut second).await.is_none(), "over the budget: must wait");
+            assert!(
+                poll_once(&mut second).await.is_none(),
+                "over the budget: must wait"
+            );
             assert_eq!((b.waiting(), b.waits_total()), (1, 1));
             drop(first);
             let second = second.await;
@@ -164,7 +170,10 @@ mod tests {
             let a = b.acquire(400).await;
             let c = b.acquire(350).await;
             let mut d = Box::pin(b.acquire(11));
-            assert!(poll_once(&mut d).await.is_none(), "a large frame may not take the reserve");
+            assert!(
+                poll_once(&mut d).await.is_none(),
+                "a large frame may not take the reserve"
+            );
             // ...while small requests still get the rest.
             let mut small = Vec::new();
             for _ in 0..25 {

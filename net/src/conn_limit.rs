@@ -61,7 +61,11 @@ impl Drop for ConnectionSlot {
 
 impl ConnectionLimiter {
     pub fn new(total_max: usize, per_ip_max: usize) -> Arc<ConnectionLimiter> {
-        Arc::new(ConnectionLimiter { total_max, per_ip_max, counts: Mutex::new(Counts::default()) })
+        Arc::new(ConnectionLimiter {
+            total_max,
+            per_ip_max,
+            counts: Mutex::new(Counts::default()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -81,7 +85,10 @@ impl ConnectionLimiter {
         }
         c.total += 1;
         c.per_ip.insert(ip, from_ip + 1);
-        Ok(ConnectionSlot { limiter: self.clone(), ip })
+        Ok(ConnectionSlot {
+            limiter: self.clone(),
+            ip,
+        })
     }
 
     /// Connections open now.
@@ -109,6 +116,9 @@ mod tests {
         let a3 = l.admit(a).unwrap();
         drop((a2, a3, b1));
         assert_eq!(l.open(), 0);
-        assert!(l.lock().per_ip.is_empty(), "addresses leave the map with their last connection");
+        assert!(
+            l.lock().per_ip.is_empty(),
+            "addresses leave the map with their last connection"
+        );
     }
 }

@@ -32,14 +32,26 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `frame_bytes_max` is Kafka's `socket.request.max.bytes`.
     pub fn new(inner: R, frame_bytes_max: usize) -> Self {
-        FrameReader { inner, buf: BytesMut::new(), filled: 0, frame_bytes_max, progress: Rc::default() }
+        FrameReader {
+            inner,
+            buf: BytesMut::new(),
+            filled: 0,
+            frame_bytes_max,
+            progress: Rc::default(),
+        }
     }
 
     /// A reader that first hands out `buffered`, bytes another reader of the same connection had
     /// read and not handed out (see [`Self::into_parts`]).
     pub fn with_buffered(inner: R, frame_bytes_max: usize, buffered: BytesMut) -> Self {
         let filled = buffered.len();
-        FrameReader { inner, buf: buffered, filled, frame_bytes_max, progress: Rc::default() }
+        FrameReader {
+            inner,
+            buf: buffered,
+            filled,
+            frame_bytes_max,
+            progress: Rc::default(),
+        }
     }
 
     /// The connection and the bytes read from it that were not handed out as frames yet, for a
@@ -59,7 +71,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(NetError::NegativeLength(len));
         }
         if len as usize > self.frame_bytes_max {
-            return Err(NetError::FrameTooLarge { len: len as i64, max: self.frame_bytes_max });
+            return Err(NetError::FrameTooLarge {
+                len: len as i64,
+                max: self.frame_bytes_max,
+            });
         }
         Ok(Some(len as usize))
     }
@@ -69,7 +84,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.truncate(self.filled);
         let start = self.filled;
         self.buf.resize(start + want, 0);
-        let n = self.inner.read(&mut self.buf[start..]).await.map_err(|e| NetError::io("reading request", e))?;
+        let n = self
+            .inner
+            .read(&mut self.buf[start..])
+            .await
+            .map_err(|e| NetError::io("reading request", e))?;
         self.filled = start + n;
         self.buf.truncate(self.filled);
         self.progress.set(self.progress.get() + n as u64);
@@ -88,7 +107,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if self.filled == 0 {
                     return Ok(None);
                 }
-                return Err(NetError::TruncatedFrame { read: self.filled, expected: 4 });
+                return Err(NetError::TruncatedFrame {
+                    read: self.filled,
+                    expected: 4,
+                });
             }
         }
     }
@@ -104,7 +126,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // follows the bytes sent, not the length claimed.
             let want = missing.min(self.filled.max(READ_CHUNK_BYTES));
             if !self.fill(want).await? {
-                return Err(NetError::TruncatedFrame { read: self.filled, expected: 4 + len });
+                return Err(NetError::TruncatedFrame {
+                    read: self.filled,
+                    expected: 4 + len,
+                });
             }
         }
         self.buf.truncate(self.filled);
@@ -141,7 +166,11 @@ mod handover_tests {
             let mut a = FrameReader::new(futures_lite::io::Cursor::new(wire), 1024);
             assert_eq!(&a.next_frame().await.unwrap().unwrap()[..], b"first");
             let (rest_of_stream, buffered) = a.into_parts();
-            assert_eq!(buffered.len(), 4 + 6 + 4 + 5, "the unread frames travel with the handover");
+            assert_eq!(
+                buffered.len(),
+                4 + 6 + 4 + 5,
+                "the unread frames travel with the handover"
+            );
             let mut b = FrameReader::with_buffered(rest_of_stream, 1024, buffered);
             assert_eq!(&b.next_frame().await.unwrap().unwrap()[..], b"second");
             assert_eq!(&b.next_frame().await.unwrap().unwrap()[..], b"third");
@@ -190,7 +219,10 @@ mod tests {
         input.extend_from_slice(b"xx");
         let (got, err) = read_all(input, 1024);
         assert!(got.is_empty());
-        assert!(matches!(err, Some(NetError::FrameTooLarge { max: 1024, .. })));
+        assert!(matches!(
+            err,
+            Some(NetError::FrameTooLarge { max: 1024, .. })
+        ));
     }
 
     #[test]
@@ -206,7 +238,13 @@ mod tests {
         input.extend_from_slice(b"abc");
         let (got, err) = read_all(input, 1024);
         assert_eq!(got, vec![b"whole".to_vec()]);
-        assert!(matches!(err, Some(NetError::TruncatedFrame { read: 7, expected: 14 })));
+        assert!(matches!(
+            err,
+            Some(NetError::TruncatedFrame {
+                read: 7,
+                expected: 14
+            })
+        ));
     }
 
     #[test]
@@ -247,12 +285,24 @@ mod tests {
         // A prefix claiming 100 MiB followed by only 10 bytes, then end of stream.
         let mut input = (100i32 << 20).to_be_bytes().to_vec();
         input.extend_from_slice(&[1; 10]);
-        let src = Trickle { data: input, pos: 0, step: usize::MAX, largest_ask: 0 };
+        let src = Trickle {
+            data: input,
+            pos: 0,
+            step: usize::MAX,
+            largest_ask: 0,
+        };
         futures_lite::future::block_on(async {
             let mut r = FrameReader::new(src, 200 << 20);
             assert_eq!(r.next_len().await.unwrap(), Some(100 << 20));
-            assert!(matches!(r.next_frame().await, Err(NetError::TruncatedFrame { read: 14, .. })));
-            assert!(r.buf.capacity() <= 2 * READ_CHUNK_BYTES, "buffer of {} bytes for 14 received", r.buf.capacity());
+            assert!(matches!(
+                r.next_frame().await,
+                Err(NetError::TruncatedFrame { read: 14, .. })
+            ));
+            assert!(
+                r.buf.capacity() <= 2 * READ_CHUNK_BYTES,
+                "buffer of {} bytes for 14 received",
+                r.buf.capacity()
+            );
             assert!(r.inner.largest_ask <= READ_CHUNK_BYTES);
         });
     }
@@ -262,21 +312,35 @@ mod tests {
         let big = vec![3u8; 5 << 20];
         let mut input = (big.len() as i32).to_be_bytes().to_vec();
         input.extend_from_slice(&big);
-        let src = Trickle { data: input, pos: 0, step: usize::MAX, largest_ask: 0 };
+        let src = Trickle {
+            data: input,
+            pos: 0,
+            step: usize::MAX,
+            largest_ask: 0,
+        };
         futures_lite::future::block_on(async {
             let mut r = FrameReader::new(src, 8 << 20);
             let f = r.next_frame().await.unwrap().unwrap();
             assert_eq!(f.len(), big.len());
             assert!(f.iter().all(|&b| b == 3));
             // The last read asks for the rest: half the frame at most.
-            assert!(r.inner.largest_ask <= big.len() / 2 + 4, "asked for {}", r.inner.largest_ask);
+            assert!(
+                r.inner.largest_ask <= big.len() / 2 + 4,
+                "asked for {}",
+                r.inner.largest_ask
+            );
         });
     }
 
     #[test]
     fn next_len_is_stable_and_frames_follow() {
         let input = frames(&[b"abc", b"defg"]);
-        let src = Trickle { data: input, pos: 0, step: 1, largest_ask: 0 };
+        let src = Trickle {
+            data: input,
+            pos: 0,
+            step: 1,
+            largest_ask: 0,
+        };
         futures_lite::future::block_on(async {
             let mut r = FrameReader::new(src, 100);
             assert_eq!(r.next_len().await.unwrap(), Some(3));

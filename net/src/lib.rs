@@ -21,9 +21,9 @@ pub mod sender;
 mod side_ring;
 mod sys;
 
-pub use error::NetError;
 pub use budget::{BudgetPermit, ByteBudget};
 pub use conn_limit::{ConnectionLimiter, ConnectionSlot, Refused};
+pub use error::NetError;
 pub use frame::FrameReader;
 pub use sender::{OutChunk, ResponseSender};
-pub use sys::{set_nonblocking, set_nodelay};
+pub use sys::{set_nodelay, set_nonblocking};

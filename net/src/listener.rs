@@ -15,7 +15,11 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 /// A listening socket for one shard.
 pub fn bind_shared(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
@@ -27,7 +31,11 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<OwnedFd> {
 /// conflicts with any live listener (a second broker would otherwise silently share the port),
 /// but with `SO_REUSEADDR`, which ignores lingering TIME_WAIT connections.
 pub fn check_free(addr: SocketAddr) -> io::Result<()> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
     s.listen(1)?;
@@ -45,8 +53,15 @@ mod tests {
         assert!(check_free(taken).is_err());
         drop(first);
         let a = bind_shared("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = socket2::SockRef::from(&a).local_addr().unwrap().as_socket().unwrap();
+        let addr = socket2::SockRef::from(&a)
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap();
         let _b = bind_shared(addr).unwrap();
-        assert!(check_free(addr).is_err(), "a live shard listener must be detected");
+        assert!(
+            check_free(addr).is_err(),
+            "a live shard listener must be detected"
+        );
     }
 }

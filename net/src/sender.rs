@@ -21,7 +21,11 @@ pub enum OutChunk {
     /// Bytes built in memory (headers, encoded responses).
     Bytes(Bytes),
     /// A byte range of a file, sent with `sendfile(2)`.
-    File { fd: Arc<dyn AsRawFd + Send + Sync>, position: u64, len: u32 },
+    File {
+        fd: Arc<dyn AsRawFd + Send + Sync>,
+        position: u64,
+        len: u32,
+    },
 }
 
 impl OutChunk {
@@ -63,7 +67,12 @@ impl ResponseSender {
         let fd = sys::dup(socket).map_err(|e| NetError::io("dup socket", e))?;
         sys::set_nonblocking(fd.as_raw_fd()).map_err(|e| NetError::io("set O_NONBLOCK", e))?;
         sys::set_nodelay(fd.as_raw_fd()).map_err(|e| NetError::io("set TCP_NODELAY", e))?;
-        Ok(ResponseSender { fd, wait_ms_max, bytes_sent: 0, writable_waits: 0 })
+        Ok(ResponseSender {
+            fd,
+            wait_ms_max,
+            bytes_sent: 0,
+            writable_waits: 0,
+        })
     }
 
     /// Total bytes written so far.
@@ -103,7 +112,8 @@ impl ResponseSender {
                     i = run_end;
                 }
                 OutChunk::File { fd, position, len } => {
-                    self.send_file(fd.as_raw_fd(), *position, *len as usize).await?;
+                    self.send_file(fd.as_raw_fd(), *position, *len as usize)
+                        .await?;
                     i += 1;
                 }
             }
@@ -149,11 +159,21 @@ impl ResponseSender {
         Ok(())
     }
 
-    async fn send_file(&mut self, file: RawFd, mut position: u64, mut remaining: usize) -> Result<(), NetError> {
+    async fn send_file(
+        &mut self,
+        file: RawFd,
+        mut position: u64,
+        mut remaining: usize,
+    ) -> Result<(), NetError> {
         while remaining > 0 {
             let call = remaining.min(SENDFILE_CALL_BYTES_MAX);
             match sys::sendfile(self.fd.as_raw_fd(), file, &mut position, call) {
-                Ok(0) => return Err(NetError::FileShorter { position, remaining }),
+                Ok(0) => {
+                    return Err(NetError::FileShorter {
+                        position,
+                        remaining,
+                    })
+                }
                 Ok(n) => {
                     remaining -= n;
                     self.bytes_sent += n as u64;
@@ -177,7 +197,11 @@ impl ResponseSender {
             glommio::timer::Timer::new(Duration::from_millis(ms)).await;
             Err(NetError::SendTimeout { ms })
         };
-        let wait = async { side_ring::writable(fd).await.map_err(|e| NetError::io("waiting for socket", e)) };
+        let wait = async {
+            side_ring::writable(fd)
+                .await
+                .map_err(|e| NetError::io("waiting for socket", e))
+        };
         futures_lite::future::or(wait, timeout).await
     }
 }
@@ -224,12 +248,19 @@ mod tests {
                 let mut sender = ResponseSender::new(stream.as_raw_fd(), 10_000).unwrap();
                 let chunks = vec![
                     OutChunk::Bytes(Bytes::from_static(b"head")),
-                    OutChunk::File { fd: f2, position: 1000, len: 6 * 1024 * 1024 },
+                    OutChunk::File {
+                        fd: f2,
+                        position: 1000,
+                        len: 6 * 1024 * 1024,
+                    },
                     OutChunk::Bytes(Bytes::from_static(b"tail")),
                 ];
                 sender.send(&chunks, false).await.unwrap();
                 assert_eq!(sender.bytes_sent(), 8 + 6 * 1024 * 1024);
-                assert!(sender.writable_waits() > 0, "the slow reader should have filled the socket");
+                assert!(
+                    sender.writable_waits() > 0,
+                    "the slow reader should have filled the socket"
+                );
                 drop(sender);
                 drop(stream);
             })
@@ -260,7 +291,16 @@ mod tests {
             .spawn(move || async move {
                 let stream = std::net::TcpStream::connect(addr).unwrap();
                 let mut sender = ResponseSender::new(stream.as_raw_fd(), 1_000).unwrap();
-                let r = sender.send(&[OutChunk::File { fd: file, position: 50, len: 100 }], false).await;
+                let r = sender
+                    .send(
+                        &[OutChunk::File {
+                            fd: file,
+                            position: 50,
+                            len: 100,
+                        }],
+                        false,
+                    )
+                    .await;
                 assert!(matches!(r, Err(NetError::FileShorter { .. })), "{r:?}");
             })
             .unwrap()

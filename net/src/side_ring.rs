@@ -130,7 +130,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.ring.waiters.borrow_mut().remove(&self.id);
         if !self.completed {
-            let e = opcode::PollRemove::new(self.id).build().user_data(CANCEL_USER_DATA);
+            let e = opcode::PollRemove::new(self.id)
+                .build()
+                .user_data(CANCEL_USER_DATA);
             if let Err(err) = self.ring.push(e) {
                 tracing::warn!("could not cancel a socket poll: {err}");
             }
@@ -144,8 +146,14 @@ pub(crate) async fn writable(fd: RawFd) -> io::Result<()> {
     let id = ring.next_id.get();
     ring.next_id.set(id.wrapping_add(1) % CANCEL_USER_DATA);
     ring.waiters.borrow_mut().insert(id, WaitState::default());
-    let mut reg = Registration { ring: ring.clone(), id, completed: false };
-    let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build().user_data(id);
+    let mut reg = Registration {
+        ring: ring.clone(),
+        id,
+        completed: false,
+    };
+    let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+        .build()
+        .user_data(id);
     ring.push(poll)?;
     let res = poll_fn(|cx| {
         reg.ring.reap();

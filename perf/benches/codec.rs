@@ -20,7 +20,8 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchResponse, MetadataResponse, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchResponse, MetadataResponse, ProduceRequest, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use strom_net::OutChunk;
@@ -46,12 +47,13 @@ fn decode_header(c: &mut Criterion) {
     let mut buf = BytesMut::new();
     header.encode(&mut buf, version).expect("encodes");
     let encoded = buf.freeze();
-    c.benchmark_group("decode").bench_function("request_header_v2", |b| {
-        b.iter(|| {
-            let mut frame = encoded.clone();
-            RequestHeader::decode(&mut frame, version).expect("decodes")
-        })
-    });
+    c.benchmark_group("decode")
+        .bench_function("request_header_v2", |b| {
+            b.iter(|| {
+                let mut frame = encoded.clone();
+                RequestHeader::decode(&mut frame, version).expect("decodes")
+            })
+        });
 }
 
 /// `ProduceRequest::decode` (v9) of a request carrying one 64 x 1 KiB batch. The records stay a
@@ -61,16 +63,19 @@ fn decode_produce(c: &mut Criterion) {
     let topic = TopicProduceData::default()
         .with_name(TopicName(StrBytes::from_static_str("bench")))
         .with_partition_data(vec![partition]);
-    let req = ProduceRequest::default().with_acks(1).with_topic_data(vec![topic]);
+    let req = ProduceRequest::default()
+        .with_acks(1)
+        .with_topic_data(vec![topic]);
     let mut buf = BytesMut::new();
     req.encode(&mut buf, 9).expect("encodes");
     let encoded = buf.freeze();
-    c.benchmark_group("decode").bench_function("produce_v9_64x1KiB", |bench| {
-        bench.iter(|| {
-            let mut b = encoded.clone();
-            ProduceRequest::decode(&mut b, 9).expect("decodes")
-        })
-    });
+    c.benchmark_group("decode")
+        .bench_function("produce_v9_64x1KiB", |bench| {
+            bench.iter(|| {
+                let mut b = encoded.clone();
+                ProduceRequest::decode(&mut b, 9).expect("decodes")
+            })
+        });
 }
 
 /// Copy of `frame_response` (broker/src/kafka/codec.rs): `[size][response header][body]`, without
@@ -107,7 +112,9 @@ fn metadata_response(topics: usize) -> MetadataResponse {
             })
             .collect();
         MetadataResponseTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_string(format!("orders-{t}")))))
+            .with_name(Some(TopicName(StrBytes::from_string(format!(
+                "orders-{t}"
+            )))))
             .with_topic_authorized_operations(i32::MIN)
             .with_partitions(partitions)
     };
@@ -124,9 +131,10 @@ fn encode_metadata(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     for topics in [1usize, 100] {
         let resp = metadata_response(topics);
-        g.bench_function(BenchmarkId::new("metadata_v12", format!("{topics}_topics")), |b| {
-            b.iter(|| frame_response(ApiKey::Metadata, 12, 7, &resp))
-        });
+        g.bench_function(
+            BenchmarkId::new("metadata_v12", format!("{topics}_topics")),
+            |b| b.iter(|| frame_response(ApiKey::Metadata, 12, 7, &resp)),
+        );
     }
     g.finish();
 }
@@ -162,14 +170,30 @@ fn encode_fetch_response(c: &mut Criterion) {
     let mut file = tempfile::tempfile().expect("temp file");
     file.write_all(&records).expect("write the records");
     let fd = Arc::new(SegmentFd::from(OwnedFd::from(file)));
-    let slice = ReadSlice { fd, position: 0, len: records.len() as u32, first_offset: Offset(0) };
-    let result =
-        FetchResult { error: 0, high_watermark: 64, last_stable_offset: 64, log_start_offset: 0, slice: Some(slice) };
+    let slice = ReadSlice {
+        fd,
+        position: 0,
+        len: records.len() as u32,
+        first_offset: Offset(0),
+    };
+    let result = FetchResult {
+        error: 0,
+        high_watermark: 64,
+        last_stable_offset: 64,
+        log_start_offset: 0,
+        slice: Some(slice),
+    };
     let out = FetchOut {
         error_code: 0,
         session_id: 0,
         read_committed: false,
-        topics: vec![TopicOut { name: "orders".into(), partitions: vec![PartitionOut { partition: 0, result }] }],
+        topics: vec![TopicOut {
+            name: "orders".into(),
+            partitions: vec![PartitionOut {
+                partition: 0,
+                result,
+            }],
+        }],
     };
 
     // The copy must still produce what the generated decoder reads back.
@@ -182,20 +206,27 @@ fn encode_fetch_response(c: &mut Criterion) {
     }
     let mut wire = wire.split_off(4).freeze();
     ResponseHeader::decode(&mut wire, 1).expect("response header");
-    let decoded = FetchResponse::decode(&mut wire, 12).expect("the mirrored encoder's output decodes");
-    assert_eq!(decoded.responses[0].partitions[0].records.as_ref(), Some(&records));
+    let decoded =
+        FetchResponse::decode(&mut wire, 12).expect("the mirrored encoder's output decodes");
+    assert_eq!(
+        decoded.responses[0].partitions[0].records.as_ref(),
+        Some(&records)
+    );
 
-    let generated = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
-        .with_topic(TopicName(StrBytes::from_static_str("orders")))
-        .with_partitions(vec![PartitionData::default()
-            .with_high_watermark(64)
-            .with_last_stable_offset(64)
-            .with_records(Some(records.clone()))])]);
+    let generated =
+        FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str("orders")))
+            .with_partitions(vec![PartitionData::default()
+                .with_high_watermark(64)
+                .with_last_stable_offset(64)
+                .with_records(Some(records.clone()))])]);
 
     let mut g = c.benchmark_group("encode");
     g.bench_function("fetch_v12_chunks", |b| b.iter(|| encode_fetch(12, 7, &out)));
     g.throughput(Throughput::Bytes(records.len() as u64));
-    g.bench_function("fetch_v12_generated_64x1KiB", |b| b.iter(|| frame_response(ApiKey::Fetch, 12, 7, &generated)));
+    g.bench_function("fetch_v12_generated_64x1KiB", |b| {
+        b.iter(|| frame_response(ApiKey::Fetch, 12, 7, &generated))
+    });
     g.finish();
 }
 

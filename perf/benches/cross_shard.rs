@@ -58,7 +58,12 @@ impl Mesh {
             id: senders.peer_id(),
             senders: Rc::new(senders),
             outboxes: (0..peers)
-                .map(|_| Rc::new(Outbox { queue: RefCell::new(VecDeque::new()), ready: Event::new() }))
+                .map(|_| {
+                    Rc::new(Outbox {
+                        queue: RefCell::new(VecDeque::new()),
+                        ready: Event::new(),
+                    })
+                })
                 .collect(),
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
@@ -96,7 +101,9 @@ async fn pump(mesh: Rc<Mesh>, to: usize) {
         };
         let sent = match senders.try_send_to(to, msg) {
             Ok(()) => Ok(()),
-            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => senders.send_to(to, msg).await.map_err(|_| ()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                senders.send_to(to, msg).await.map_err(|_| ())
+            }
             Err(_) => Err(()),
         };
         if sent.is_err() {
@@ -192,7 +199,11 @@ async fn pipelined(mesh: Rc<Mesh>, iters: u64) -> Duration {
 /// Round trips that hit glommio 0.9's park stall (see `common`) take milliseconds instead of
 /// microseconds; they are rare but weigh on the mean.
 fn cross_shard(c: &mut Criterion) {
-    let cpus: Vec<usize> = CpuSet::online().expect("list online CPUs").iter().map(|l| l.cpu).collect();
+    let cpus: Vec<usize> = CpuSet::online()
+        .expect("list online CPUs")
+        .iter()
+        .map(|l| l.cpu)
+        .collect();
     if cpus.len() < 2 {
         eprintln!("cross_shard: skipped, it needs two online CPUs");
         return;
@@ -202,13 +213,21 @@ fn cross_shard(c: &mut Criterion) {
     let caller = Worker::spawn(Placement::Fixed(cpus[0]), move || join(builder));
     let peer = Worker::spawn(Placement::Fixed(cpus[1]), move || join(peer_builder));
     let mut g = c.benchmark_group("cross_shard");
-    g.bench_function("round_trip", |b| b.iter_custom(|iters| caller.run(move |mesh| sequential(mesh, iters))));
+    g.bench_function("round_trip", |b| {
+        b.iter_custom(|iters| caller.run(move |mesh| sequential(mesh, iters)))
+    });
     g.throughput(Throughput::Elements(1));
-    g.bench_function("pipelined_64", |b| b.iter_custom(|iters| caller.run(move |mesh| pipelined(mesh, iters))));
+    g.bench_function("pipelined_64", |b| {
+        b.iter_custom(|iters| caller.run(move |mesh| pipelined(mesh, iters)))
+    });
     g.finish();
     // The tail, which criterion's mean and median hide: a fixed number of timed round trips
     // (fewer under `--test`, as CI runs it).
-    let n: u64 = if std::env::args().any(|a| a == "--test") { 2_000 } else { 20_000 };
+    let n: u64 = if std::env::args().any(|a| a == "--test") {
+        2_000
+    } else {
+        20_000
+    };
     let h = caller.run(move |mesh| timed(mesh, n));
     println!(
         "cross_shard/round_trip percentiles over {n} calls (us): p50 {} p90 {} p99 {} p99.9 {} max {}",

@@ -22,9 +22,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use strom_storage::testing::{build_batch, KeyValue};
-use strom_storage::{assign_offset_and_epoch, set_log_append_time, BatchHeader, OffsetEntry, SegmentIndex, TimeEntry};
+use strom_storage::{
+    assign_offset_and_epoch, set_log_append_time, BatchHeader, OffsetEntry, SegmentIndex, TimeEntry,
+};
 
 /// A valid uncompressed batch of `records` records with `value_bytes`-byte values.
 fn batch(records: usize, value_bytes: usize) -> Vec<u8> {
@@ -39,7 +43,9 @@ fn crc(c: &mut Criterion) {
     for size in [1024usize, 64 * 1024, 1024 * 1024] {
         let data = vec![7u8; size];
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| b.iter(|| crc32c::crc32c(d)));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
+            b.iter(|| crc32c::crc32c(d))
+        });
     }
     g.finish();
 }
@@ -51,9 +57,11 @@ fn validate(c: &mut Criterion) {
     for (records, value) in [(1usize, 100usize), (64, 1024), (16, 64 * 1024)] {
         let b = batch(records, value);
         g.throughput(Throughput::Bytes(b.len() as u64));
-        g.bench_with_input(BenchmarkId::new("records_x_bytes", format!("{records}x{value}")), &b, |bench, b| {
-            bench.iter(|| strom_storage::validate_client_batch(b).is_ok())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("records_x_bytes", format!("{records}x{value}")),
+            &b,
+            |bench, b| bench.iter(|| strom_storage::validate_client_batch(b).is_ok()),
+        );
     }
     g.finish();
 }
@@ -65,7 +73,9 @@ fn validate(c: &mut Criterion) {
 fn header(c: &mut Criterion) {
     let original = batch(64, 1024);
     let mut g = c.benchmark_group("batch_header");
-    g.bench_function("view_info", |b| b.iter(|| BatchHeader::view(black_box(&original)).map(BatchHeader::info)));
+    g.bench_function("view_info", |b| {
+        b.iter(|| BatchHeader::view(black_box(&original)).map(BatchHeader::info))
+    });
     let mut stamped = original.clone();
     let mut offset = 0i64;
     g.bench_function("assign_offset_and_epoch", |b| {
@@ -99,7 +109,10 @@ const FIRST_TIMESTAMP: i64 = 1_700_000_000_000;
 /// A segment index with `entries` offset and time entries, one per batch.
 fn index_of(entries: u32) -> SegmentIndex {
     let offsets = (0..entries)
-        .map(|i| OffsetEntry { rel_offset: i * RECORDS_PER_ENTRY, position: i * BYTES_PER_ENTRY })
+        .map(|i| OffsetEntry {
+            rel_offset: i * RECORDS_PER_ENTRY,
+            position: i * BYTES_PER_ENTRY,
+        })
         .collect();
     let times = (0..entries)
         .map(|i| TimeEntry {
@@ -124,7 +137,13 @@ fn keys(bound: u64) -> Vec<u64> {
 }
 
 /// Benchmarks `lookup` over `keys`, one key per iteration.
-fn lookups<T>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, entries: u32, keys: &[u64], lookup: impl Fn(u64) -> T) {
+fn lookups<T>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    entries: u32,
+    keys: &[u64],
+    lookup: impl Fn(u64) -> T,
+) {
     g.bench_function(BenchmarkId::new(name, entries), |b| {
         let mut i = 0;
         b.iter(|| {
@@ -145,9 +164,15 @@ fn index_lookup(c: &mut Criterion) {
         let offsets = keys(u64::from(entries * RECORDS_PER_ENTRY));
         let positions = keys(u64::from(entries * BYTES_PER_ENTRY));
         let times = keys(u64::from(entries) * MS_PER_ENTRY as u64);
-        lookups(&mut g, "lookup_offset", entries, &offsets, |k| index.lookup_offset(k as u32));
-        lookups(&mut g, "lookup_position", entries, &positions, |k| index.lookup_position(k));
-        lookups(&mut g, "lookup_time", entries, &times, |k| index.lookup_time(FIRST_TIMESTAMP + k as i64));
+        lookups(&mut g, "lookup_offset", entries, &offsets, |k| {
+            index.lookup_offset(k as u32)
+        });
+        lookups(&mut g, "lookup_position", entries, &positions, |k| {
+            index.lookup_position(k)
+        });
+        lookups(&mut g, "lookup_time", entries, &times, |k| {
+            index.lookup_time(FIRST_TIMESTAMP + k as i64)
+        });
     }
     g.finish();
 }

@@ -39,7 +39,9 @@ fn thread_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct it is given; no other memory is touched.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let us = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let us = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
@@ -60,7 +62,14 @@ fn pwrite_all(fd: RawFd, data: &[u8], pos: u64) {
 
 fn send_response(fd: RawFd) {
     // SAFETY: a live 16-byte buffer; the socket is open. Loopback takes 16 bytes at once.
-    let n = unsafe { libc::send(fd, RESPONSE.as_ptr().cast(), RESPONSE.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe {
+        libc::send(
+            fd,
+            RESPONSE.as_ptr().cast(),
+            RESPONSE.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
     assert_eq!(n as usize, RESPONSE.len(), "send");
 }
 
@@ -76,7 +85,13 @@ struct Handler {
 
 impl Handler {
     fn new(file: std::fs::File, sock: RawFd) -> Handler {
-        Handler { file, sock, buf: Vec::new(), pos: 0, served: 0 }
+        Handler {
+            file,
+            sock,
+            buf: Vec::new(),
+            pos: 0,
+            served: 0,
+        }
     }
 
     fn on_bytes(&mut self, bytes: &[u8]) {
@@ -84,11 +99,20 @@ impl Handler {
         self.buf.extend_from_slice(bytes);
         let mut at = 0;
         while self.buf.len() - at >= 4 {
-            let len = u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]) as usize;
+            let len = u32::from_be_bytes([
+                self.buf[at],
+                self.buf[at + 1],
+                self.buf[at + 2],
+                self.buf[at + 3],
+            ]) as usize;
             if self.buf.len() - at < 4 + len {
                 break;
             }
-            pwrite_all(self.file.as_raw_fd(), &self.buf[at + 4..at + 4 + len], self.pos);
+            pwrite_all(
+                self.file.as_raw_fd(),
+                &self.buf[at + 4..at + 4 + len],
+                self.pos,
+            );
             self.pos += len as u64;
             send_response(self.sock);
             self.served += 1;
@@ -113,7 +137,11 @@ fn serve_glommio(listener: TcpListener, cpu: usize, file: std::fs::File, n: u64)
             .detach();
             listener.set_nonblocking(true).expect("nonblocking");
             // SAFETY: the glommio listener takes over a listening socket this closure owns.
-            let listener = unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(listener)) };
+            let listener = unsafe {
+                <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
+                    std::os::fd::IntoRawFd::into_raw_fd(listener),
+                )
+            };
             let mut stream = listener.accept().await.expect("accept");
             let mut h = Handler::new(file, stream.as_raw_fd());
             let start = thread_cpu();
@@ -140,7 +168,12 @@ fn serve_io_uring(listener: TcpListener, cpu: usize, file: std::fs::File, n: u64
     let start = thread_cpu();
     let mut chunk = vec![0u8; 64 << 10];
     while h.served < n {
-        let recv = io_uring::opcode::Recv::new(io_uring::types::Fd(sock), chunk.as_mut_ptr(), chunk.len() as u32).build();
+        let recv = io_uring::opcode::Recv::new(
+            io_uring::types::Fd(sock),
+            chunk.as_mut_ptr(),
+            chunk.len() as u32,
+        )
+        .build();
         // SAFETY: `chunk` outlives the operation: we wait for its completion right here.
         unsafe { ring.submission().push(&recv).expect("queue RECV") };
         ring.submit_and_wait(1).expect("submit_and_wait");
@@ -191,7 +224,13 @@ fn client(port: u16, cpu: Option<usize>, n: u64) -> Histogram<u64> {
     h
 }
 
-fn run(name: &str, server: fn(TcpListener, usize, std::fs::File, u64) -> Report, cpus: (usize, usize), n: u64, contended: bool) {
+fn run(
+    name: &str,
+    server: fn(TcpListener, usize, std::fs::File, u64) -> Report,
+    cpus: (usize, usize),
+    n: u64,
+    contended: bool,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     let file = tempfile::tempfile().expect("a temporary file");
@@ -214,9 +253,15 @@ fn run(name: &str, server: fn(TcpListener, usize, std::fs::File, u64) -> Report,
     if let Some(s) = spinner {
         s.join().expect("spinner");
     }
-    let (cpu, served) = rx.recv_timeout(Duration::from_secs(60)).expect("the server finishes");
+    let (cpu, served) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server finishes");
     srv.join().expect("server thread");
-    let name = if contended { format!("{name}+spin") } else { name.to_string() };
+    let name = if contended {
+        format!("{name}+spin")
+    } else {
+        name.to_string()
+    };
     println!(
         "request_loop/{name:<13} {n} requests at {RATE_PER_S}/s: server CPU {:.1} us per request; round trip (us) p50 {} p90 {} p99 {} p99.9 {} max {}",
         cpu.as_secs_f64() * 1e6 / served as f64,
@@ -229,12 +274,20 @@ fn run(name: &str, server: fn(TcpListener, usize, std::fs::File, u64) -> Report,
 }
 
 fn main() {
-    let cpus: Vec<usize> = CpuSet::online().expect("list online CPUs").iter().map(|l| l.cpu).collect();
+    let cpus: Vec<usize> = CpuSet::online()
+        .expect("list online CPUs")
+        .iter()
+        .map(|l| l.cpu)
+        .collect();
     if cpus.len() < 2 {
         eprintln!("request_loop: skipped, it needs two online CPUs");
         return;
     }
-    let n: u64 = if std::env::args().any(|a| a == "--test") { 300 } else { 20_000 };
+    let n: u64 = if std::env::args().any(|a| a == "--test") {
+        300
+    } else {
+        20_000
+    };
     let rounds = if n > 1000 { 2 } else { 1 };
     for contended in [false, true] {
         for _ in 0..rounds {

@@ -23,10 +23,14 @@ const NOW_MS: i64 = 1_700_000_000_000;
 /// took; opening and deleting the log are not timed.
 async fn timed_appends(dir: PathBuf, batch: Arc<[u8]>, iters: u64) -> Duration {
     // Default config: 1 GiB segments (no roll within a sample), flush never, CreateTime.
-    let log = PartitionLog::open(dir, LogConfig::default(), NOW_MS).await.expect("open the log");
+    let log = PartitionLog::open(dir, LogConfig::default(), NOW_MS)
+        .await
+        .expect("open the log");
     let start = Instant::now();
     for _ in 0..iters {
-        log.append(&batch, LeaderEpoch(1), NOW_MS).await.expect("append");
+        log.append(&batch, LeaderEpoch(1), NOW_MS)
+            .await
+            .expect("append");
     }
     let elapsed = start.elapsed();
     log.delete().await.expect("delete the log");

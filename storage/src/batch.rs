@@ -208,7 +208,9 @@ pub enum BatchError {
     #[error("negative lastOffsetDelta {0}")]
     BadLastOffsetDelta(i32),
     /// Records without a key, for a compacted log (Kafka refuses these too).
-    #[error("Compacted topic cannot accept message without key (records {indexes:?} of the batch)")]
+    #[error(
+        "Compacted topic cannot accept message without key (records {indexes:?} of the batch)"
+    )]
     KeylessRecords {
         /// Positions of those records in the batch (Kafka's `batch_index`).
         indexes: Vec<i32>,
@@ -348,7 +350,9 @@ pub fn validate_client_batch(bytes: &[u8]) -> Result<BatchHeaderInfo, BatchError
         return Err(BatchError::ControlFromClient);
     }
     let records_bytes = bytes.len() - BATCH_HEADER_BYTES;
-    let needed = usize::try_from(header.records_count).unwrap_or(usize::MAX).saturating_mul(RECORD_BYTES_MIN);
+    let needed = usize::try_from(header.records_count)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(RECORD_BYTES_MIN);
     if header.compression_codec() == 0 && records_bytes < needed {
         return Err(BatchError::RecordsTooShort {
             records_count: header.records_count,
@@ -509,12 +513,18 @@ mod tests {
         });
         assert_eq!(
             validate_client_batch(&claims),
-            Err(BatchError::CountMismatch { records_count: 1, last_offset_delta: 1_000_000 })
+            Err(BatchError::CountMismatch {
+                records_count: 1,
+                last_offset_delta: 1_000_000
+            })
         );
         // Stored batches may have fewer records than offsets (compaction): still valid there.
         assert!(validate_batch(&claims).is_ok());
         let fewer = edited(sample(), |h| h.records_count.set(3));
-        assert!(matches!(validate_client_batch(&fewer), Err(BatchError::CountMismatch { .. })));
+        assert!(matches!(
+            validate_client_batch(&fewer),
+            Err(BatchError::CountMismatch { .. })
+        ));
     }
 
     #[test]
@@ -526,7 +536,10 @@ mod tests {
         });
         assert!(matches!(
             validate_client_batch(&claims),
-            Err(BatchError::RecordsTooShort { records_count: 1_000_000, .. })
+            Err(BatchError::RecordsTooShort {
+                records_count: 1_000_000,
+                ..
+            })
         ));
         // Compressed records are not decompressed here, so the bound does not apply.
         let compressed = edited(claims, |h| h.attributes.set(4));
@@ -540,19 +553,33 @@ mod tests {
     #[test]
     fn client_control_and_transactional_batches_are_refused() {
         let control = edited(sample(), |h| h.attributes.set(ATTR_CONTROL));
-        assert_eq!(validate_client_batch(&control), Err(BatchError::ControlFromClient));
+        assert_eq!(
+            validate_client_batch(&control),
+            Err(BatchError::ControlFromClient)
+        );
         assert!(validate_batch(&control).is_ok());
         let txn = edited(sample(), |h| h.attributes.set(ATTR_TRANSACTIONAL));
-        assert_eq!(validate_client_batch(&txn), Err(BatchError::NoOngoingTransaction));
+        assert_eq!(
+            validate_client_batch(&txn),
+            Err(BatchError::NoOngoingTransaction)
+        );
         assert!(validate_batch(&txn).is_ok());
         // A transaction marker is a control batch first, as in Kafka's order of checks.
-        let marker = edited(sample(), |h| h.attributes.set(ATTR_CONTROL | ATTR_TRANSACTIONAL));
-        assert_eq!(validate_client_batch(&marker), Err(BatchError::ControlFromClient));
+        let marker = edited(sample(), |h| {
+            h.attributes.set(ATTR_CONTROL | ATTR_TRANSACTIONAL)
+        });
+        assert_eq!(
+            validate_client_batch(&marker),
+            Err(BatchError::ControlFromClient)
+        );
         // The structural checks still come first.
         let mut bad_crc = txn.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 1;
-        assert!(matches!(validate_client_batch(&bad_crc), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate_client_batch(&bad_crc),
+            Err(BatchError::CrcMismatch { .. })
+        ));
     }
 
     #[test]

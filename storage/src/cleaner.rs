@@ -39,7 +39,9 @@ use crate::batch::{reseal, BatchError, BatchHeaderInfo, BATCH_HEADER_BYTES};
 use crate::checkpoint::{remove_clean_swap, write_clean_swap, write_cleaner_offset};
 use crate::codec::{self, CODEC_NONE};
 use crate::error::StorageError;
-use crate::file_io::{create_rw, fdatasync, io_err, remove_file_if_exists, rename, sync_dir, write_small_at};
+use crate::file_io::{
+    create_rw, fdatasync, io_err, remove_file_if_exists, rename, sync_dir, write_small_at,
+};
 use crate::limits::{
     CLEANER_BATCH_DECOMPRESSED_BYTES_MAX, CLEANER_KEY_MAP_BYTES_MAX,
     CLEANER_KEY_MAP_ENTRY_OVERHEAD_BYTES, CLEANER_WRITE_CHUNK_BYTES, READ_WALK_CHUNK_BYTES_MAX,
@@ -116,9 +118,14 @@ pub struct CleanReport {
 
 fn check_fault(hook: Option<CleanerFault>, step: CleanerStep) -> Result<(), StorageError> {
     match hook {
-        Some(CleanerFault::Fail(at)) if at == step => Err(StorageError::InjectedFault { step: step.name() }),
+        Some(CleanerFault::Fail(at)) if at == step => {
+            Err(StorageError::InjectedFault { step: step.name() })
+        }
         Some(CleanerFault::Abort(at)) if at == step => {
-            eprintln!("strom: test fault: aborting after cleaner step {}", step.name());
+            eprintln!(
+                "strom: test fault: aborting after cleaner step {}",
+                step.name()
+            );
             std::process::abort();
         }
         _ => Ok(()),
@@ -151,7 +158,11 @@ pub(crate) fn check_keys(batch: &[u8], header: &BatchHeaderInfo) -> Result<(), B
         return Ok(());
     }
     let (_, spans) = batch_records(batch, header)?;
-    let indexes: Vec<i32> = (0..).zip(&spans).filter(|(_, s)| s.key.is_none()).map(|(i, _)| i).collect();
+    let indexes: Vec<i32> = (0..)
+        .zip(&spans)
+        .filter(|(_, s)| s.key.is_none())
+        .map(|(i, _)| i)
+        .collect();
     if indexes.is_empty() {
         Ok(())
     } else {
@@ -196,12 +207,22 @@ struct Retain<'a> {
 }
 
 impl Retain<'_> {
-    fn keeps(&self, records: &[u8], span: &RecordSpan, base_offset: i64, timestamp_ms: i64) -> bool {
+    fn keeps(
+        &self,
+        records: &[u8],
+        span: &RecordSpan,
+        base_offset: i64,
+        timestamp_ms: i64,
+    ) -> bool {
         let Some((from, to)) = span.key else {
             return false;
         };
         let offset = base_offset + span.offset_delta;
-        if self.map.newest(&records[from..to]).is_some_and(|newest| newest > offset) {
+        if self
+            .map
+            .newest(&records[from..to])
+            .is_some_and(|newest| newest > offset)
+        {
             return false;
         }
         !(span.tombstone && timestamp_ms < self.tombstone_horizon_ms)
@@ -275,7 +296,11 @@ impl CleanedSegment {
             self.index.push_time(entry);
         }
         let synced = fdatasync(&self.log, &self.paths.log).await;
-        let closed = self.log.close().await.map_err(|e| io_err("close", &self.paths.log, e));
+        let closed = self
+            .log
+            .close()
+            .await
+            .map_err(|e| io_err("close", &self.paths.log, e));
         synced?;
         closed?;
         write_synced(&self.paths.index, &encode_offsets(self.index.offsets())).await?;
@@ -371,7 +396,9 @@ impl PartitionLog {
         // usize::MAX: no dirty segment, only tombstones to drop from the whole range.
         let dirty_from = dirty_from.min(range.len());
         let first_dirty = self.first_dirty.get().max(self.log_start.get());
-        let map = self.build_key_map(&range[dirty_from..], first_dirty).await?;
+        let map = self
+            .build_key_map(&range[dirty_from..], first_dirty)
+            .await?;
         let mapped_end = dirty_from + map.1;
         let map = map.0;
         let Some(&(_, end)) = mapped_end.checked_sub(1).and_then(|i| range.get(i)) else {
@@ -395,14 +422,16 @@ impl PartitionLog {
                     && seg_end - 1 - first.base_offset() <= RELATIVE_OFFSET_MAX
             });
             if !fits {
-                self.clean_group(&group, &retain, interval, &mut report).await?;
+                self.clean_group(&group, &retain, interval, &mut report)
+                    .await?;
                 group.clear();
                 group_bytes = 0;
             }
             group_bytes += segment.size();
             group.push((segment, seg_end));
         }
-        self.clean_group(&group, &retain, interval, &mut report).await?;
+        self.clean_group(&group, &retain, interval, &mut report)
+            .await?;
         write_cleaner_offset(&self.dir, end).await?;
         self.first_dirty.set(end);
         report.first_dirty = end;
@@ -419,7 +448,8 @@ impl PartitionLog {
         let all = self.segments.borrow().all();
         let hw = self.high_watermark.get();
         let first_dirty = self.first_dirty.get().max(self.log_start.get());
-        let lag_horizon = now_ms.saturating_sub(config.min_compaction_lag_ms.min(i64::MAX as u64) as i64);
+        let lag_horizon =
+            now_ms.saturating_sub(config.min_compaction_lag_ms.min(i64::MAX as u64) as i64);
         let mut range: Vec<Bounded> = Vec::new();
         for pair in all.windows(2) {
             let (segment, end) = (&pair[0], pair[1].base_offset());
@@ -427,7 +457,10 @@ impl PartitionLog {
                 break;
             }
             let newest = segment.index.borrow().max_timestamp().map(|t| t.timestamp);
-            if end > first_dirty && config.min_compaction_lag_ms > 0 && newest.is_some_and(|ts| ts > lag_horizon) {
+            if end > first_dirty
+                && config.min_compaction_lag_ms > 0
+                && newest.is_some_and(|ts| ts > lag_horizon)
+            {
                 break;
             }
             range.push((Rc::clone(segment), end));
@@ -441,11 +474,19 @@ impl PartitionLog {
         };
         let dirty_bytes: u64 = range[dirty_from..].iter().map(|(s, _)| s.size()).sum();
         let total_bytes: u64 = range.iter().map(|(s, _)| s.size()).sum();
-        let ratio = if total_bytes == 0 { 1.0 } else { dirty_bytes as f64 / total_bytes as f64 };
+        let ratio = if total_bytes == 0 {
+            1.0
+        } else {
+            dirty_bytes as f64 / total_bytes as f64
+        };
         let overdue = config.max_compaction_lag_ms < i64::MAX as u64 && {
             let horizon = now_ms.saturating_sub(config.max_compaction_lag_ms as i64);
             range[dirty_from..].iter().any(|(s, _)| {
-                s.index.borrow().times().first().is_some_and(|t| t.timestamp < horizon)
+                s.index
+                    .borrow()
+                    .times()
+                    .first()
+                    .is_some_and(|t| t.timestamp < horizon)
             })
         };
         (ratio >= config.min_cleanable_dirty_ratio || overdue).then_some((range, dirty_from))
@@ -453,14 +494,19 @@ impl PartitionLog {
 
     /// The key map over `dirty` from `first_dirty` on: as many whole segments as the budget
     /// allows (at least one). Returns it with the number of segments it covers.
-    async fn build_key_map(&self, dirty: &[Bounded], first_dirty: i64) -> Result<(KeyMap, usize), StorageError> {
+    async fn build_key_map(
+        &self,
+        dirty: &[Bounded],
+        first_dirty: i64,
+    ) -> Result<(KeyMap, usize), StorageError> {
         let mut map = KeyMap::default();
         let mut covered = 0;
         for (segment, _) in dirty {
             if covered > 0 && map.full() {
                 break;
             }
-            let mut walker = BatchWalker::new(segment, 0, segment.size(), READ_WALK_CHUNK_BYTES_MAX, false);
+            let mut walker =
+                BatchWalker::new(segment, 0, segment.size(), READ_WALK_CHUNK_BYTES_MAX, false);
             while let Some((header, bytes)) = walker.next_with_bytes().await? {
                 if header.last_offset() < first_dirty || header.is_control() {
                     continue;
@@ -499,7 +545,8 @@ impl PartitionLog {
         let mut bytes_before = 0;
         for (segment, _) in group {
             bytes_before += segment.size();
-            let mut walker = BatchWalker::new(segment, 0, segment.size(), READ_WALK_CHUNK_BYTES_MAX, false);
+            let mut walker =
+                BatchWalker::new(segment, 0, segment.size(), READ_WALK_CHUNK_BYTES_MAX, false);
             loop {
                 if self.closing.get() {
                     out.abandon().await;
@@ -562,7 +609,8 @@ impl PartitionLog {
         segment.set_next_offset(end);
         segment.close_index_files().await?;
         let old = self.segments.borrow_mut().replace(Rc::new(segment), end);
-        self.size_bytes.set(self.size_bytes.get() - bytes_before + size);
+        self.size_bytes
+            .set(self.size_bytes.get() - bytes_before + size);
         for segment in old {
             if let Ok(segment) = Rc::try_unwrap(segment) {
                 if let Err(e) = segment.close().await {
@@ -590,12 +638,19 @@ struct Rewritten<'a> {
 /// Applies `retain` to the records of one batch. Control batches and batches whose records
 /// cannot be read stay as they are.
 fn rewrite<'a>(batch: &'a [u8], header: &BatchHeaderInfo, retain: &Retain<'_>) -> Rewritten<'a> {
-    let unchanged = Rewritten { batch: Some(Cow::Borrowed(batch)), removed: 0, tombstone_due_ms: None };
+    let unchanged = Rewritten {
+        batch: Some(Cow::Borrowed(batch)),
+        removed: 0,
+        tombstone_due_ms: None,
+    };
     if header.is_control() {
         return unchanged;
     }
     let Ok((records, spans)) = batch_records(batch, header) else {
-        tracing::warn!(base_offset = header.base_offset, "keeping a batch whose records cannot be read");
+        tracing::warn!(
+            base_offset = header.base_offset,
+            "keeping a batch whose records cannot be read"
+        );
         return unchanged;
     };
     let log_append_time = header.timestamp_type() == crate::config::TimestampType::LogAppendTime;
@@ -603,7 +658,11 @@ fn rewrite<'a>(batch: &'a [u8], header: &BatchHeaderInfo, retain: &Retain<'_>) -
     let kept: Vec<&RecordSpan> = spans
         .iter()
         .filter(|span| {
-            let ts = if log_append_time { header.max_timestamp } else { header.base_timestamp.saturating_add(span.timestamp_delta) };
+            let ts = if log_append_time {
+                header.max_timestamp
+            } else {
+                header.base_timestamp.saturating_add(span.timestamp_delta)
+            };
             let keep = retain.keeps(&records, span, header.base_offset, ts);
             if keep && span.tombstone {
                 let due = ts.saturating_add(retain.delete_retention_ms);
@@ -614,10 +673,17 @@ fn rewrite<'a>(batch: &'a [u8], header: &BatchHeaderInfo, retain: &Retain<'_>) -
         .collect();
     let removed = (spans.len() - kept.len()) as u32;
     if removed == 0 {
-        return Rewritten { tombstone_due_ms, ..unchanged };
+        return Rewritten {
+            tombstone_due_ms,
+            ..unchanged
+        };
     }
     if kept.is_empty() {
-        return Rewritten { batch: None, removed, tombstone_due_ms };
+        return Rewritten {
+            batch: None,
+            removed,
+            tombstone_due_ms,
+        };
     }
     let mut section = Vec::with_capacity(records.len());
     for span in &kept {
@@ -635,6 +701,9 @@ fn rewrite<'a>(batch: &'a [u8], header: &BatchHeaderInfo, retain: &Retain<'_>) -
     out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
     out.extend_from_slice(&section);
     reseal(&mut out, kept.len() as i32);
-    Rewritten { batch: Some(Cow::Owned(out)), removed, tombstone_due_ms }
+    Rewritten {
+        batch: Some(Cow::Owned(out)),
+        removed,
+        tombstone_due_ms,
+    }
 }
-

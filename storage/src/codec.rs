@@ -51,7 +51,11 @@ fn corrupt(codec: &'static str, e: impl std::fmt::Display) -> CodecError {
 }
 
 /// Reads all of `reader`, failing once more than `limit` bytes come out.
-fn read_bounded(mut reader: impl Read, codec: &'static str, limit: usize) -> Result<Vec<u8>, CodecError> {
+fn read_bounded(
+    mut reader: impl Read,
+    codec: &'static str,
+    limit: usize,
+) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
     let n = reader
         .by_ref()
@@ -88,7 +92,8 @@ pub(crate) fn compress(codec: u8, data: &[u8]) -> Result<Vec<u8>, CodecError> {
     match codec {
         CODEC_NONE => Ok(data.to_vec()),
         CODEC_GZIP => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             encoder.write_all(data).map_err(|e| corrupt("gzip", e))?;
             encoder.finish().map_err(|e| corrupt("gzip", e))
         }
@@ -144,7 +149,9 @@ fn snappy_compress(data: &[u8]) -> Result<Vec<u8>, CodecError> {
     let mut out = XERIAL_MAGIC.to_vec();
     let mut encoder = snap::raw::Encoder::new();
     for block in data.chunks(XERIAL_BLOCK_BYTES) {
-        let compressed = encoder.compress_vec(block).map_err(|e| corrupt("snappy", e))?;
+        let compressed = encoder
+            .compress_vec(block)
+            .map_err(|e| corrupt("snappy", e))?;
         out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
         out.extend_from_slice(&compressed);
     }
@@ -157,21 +164,38 @@ mod tests {
 
     #[test]
     fn every_codec_round_trips_and_bounds_its_output() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for codec in 0..=4 {
             let packed = compress(codec, &data).expect("compress");
-            assert_eq!(decompress(codec, &packed, data.len()).expect("decompress"), data, "codec {codec}");
+            assert_eq!(
+                decompress(codec, &packed, data.len()).expect("decompress"),
+                data,
+                "codec {codec}"
+            );
             if codec != CODEC_NONE {
                 assert!(packed.len() < data.len(), "codec {codec} compresses");
-                assert!(matches!(decompress(codec, &packed, data.len() - 1), Err(CodecError::TooLarge { .. })));
+                assert!(matches!(
+                    decompress(codec, &packed, data.len() - 1),
+                    Err(CodecError::TooLarge { .. })
+                ));
                 // Truncated input never comes back as the data (batches carry a CRC besides).
                 let truncated = decompress(codec, &packed[..packed.len() / 2], data.len());
-                assert!(truncated.map_or(true, |d| d != data), "codec {codec}: truncated input");
+                assert!(
+                    truncated.map_or(true, |d| d != data),
+                    "codec {codec}: truncated input"
+                );
             }
         }
         assert!(matches!(compress(5, &data), Err(CodecError::Unknown(5))));
         // Raw (unframed) snappy is accepted on input.
-        let raw = snap::raw::Encoder::new().compress_vec(&data).expect("raw snappy");
-        assert_eq!(decompress(CODEC_SNAPPY, &raw, data.len()).expect("raw"), data);
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(&data)
+            .expect("raw snappy");
+        assert_eq!(
+            decompress(CODEC_SNAPPY, &raw, data.len()).expect("raw"),
+            data
+        );
     }
 }

@@ -66,7 +66,11 @@ impl FifoLock {
     pub(crate) async fn lock(&self) -> FifoGuard<'_> {
         let number = self.next_ticket.get();
         self.next_ticket.set(number + 1);
-        let mut ticket = Ticket { lock: self, number, served: false };
+        let mut ticket = Ticket {
+            lock: self,
+            number,
+            served: false,
+        };
         while self.serving.get() != number {
             let listener = self.turn.listen();
             if self.serving.get() == number {

@@ -105,7 +105,12 @@ fn pwrite_all(file: &BufferedFile, path: &Path, pos: u64, data: &[u8]) -> Result
         // SAFETY: `left` is a live slice of `left.len()` bytes; `fd` stays open while `file` is
         // borrowed.
         let n = unsafe {
-            libc::pwrite(fd, left.as_ptr().cast(), left.len(), (pos + written as u64) as libc::off_t)
+            libc::pwrite(
+                fd,
+                left.as_ptr().cast(),
+                left.len(),
+                (pos + written as u64) as libc::off_t,
+            )
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -212,7 +217,9 @@ pub(crate) async fn remove_file(path: &Path) -> Result<(), StorageError> {
 /// Removes a file; a file that is already gone is fine.
 pub(crate) async fn remove_file_if_exists(path: &Path) -> Result<(), StorageError> {
     match remove_file(path).await {
-        Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -34,16 +34,21 @@ mod test_support;
 pub mod testing;
 mod types;
 
-pub use batch::{validate_batch, validate_client_batch, BatchError, BatchHeader, BatchHeaderInfo, BATCH_HEADER_BYTES};
+pub use batch::{
+    validate_batch, validate_client_batch, BatchError, BatchHeader, BatchHeaderInfo,
+    BATCH_HEADER_BYTES,
+};
+pub use codec::CodecError;
 pub use config::{CleanupPolicy, LogConfig, TimestampType};
 pub use error::StorageError;
 pub use file_io::sync_dir;
 pub use log_manager::LogManager;
-pub use codec::CodecError;
 pub use partition_log::{
     AppendInfo, CleanReport, CleanerFault, CleanerStep, PartitionLog, ReadSlice, SegmentFd,
 };
-pub use producer_state::{BatchMeta, ProducerError, ProducerState, SequenceVerdict, BATCHES_RETAINED};
+pub use producer_state::{
+    BatchMeta, ProducerError, ProducerState, SequenceVerdict, BATCHES_RETAINED,
+};
 // For the microbenchmarks in perf/ (not a stable API): the stamping `PartitionLog::append`
 // does on each batch, and the in-memory index of a segment.
 #[doc(hidden)]

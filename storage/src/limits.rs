@@ -106,7 +106,6 @@ const _: () = assert!(CLEANER_WRITE_CHUNK_BYTES <= INLINE_WRITE_BYTES_MAX);
 /// producers on one partition is far more than real workloads have.
 pub const PRODUCER_IDS_MAX_DEFAULT: usize = 10_000;
 
-
 #[cfg(test)]
 mod tests {
     /// scripts/test-all.sh runs the Rust tests with `--profile release-checked` and sets
@@ -118,6 +117,9 @@ mod tests {
         }
         let max = std::hint::black_box(u32::MAX);
         let wrapped = std::panic::catch_unwind(|| max + std::hint::black_box(1));
-        assert!(wrapped.is_err(), "u32::MAX + 1 did not panic: the tests run without overflow checks");
+        assert!(
+            wrapped.is_err(),
+            "u32::MAX + 1 did not panic: the tests run without overflow checks"
+        );
     }
 }

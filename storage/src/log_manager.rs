@@ -101,7 +101,9 @@ impl LogManager {
         self.opening
             .borrow_mut()
             .insert(key.clone(), Rc::clone(&event));
-        let opened = PartitionLog::open_with_producer_ids_max(dir, config, self.producer_ids_max, now_ms).await;
+        let opened =
+            PartitionLog::open_with_producer_ids_max(dir, config, self.producer_ids_max, now_ms)
+                .await;
         self.opening.borrow_mut().remove(&key);
         event.notify(usize::MAX);
         let log = opened?;

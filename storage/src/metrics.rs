@@ -10,8 +10,10 @@ use std::time::Duration;
 
 /// Upper bounds (seconds) of the histogram buckets: 100 µs to 10 s, roughly 1-2.5-5 steps,
 /// which spans a page-cache fdatasync on NVMe up to a stalled disk or a long-polling fetch.
-pub const LATENCY_BUCKETS_SECONDS: [f64; 16] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// A fixed-bucket latency histogram (Prometheus style: per-bucket counts, a sum and a count).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,7 +31,10 @@ impl LatencyHistogram {
     /// Records one observation.
     pub fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
-        let i = LATENCY_BUCKETS_SECONDS.iter().position(|b| s <= *b).unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        let i = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
         self.buckets[i] += 1;
         self.sum_seconds += s;
         self.count += 1;
@@ -92,6 +97,11 @@ mod tests {
     fn fsync_latency_is_per_thread() {
         record_fsync(Duration::from_millis(1));
         assert_eq!(fsync_latency_snapshot().count, 1);
-        assert_eq!(std::thread::spawn(|| fsync_latency_snapshot().count).join().unwrap(), 0);
+        assert_eq!(
+            std::thread::spawn(|| fsync_latency_snapshot().count)
+                .join()
+                .unwrap(),
+            0
+        );
     }
 }

@@ -19,18 +19,17 @@ use crate::config::{LogConfig, TimestampType};
 use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
 use crate::file_io::{remove_file, std_io_err, sync_dir, write_atomic};
-use crate::producer_state::{
-    last_sequence, snapshot_name, BatchMeta, ProducerState, SequenceVerdict,
-    SNAPSHOTS_KEPT,
-};
-use crate::segment_reader::RangeRead;
 use crate::group_commit::GroupCommit;
 use crate::limits::{
     BATCH_BYTES_MAX, PRODUCER_IDS_MAX_DEFAULT, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES,
     RELATIVE_OFFSET_MAX,
 };
+use crate::producer_state::{
+    last_sequence, snapshot_name, BatchMeta, ProducerState, SequenceVerdict, SNAPSHOTS_KEPT,
+};
 use crate::recovery::open_log;
 use crate::segment::Segment;
+use crate::segment_reader::RangeRead;
 use crate::segment_set::SegmentSet;
 use crate::types::{LeaderEpoch, Offset};
 
@@ -169,7 +168,15 @@ impl PartitionLog {
                 }
             }
         }
-        let producers = load_producer_state(&dir, &segments, opened.log_start, log_end, producer_ids_max, now_ms).await?;
+        let producers = load_producer_state(
+            &dir,
+            &segments,
+            opened.log_start,
+            log_end,
+            producer_ids_max,
+            now_ms,
+        )
+        .await?;
         let log = PartitionLog {
             dir,
             config: RefCell::new(config),
@@ -271,10 +278,24 @@ impl PartitionLog {
         self.check_writable()?;
         // Checked under the append lock, so pipelined batches of one producer are checked in the
         // order they are appended.
-        let producer = (header.producer_id >= 0 && header.producer_epoch >= 0 && header.base_sequence >= 0 && !header.is_control())
-            .then(|| (header.producer_id, header.producer_epoch, header.base_sequence, last_sequence(header.base_sequence, header.last_offset_delta)));
+        let producer = (header.producer_id >= 0
+            && header.producer_epoch >= 0
+            && header.base_sequence >= 0
+            && !header.is_control())
+        .then(|| {
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                last_sequence(header.base_sequence, header.last_offset_delta),
+            )
+        });
         if let Some((id, epoch, first_seq, last_seq)) = producer {
-            if let SequenceVerdict::Duplicate(stored) = self.producers.borrow().check(id, epoch, first_seq, last_seq)? {
+            if let SequenceVerdict::Duplicate(stored) = self
+                .producers
+                .borrow()
+                .check(id, epoch, first_seq, last_seq)?
+            {
                 return Ok(AppendInfo {
                     base_offset: Offset(stored.first_offset),
                     last_offset: Offset(stored.last_offset),
@@ -337,8 +358,17 @@ impl PartitionLog {
             position: active.size(),
         });
         if let Some((id, epoch, first_seq, last_seq)) = producer {
-            let stored = BatchMeta { first_seq, last_seq, first_offset: base_offset, last_offset };
-            if let Some(evicted) = self.producers.borrow_mut().record(id, epoch, stored, now_ms) {
+            let stored = BatchMeta {
+                first_seq,
+                last_seq,
+                first_offset: base_offset,
+                last_offset,
+            };
+            if let Some(evicted) = self
+                .producers
+                .borrow_mut()
+                .record(id, epoch, stored, now_ms)
+            {
                 tracing::debug!(dir = %self.dir.display(), evicted, producer = id, "producer state full: evicted the oldest producer");
             }
         }
@@ -751,8 +781,8 @@ mod retention;
 
 #[path = "cleaner.rs"]
 mod cleaner;
-pub use cleaner::{CleanReport, CleanerFault, CleanerStep};
 pub(crate) use cleaner::finish_swap;
+pub use cleaner::{CleanReport, CleanerFault, CleanerStep};
 
 #[cfg(test)]
 #[path = "partition_log_tests.rs"]

@@ -532,7 +532,9 @@ fn delete_removes_the_directory() {
 #[test]
 fn writeback_is_started_every_few_mebibytes_of_appends() {
     run(|dir| async move {
-        let log = PartitionLog::open(dir, LogConfig::default(), 0).await.expect("open");
+        let log = PartitionLog::open(dir, LogConfig::default(), 0)
+            .await
+            .expect("open");
         // 64 records of 16 KiB: about 1 MiB per batch.
         let b = batch(64, 16 * 1024, 1);
         let mut appended = 0u64;
@@ -544,10 +546,17 @@ fn writeback_is_started_every_few_mebibytes_of_appends() {
             let active = log.active().expect("active");
             let from = active.writeback_from();
             assert!(from <= active.size());
-            assert!(active.size() - from < crate::limits::WRITEBACK_KICK_BYTES, "unkicked bytes stay under the threshold");
+            assert!(
+                active.size() - from < crate::limits::WRITEBACK_KICK_BYTES,
+                "unkicked bytes stay under the threshold"
+            );
             if from != last_from {
                 kicks += 1;
-                assert_eq!(from, active.size(), "a kick covers everything appended so far");
+                assert_eq!(
+                    from,
+                    active.size(),
+                    "a kick covers everything appended so far"
+                );
                 last_from = from;
             }
         }

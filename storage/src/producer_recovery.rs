@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::error::StorageError;
 use crate::file_io::remove_file;
-use crate::producer_state::{last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState};
+use crate::producer_state::{
+    last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState,
+};
 use crate::segment_reader::{BatchWalker, WalkStep};
 use crate::segment_set::SegmentSet;
 
@@ -48,7 +50,10 @@ pub(super) async fn load_producer_state(
             continue;
         }
         // A small file read once per open.
-        match std::fs::read(&path).ok().and_then(|b| ProducerState::decode_snapshot(&b)) {
+        match std::fs::read(&path)
+            .ok()
+            .and_then(|b| ProducerState::decode_snapshot(&b))
+        {
             Some((at, loaded)) if at == offset => {
                 state = loaded;
                 // Written under a larger cap: the oldest producers go.
@@ -71,7 +76,8 @@ pub(super) async fn load_producer_state(
         if next_base <= from {
             continue;
         }
-        let mut walker = BatchWalker::new(segment, 0, segment.size(), PRODUCER_SCAN_CHUNK_BYTES, false);
+        let mut walker =
+            BatchWalker::new(segment, 0, segment.size(), PRODUCER_SCAN_CHUNK_BYTES, false);
         loop {
             match walker.next().await? {
                 WalkStep::Batch { header, .. } => {

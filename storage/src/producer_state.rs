@@ -137,7 +137,11 @@ impl Default for ProducerState {
 impl ProducerState {
     /// An empty state that keeps at most `max` producers (at least 1).
     pub fn with_max(max: usize) -> Self {
-        ProducerState { producers: HashMap::new(), by_age: BTreeSet::new(), max: max.max(1) }
+        ProducerState {
+            producers: HashMap::new(),
+            by_age: BTreeSet::new(),
+            max: max.max(1),
+        }
     }
 
     /// The most producers kept.
@@ -164,7 +168,11 @@ impl ProducerState {
 
     /// Inserts an entry known not to be present, evicting the oldest one at the cap.
     fn insert_new(&mut self, producer_id: i64, entry: ProducerEntry) -> Option<i64> {
-        let evicted = if self.producers.len() >= self.max { self.evict_oldest() } else { None };
+        let evicted = if self.producers.len() >= self.max {
+            self.evict_oldest()
+        } else {
+            None
+        };
         self.by_age.insert((entry.last_append_ms, producer_id));
         self.producers.insert(producer_id, entry);
         evicted
@@ -186,38 +194,73 @@ impl ProducerState {
     }
 
     /// Checks a batch against the producer's state (see the module rules).
-    pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> Result<SequenceVerdict, ProducerError> {
+    pub fn check(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        first_seq: i32,
+        last_seq: i32,
+    ) -> Result<SequenceVerdict, ProducerError> {
         let Some(entry) = self.producers.get(&producer_id) else {
             return Ok(SequenceVerdict::Append);
         };
         if epoch < entry.epoch {
-            return Err(ProducerError::StaleEpoch { producer_id, epoch, current: entry.epoch });
+            return Err(ProducerError::StaleEpoch {
+                producer_id,
+                epoch,
+                current: entry.epoch,
+            });
         }
         if epoch > entry.epoch {
             if first_seq != 0 {
-                return Err(ProducerError::OutOfOrder { producer_id, epoch, first_seq, expected_after: -1 });
+                return Err(ProducerError::OutOfOrder {
+                    producer_id,
+                    epoch,
+                    first_seq,
+                    expected_after: -1,
+                });
             }
             return Ok(SequenceVerdict::Append);
         }
-        if let Some(b) = entry.batches.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
+        if let Some(b) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+        {
             return Ok(SequenceVerdict::Duplicate(*b));
         }
         match entry.batches.back() {
-            Some(last) if !follows(last.last_seq, first_seq) => {
-                Err(ProducerError::OutOfOrder { producer_id, epoch, first_seq, expected_after: last.last_seq })
-            }
+            Some(last) if !follows(last.last_seq, first_seq) => Err(ProducerError::OutOfOrder {
+                producer_id,
+                epoch,
+                first_seq,
+                expected_after: last.last_seq,
+            }),
             _ => Ok(SequenceVerdict::Append),
         }
     }
 
     /// Records a stored batch (after a successful append, or while rebuilding from the log).
     /// A producer not known yet evicts the oldest one when the state is full; returns its id.
-    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchMeta, now_ms: i64) -> Option<i64> {
+    pub fn record(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        batch: BatchMeta,
+        now_ms: i64,
+    ) -> Option<i64> {
         let Some(entry) = self.producers.get_mut(&producer_id) else {
             // Sized for the batches kept, so it never reallocates.
             let mut batches = VecDeque::with_capacity(BATCHES_RETAINED);
             batches.push_back(batch);
-            return self.insert_new(producer_id, ProducerEntry { epoch, batches, last_append_ms: now_ms });
+            return self.insert_new(
+                producer_id,
+                ProducerEntry {
+                    epoch,
+                    batches,
+                    last_append_ms: now_ms,
+                },
+            );
         };
         if epoch != entry.epoch {
             entry.epoch = epoch;
@@ -313,9 +356,25 @@ impl ProducerState {
             let n = r.u8()?;
             let mut batches = VecDeque::with_capacity(usize::from(n));
             for _ in 0..n {
-                batches.push_back(BatchMeta { first_seq: r.i32()?, last_seq: r.i32()?, first_offset: r.i64()?, last_offset: r.i64()? });
+                batches.push_back(BatchMeta {
+                    first_seq: r.i32()?,
+                    last_seq: r.i32()?,
+                    first_offset: r.i64()?,
+                    last_offset: r.i64()?,
+                });
             }
-            if state.producers.insert(id, ProducerEntry { epoch, batches, last_append_ms }).is_some() {
+            if state
+                .producers
+                .insert(
+                    id,
+                    ProducerEntry {
+                        epoch,
+                        batches,
+                        last_append_ms,
+                    },
+                )
+                .is_some()
+            {
                 return None;
             }
             state.by_age.insert((last_append_ms, id));
@@ -374,25 +433,58 @@ mod tests {
     use super::*;
 
     fn meta(first_seq: i32, last_seq: i32, first_offset: i64) -> BatchMeta {
-        BatchMeta { first_seq, last_seq, first_offset, last_offset: first_offset + i64::from(last_seq - first_seq) }
+        BatchMeta {
+            first_seq,
+            last_seq,
+            first_offset,
+            last_offset: first_offset + i64::from(last_seq - first_seq),
+        }
     }
 
     #[test]
     fn sequences_duplicates_and_epochs() {
         let mut s = ProducerState::default();
-        assert_eq!(s.check(7, 0, 5, 9), Ok(SequenceVerdict::Append), "an unknown producer may start anywhere");
+        assert_eq!(
+            s.check(7, 0, 5, 9),
+            Ok(SequenceVerdict::Append),
+            "an unknown producer may start anywhere"
+        );
         s.record(7, 0, meta(0, 4, 100), 1);
         s.record(7, 0, meta(5, 9, 105), 2);
         assert_eq!(s.check(7, 0, 10, 14), Ok(SequenceVerdict::Append));
-        assert_eq!(s.check(7, 0, 5, 9), Ok(SequenceVerdict::Duplicate(meta(5, 9, 105))));
-        assert_eq!(s.check(7, 0, 0, 4), Ok(SequenceVerdict::Duplicate(meta(0, 4, 100))));
-        assert!(matches!(s.check(7, 0, 11, 12), Err(ProducerError::OutOfOrder { expected_after: 9, .. })));
-        assert!(matches!(s.check(7, 0, 3, 5), Err(ProducerError::OutOfOrder { .. })));
+        assert_eq!(
+            s.check(7, 0, 5, 9),
+            Ok(SequenceVerdict::Duplicate(meta(5, 9, 105)))
+        );
+        assert_eq!(
+            s.check(7, 0, 0, 4),
+            Ok(SequenceVerdict::Duplicate(meta(0, 4, 100)))
+        );
+        assert!(matches!(
+            s.check(7, 0, 11, 12),
+            Err(ProducerError::OutOfOrder {
+                expected_after: 9,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.check(7, 0, 3, 5),
+            Err(ProducerError::OutOfOrder { .. })
+        ));
         // A new epoch starts at 0; the old one is fenced afterwards.
-        assert!(matches!(s.check(7, 1, 10, 10), Err(ProducerError::OutOfOrder { expected_after: -1, .. })));
+        assert!(matches!(
+            s.check(7, 1, 10, 10),
+            Err(ProducerError::OutOfOrder {
+                expected_after: -1,
+                ..
+            })
+        ));
         assert_eq!(s.check(7, 1, 0, 0), Ok(SequenceVerdict::Append));
         s.record(7, 1, meta(0, 0, 110), 3);
-        assert!(matches!(s.check(7, 0, 10, 14), Err(ProducerError::StaleEpoch { current: 1, .. })));
+        assert!(matches!(
+            s.check(7, 0, 10, 14),
+            Err(ProducerError::StaleEpoch { current: 1, .. })
+        ));
     }
 
     #[test]
@@ -402,15 +494,31 @@ mod tests {
             s.record(1, 0, meta(i, i, i64::from(i)), 0);
         }
         assert_eq!(s.get(1).unwrap().batches.len(), BATCHES_RETAINED);
-        assert_eq!(s.check(1, 0, 3, 3), Ok(SequenceVerdict::Duplicate(meta(3, 3, 3))));
-        assert!(s.check(1, 0, 2, 2).is_err(), "too old to be recognised: out of order");
+        assert_eq!(
+            s.check(1, 0, 3, 3),
+            Ok(SequenceVerdict::Duplicate(meta(3, 3, 3)))
+        );
+        assert!(
+            s.check(1, 0, 2, 2).is_err(),
+            "too old to be recognised: out of order"
+        );
     }
 
     #[test]
     fn sequence_wraps_at_i32_max() {
         assert_eq!(last_sequence(i32::MAX - 1, 2), 0);
         let mut s = ProducerState::default();
-        s.record(1, 0, BatchMeta { first_seq: i32::MAX - 1, last_seq: i32::MAX, first_offset: 0, last_offset: 1 }, 0);
+        s.record(
+            1,
+            0,
+            BatchMeta {
+                first_seq: i32::MAX - 1,
+                last_seq: i32::MAX,
+                first_offset: 0,
+                last_offset: 1,
+            },
+            0,
+        );
         assert_eq!(s.check(1, 0, 0, 3), Ok(SequenceVerdict::Append));
     }
 
@@ -421,11 +529,17 @@ mod tests {
         s.record(1, 2, meta(5, 5, 15), 1_000);
         s.record(9, 0, meta(0, 0, 16), 5_000);
         let bytes = s.encode_snapshot(17);
-        assert_eq!(ProducerState::decode_snapshot(&bytes), Some((17, s.clone())));
+        assert_eq!(
+            ProducerState::decode_snapshot(&bytes),
+            Some((17, s.clone()))
+        );
         let mut bad = bytes.clone();
         bad[10] ^= 1;
         assert_eq!(ProducerState::decode_snapshot(&bad), None);
-        assert_eq!(ProducerState::decode_snapshot(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(
+            ProducerState::decode_snapshot(&bytes[..bytes.len() - 1]),
+            None
+        );
 
         let mut t = s.clone();
         t.truncate_to(15);

@@ -4,7 +4,9 @@
 //! keyLength varint (-1 = null), key, valueLength varint, value, headerCount varint, headers.
 //! All varints are zigzag-encoded.
 
-use crate::batch::{batch_crc, validate_batch, BatchError, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
+use crate::batch::{
+    batch_crc, validate_batch, BatchError, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2,
+};
 
 /// Longest zigzag varlong encoding in bytes.
 const VARLONG_BYTES_MAX: usize = 10;
@@ -105,7 +107,11 @@ pub type RecordParts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
 pub fn encode_batch_with(options: &BatchOptions, records: &[RecordParts<'_>]) -> Vec<u8> {
     assert!(!records.is_empty(), "a batch needs at least one record");
     let base_timestamp = records[0].2;
-    let max_timestamp = records.iter().map(|record| record.2).max().unwrap_or(base_timestamp);
+    let max_timestamp = records
+        .iter()
+        .map(|record| record.2)
+        .max()
+        .unwrap_or(base_timestamp);
 
     let mut out = vec![0u8; BATCH_HEADER_BYTES];
     let mut body = Vec::new();
@@ -125,7 +131,9 @@ pub fn encode_batch_with(options: &BatchOptions, records: &[RecordParts<'_>]) ->
     let header = BatchHeader::view_mut(&mut out).expect("buffer starts with a header");
     header.base_offset.set(options.base_offset);
     header.batch_length.set((total - 12) as i32);
-    header.partition_leader_epoch.set(options.partition_leader_epoch);
+    header
+        .partition_leader_epoch
+        .set(options.partition_leader_epoch);
     header.magic = MAGIC_V2;
     header.attributes.set(options.attributes);
     header.last_offset_delta.set(records.len() as i32 - 1);
@@ -201,13 +209,19 @@ pub fn decode_records(batch: &[u8]) -> Result<Vec<DecodedRecord<'_>>, DecodeErro
     let mut out = Vec::with_capacity(count.max(0) as usize);
     let mut pos = BATCH_HEADER_BYTES;
     for index in 0..count {
-        let record = decode_record(batch, &mut pos, base_offset, base_timestamp).ok_or(DecodeError::BadRecord { index })?;
+        let record = decode_record(batch, &mut pos, base_offset, base_timestamp)
+            .ok_or(DecodeError::BadRecord { index })?;
         out.push(record);
     }
     Ok(out)
 }
 
-fn decode_record<'a>(batch: &'a [u8], pos: &mut usize, base_offset: i64, base_timestamp: i64) -> Option<DecodedRecord<'a>> {
+fn decode_record<'a>(
+    batch: &'a [u8],
+    pos: &mut usize,
+    base_offset: i64,
+    base_timestamp: i64,
+) -> Option<DecodedRecord<'a>> {
     let length = usize::try_from(get_varint(batch, pos)?).ok()?;
     let end = pos.checked_add(length)?;
     if end > batch.len() {
@@ -220,7 +234,12 @@ fn decode_record<'a>(batch: &'a [u8], pos: &mut usize, base_offset: i64, base_ti
     let key = get_bytes(body, &mut cursor)?;
     let value = get_bytes(body, &mut cursor)?;
     *pos = end;
-    Some(DecodedRecord { offset, timestamp, key, value })
+    Some(DecodedRecord {
+        offset,
+        timestamp,
+        key,
+        value,
+    })
 }
 
 fn get_bytes<'a>(bytes: &'a [u8], pos: &mut usize) -> Option<Option<&'a [u8]>> {
@@ -286,16 +305,47 @@ mod tests {
 
     #[test]
     fn encode_then_decode_round_trips() {
-        let batch = encode_batch(&[(Some(b"k1"), Some(b"v1"), 10), (Some(b"k2"), None, 12), (None, Some(b""), 11)]);
+        let batch = encode_batch(&[
+            (Some(b"k1"), Some(b"v1"), 10),
+            (Some(b"k2"), None, 12),
+            (None, Some(b""), 11),
+        ]);
         let records = decode_records(&batch).expect("decodes");
         assert_eq!(records.len(), 3);
-        assert_eq!(records[0], DecodedRecord { offset: 0, timestamp: 10, key: Some(b"k1"), value: Some(b"v1") });
-        assert_eq!(records[1], DecodedRecord { offset: 1, timestamp: 12, key: Some(b"k2"), value: None });
-        assert_eq!(records[2], DecodedRecord { offset: 2, timestamp: 11, key: None, value: Some(b"") });
+        assert_eq!(
+            records[0],
+            DecodedRecord {
+                offset: 0,
+                timestamp: 10,
+                key: Some(b"k1"),
+                value: Some(b"v1")
+            }
+        );
+        assert_eq!(
+            records[1],
+            DecodedRecord {
+                offset: 1,
+                timestamp: 12,
+                key: Some(b"k2"),
+                value: None
+            }
+        );
+        assert_eq!(
+            records[2],
+            DecodedRecord {
+                offset: 2,
+                timestamp: 11,
+                key: None,
+                value: Some(b"")
+            }
+        );
         let mut corrupt = batch.clone();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
-        assert!(matches!(decode_records(&corrupt), Err(DecodeError::Batch(BatchError::CrcMismatch { .. }))));
+        assert!(matches!(
+            decode_records(&corrupt),
+            Err(DecodeError::Batch(BatchError::CrcMismatch { .. }))
+        ));
     }
 }
 
@@ -345,7 +395,14 @@ pub(crate) fn record_spans(records: &[u8], count: i32) -> Option<Vec<RecordSpan>
         if cursor > end {
             return None;
         }
-        out.push(RecordSpan { start, end, offset_delta, timestamp_delta, key, tombstone: value_len < 0 });
+        out.push(RecordSpan {
+            start,
+            end,
+            offset_delta,
+            timestamp_delta,
+            key,
+            tombstone: value_len < 0,
+        });
         pos = end;
     }
     (pos == records.len()).then_some(out)

@@ -14,12 +14,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::checkpoint::{
-    read_clean_swap, read_clean_shutdown, read_cleaner_offset, read_log_start, remove_clean_shutdown, write_log_start, CleanShutdown,
-    CLEAN_SHUTDOWN_FILE,
+    read_clean_shutdown, read_clean_swap, read_cleaner_offset, read_log_start,
+    remove_clean_shutdown, write_log_start, CleanShutdown, CLEAN_SHUTDOWN_FILE,
 };
 use crate::config::LogConfig;
-use crate::partition_log::finish_swap;
-use crate::segment::CLEANED_SUFFIX;
 use crate::error::StorageError;
 use crate::file_io::{
     file_size, read_at, remove_file, std_io_err, sync_dir, truncate, write_small_at, TMP_SUFFIX,
@@ -27,6 +25,8 @@ use crate::file_io::{
 use crate::limits::{
     RECOVERY_CHUNK_BYTES, RECOVERY_PROBE_CHUNK_BYTES, RELATIVE_OFFSET_MAX, SEGMENT_OPEN_CONCURRENCY,
 };
+use crate::partition_log::finish_swap;
+use crate::segment::CLEANED_SUFFIX;
 use crate::segment::{parse_file_name, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use crate::segment_index::{
     decode_offsets, decode_times, encode_offsets, encode_times, times_valid, valid_offsets_prefix,
@@ -98,7 +98,11 @@ fn segment_bases(dir: &Path) -> Result<Vec<i64>, StorageError> {
     let entries = std::fs::read_dir(dir).map_err(|e| std_io_err("list", dir, e))?;
     let mut bases: Vec<i64> = entries
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| parse_file_name(n, LOG_SUFFIX)))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| parse_file_name(n, LOG_SUFFIX))
+        })
         .collect();
     bases.sort_unstable();
     Ok(bases)
@@ -183,7 +187,10 @@ pub(crate) async fn open_log(
     if stored_log_start != Some(log_start) {
         write_log_start(dir, log_start).await?;
     }
-    let first_dirty = read_cleaner_offset(dir).await?.unwrap_or(log_start).clamp(log_start, log_end);
+    let first_dirty = read_cleaner_offset(dir)
+        .await?
+        .unwrap_or(log_start)
+        .clamp(log_start, log_end);
     Ok(OpenedLog {
         segments,
         log_start,

@@ -77,8 +77,14 @@ impl PartitionLog {
 
     /// Persists a new log start offset, then publishes it (reads below it fail from then on).
     async fn advance_log_start(&self, start: i64) -> Result<(), StorageError> {
-        assert!(start <= self.high_watermark.get(), "log start offset above the high watermark");
-        assert!(start >= self.log_start.get(), "the log start offset only grows");
+        assert!(
+            start <= self.high_watermark.get(),
+            "log start offset above the high watermark"
+        );
+        assert!(
+            start >= self.log_start.get(),
+            "the log start offset only grows"
+        );
         write_log_start(&self.dir, start).await?;
         self.log_start.set(start);
         if self.first_dirty.get() < start {

@@ -89,9 +89,16 @@ impl Segment {
         let job = glommio::executor().spawn_blocking(move || {
             // SAFETY: sync_file_range on a descriptor this closure owns; no memory is passed.
             let rc = unsafe {
-                libc::sync_file_range(fd.as_raw_fd(), from as i64, (to - from) as i64, libc::SYNC_FILE_RANGE_WRITE)
+                libc::sync_file_range(
+                    fd.as_raw_fd(),
+                    from as i64,
+                    (to - from) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
             };
-            (rc == 0).then_some(()).ok_or_else(std::io::Error::last_os_error)
+            (rc == 0)
+                .then_some(())
+                .ok_or_else(std::io::Error::last_os_error)
         });
         glommio::spawn_local(async move {
             if let Err(e) = job.await {

@@ -100,14 +100,20 @@ impl<'a> BatchWalker<'a> {
 
     /// The next batch with its bytes, None at the end; bytes that are not a valid batch are
     /// `StorageError::Corrupt` (for closed segments, which were synced and validated).
-    pub async fn next_with_bytes(&mut self) -> Result<Option<(BatchHeaderInfo, &[u8])>, StorageError> {
+    pub async fn next_with_bytes(
+        &mut self,
+    ) -> Result<Option<(BatchHeaderInfo, &[u8])>, StorageError> {
         match self.next().await? {
             WalkStep::Batch { position, header } => {
                 let total = header.total_bytes() as usize;
                 let segment = self.segment;
                 match self.bytes(position, total).await? {
                     Some(bytes) => Ok(Some((header, bytes))),
-                    None => Err(corrupt(segment, position, "file ends inside a batch".to_string())),
+                    None => Err(corrupt(
+                        segment,
+                        position,
+                        "file ends inside a batch".to_string(),
+                    )),
                 }
             }
             WalkStep::End => Ok(None),

@@ -76,9 +76,15 @@ impl SegmentSet {
     pub fn replace(&mut self, segment: Rc<Segment>, end: i64) -> Vec<Rc<Segment>> {
         let base = segment.base_offset();
         let active = self.segments.last_key_value().map(|(&b, _)| b);
-        assert!(active.is_some_and(|a| a >= end), "the active segment is never replaced");
+        assert!(
+            active.is_some_and(|a| a >= end),
+            "the active segment is never replaced"
+        );
         let replaced: Vec<i64> = self.segments.range(base..end).map(|(&b, _)| b).collect();
-        let old = replaced.iter().filter_map(|b| self.segments.remove(b)).collect();
+        let old = replaced
+            .iter()
+            .filter_map(|b| self.segments.remove(b))
+            .collect();
         self.segments.insert(base, segment);
         old
     }

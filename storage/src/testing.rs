@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-
 /// How often the watchdog of `run_local` wakes the executor.
 const WATCHDOG_WAKE_INTERVAL: Duration = Duration::from_millis(5);
 

@@ -20,7 +20,8 @@ use rand::{Rng, SeedableRng};
 use strom_storage::records::decode_records;
 use strom_storage::testing::build_batch_with_timestamps;
 use strom_storage::{
-    CleanerFault, CleanerStep, CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog, StorageError,
+    CleanerFault, CleanerStep, CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog,
+    StorageError,
 };
 
 const OPS_DEFAULT: usize = 600;
@@ -83,18 +84,30 @@ async fn served(log: &PartitionLog) -> Vec<Row> {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset().0;
     let start = offset;
-    while let Some(slice) = log.read(Offset(offset), 64 << 10, true).await.expect("read") {
+    while let Some(slice) = log
+        .read(Offset(offset), 64 << 10, true)
+        .await
+        .expect("read")
+    {
         let bytes = slice.read_blocking().expect("pread");
         let mut pos = 0;
         while pos < bytes.len() {
-            let len = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize + 12;
+            let len = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().expect("4 bytes"))
+                as usize
+                + 12;
             let records = decode_records(&bytes[pos..pos + len]).expect("a served batch decodes");
             assert!(!records.is_empty(), "no empty batch is served");
-            let last_delta = i32::from_be_bytes(bytes[pos + 23..pos + 27].try_into().expect("4 bytes"));
+            let last_delta =
+                i32::from_be_bytes(bytes[pos + 23..pos + 27].try_into().expect("4 bytes"));
             let base = i64::from_be_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes"));
             for r in records {
                 if r.offset >= start {
-                    out.push((r.offset, r.key.expect("keyed").to_vec(), r.value.map(<[u8]>::to_vec), r.timestamp));
+                    out.push((
+                        r.offset,
+                        r.key.expect("keyed").to_vec(),
+                        r.value.map(<[u8]>::to_vec),
+                        r.timestamp,
+                    ));
                 }
             }
             offset = base + i64::from(last_delta) + 1;
@@ -110,14 +123,23 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant, root: &Path) -> usiz
     let config = LogConfig {
         segment_bytes: rng.gen_range(300..3000),
         index_interval_bytes: rng.gen_range(1..800),
-        cleanup: CleanupPolicy { delete: false, compact: true },
+        cleanup: CleanupPolicy {
+            delete: false,
+            compact: true,
+        },
         min_cleanable_dirty_ratio: 0.0,
         delete_retention_ms: rng.gen_range(0..400),
         ..LogConfig::default()
     };
     let mut now = 1_000i64;
-    let mut log: Rc<PartitionLog> = PartitionLog::open(dir.clone(), config.clone(), now).await.expect("open");
-    let mut model = Model { all: Vec::new(), served: Vec::new(), log_start: 0 };
+    let mut log: Rc<PartitionLog> = PartitionLog::open(dir.clone(), config.clone(), now)
+        .await
+        .expect("open");
+    let mut model = Model {
+        all: Vec::new(),
+        served: Vec::new(),
+        log_start: 0,
+    };
     let mut passes = 0;
     let mut done = 0;
     for op in 0..ops {
@@ -128,17 +150,30 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant, root: &Path) -> usiz
         now += rng.gen_range(0..20);
         let kind = rng.gen_range(0..100);
         if std::env::var("STROM_COMPACTION_TRACE").is_ok() {
-            eprintln!("op {op} kind {kind} now {now} log_start {} end {}", model.log_start, log.log_end_offset());
+            eprintln!(
+                "op {op} kind {kind} now {now} log_start {} end {}",
+                model.log_start,
+                log.log_end_offset()
+            );
         }
         match kind {
             0..=69 => {
                 let n = rng.gen_range(1..5);
-                let keys: Vec<Vec<u8>> = (0..n).map(|_| format!("key-{}", rng.gen_range(0..KEYS)).into_bytes()).collect();
-                let values: Vec<Option<Vec<u8>>> = (0..n)
-                    .map(|i| (rng.gen_range(0..100) >= 15).then(|| format!("v{op}-{i}-{}", "x".repeat(rng.gen_range(0..40))).into_bytes()))
+                let keys: Vec<Vec<u8>> = (0..n)
+                    .map(|_| format!("key-{}", rng.gen_range(0..KEYS)).into_bytes())
                     .collect();
-                let records: Vec<strom_storage::testing::TestRecord<'_>> =
-                    keys.iter().zip(&values).map(|(k, v)| (Some(&k[..]), v.as_deref(), now)).collect();
+                let values: Vec<Option<Vec<u8>>> = (0..n)
+                    .map(|i| {
+                        (rng.gen_range(0..100) >= 15).then(|| {
+                            format!("v{op}-{i}-{}", "x".repeat(rng.gen_range(0..40))).into_bytes()
+                        })
+                    })
+                    .collect();
+                let records: Vec<strom_storage::testing::TestRecord<'_>> = keys
+                    .iter()
+                    .zip(&values)
+                    .map(|(k, v)| (Some(&k[..]), v.as_deref(), now))
+                    .collect();
                 let info = log
                     .append(&build_batch_with_timestamps(&records), LeaderEpoch(0), now)
                     .await
@@ -163,26 +198,40 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant, root: &Path) -> usiz
                     // The hook fires only in a group that changes; a pass may finish without.
                     Ok(Some(report)) => {
                         passes += 1;
-                        model.after_pass(report.first_dirty, now - config.delete_retention_ms as i64);
+                        model.after_pass(
+                            report.first_dirty,
+                            now - config.delete_retention_ms as i64,
+                        );
                     }
                     Ok(None) | Err(StorageError::InjectedFault { .. }) => {}
                     Err(e) => panic!("seed {seed} op {op}: {e}"),
                 }
                 drop(log);
-                log = PartitionLog::open(dir.clone(), config.clone(), now).await.expect("reopen after crash");
+                log = PartitionLog::open(dir.clone(), config.clone(), now)
+                    .await
+                    .expect("reopen after crash");
                 let again = log.clean(now).await.expect("clean after crash");
                 if std::env::var("STROM_COMPACTION_TRACE").is_ok() {
-                    eprintln!("  fault {step:?}, then {again:?}, dr {}", config.delete_retention_ms);
+                    eprintln!(
+                        "  fault {step:?}, then {again:?}, dr {}",
+                        config.delete_retention_ms
+                    );
                 }
                 match again {
                     Some(report) => {
                         passes += 1;
-                        model.after_pass(report.first_dirty, now - config.delete_retention_ms as i64);
+                        model.after_pass(
+                            report.first_dirty,
+                            now - config.delete_retention_ms as i64,
+                        );
                     }
                     // No pass due after the reopen (one that only dropped expired tombstones
                     // is not redone): the groups the interrupted pass swapped in stay. Each
                     // record they lost must have been removable.
-                    None => model.accept_partial(served(&log).await, now - config.delete_retention_ms as i64),
+                    None => model.accept_partial(
+                        served(&log).await,
+                        now - config.delete_retention_ms as i64,
+                    ),
                 }
             }
             90..=94 => {
@@ -190,13 +239,18 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant, root: &Path) -> usiz
                     log.close().await.expect("close");
                 }
                 drop(log);
-                log = PartitionLog::open(dir.clone(), config.clone(), now).await.expect("reopen");
+                log = PartitionLog::open(dir.clone(), config.clone(), now)
+                    .await
+                    .expect("reopen");
             }
             _ => {
                 let hw = log.high_watermark().0;
                 if hw > model.log_start && rng.gen_range(0..4) == 0 {
                     let before = rng.gen_range(model.log_start..=hw);
-                    let start = log.delete_records(Offset(before)).await.expect("delete records");
+                    let start = log
+                        .delete_records(Offset(before))
+                        .await
+                        .expect("delete records");
                     assert_eq!(start.0, before);
                     model.log_start = before;
                     model.served.retain(|r| r.0 >= before);
@@ -215,7 +269,10 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant, root: &Path) -> usiz
             );
         }
     }
-    assert!(passes > 0 || done < 50, "seed {seed}: no compaction pass ran");
+    assert!(
+        passes > 0 || done < 50,
+        "seed {seed}: no compaction pass ran"
+    );
     log.close().await.expect("close");
     done
 }
@@ -226,7 +283,10 @@ fn compaction_matches_the_newest_value_per_key_model() {
         Ok(s) => vec![s.parse().expect("seed")],
         Err(_) => SEEDS_DEFAULT.to_vec(),
     };
-    let ops = std::env::var("STROM_COMPACTION_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(OPS_DEFAULT);
+    let ops = std::env::var("STROM_COMPACTION_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(OPS_DEFAULT);
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().to_path_buf();
     let deadline = Instant::now() + TIME_BUDGET;

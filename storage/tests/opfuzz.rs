@@ -151,7 +151,6 @@ fn stamped(batch: &[u8], base: i64, epoch: i32) -> Vec<u8> {
     out
 }
 
-
 /// A temp dir on tmpfs when there is one: rolls fdatasync three files and the directory, and
 /// this test is about the log's logic, not the disk's sync latency.
 fn fuzz_tempdir() -> tempfile::TempDir {

@@ -53,28 +53,38 @@ impl GroupArgs {
 
 /// Fails with what was being waited for once `deadline` has passed.
 pub(crate) fn deadline_check(deadline: Instant, doing: &str) -> Result<(), String> {
-    strom_client::member::deadline_check(deadline, doing).map_err(|e| format!("{e} (raise --timeout-s?)"))
+    strom_client::member::deadline_check(deadline, doing)
+        .map_err(|e| format!("{e} (raise --timeout-s?)"))
 }
 
 /// Runs both scenarios and prints the report.
 pub fn run(args: &GroupArgs) -> Result<(), String> {
-    if args.partitions < 1 || args.rounds < 1 || args.heartbeat.is_zero() || args.timeout.is_zero() {
-        return Err("--partitions, --rounds, --heartbeat-ms and --timeout-s must be at least 1".into());
+    if args.partitions < 1 || args.rounds < 1 || args.heartbeat.is_zero() || args.timeout.is_zero()
+    {
+        return Err(
+            "--partitions, --rounds, --heartbeat-ms and --timeout-s must be at least 1".into(),
+        );
     }
-    let partitions = setup_topic(args).map_err(|e| format!("setup of topic {}: {e}", args.topic))?;
+    let partitions =
+        setup_topic(args).map_err(|e| format!("setup of topic {}: {e}", args.topic))?;
     let mut report = Report::new(&args.topic, partitions, args.rounds, args.heartbeat)?;
     for round in 0..args.rounds {
         let s = first_record_round(args, partitions, round)
             .map_err(|e| round_error("join-to-first-record", round, args, &e))?;
-        report.join_to_first_record.record(s.join_sync + s.offsets_fetch);
+        report
+            .join_to_first_record
+            .record(s.join_sync + s.offsets_fetch);
         report.join_sync.record(s.join_sync);
         report.offsets_fetch.record(s.offsets_fetch);
     }
     for round in 0..args.rounds {
-        let s = rebalance_round(args, partitions, round).map_err(|e| round_error("rebalance", round, args, &e))?;
+        let s = rebalance_round(args, partitions, round)
+            .map_err(|e| round_error("rebalance", round, args, &e))?;
         report.rebalance.record(s.total);
         report.rebalance_notice.record(s.notice);
-        report.rebalance_rejoin.record(s.total.saturating_sub(s.notice));
+        report
+            .rebalance_rejoin
+            .record(s.total.saturating_sub(s.notice));
     }
     report.print(args.json);
     Ok(())
@@ -103,15 +113,28 @@ fn setup_topic(args: &GroupArgs) -> Result<i32, String> {
     for i in 0..SETUP_RECORDS_PER_PARTITION {
         records.push(i as u64, None, SETUP_RECORD_BYTES);
     }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let payload = run::records::payload(SETUP_RECORD_BYTES);
-    let batch = run::records::encode(&records, SETUP_RECORD_BYTES, &payload, 0, now_ms, Compression::None)?;
+    let batch = run::records::encode(
+        &records,
+        SETUP_RECORD_BYTES,
+        &payload,
+        0,
+        now_ms,
+        Compression::None,
+    )?;
     for p in 0..partitions {
         deadline_check(deadline, "producing the setup records")?;
         let id = conn.send_produce_parts(&args.topic, vec![(p, batch.clone())], 1)?;
         for (partition, error) in conn.recv_produce_errors(id)? {
             if error != 0 {
-                return Err(format!("producing setup records to {}/{partition}: {}", args.topic, wire::code_name(error)));
+                return Err(format!(
+                    "producing setup records to {}/{partition}: {}",
+                    args.topic,
+                    wire::code_name(error)
+                ));
             }
         }
     }
@@ -120,7 +143,9 @@ fn setup_topic(args: &GroupArgs) -> Result<i32, String> {
 
 /// A group id no earlier run or round used.
 fn unique_group(kind: &str, round: u32) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!("strom-bench-{kind}-{}-{nanos}-{round}", std::process::id())
 }
 
@@ -130,21 +155,37 @@ struct FirstRecord {
     offsets_fetch: Duration,
 }
 
-fn first_record_round(args: &GroupArgs, partitions: i32, round: u32) -> Result<FirstRecord, String> {
+fn first_record_round(
+    args: &GroupArgs,
+    partitions: i32,
+    round: u32,
+) -> Result<FirstRecord, String> {
     let deadline = Instant::now() + args.timeout;
     let group = unique_group("join", round);
-    let mut m = Member::connect(&args.brokers, &group, &args.topic, partitions, args.timeouts(), deadline)?;
+    let mut m = Member::connect(
+        &args.brokers,
+        &group,
+        &args.topic,
+        partitions,
+        args.timeouts(),
+        deadline,
+    )?;
     let t0 = Instant::now();
     m.join_and_sync(deadline)?;
     let synced = Instant::now();
     if m.assigned().is_empty() {
-        return Err(format!("the only member of group {group} was assigned no partitions"));
+        return Err(format!(
+            "the only member of group {group} was assigned no partitions"
+        ));
     }
     let positions = start_positions(&mut m, &args.topic)?;
     wait_first_record(m.conn(), &args.topic, &positions, deadline)?;
     let first = Instant::now();
     m.leave()?;
-    Ok(FirstRecord { join_sync: synced - t0, offsets_fetch: first - synced })
+    Ok(FirstRecord {
+        join_sync: synced - t0,
+        offsets_fetch: first - synced,
+    })
 }
 
 /// Where a consumer starts on its assigned partitions: the committed offset, or the earliest
@@ -153,20 +194,42 @@ fn start_positions(m: &mut Member, topic: &str) -> Result<Vec<(i32, i64)>, Strin
     let assigned = m.assigned().to_vec();
     let group = m.group().to_string();
     let committed = m.conn().offset_fetch(&group, topic, &assigned)?;
-    let missing: Vec<i32> = committed.iter().filter(|&&(_, o)| o < 0).map(|&(p, _)| p).collect();
+    let missing: Vec<i32> = committed
+        .iter()
+        .filter(|&&(_, o)| o < 0)
+        .map(|&(p, _)| p)
+        .collect();
     if missing.is_empty() {
         return Ok(committed);
     }
     let earliest = m.conn().list_offsets(topic, &missing, -2)?;
-    Ok(committed.into_iter().filter(|&(_, o)| o >= 0).chain(earliest).collect())
+    Ok(committed
+        .into_iter()
+        .filter(|&(_, o)| o >= 0)
+        .chain(earliest)
+        .collect())
 }
 
-fn wait_first_record(conn: &mut Conn, topic: &str, positions: &[(i32, i64)], deadline: Instant) -> Result<(), String> {
+fn wait_first_record(
+    conn: &mut Conn,
+    topic: &str,
+    positions: &[(i32, i64)],
+    deadline: Instant,
+) -> Result<(), String> {
     loop {
         deadline_check(deadline, &format!("fetching the first record of {topic}"))?;
-        for (partition, error, set) in conn.fetch_sets(topic, positions, FETCH_MAX_WAIT_MS, FETCH_PARTITION_MAX_BYTES, FETCH_MAX_BYTES)? {
+        for (partition, error, set) in conn.fetch_sets(
+            topic,
+            positions,
+            FETCH_MAX_WAIT_MS,
+            FETCH_PARTITION_MAX_BYTES,
+            FETCH_MAX_BYTES,
+        )? {
             if error != 0 {
-                return Err(format!("Fetch {topic}/{partition}: {}", wire::code_name(error)));
+                return Err(format!(
+                    "Fetch {topic}/{partition}: {}",
+                    wire::code_name(error)
+                ));
             }
             if run::records::walk(&set, |_| {})?.records > 0 {
                 return Ok(());
@@ -189,11 +252,25 @@ enum Who {
 }
 
 enum Event {
-    Assigned { who: Who, generation: i32, partitions: usize, at: Instant },
-    RebalanceNoticed { who: Who, at: Instant },
+    Assigned {
+        who: Who,
+        generation: i32,
+        partitions: usize,
+        at: Instant,
+    },
+    RebalanceNoticed {
+        who: Who,
+        at: Instant,
+    },
     /// `at`: just before LeaveGroup was sent.
-    Left { who: Who, at: Instant },
-    Failed { who: Who, error: String },
+    Left {
+        who: Who,
+        at: Instant,
+    },
+    Failed {
+        who: Who,
+        error: String,
+    },
 }
 
 /// Asks a member thread to leave the group and stop.
@@ -202,7 +279,16 @@ struct Leave;
 fn rebalance_round(args: &GroupArgs, partitions: i32, round: u32) -> Result<Rebalance, String> {
     let deadline = Instant::now() + args.timeout;
     let group = unique_group("rebalance", round);
-    let connect = || Member::connect(&args.brokers, &group, &args.topic, partitions, args.timeouts(), deadline);
+    let connect = || {
+        Member::connect(
+            &args.brokers,
+            &group,
+            &args.topic,
+            partitions,
+            args.timeouts(),
+            deadline,
+        )
+    };
     let (a, b) = (connect()?, connect()?);
     let (events_tx, events) = mpsc::channel();
     let (a_tx, a_rx) = mpsc::channel();
@@ -213,7 +299,13 @@ fn rebalance_round(args: &GroupArgs, partitions: i32, round: u32) -> Result<Reba
         s.spawn(move || run_member(Who::A, a, &a_rx, &a_events, heartbeat, deadline));
         let b_events = events_tx.clone();
         s.spawn(move || run_member(Who::B, b, &b_rx, &b_events, heartbeat, deadline));
-        let result = drive_rebalance(&events, &b_tx, partitions as usize, leave_phase(round, heartbeat), deadline);
+        let result = drive_rebalance(
+            &events,
+            &b_tx,
+            partitions as usize,
+            leave_phase(round, heartbeat),
+            deadline,
+        );
         let _ = a_tx.send(Leave);
         let _ = b_tx.send(Leave);
         result
@@ -239,7 +331,13 @@ fn drive_rebalance(
     let mut latest = [(-1, 0usize); 2];
     let stable_generation = loop {
         let event = next_event(events, deadline, "both members to be stable")?;
-        if let Event::Assigned { who, generation, partitions: n, .. } = event {
+        if let Event::Assigned {
+            who,
+            generation,
+            partitions: n,
+            ..
+        } = event
+        {
             latest[who as usize] = (generation, n);
             let [(ga, na), (gb, nb)] = latest;
             if ga == gb && ga >= 0 && na + nb == partitions {
@@ -248,15 +346,19 @@ fn drive_rebalance(
         }
     };
     std::thread::sleep(phase);
-    b.send(Leave).map_err(|_| "member B stopped before it was asked to leave".to_string())?;
+    b.send(Leave)
+        .map_err(|_| "member B stopped before it was asked to leave".to_string())?;
     let (mut left, mut noticed, mut full) = (None, None, None);
     while left.is_none() || full.is_none() {
         match next_event(events, deadline, "A to hold every partition after B left")? {
             Event::Left { who: Who::B, at } => left = Some(at),
             Event::RebalanceNoticed { who: Who::A, at } => noticed = noticed.or(Some(at)),
-            Event::Assigned { who: Who::A, generation, partitions: n, at }
-                if generation > stable_generation && n == partitions =>
-            {
+            Event::Assigned {
+                who: Who::A,
+                generation,
+                partitions: n,
+                at,
+            } if generation > stable_generation && n == partitions => {
                 full = Some(at);
             }
             _ => {}
@@ -264,19 +366,28 @@ fn drive_rebalance(
     }
     let (left, full) = (left.unwrap_or(deadline), full.unwrap_or(deadline));
     let noticed = noticed.unwrap_or(full);
-    Ok(Rebalance { notice: noticed.saturating_duration_since(left), total: full.saturating_duration_since(left) })
+    Ok(Rebalance {
+        notice: noticed.saturating_duration_since(left),
+        total: full.saturating_duration_since(left),
+    })
 }
 
 /// The next event, turning a member failure or the deadline into an error.
-fn next_event(events: &Receiver<Event>, deadline: Instant, waiting_for: &str) -> Result<Event, String> {
+fn next_event(
+    events: &Receiver<Event>,
+    deadline: Instant,
+    waiting_for: &str,
+) -> Result<Event, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     match events.recv_timeout(left) {
         Ok(Event::Failed { who, error }) => Err(format!("member {who:?}: {error}")),
         Ok(e) => Ok(e),
-        Err(RecvTimeoutError::Timeout) => {
-            Err(format!("deadline exceeded waiting for {waiting_for} (raise --timeout-s?)"))
+        Err(RecvTimeoutError::Timeout) => Err(format!(
+            "deadline exceeded waiting for {waiting_for} (raise --timeout-s?)"
+        )),
+        Err(RecvTimeoutError::Disconnected) => {
+            Err(format!("members stopped while waiting for {waiting_for}"))
         }
-        Err(RecvTimeoutError::Disconnected) => Err(format!("members stopped while waiting for {waiting_for}")),
     }
 }
 
@@ -306,7 +417,12 @@ fn member_loop(
     loop {
         m.join_and_sync(deadline)?;
         let at = Instant::now();
-        let _ = events.send(Event::Assigned { who, generation: m.generation(), partitions: m.assigned().len(), at });
+        let _ = events.send(Event::Assigned {
+            who,
+            generation: m.generation(),
+            partitions: m.assigned().len(),
+            at,
+        });
         loop {
             match cmds.recv_timeout(heartbeat) {
                 Ok(Leave) => {
@@ -320,7 +436,10 @@ fn member_loop(
             }
             deadline_check(deadline, &format!("member {who:?} heartbeating"))?;
             if m.heartbeat()? == Heartbeat::Rejoin {
-                let _ = events.send(Event::RebalanceNoticed { who, at: Instant::now() });
+                let _ = events.send(Event::RebalanceNoticed {
+                    who,
+                    at: Instant::now(),
+                });
                 break;
             }
         }

@@ -27,7 +27,13 @@ impl Series {
     /// min, p50, p90, p99, max in microseconds.
     fn stats(&self) -> [u64; 5] {
         let h = &self.hist;
-        [h.min(), h.value_at_quantile(0.5), h.value_at_quantile(0.9), h.value_at_quantile(0.99), h.max()]
+        [
+            h.min(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.max(),
+        ]
     }
 }
 
@@ -51,7 +57,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(topic: &str, partitions: i32, rounds: u32, heartbeat: Duration) -> Result<Report, String> {
+    pub fn new(
+        topic: &str,
+        partitions: i32,
+        rounds: u32,
+        heartbeat: Duration,
+    ) -> Result<Report, String> {
         Ok(Report {
             topic: topic.to_string(),
             partitions,
@@ -68,12 +79,32 @@ impl Report {
 
     fn rows(&self) -> [(&'static str, &'static str, &Series); 6] {
         [
-            ("join_to_first_record_us", "join -> first record", &self.join_to_first_record),
+            (
+                "join_to_first_record_us",
+                "join -> first record",
+                &self.join_to_first_record,
+            ),
             ("join_sync_us", "  join + sync", &self.join_sync),
-            ("offsets_first_fetch_us", "  offsets + first fetch", &self.offsets_fetch),
-            ("rebalance_after_leave_us", "rebalance after leave", &self.rebalance),
-            ("rebalance_notice_us", "  leave -> heartbeat notice", &self.rebalance_notice),
-            ("rebalance_rejoin_us", "  rejoin + sync", &self.rebalance_rejoin),
+            (
+                "offsets_first_fetch_us",
+                "  offsets + first fetch",
+                &self.offsets_fetch,
+            ),
+            (
+                "rebalance_after_leave_us",
+                "rebalance after leave",
+                &self.rebalance,
+            ),
+            (
+                "rebalance_notice_us",
+                "  leave -> heartbeat notice",
+                &self.rebalance_notice,
+            ),
+            (
+                "rebalance_rejoin_us",
+                "  rejoin + sync",
+                &self.rebalance_rejoin,
+            ),
         ]
     }
 
@@ -121,10 +152,16 @@ impl Report {
             self.heartbeat.as_millis()
         );
         let (name, min, p50, p90, p99, max) = ("latency (us)", "min", "p50", "p90", "p99", "max");
-        let _ = writeln!(out, "{name:<30}{min:>10}{p50:>10}{p90:>10}{p99:>10}{max:>10}");
+        let _ = writeln!(
+            out,
+            "{name:<30}{min:>10}{p50:>10}{p90:>10}{p99:>10}{max:>10}"
+        );
         for (_, label, series) in self.rows() {
             let [min, p50, p90, p99, max] = series.stats();
-            let _ = writeln!(out, "{label:<30}{min:>10}{p50:>10}{p90:>10}{p99:>10}{max:>10}");
+            let _ = writeln!(
+                out,
+                "{label:<30}{min:>10}{p50:>10}{p90:>10}{p99:>10}{max:>10}"
+            );
         }
         for n in self.notes() {
             let _ = writeln!(out, "note: {n}");
@@ -151,8 +188,19 @@ impl Report {
                 series.hist.len()
             );
         }
-        let list = |items: Vec<String>| items.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",");
-        let _ = write!(out, ",\"notes\":[{}],\"warnings\":[{}]}}", list(self.notes()), list(warnings.to_vec()));
+        let list = |items: Vec<String>| {
+            items
+                .iter()
+                .map(|s| json_str(s))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let _ = write!(
+            out,
+            ",\"notes\":[{}],\"warnings\":[{}]}}",
+            list(self.notes()),
+            list(warnings.to_vec())
+        );
         out
     }
 }

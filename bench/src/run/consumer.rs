@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::meter::{Clock, Meter, Window};
 use super::records;
-use strom_client::member::{GroupTimeouts, Heartbeat, Member};
 use crate::wire::{code_name, Conn};
+use strom_client::member::{GroupTimeouts, Heartbeat, Member};
 
 pub struct ConsumerPlan {
     pub brokers: String,
@@ -33,7 +33,10 @@ pub struct ConsumerPlan {
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
-const GROUP_TIMEOUTS: GroupTimeouts = GroupTimeouts { session_ms: 10_000, rebalance_ms: 30_000 };
+const GROUP_TIMEOUTS: GroupTimeouts = GroupTimeouts {
+    session_ms: 10_000,
+    rebalance_ms: 30_000,
+};
 
 /// Shared with the main loop: when to stop, and how far the consumers are.
 pub struct ConsumerControl {
@@ -45,7 +48,10 @@ pub struct ConsumerControl {
 
 impl ConsumerControl {
     pub fn new(partitions: i32) -> ConsumerControl {
-        ConsumerControl { stop: AtomicBool::new(false), positions: Mutex::new(vec![-1; partitions as usize]) }
+        ConsumerControl {
+            stop: AtomicBool::new(false),
+            positions: Mutex::new(vec![-1; partitions as usize]),
+        }
     }
 
     fn report(&self, positions: &[(i32, i64)]) {
@@ -95,7 +101,9 @@ impl Consumer {
     }
 
     pub fn join(self) -> Result<(), String> {
-        self.thread.join().map_err(|_| "a consumer thread panicked".to_string())?
+        self.thread
+            .join()
+            .map_err(|_| "a consumer thread panicked".to_string())?
     }
 
     pub fn is_finished(&self) -> bool {
@@ -128,13 +136,22 @@ fn consume(
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let mut session = match &plan.group {
         Some(group) => {
-            let mut m = Member::connect(&plan.brokers, group, &plan.topic, plan.partitions, GROUP_TIMEOUTS, deadline)?;
+            let mut m = Member::connect(
+                &plan.brokers,
+                group,
+                &plan.topic,
+                plan.partitions,
+                GROUP_TIMEOUTS,
+                deadline,
+            )?;
             m.join_and_sync(deadline)?;
             Session::Group(Box::new(m))
         }
         None => Session::Plain(Conn::connect(&plan.brokers)?),
     };
-    session.conn().set_timeout(Duration::from_millis(plan.fetch_max_wait_ms.max(0) as u64) + Duration::from_secs(30))?;
+    session.conn().set_timeout(
+        Duration::from_millis(plan.fetch_max_wait_ms.max(0) as u64) + Duration::from_secs(30),
+    )?;
     let mut positions = start_positions(&mut session, plan, index)?;
     control.report(&positions);
     let _ = ready.send(Ok(()));
@@ -182,9 +199,16 @@ fn consume(
         let arrived_ns = clock.now_ns();
         let arrived_unix = clock.unix_base_ns + arrived_ns;
         for (partition, error, set) in sets {
-            let Some(pos) = positions.iter_mut().find(|(p, _)| *p == partition) else { continue };
+            let Some(pos) = positions.iter_mut().find(|(p, _)| *p == partition) else {
+                continue;
+            };
             if error != 0 {
-                meter.with(|c| c.error(0, format!("fetch {}/{partition}: {}", plan.topic, code_name(error))));
+                meter.with(|c| {
+                    c.error(
+                        0,
+                        format!("fetch {}/{partition}: {}", plan.topic, code_name(error)),
+                    )
+                });
                 continue;
             }
             let set_bytes = set.len() as u64;
@@ -201,7 +225,13 @@ fn consume(
                 if plan.e2e && !stamps.is_empty() {
                     for &unix in &stamps {
                         let due = unix.saturating_sub(clock.unix_base_ns);
-                        c.record(due, arrived_ns, Some(arrived_unix.saturating_sub(unix)), per_record, &window);
+                        c.record(
+                            due,
+                            arrived_ns,
+                            Some(arrived_unix.saturating_sub(unix)),
+                            per_record,
+                            &window,
+                        );
                     }
                 } else {
                     // No due times to go by: count what arrives inside the window.
@@ -224,34 +254,55 @@ fn commit(m: &mut Member, plan: &ConsumerPlan, positions: &[(i32, i64)]) -> Resu
     if positions.is_empty() {
         return Ok(());
     }
-    let (group, generation, member) = (m.group().to_string(), m.generation(), m.member_id().to_string());
-    m.conn().offset_commit(&group, generation, &member, &plan.topic, positions)
+    let (group, generation, member) = (
+        m.group().to_string(),
+        m.generation(),
+        m.member_id().to_string(),
+    );
+    m.conn()
+        .offset_commit(&group, generation, &member, &plan.topic, positions)
 }
 
 /// This consumer's partitions and where it starts in each: the committed offset in a group,
 /// otherwise the earliest or latest offset.
-fn start_positions(session: &mut Session, plan: &ConsumerPlan, index: u32) -> Result<Vec<(i32, i64)>, String> {
+fn start_positions(
+    session: &mut Session,
+    plan: &ConsumerPlan,
+    index: u32,
+) -> Result<Vec<(i32, i64)>, String> {
     let (partitions, committed) = match session {
         Session::Group(m) => {
             let assigned = m.assigned().to_vec();
             let group = m.group().to_string();
-            let committed = if assigned.is_empty() { Vec::new() } else { m.conn().offset_fetch(&group, &plan.topic, &assigned)? };
+            let committed = if assigned.is_empty() {
+                Vec::new()
+            } else {
+                m.conn().offset_fetch(&group, &plan.topic, &assigned)?
+            };
             (assigned, committed)
         }
         Session::Plain(_) => {
-            let mine: Vec<i32> = (0..plan.partitions).filter(|p| *p as u32 % plan.consumers == index).collect();
+            let mine: Vec<i32> = (0..plan.partitions)
+                .filter(|p| *p as u32 % plan.consumers == index)
+                .collect();
             (mine, Vec::new())
         }
     };
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let reset = session.conn().list_offsets(&plan.topic, &partitions, if plan.from_earliest { -2 } else { -1 })?;
+    let reset = session.conn().list_offsets(
+        &plan.topic,
+        &partitions,
+        if plan.from_earliest { -2 } else { -1 },
+    )?;
     Ok(reset
         .into_iter()
-        .map(|(p, o)| match committed.iter().find(|(q, c)| *q == p && *c >= 0) {
-            Some(&(_, c)) => (p, c),
-            None => (p, o),
-        })
+        .map(
+            |(p, o)| match committed.iter().find(|(q, c)| *q == p && *c >= 0) {
+                Some(&(_, c)) => (p, c),
+                None => (p, o),
+            },
+        )
         .collect())
 }

@@ -63,7 +63,11 @@ pub fn find_max(base: &Workload, args: &FindMaxArgs, opts: &RunOptions) -> Resul
     }
     steps.push(step(&probe, None, "probe".into()));
 
-    let mut offered_rates: Vec<f64> = args.fractions.iter().map(|f| (f * probe_rate).round().max(1.0)).collect();
+    let mut offered_rates: Vec<f64> = args
+        .fractions
+        .iter()
+        .map(|f| (f * probe_rate).round().max(1.0))
+        .collect();
     offered_rates.dedup();
     let mut last_pass: Option<f64> = None;
     let mut first_fail: Option<f64> = None;
@@ -100,7 +104,12 @@ pub fn find_max(base: &Workload, args: &FindMaxArgs, opts: &RunOptions) -> Resul
     })
 }
 
-fn fixed_step(w: &Workload, rate: f64, target_us: f64, opts: &RunOptions) -> Result<(bool, Step, RunResult), String> {
+fn fixed_step(
+    w: &Workload,
+    rate: f64,
+    target_us: f64,
+    opts: &RunOptions,
+) -> Result<(bool, Step, RunResult), String> {
     let mut w = w.clone();
     w.rate = format!("{rate}");
     eprintln!("find-max: offering {rate:.0} msg/s for {} s", w.duration_s);
@@ -110,7 +119,14 @@ fn fixed_step(w: &Workload, rate: f64, target_us: f64, opts: &RunOptions) -> Res
     let (pass, verdict) = if achieved < MIN_ACHIEVED_RATIO * rate {
         (false, format!("achieved {achieved:.0} of {rate:.0} msg/s"))
     } else if p99.is_some_and(|p| p > target_us) {
-        (false, format!("p99 {:.2} ms over the {:.2} ms target", p99.unwrap_or(0.0) / 1000.0, target_us / 1000.0))
+        (
+            false,
+            format!(
+                "p99 {:.2} ms over the {:.2} ms target",
+                p99.unwrap_or(0.0) / 1000.0,
+                target_us / 1000.0
+            ),
+        )
     } else {
         (true, "pass".to_string())
     };

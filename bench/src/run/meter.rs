@@ -15,8 +15,13 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Clock { start: Instant::now(), unix_base_ns: unix.as_nanos() as u64 }
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Clock {
+            start: Instant::now(),
+            unix_base_ns: unix.as_nanos() as u64,
+        }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -82,7 +87,14 @@ impl Counts {
     }
 
     /// One record due at `due_ns` done at `done_ns` (latency None: not measured, e.g. acks=0).
-    pub fn record(&mut self, due_ns: u64, done_ns: u64, latency_ns: Option<u64>, bytes: u64, window: &Window) {
+    pub fn record(
+        &mut self,
+        due_ns: u64,
+        done_ns: u64,
+        latency_ns: Option<u64>,
+        bytes: u64,
+        window: &Window,
+    ) {
         if window.contains(done_ns) {
             self.done_messages += 1;
             self.done_bytes += bytes;

@@ -136,10 +136,18 @@ pub struct RunOptions {
 const CONSUMER_DRAIN: Duration = Duration::from_secs(10);
 
 /// Creates `topic` with `configs` if needed and returns its partition count.
-pub fn prepare_topic(brokers: &str, topic: &str, partitions: i32, configs: &BTreeMap<String, String>) -> Result<i32, String> {
+pub fn prepare_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<i32, String> {
     let mut conn = Conn::connect(brokers)?;
     conn.set_timeout(Duration::from_secs(30))?;
-    let configs: Vec<(String, String)> = configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let configs: Vec<(String, String)> = configs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if !conn.create_topic(topic, partitions, &configs)? && !configs.is_empty() {
         eprintln!("strom-bench: topic {topic} exists already; it keeps its own configs (--topic-config applies to new topics)");
     }
@@ -173,13 +181,19 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     let mut topics = Vec::new();
     for name in w.topic_names() {
         let partitions = prepare_topic(&opts.brokers, &name, w.partitions, &w.topic_configs)?;
-        topics.push(TopicRun { name, partitions, control: Arc::new(ConsumerControl::new(partitions)) });
+        topics.push(TopicRun {
+            name,
+            partitions,
+            control: Arc::new(ConsumerControl::new(partitions)),
+        });
     }
     let controls: Vec<Arc<ConsumerControl>> = topics.iter().map(|t| t.control.clone()).collect();
     let rate = w.rate()?;
     let broker = match opts.broker_pid {
         BrokerPid::Find => BrokerProcess::find(&opts.brokers),
-        BrokerPid::Pid(pid) => Some(BrokerProcess::new(pid).ok_or_else(|| format!("no process {pid}"))?),
+        BrokerPid::Pid(pid) => {
+            Some(BrokerProcess::new(pid).ok_or_else(|| format!("no process {pid}"))?)
+        }
     };
     let catch_up = w.producers == 0;
 
@@ -216,19 +230,30 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(stop_consumers(&controls, consumers, e)),
             Err(_) => {
-                let e = format!("the consumers did not get their partitions within {} s", CONSUMER_SETUP.as_secs());
+                let e = format!(
+                    "the consumers did not get their partitions within {} s",
+                    CONSUMER_SETUP.as_secs()
+                );
                 return Err(stop_consumers(&controls, consumers, e));
             }
         }
     }
     let ends_at_start = if catch_up {
-        Some(topics.iter().map(|t| t.end_offsets(&opts.brokers)).collect::<Result<Vec<_>, _>>()?)
+        Some(
+            topics
+                .iter()
+                .map(|t| t.end_offsets(&opts.brokers))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     } else {
         None
     };
 
     let clock = Clock::new();
-    let window = Window { from_ns: (w.warmup_s * 1e9) as u64, to_ns: ((w.warmup_s + w.duration_s) * 1e9) as u64 };
+    let window = Window {
+        from_ns: (w.warmup_s * 1e9) as u64,
+        to_ns: ((w.warmup_s + w.duration_s) * 1e9) as u64,
+    };
     let _ = go.set((clock, window));
     let mut producers = Vec::new();
     let producers_total = w.producers * topics.len() as u32;
@@ -278,14 +303,21 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
             window_start = Some(sampler.sample());
         }
         let caught_up = w.consumers == 0
-            || ends_at_stop.as_ref().is_some_and(|ends| topics.iter().zip(ends).all(|(t, e)| t.control.reached(e)));
+            || ends_at_stop
+                .as_ref()
+                .is_some_and(|ends| topics.iter().zip(ends).all(|(t, e)| t.control.reached(e)));
         if window_end.is_none() && (now >= window.to_ns || (catch_up && caught_up)) {
             window_end = Some(sampler.sample());
         }
         let producers_done = producers.iter().all(Producer::is_finished);
         if window_end.is_some() && producers_done {
             if ends_at_stop.is_none() {
-                ends_at_stop = Some(topics.iter().map(|t| t.end_offsets(&opts.brokers)).collect::<Result<Vec<_>, _>>()?);
+                ends_at_stop = Some(
+                    topics
+                        .iter()
+                        .map(|t| t.end_offsets(&opts.brokers))
+                        .collect::<Result<Vec<_>, _>>()?,
+                );
                 drain_deadline = Some(now + CONSUMER_DRAIN.as_nanos() as u64);
             }
             if caught_up || drain_deadline.is_some_and(|d| now >= d) || catch_up {
@@ -302,7 +334,9 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
         if window_end.is_none() {
             wake = wake.min(window.to_ns);
         }
-        std::thread::sleep(Duration::from_nanos(wake.saturating_sub(now).clamp(100_000, 20_000_000)));
+        std::thread::sleep(Duration::from_nanos(
+            wake.saturating_sub(now).clamp(100_000, 20_000_000),
+        ));
         if clock.now_ns() >= next_tick {
             sampler.tick(&producers, &consumers);
             next_tick += 1_000_000_000;
@@ -325,15 +359,34 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     let measured_s = (window_end.at_s - window_start.at_s).max(1e-3);
     let (produced, publish_latency) = summarize(&producer_meters, measured_s);
     let (consumed, e2e_latency) = summarize(&consumer_meters, measured_s);
-    let gib_in = (w.producers > 0).then(|| produced.bytes as f64 / GIB).filter(|g| *g > 0.0);
-    let gib_out = (w.consumers > 0).then(|| consumed.bytes as f64 / GIB).filter(|g| *g > 0.0);
-    let rss_max = sampler.timeline.iter().filter_map(|p| p.broker_rss_mib).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let gib_in = (w.producers > 0)
+        .then(|| produced.bytes as f64 / GIB)
+        .filter(|g| *g > 0.0);
+    let gib_out = (w.consumers > 0)
+        .then(|| consumed.bytes as f64 / GIB)
+        .filter(|g| *g > 0.0);
+    let rss_max = sampler
+        .timeline
+        .iter()
+        .filter_map(|p| p.broker_rss_mib)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     let broker_use = match (window_start.broker, window_end.broker) {
         (Some(a), Some(b)) => Some(process_use(a, b, measured_s, gib_in, gib_out, rss_max)),
         _ => None,
     };
-    let mut client_use = process_use(window_start.client, window_end.client, measured_s, gib_in, gib_out, None);
-    (client_use.rss_mib_start, client_use.rss_mib_end, client_use.rss_mib_max) = (None, None, None);
+    let mut client_use = process_use(
+        window_start.client,
+        window_end.client,
+        measured_s,
+        gib_in,
+        gib_out,
+        None,
+    );
+    (
+        client_use.rss_mib_start,
+        client_use.rss_mib_end,
+        client_use.rss_mib_max,
+    ) = (None, None, None);
     Ok(RunResult {
         offered_messages_per_s: match rate {
             Rate::Max => None,
@@ -363,7 +416,14 @@ fn mib(bytes: u64) -> f64 {
     round3(bytes as f64 / (1u64 << 20) as f64)
 }
 
-fn process_use(a: ProcessSample, b: ProcessSample, wall_s: f64, gib_in: Option<f64>, gib_out: Option<f64>, rss_max: Option<f64>) -> ProcessUse {
+fn process_use(
+    a: ProcessSample,
+    b: ProcessSample,
+    wall_s: f64,
+    gib_in: Option<f64>,
+    gib_out: Option<f64>,
+    rss_max: Option<f64>,
+) -> ProcessUse {
     let cpu = (b.cpu_s - a.cpu_s).max(0.0);
     ProcessUse {
         cpu_s: round3(cpu),
@@ -372,7 +432,12 @@ fn process_use(a: ProcessSample, b: ProcessSample, wall_s: f64, gib_in: Option<f
         cpu_pct: (1000.0 * cpu / wall_s).round() / 10.0,
         rss_mib_start: Some(mib(a.rss_bytes)),
         rss_mib_end: Some(mib(b.rss_bytes)),
-        rss_mib_max: Some(rss_max.unwrap_or(0.0).max(mib(a.rss_bytes)).max(mib(b.rss_bytes))),
+        rss_mib_max: Some(
+            rss_max
+                .unwrap_or(0.0)
+                .max(mib(a.rss_bytes))
+                .max(mib(b.rss_bytes)),
+        ),
     }
 }
 
@@ -390,7 +455,11 @@ fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<i64>, 
     Ok(ends)
 }
 
-fn stop_consumers(controls: &[Arc<ConsumerControl>], consumers: Vec<Consumer>, error: String) -> String {
+fn stop_consumers(
+    controls: &[Arc<ConsumerControl>],
+    consumers: Vec<Consumer>,
+    error: String,
+) -> String {
     for c in controls {
         c.stop.store(true, Ordering::Relaxed);
     }
@@ -411,7 +480,14 @@ fn stop_producers(producers: Vec<Producer>, error: String) -> String {
 /// Sums the threads' window counters.
 fn summarize(meters: &[Arc<Meter>], measured_s: f64) -> (Flow, Option<Latency>) {
     let mut h = histogram();
-    let mut flow = Flow { messages: 0, bytes: 0, messages_per_s: 0.0, mb_per_s: 0.0, errors: 0, last_error: None };
+    let mut flow = Flow {
+        messages: 0,
+        bytes: 0,
+        messages_per_s: 0.0,
+        mb_per_s: 0.0,
+        errors: 0,
+        last_error: None,
+    };
     for m in meters {
         m.with(|c| {
             let _ = h.add(&c.total);
@@ -440,7 +516,10 @@ fn take_sample(broker: Option<&BrokerProcess>, clock: Clock) -> Sample {
     Sample {
         at_s: clock.now_ns() as f64 / 1e9,
         broker: broker.and_then(BrokerProcess::sample),
-        client: ProcessSample { cpu_s: sysinfo::own_cpu_s(), rss_bytes: 0 },
+        client: ProcessSample {
+            cpu_s: sysinfo::own_cpu_s(),
+            rss_bytes: 0,
+        },
     }
 }
 
@@ -456,7 +535,13 @@ struct Sampler {
 impl Sampler {
     fn new(broker: Option<BrokerProcess>, progress: bool, clock: Clock) -> Sampler {
         let last = take_sample(broker.as_ref(), clock);
-        Sampler { broker, progress, clock, last, timeline: Vec::new() }
+        Sampler {
+            broker,
+            progress,
+            clock,
+            last,
+            timeline: Vec::new(),
+        }
     }
 
     fn sample(&self) -> Sample {
@@ -480,7 +565,9 @@ impl Sampler {
             let _ = ch.add(&h);
             cb += b;
         }
-        let q = |h: &Histogram<u64>, q: f64| (!h.is_empty()).then(|| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0);
+        let q = |h: &Histogram<u64>, q: f64| {
+            (!h.is_empty()).then(|| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0)
+        };
         let point = Point {
             t_s: round3(now.at_s),
             produce_messages_per_s: (pm as f64 / dt).round(),
@@ -500,7 +587,10 @@ impl Sampler {
             client_cpu_pct: ((now.client.cpu_s - last.client.cpu_s) / dt * 1000.0).round() / 10.0,
         };
         if self.progress {
-            eprintln!("{}", progress_line(&point, !producers.is_empty(), !consumers.is_empty()));
+            eprintln!(
+                "{}",
+                progress_line(&point, !producers.is_empty(), !consumers.is_empty())
+            );
         }
         self.timeline.push(point);
     }
@@ -530,7 +620,10 @@ fn progress_line(p: &Point, produce: bool, consume: bool) -> String {
         }
     }
     if let Some(cpu) = p.broker_cpu_pct {
-        line += &format!("  broker cpu {cpu:.0}% rss {:.0} MiB", p.broker_rss_mib.unwrap_or(0.0));
+        line += &format!(
+            "  broker cpu {cpu:.0}% rss {:.0} MiB",
+            p.broker_rss_mib.unwrap_or(0.0)
+        );
     }
     line + &format!("  client cpu {:.0}%", p.client_cpu_pct)
 }

@@ -8,8 +8,8 @@
 //! fill therefore counts, as it would for an application calling `produce()` on schedule.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -77,7 +77,11 @@ impl Producer {
                 result
             })
             .map_err(|e| format!("starting a producer thread: {e}"))?;
-        Ok(Producer { writer, stop, meter })
+        Ok(Producer {
+            writer,
+            stop,
+            meter,
+        })
     }
 
     /// Ends generation early; what is queued is still sent.
@@ -91,7 +95,9 @@ impl Producer {
 
     /// Waits for the producer to send everything and get every answer.
     pub fn join(self) -> Result<(), String> {
-        self.writer.join().map_err(|_| "a producer thread panicked".to_string())?
+        self.writer
+            .join()
+            .map_err(|_| "a producer thread panicked".to_string())?
     }
 }
 
@@ -133,7 +139,10 @@ impl Partitioner {
             }
         };
         key_bytes(key, &mut self.key_buf);
-        (Some(key), records::partition_for_key(&self.key_buf, self.partitions))
+        (
+            Some(key),
+            records::partition_for_key(&self.key_buf, self.partitions),
+        )
     }
 
     fn batch_sent(&mut self, partition: i32) {
@@ -158,7 +167,9 @@ impl<'a> Accumulator<'a> {
     fn new(plan: &'a ProducerPlan, index: u32) -> Accumulator<'a> {
         Accumulator {
             plan,
-            open: (0..plan.partitions).map(|_| PendingBatch::default()).collect(),
+            open: (0..plan.partitions)
+                .map(|_| PendingBatch::default())
+                .collect(),
             full: VecDeque::new(),
             partitioner: Partitioner::new(plan.keys, plan.partitions, index),
             records: 0,
@@ -184,13 +195,23 @@ impl<'a> Accumulator<'a> {
         if !self.full.is_empty() {
             return 0;
         }
-        self.open.iter().filter(|b| !b.is_empty()).map(|b| b.due_ns[0] + self.plan.linger_ns).min().unwrap_or(u64::MAX)
+        self.open
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.due_ns[0] + self.plan.linger_ns)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// The encoded batches of the next request, and the due times of their records: full
     /// batches first, then open ones that lingered long enough (all of them with `flush_all`).
     #[allow(clippy::type_complexity)]
-    fn take_ready(&mut self, now: u64, flush_all: bool, clock: Clock) -> Result<(Vec<(i32, Bytes)>, Vec<(i32, Vec<u64>)>), String> {
+    fn take_ready(
+        &mut self,
+        now: u64,
+        flush_all: bool,
+        clock: Clock,
+    ) -> Result<(Vec<(i32, Bytes)>, Vec<(i32, Vec<u64>)>), String> {
         let mut taken: Vec<(i32, PendingBatch)> = Vec::new();
         let mut i = 0;
         while i < self.full.len() {
@@ -202,7 +223,10 @@ impl<'a> Accumulator<'a> {
         }
         for (p, open) in self.open.iter_mut().enumerate() {
             let p = p as i32;
-            let ready = !open.is_empty() && (flush_all || open.bytes >= self.plan.batch_bytes || open.due_ns[0] + self.plan.linger_ns <= now);
+            let ready = !open.is_empty()
+                && (flush_all
+                    || open.bytes >= self.plan.batch_bytes
+                    || open.due_ns[0] + self.plan.linger_ns <= now);
             if ready && !taken.iter().any(|(q, _)| *q == p) {
                 taken.push((p, std::mem::take(open)));
                 self.partitioner.batch_sent(p);
@@ -212,7 +236,14 @@ impl<'a> Accumulator<'a> {
         let mut dues = Vec::with_capacity(taken.len());
         for (p, b) in taken {
             self.records -= b.due_ns.len();
-            let encoded = records::encode(&b, self.plan.message_bytes, &self.plan.payload, clock.unix_base_ns, clock.unix_ms(now), self.plan.compression)?;
+            let encoded = records::encode(
+                &b,
+                self.plan.message_bytes,
+                &self.plan.payload,
+                clock.unix_base_ns,
+                clock.unix_ms(now),
+                self.plan.compression,
+            )?;
             parts.push((p, encoded));
             dues.push((p, b.due_ns));
         }
@@ -259,7 +290,8 @@ fn write_loop(
             inflight -= 1;
         }
         let now = clock.now_ns();
-        let generating = now < plan.end_ns && generated < plan.max_messages && !stop.load(Ordering::Relaxed);
+        let generating =
+            now < plan.end_ns && generated < plan.max_messages && !stop.load(Ordering::Relaxed);
         // Generate what is due: on schedule, or (max rate) a batch's worth when a slot is free.
         if generating {
             match plan.rate {
@@ -314,7 +346,11 @@ fn write_loop(
             continue;
         }
         let timeout = if inflight >= plan.max_inflight || wake == u64::MAX {
-            if plan.acks == 0 { Duration::from_micros(100) } else { DRAIN_TIMEOUT }
+            if plan.acks == 0 {
+                Duration::from_micros(100)
+            } else {
+                DRAIN_TIMEOUT
+            }
         } else {
             Duration::from_nanos(wake - now)
         };
@@ -325,7 +361,10 @@ fn write_loop(
         match ack_rx.recv_timeout(timeout) {
             Ok(()) => inflight -= 1,
             Err(RecvTimeoutError::Timeout) if inflight >= plan.max_inflight => {
-                break Err(format!("no Produce response within {} s", DRAIN_TIMEOUT.as_secs()))
+                break Err(format!(
+                    "no Produce response within {} s",
+                    DRAIN_TIMEOUT.as_secs()
+                ))
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break Err(reader_error(meter)),
@@ -333,7 +372,9 @@ fn write_loop(
     };
     drop(info_tx);
     if let Some(r) = reader {
-        let read = r.join().map_err(|_| "a producer reader thread panicked".to_string())?;
+        let read = r
+            .join()
+            .map_err(|_| "a producer reader thread panicked".to_string())?;
         result.clone()?;
         read?;
     }
@@ -341,7 +382,9 @@ fn write_loop(
 }
 
 fn reader_error(meter: &Meter) -> String {
-    meter.with(|c| c.last_error.clone()).unwrap_or_else(|| "the response reader stopped".to_string())
+    meter
+        .with(|c| c.last_error.clone())
+        .unwrap_or_else(|| "the response reader stopped".to_string())
 }
 
 fn send(
@@ -365,7 +408,9 @@ fn send(
         });
         return Ok(());
     }
-    info_tx.send(InFlight { id, parts: dues }).map_err(|_| reader_error(meter))
+    info_tx
+        .send(InFlight { id, parts: dues })
+        .map_err(|_| reader_error(meter))
 }
 
 fn read_loop(
@@ -388,9 +433,16 @@ fn read_loop(
         let now = clock.now_ns();
         meter.with(|c| {
             for (partition, due) in &req.parts {
-                let error = errors.iter().find(|(p, _)| p == partition).map_or(-1, |&(_, e)| e);
+                let error = errors
+                    .iter()
+                    .find(|(p, _)| p == partition)
+                    .map_or(-1, |&(_, e)| e);
                 if error != 0 {
-                    let what = if error < 0 { "no answer".to_string() } else { code_name(error) };
+                    let what = if error < 0 {
+                        "no answer".to_string()
+                    } else {
+                        code_name(error)
+                    };
                     c.error(due.len() as u64, format!("partition {partition}: {what}"));
                     continue;
                 }

@@ -84,8 +84,14 @@ pub fn encode(
         }
         let key_len = k.map_or(-1, |_| key.len() as i64);
         // attributes, timestamp delta 0, offset delta, key, value, no headers
-        let body_len = 1 + varint_len(0) + varint_len(i as i64) + varint_len(key_len) + key_len.max(0) as usize
-            + varint_len(value_bytes as i64) + value_bytes + varint_len(0);
+        let body_len = 1
+            + varint_len(0)
+            + varint_len(i as i64)
+            + varint_len(key_len)
+            + key_len.max(0) as usize
+            + varint_len(value_bytes as i64)
+            + value_bytes
+            + varint_len(0);
         put_varint(&mut buf, body_len as i64);
         buf.put_i8(0);
         put_varint(&mut buf, 0);
@@ -146,8 +152,15 @@ fn encode_with_library(
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression })
-        .map_err(|e| format!("encoding a {compression:?} batch: {e}"))?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| format!("encoding a {compression:?} batch: {e}"))?;
     Ok(buf.freeze())
 }
 
@@ -183,10 +196,13 @@ pub fn walk(records: &Bytes, mut stamp: impl FnMut(u64)) -> Result<Walked, Strin
                 walk_plain(&b[BATCH_HEADER_BYTES..len], &mut stamp)?;
             } else {
                 let mut batch = records.slice(pos..pos + len);
-                let decoded = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("decoding a fetched batch: {e}"))?;
+                let decoded = RecordBatchDecoder::decode(&mut batch)
+                    .map_err(|e| format!("decoding a fetched batch: {e}"))?;
                 for r in decoded.records {
                     if let Some(v) = r.value.as_ref().filter(|v| v.len() >= STAMP_BYTES) {
-                        stamp(u64::from_be_bytes(v[..STAMP_BYTES].try_into().expect("8 bytes")));
+                        stamp(u64::from_be_bytes(
+                            v[..STAMP_BYTES].try_into().expect("8 bytes"),
+                        ));
                     }
                 }
             }
@@ -216,7 +232,9 @@ fn walk_plain(mut b: &[u8], stamp: &mut impl FnMut(u64)) -> Result<(), String> {
         let (value_len, n) = get_varint(r).ok_or_else(bad)?;
         r = &r[n..];
         if value_len >= STAMP_BYTES as i64 && r.len() >= STAMP_BYTES {
-            stamp(u64::from_be_bytes(r[..STAMP_BYTES].try_into().expect("8 bytes")));
+            stamp(u64::from_be_bytes(
+                r[..STAMP_BYTES].try_into().expect("8 bytes"),
+            ));
         }
     }
     Ok(())
@@ -318,23 +336,48 @@ mod tests {
     fn plain_batches_round_trip_through_the_library_decoder_and_the_walker() {
         let fill = payload(1024);
         for keyed in [false, true] {
-            let b = encode(&pending(5, keyed), 100, &fill, 7_000_000, 1_700_000_000_000, Compression::None).unwrap();
+            let b = encode(
+                &pending(5, keyed),
+                100,
+                &fill,
+                7_000_000,
+                1_700_000_000_000,
+                Compression::None,
+            )
+            .unwrap();
             let decoded = RecordBatchDecoder::decode(&mut b.clone()).unwrap();
             assert_eq!(decoded.records.len(), 5);
             assert_eq!(decoded.records[2].offset, 2);
             assert_eq!(decoded.records[1].value.as_ref().unwrap().len(), 100);
-            assert_eq!(decoded.records[1].key.as_deref(), keyed.then_some(&b"key-1"[..]));
+            assert_eq!(
+                decoded.records[1].key.as_deref(),
+                keyed.then_some(&b"key-1"[..])
+            );
             let mut stamps = Vec::new();
             let w = walk(&b, |ns| stamps.push(ns)).unwrap();
-            assert_eq!(w, Walked { records: 5, next_offset: Some(5) });
-            assert_eq!(stamps, vec![7_001_000, 7_001_001, 7_001_002, 7_001_003, 7_001_004]);
+            assert_eq!(
+                w,
+                Walked {
+                    records: 5,
+                    next_offset: Some(5)
+                }
+            );
+            assert_eq!(
+                stamps,
+                vec![7_001_000, 7_001_001, 7_001_002, 7_001_003, 7_001_004]
+            );
         }
     }
 
     #[test]
     fn compressed_batches_are_walked_too() {
         let fill = payload(1024);
-        for c in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for c in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let b = encode(&pending(4, true), 200, &fill, 0, 1, c).unwrap();
             let mut stamps = Vec::new();
             let w = walk(&b, |ns| stamps.push(ns)).unwrap();
@@ -361,6 +404,9 @@ mod tests {
         assert_eq!(murmur2(b"foobar") as i32, -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
     }
 }

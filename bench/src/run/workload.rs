@@ -120,12 +120,20 @@ impl Workload {
         if self.topics <= 1 {
             return vec![self.topic.clone()];
         }
-        (0..self.topics).map(|i| format!("{}-{i}", self.topic)).collect()
+        (0..self.topics)
+            .map(|i| format!("{}-{i}", self.topic))
+            .collect()
     }
 
     /// The consumer group of the `i`th topic, if consumers use groups.
     pub fn group_of(&self, i: usize) -> Option<String> {
-        self.group.as_ref().map(|g| if self.topics <= 1 { g.clone() } else { format!("{g}-{i}") })
+        self.group.as_ref().map(|g| {
+            if self.topics <= 1 {
+                g.clone()
+            } else {
+                format!("{g}-{i}")
+            }
+        })
     }
 
     /// Checks every field, so a bad workload fails before anything is sent.
@@ -133,27 +141,63 @@ impl Workload {
         self.rate()?;
         self.keys()?;
         super::records::compression_from_name(&self.compression)?;
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("workload: {what}")) };
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("workload: {what}"))
+            }
+        };
         check(!self.topic.is_empty(), "topic must not be empty")?;
         check(self.partitions >= 1, "partitions must be at least 1")?;
-        check(self.producers + self.consumers >= 1, "needs at least one producer or consumer")?;
+        check(
+            self.producers + self.consumers >= 1,
+            "needs at least one producer or consumer",
+        )?;
         check((1..=1000).contains(&self.topics), "topics must be 1..=1000")?;
         check(
             self.topics * self.producers <= 256 && self.topics * self.consumers <= 256,
             "at most 256 producers and 256 consumers over all topics",
         )?;
-        check(matches!(self.consume_from.as_str(), "latest" | "earliest"), "consume_from is latest or earliest")?;
-        check((8..=64 * 1024 * 1024).contains(&self.message_bytes), "message_bytes must be 8..=64 MiB (8 carry the send time)")?;
+        check(
+            matches!(self.consume_from.as_str(), "latest" | "earliest"),
+            "consume_from is latest or earliest",
+        )?;
+        check(
+            (8..=64 * 1024 * 1024).contains(&self.message_bytes),
+            "message_bytes must be 8..=64 MiB (8 carry the send time)",
+        )?;
         check(matches!(self.acks, -1..=1), "acks is 0, 1 or -1")?;
-        check(self.linger_ms >= 0.0 && self.linger_ms <= 60_000.0, "linger_ms must be 0..=60000")?;
+        check(
+            self.linger_ms >= 0.0 && self.linger_ms <= 60_000.0,
+            "linger_ms must be 0..=60000",
+        )?;
         check(self.batch_bytes >= 1, "batch_bytes must be positive")?;
-        check((1..=1024).contains(&self.max_inflight), "max_inflight must be 1..=1024")?;
-        check(self.warmup_s >= 0.0 && self.duration_s > 0.0, "duration_s must be positive, warmup_s not negative")?;
-        check(self.warmup_s + self.duration_s <= 24.0 * 3600.0, "a run lasts at most 24 hours")?;
+        check(
+            (1..=1024).contains(&self.max_inflight),
+            "max_inflight must be 1..=1024",
+        )?;
+        check(
+            self.warmup_s >= 0.0 && self.duration_s > 0.0,
+            "duration_s must be positive, warmup_s not negative",
+        )?;
+        check(
+            self.warmup_s + self.duration_s <= 24.0 * 3600.0,
+            "a run lasts at most 24 hours",
+        )?;
         check(self.max_messages >= 1, "max_messages must be positive")?;
-        check(self.fetch_partition_max_bytes >= 1 && self.fetch_max_bytes >= 1, "fetch sizes must be positive")?;
-        check(self.topic_configs.keys().all(|k| !k.trim().is_empty()), "topic config names must not be empty")?;
-        let compacted = self.topic_configs.get("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
+        check(
+            self.fetch_partition_max_bytes >= 1 && self.fetch_max_bytes >= 1,
+            "fetch sizes must be positive",
+        )?;
+        check(
+            self.topic_configs.keys().all(|k| !k.trim().is_empty()),
+            "topic config names must not be empty",
+        )?;
+        let compacted = self
+            .topic_configs
+            .get("cleanup.policy")
+            .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
         check(
             !(compacted && self.producers > 0 && self.keys == "none"),
             "cleanup.policy=compact needs keyed records (--keys random:N or round-robin:N)",
@@ -167,8 +211,16 @@ pub fn parse_rate(s: &str, message_bytes: usize) -> Result<Rate, String> {
     if s.eq_ignore_ascii_case("max") {
         return Ok(Rate::Max);
     }
-    let bad = || format!("rate {s:?}: use max, messages per second (50000) or bytes per second (100MB/s, 64MiB/s)");
-    let units = [("MiB/s", 1024.0 * 1024.0), ("KiB/s", 1024.0), ("MB/s", 1e6), ("KB/s", 1e3), ("B/s", 1.0)];
+    let bad = || {
+        format!("rate {s:?}: use max, messages per second (50000) or bytes per second (100MB/s, 64MiB/s)")
+    };
+    let units = [
+        ("MiB/s", 1024.0 * 1024.0),
+        ("KiB/s", 1024.0),
+        ("MB/s", 1e6),
+        ("KB/s", 1e3),
+        ("B/s", 1.0),
+    ];
     let (number, bytes_per_unit) = units
         .iter()
         .find_map(|(suffix, scale)| s.strip_suffix(suffix).map(|n| (n, Some(*scale))))
@@ -187,37 +239,52 @@ pub fn parse_rate(s: &str, message_bytes: usize) -> Result<Rate, String> {
 pub fn parse_topic_config(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("topic config {s:?}: use KEY=VALUE, e.g. cleanup.policy=compact")),
+        _ => Err(format!(
+            "topic config {s:?}: use KEY=VALUE, e.g. cleanup.policy=compact"
+        )),
     }
 }
 
 /// `topic_configs` of a workload file: a table whose values are strings, numbers or booleans,
 /// or a list of "key=value" strings.
-fn topic_configs_from_table_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+fn topic_configs_from_table_or_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
     use serde::de::Error;
     use serde_json::Value;
     let scalar = |k: &str, v: Value| match v {
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(D::Error::custom(format!("topic_configs: the value of {k:?} must be a string, number or boolean"))),
+        _ => Err(D::Error::custom(format!(
+            "topic_configs: the value of {k:?} must be a string, number or boolean"
+        ))),
     };
     match Value::deserialize(d)? {
-        Value::Object(table) => table.into_iter().map(|(k, v)| scalar(&k, v).map(|v| (k, v))).collect(),
+        Value::Object(table) => table
+            .into_iter()
+            .map(|(k, v)| scalar(&k, v).map(|v| (k, v)))
+            .collect(),
         Value::Array(list) => {
             let mut out = BTreeMap::new();
             for item in list {
                 let Value::String(s) = item else {
-                    return Err(D::Error::custom("topic_configs: a list holds \"key=value\" strings"));
+                    return Err(D::Error::custom(
+                        "topic_configs: a list holds \"key=value\" strings",
+                    ));
                 };
                 let (k, v) = parse_topic_config(&s).map_err(D::Error::custom)?;
                 if out.insert(k.clone(), v).is_some() {
-                    return Err(D::Error::custom(format!("topic_configs: {k} is given twice")));
+                    return Err(D::Error::custom(format!(
+                        "topic_configs: {k} is given twice"
+                    )));
                 }
             }
             Ok(out)
         }
-        _ => Err(D::Error::custom("topic_configs: a table of config names to values, or a list of \"key=value\" strings")),
+        _ => Err(D::Error::custom(
+            "topic_configs: a table of config names to values, or a list of \"key=value\" strings",
+        )),
     }
 }
 
@@ -265,16 +332,37 @@ mod tests {
 
     #[test]
     fn a_workload_file_overrides_defaults_and_rejects_unknown_fields() {
-        let w = Workload::from_toml("partitions = 6\nproducers = 2\nrate = \"10MB/s\"\nkeys = \"random:100\"\n").unwrap();
+        let w = Workload::from_toml(
+            "partitions = 6\nproducers = 2\nrate = \"10MB/s\"\nkeys = \"random:100\"\n",
+        )
+        .unwrap();
         assert_eq!((w.partitions, w.producers, w.message_bytes), (6, 2, 1024));
         w.validate().unwrap();
-        assert!(Workload::from_toml("partitons = 6\n").unwrap_err().contains("partitons"));
-        let many = Workload { topics: 3, group: Some("g".into()), ..Default::default() };
-        assert_eq!(many.topic_names(), vec!["strom-bench-0", "strom-bench-1", "strom-bench-2"]);
+        assert!(Workload::from_toml("partitons = 6\n")
+            .unwrap_err()
+            .contains("partitons"));
+        let many = Workload {
+            topics: 3,
+            group: Some("g".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            many.topic_names(),
+            vec!["strom-bench-0", "strom-bench-1", "strom-bench-2"]
+        );
         assert_eq!(many.group_of(2).as_deref(), Some("g-2"));
         assert_eq!(Workload::default().topic_names(), vec!["strom-bench"]);
-        assert!(Workload { topics: 100, producers: 3, ..Default::default() }.validate().is_err());
-        let bad = Workload { acks: 2, ..Default::default() };
+        assert!(Workload {
+            topics: 100,
+            producers: 3,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        let bad = Workload {
+            acks: 2,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
     }
 
@@ -282,19 +370,37 @@ mod tests {
     fn topic_configs_come_as_a_table_or_a_list() {
         let table = "keys = \"random:10\"\ntopic_configs = { \"cleanup.policy\" = \"compact\", \"segment.bytes\" = 65536 }\n";
         let w = Workload::from_toml(table).unwrap();
-        assert_eq!(w.topic_configs.get("cleanup.policy").map(String::as_str), Some("compact"));
-        assert_eq!(w.topic_configs.get("segment.bytes").map(String::as_str), Some("65536"));
+        assert_eq!(
+            w.topic_configs.get("cleanup.policy").map(String::as_str),
+            Some("compact")
+        );
+        assert_eq!(
+            w.topic_configs.get("segment.bytes").map(String::as_str),
+            Some("65536")
+        );
         w.validate().unwrap();
-        let list = Workload::from_toml("topic_configs = [\"retention.bytes=1048576\", \"cleanup.policy = delete\"]\n").unwrap();
+        let list = Workload::from_toml(
+            "topic_configs = [\"retention.bytes=1048576\", \"cleanup.policy = delete\"]\n",
+        )
+        .unwrap();
         assert_eq!(list.topic_configs.len(), 2);
         assert_eq!(list.topic_configs["cleanup.policy"], "delete");
-        assert!(Workload::from_toml("topic_configs = [\"nonsense\"]\n").unwrap_err().contains("KEY=VALUE"));
-        assert!(Workload::from_toml("topic_configs = [\"a=1\", \"a=2\"]\n").unwrap_err().contains("twice"));
+        assert!(Workload::from_toml("topic_configs = [\"nonsense\"]\n")
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!(Workload::from_toml("topic_configs = [\"a=1\", \"a=2\"]\n")
+            .unwrap_err()
+            .contains("twice"));
         assert!(Workload::from_toml("topic_configs = { a = [1] }\n").is_err());
         // A compacted topic refuses records without a key: caught before the run starts.
-        let unkeyed = Workload::from_toml("topic_configs = { \"cleanup.policy\" = \"compact,delete\" }\n").unwrap();
+        let unkeyed =
+            Workload::from_toml("topic_configs = { \"cleanup.policy\" = \"compact,delete\" }\n")
+                .unwrap();
         assert!(unkeyed.validate().unwrap_err().contains("keyed records"));
-        assert_eq!(parse_topic_config("segment.bytes=1048576"), Ok(("segment.bytes".into(), "1048576".into())));
+        assert_eq!(
+            parse_topic_config("segment.bytes=1048576"),
+            Ok(("segment.bytes".into(), "1048576".into()))
+        );
         assert!(parse_topic_config("=5").is_err());
     }
 }

@@ -25,16 +25,22 @@ pub enum HeadError {
 
 /// Where the request head ends (index just past the blank line), if it is complete.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
 }
 
 /// Parses a complete request head.
 pub fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
-    let text = std::str::from_utf8(head).map_err(|_| HeadError::Malformed("request head is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(head).map_err(|_| HeadError::Malformed("request head is not UTF-8"))?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let line = lines.next().unwrap_or("");
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(HeadError::Malformed("bad request line"));
     };
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -53,7 +59,10 @@ pub fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
         }
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Ok(Request { method: method.to_string(), path: path.to_string() })
+    Ok(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+    })
 }
 
 /// A complete response with `Connection: close`.
@@ -88,7 +97,13 @@ mod tests {
     #[test]
     fn parses_request_lines() {
         let r = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n").unwrap();
-        assert_eq!(r, Request { method: "GET".into(), path: "/metrics".into() });
+        assert_eq!(
+            r,
+            Request {
+                method: "GET".into(),
+                path: "/metrics".into()
+            }
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost"), None);
         assert!(parse_head(b"GET /\r\n\r\n").is_err());
@@ -102,6 +117,10 @@ mod tests {
     fn responses_carry_length_and_close() {
         let r = String::from_utf8(response(404, "text/plain", b"nope", None)).unwrap();
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"));
-        assert!(r.contains("Content-Length: 4\r\n") && r.contains("Connection: close\r\n") && r.ends_with("\r\n\r\nnope"));
+        assert!(
+            r.contains("Content-Length: 4\r\n")
+                && r.contains("Connection: close\r\n")
+                && r.ends_with("\r\n\r\nnope")
+        );
     }
 }

@@ -48,8 +48,13 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
 
 /// Starts serving the listener `serve` bound, on this shard.
 pub fn spawn(shard: &Rc<Shard>, listener: &std::net::TcpListener) -> Result<(), String> {
-    let addr = listener.local_addr().map_err(|e| format!("admin listener: {e}"))?;
-    let fd = listener.try_clone().map_err(|e| format!("admin listener: {e}"))?.into_raw_fd();
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let fd = listener
+        .try_clone()
+        .map_err(|e| format!("admin listener: {e}"))?
+        .into_raw_fd();
     // SAFETY: `fd` is a duplicate of a listening TCP socket that nothing else owns.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     tracing::info!("admin HTTP server listening on {addr}");
@@ -86,8 +91,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> {
     let timeout = Some(Duration::from_millis(REQUEST_READ_TIMEOUT_MS));
-    stream.set_read_timeout(timeout).map_err(|e| std::io::Error::other(e.to_string()))?;
-    stream.set_write_timeout(timeout).map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head = loop {
@@ -102,7 +111,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
             Ok(0) => break Err(HeadError::Malformed("connection closed mid-request")),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let _ = stream.write_all(&http::response(408, "text/plain", b"request timeout\n", None)).await;
+                let _ = stream
+                    .write_all(&http::response(
+                        408,
+                        "text/plain",
+                        b"request timeout\n",
+                        None,
+                    ))
+                    .await;
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -111,8 +127,15 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
     };
     let out = match head.map(|h| h.to_vec()).and_then(|h| http::parse_head(&h)) {
         Ok(req) => route(shard, &req.method, &req.path).await,
-        Err(HeadError::TooLarge) => http::response(431, "text/plain", b"request head too large\n", None),
-        Err(HeadError::Malformed(why)) => http::response(400, "text/plain", format!("bad request: {why}\n").as_bytes(), None),
+        Err(HeadError::TooLarge) => {
+            http::response(431, "text/plain", b"request head too large\n", None)
+        }
+        Err(HeadError::Malformed(why)) => http::response(
+            400,
+            "text/plain",
+            format!("bad request: {why}\n").as_bytes(),
+            None,
+        ),
     };
     stream.write_all(&out).await?;
     stream.flush().await?;

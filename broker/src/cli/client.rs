@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strom_client::conn::{code, topic_name};
 use strom_client::{code_name, Conn};
@@ -33,17 +35,36 @@ impl Client {
     pub fn connect(common: &Common) -> Result<Client, String> {
         let timeout = Duration::from_millis(common.timeout_ms.max(1));
         let mut errors = Vec::new();
-        for addr in common.brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        for addr in common
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
             match Conn::connect_timeout(addr, timeout, CLIENT_ID) {
                 Ok(mut conn) => {
-                    let resp: ApiVersionsResponse = conn.request(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())?;
+                    let resp: ApiVersionsResponse =
+                        conn.request(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())?;
                     if resp.error_code != 0 {
-                        return Err(format!("ApiVersions from {addr}: {}", code_name(resp.error_code)));
+                        return Err(format!(
+                            "ApiVersions from {addr}: {}",
+                            code_name(resp.error_code)
+                        ));
                     }
-                    let versions = resp.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+                    let versions = resp
+                        .api_keys
+                        .iter()
+                        .map(|k| (k.api_key, (k.min_version, k.max_version)))
+                        .collect();
                     let mut conns = HashMap::new();
                     conns.insert(addr.to_string(), conn);
-                    return Ok(Client { timeout, bootstrap: addr.to_string(), conns, versions, brokers: BTreeMap::new() });
+                    return Ok(Client {
+                        timeout,
+                        bootstrap: addr.to_string(),
+                        conns,
+                        versions,
+                        brokers: BTreeMap::new(),
+                    });
                 }
                 Err(e) => errors.push(e),
             }
@@ -86,7 +107,10 @@ impl Client {
             Some(a) => a.clone(),
             None => {
                 self.metadata(Some(&[]))?;
-                self.brokers.get(&node).cloned().ok_or_else(|| format!("broker {node} is not in the cluster metadata"))?
+                self.brokers
+                    .get(&node)
+                    .cloned()
+                    .ok_or_else(|| format!("broker {node} is not in the cluster metadata"))?
             }
         };
         self.conn_to(&addr)
@@ -125,18 +149,28 @@ impl Client {
                 .collect()
         });
         let resp: MetadataResponse = self.call(None, ApiKey::Metadata, METADATA, &req)?;
-        self.brokers = resp.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port))).collect();
+        self.brokers = resp
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+            .collect();
         Ok(resp)
     }
 
     /// Partition → leader of `topic`; a clear error when it does not exist.
     pub fn leaders(&mut self, topic: &str) -> Result<BTreeMap<i32, i32>, String> {
         let resp = self.metadata(Some(&[topic.to_string()]))?;
-        let t = resp.topics.first().ok_or_else(|| format!("topic {topic}: not in the Metadata response"))?;
+        let t = resp
+            .topics
+            .first()
+            .ok_or_else(|| format!("topic {topic}: not in the Metadata response"))?;
         if t.error_code != 0 {
             return Err(topic_error(topic, t.error_code));
         }
-        Ok(t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0)).collect())
+        Ok(t.partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect())
     }
 
     /// The node coordinating `group`, waiting (within the timeout) while it loads.
@@ -151,17 +185,29 @@ impl Client {
                     self.brokers.insert(c.node_id, addr);
                     return Ok(c.node_id);
                 }
-                code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS if Instant::now() < deadline => {
+                code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS
+                    if Instant::now() < deadline =>
+                {
                     std::thread::sleep(RETRY_BACKOFF)
                 }
-                e => return Err(format!("finding the coordinator of group {group}: {}", code_name(e))),
+                e => {
+                    return Err(format!(
+                        "finding the coordinator of group {group}: {}",
+                        code_name(e)
+                    ))
+                }
             }
         }
     }
 
     /// ListOffsets at `timestamp` (-1 latest, -2 earliest, else ms) for every partition of
     /// `topic` in `leaders`, asking each leader for its own: partition → offset (-1: none).
-    pub fn offsets(&mut self, topic: &str, leaders: &BTreeMap<i32, i32>, timestamp: i64) -> Result<BTreeMap<i32, i64>, String> {
+    pub fn offsets(
+        &mut self,
+        topic: &str,
+        leaders: &BTreeMap<i32, i32>,
+        timestamp: i64,
+    ) -> Result<BTreeMap<i32, i64>, String> {
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for (&p, &l) in leaders {
             by_leader.entry(l).or_default().push(p);
@@ -171,7 +217,10 @@ impl Client {
             if leader < 0 {
                 return Err(format!("{topic}: partitions {parts:?} have no leader"));
             }
-            for (p, o) in self.conn_to_node(leader)?.list_offsets(topic, &parts, timestamp)? {
+            for (p, o) in self
+                .conn_to_node(leader)?
+                .list_offsets(topic, &parts, timestamp)?
+            {
                 out.insert(p, o);
             }
         }

@@ -29,13 +29,28 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
     let m = c.metadata(None)?;
     let topics = m.topics.iter().filter(|t| !t.is_internal).count();
     let internal = m.topics.len() - topics;
-    let partitions: usize = m.topics.iter().filter(|t| !t.is_internal).map(|t| t.partitions.len()).sum();
-    let cluster_id = m.cluster_id.as_ref().map(|s| s.to_string()).unwrap_or_default();
+    let partitions: usize = m
+        .topics
+        .iter()
+        .filter(|t| !t.is_internal)
+        .map(|t| t.partitions.len())
+        .sum();
+    let cluster_id = m
+        .cluster_id
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     let controller = m.controller_id.0;
     let apis: Vec<(String, i16, i16)> = c
         .api_versions()
         .iter()
-        .map(|(k, (lo, hi))| (ApiKey::try_from(*k).map_or(format!("api {k}"), |a| format!("{a:?}")), *lo, *hi))
+        .map(|(k, (lo, hi))| {
+            (
+                ApiKey::try_from(*k).map_or(format!("api {k}"), |a| format!("{a:?}")),
+                *lo,
+                *hi,
+            )
+        })
         .collect();
     match cmd.common.format {
         Format::Json => print_json(&json!({
@@ -51,8 +66,20 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
         })),
         Format::Table => {
             print_table(
-                &["CLUSTER-ID", "CONTROLLER", "BROKERS", "TOPICS", "PARTITIONS"],
-                &[vec![cluster_id, controller.to_string(), m.brokers.len().to_string(), topics.to_string(), partitions.to_string()]],
+                &[
+                    "CLUSTER-ID",
+                    "CONTROLLER",
+                    "BROKERS",
+                    "TOPICS",
+                    "PARTITIONS",
+                ],
+                &[vec![
+                    cluster_id,
+                    controller.to_string(),
+                    m.brokers.len().to_string(),
+                    topics.to_string(),
+                    partitions.to_string(),
+                ]],
             );
             println!();
             print_table(
@@ -65,7 +92,11 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
                             b.host.to_string(),
                             b.port.to_string(),
                             b.rack.as_ref().map_or("-".into(), |r| r.to_string()),
-                            if b.node_id.0 == controller { "yes".into() } else { "no".into() },
+                            if b.node_id.0 == controller {
+                                "yes".into()
+                            } else {
+                                "no".into()
+                            },
                         ]
                     })
                     .collect::<Vec<_>>(),
@@ -74,7 +105,10 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
                 println!();
                 print_table(
                     &["API", "MIN-VERSION", "MAX-VERSION"],
-                    &apis.iter().map(|(n, lo, hi)| vec![n.clone(), lo.to_string(), hi.to_string()]).collect::<Vec<_>>(),
+                    &apis
+                        .iter()
+                        .map(|(n, lo, hi)| vec![n.clone(), lo.to_string(), hi.to_string()])
+                        .collect::<Vec<_>>(),
                 );
             }
         }

@@ -68,7 +68,12 @@ fn parse_start(s: &str) -> Result<Start, String> {
         "end" | "latest" | "newest" => Start::End,
         _ if s.starts_with('@') => Start::Time(parse_datetime_ms(&s[1..])?),
         _ if s.starts_with('-') => Start::FromEnd(s[1..].parse().map_err(|_| bad_offset(s))?),
-        _ => Start::At(s.parse::<i64>().ok().filter(|o| *o >= 0).ok_or_else(|| bad_offset(s))?),
+        _ => Start::At(
+            s.parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .ok_or_else(|| bad_offset(s))?,
+        ),
     })
 }
 
@@ -90,18 +95,36 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
     let mut leaders = client.leaders(&args.topic)?;
     for p in &args.partitions {
         if !leaders.contains_key(p) {
-            return Err(format!("topic {} has no partition {p} (it has {})", args.topic, leaders.len()));
+            return Err(format!(
+                "topic {} has no partition {p} (it has {})",
+                args.topic,
+                leaders.len()
+            ));
         }
     }
     if !args.partitions.is_empty() {
         leaders.retain(|p, _| args.partitions.contains(p));
     }
-    let mut out = Output { format: args.common.format, template, topic: args.topic.clone(), printed: 0, limit: args.num };
+    let mut out = Output {
+        format: args.common.format,
+        template,
+        topic: args.topic.clone(),
+        printed: 0,
+        limit: args.num,
+    };
     let mut member = match &args.group {
         Some(g) => Some(join(&mut client, g, &args.topic, leaders.len() as i32)?),
         None => None,
     };
-    let result = consume(&mut client, &mut member, &args, start, &mut leaders, &mut out, &stop);
+    let result = consume(
+        &mut client,
+        &mut member,
+        &args,
+        start,
+        &mut leaders,
+        &mut out,
+        &stop,
+    );
     if let Some(m) = member.as_mut() {
         // Leaving lets the rest of the group take the partitions over at once.
         let _ = m.leave();
@@ -111,9 +134,16 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
 
 fn join(client: &mut Client, group: &str, topic: &str, partitions: i32) -> Result<Member, String> {
     let coordinator = client.coordinator(group)?;
-    let addr = client.brokers.get(&coordinator).cloned().ok_or("the coordinator has no address")?;
+    let addr = client
+        .brokers
+        .get(&coordinator)
+        .cloned()
+        .ok_or("the coordinator has no address")?;
     let deadline = Instant::now() + client.timeout + Duration::from_secs(30);
-    let timeouts = GroupTimeouts { session_ms: 10_000, rebalance_ms: 30_000 };
+    let timeouts = GroupTimeouts {
+        session_ms: 10_000,
+        rebalance_ms: 30_000,
+    };
     let mut m = Member::connect(&addr, group, topic, partitions, timeouts, deadline)?;
     m.join_and_sync(deadline)?;
     Ok(m)
@@ -137,8 +167,11 @@ fn positions(
             }
         }
     }
-    let missing: BTreeMap<i32, i32> =
-        parts.iter().filter(|p| !pos.contains_key(p)).filter_map(|p| leaders.get(p).map(|l| (*p, *l))).collect();
+    let missing: BTreeMap<i32, i32> = parts
+        .iter()
+        .filter(|p| !pos.contains_key(p))
+        .filter_map(|p| leaders.get(p).map(|l| (*p, *l)))
+        .collect();
     if missing.is_empty() {
         return Ok(pos);
     }
@@ -149,13 +182,17 @@ fn positions(
         Start::FromEnd(n) => {
             let begin = client.offsets(topic, &missing, -2)?;
             let end = client.offsets(topic, &missing, -1)?;
-            end.iter().map(|(p, e)| (*p, (e - n).max(begin[p]))).collect()
+            end.iter()
+                .map(|(p, e)| (*p, (e - n).max(begin[p])))
+                .collect()
         }
         Start::Time(t) => {
             let end = client.offsets(topic, &missing, -1)?;
             let at = client.offsets(topic, &missing, t)?;
             // No record at or after the time: start at the end.
-            at.iter().map(|(p, o)| (*p, if *o < 0 { end[p] } else { *o })).collect()
+            at.iter()
+                .map(|(p, o)| (*p, if *o < 0 { end[p] } else { *o }))
+                .collect()
         }
     };
     pos.extend(resolved);
@@ -180,7 +217,11 @@ fn consume(
     };
     let mut parts = assigned(member, leaders);
     let mut pos = positions(client, member, topic, leaders, &parts, start)?;
-    let ends = if args.exit_at_end { Some(client.offsets(topic, leaders, -1)?) } else { None };
+    let ends = if args.exit_at_end {
+        Some(client.offsets(topic, leaders, -1)?)
+    } else {
+        None
+    };
     let mut committed: BTreeMap<i32, i64> = pos.clone();
     let mut last_heartbeat = Instant::now();
     let mut last_commit = Instant::now();
@@ -191,7 +232,10 @@ fn consume(
             break;
         }
         if let Some(ends) = &ends {
-            if parts.iter().all(|p| pos.get(p).copied().unwrap_or(0) >= ends.get(p).copied().unwrap_or(0)) {
+            if parts
+                .iter()
+                .all(|p| pos.get(p).copied().unwrap_or(0) >= ends.get(p).copied().unwrap_or(0))
+            {
                 break;
             }
         }
@@ -227,12 +271,21 @@ fn consume(
         }
         let mut refresh = false;
         for (leader, fetch) in by_leader {
-            let sets = client.conn_to_node(leader)?.fetch_sets(topic, &fetch, FETCH_MAX_WAIT_MS, PARTITION_MAX_BYTES, FETCH_MAX_BYTES)?;
+            let sets = client.conn_to_node(leader)?.fetch_sets(
+                topic,
+                &fetch,
+                FETCH_MAX_WAIT_MS,
+                PARTITION_MAX_BYTES,
+                FETCH_MAX_BYTES,
+            )?;
             for (p, error, records) in sets {
                 match error {
                     0 => {}
                     OFFSET_OUT_OF_RANGE => {
-                        return Err(format!("offset {} is out of range for {topic}/{p}", pos.get(&p).copied().unwrap_or(-1)))
+                        return Err(format!(
+                            "offset {} is out of range for {topic}/{p}",
+                            pos.get(&p).copied().unwrap_or(-1)
+                        ))
                     }
                     // Leadership or metadata moved: look the leaders up again.
                     3 | 6 | 74 | 75 => {
@@ -266,7 +319,9 @@ fn consume(
         if refresh {
             std::thread::sleep(Duration::from_millis(100));
             let fresh = client.leaders(topic)?;
-            leaders.iter_mut().for_each(|(p, l)| *l = fresh.get(p).copied().unwrap_or(*l));
+            leaders
+                .iter_mut()
+                .for_each(|(p, l)| *l = fresh.get(p).copied().unwrap_or(*l));
         }
     }
     let _ = w.flush();
@@ -277,14 +332,27 @@ fn consume(
 }
 
 /// Commits the positions that moved since the last commit.
-fn commit(m: &mut Member, topic: &str, pos: &BTreeMap<i32, i64>, committed: &mut BTreeMap<i32, i64>) -> Result<(), String> {
-    let moved: Vec<(i32, i64)> =
-        pos.iter().filter(|(p, o)| committed.get(p) != Some(o) && m.assigned().contains(p)).map(|(p, o)| (*p, *o)).collect();
+fn commit(
+    m: &mut Member,
+    topic: &str,
+    pos: &BTreeMap<i32, i64>,
+    committed: &mut BTreeMap<i32, i64>,
+) -> Result<(), String> {
+    let moved: Vec<(i32, i64)> = pos
+        .iter()
+        .filter(|(p, o)| committed.get(p) != Some(o) && m.assigned().contains(p))
+        .map(|(p, o)| (*p, *o))
+        .collect();
     if moved.is_empty() {
         return Ok(());
     }
-    let (group, generation, member_id) = (m.group().to_string(), m.generation(), m.member_id().to_string());
-    m.conn().offset_commit(&group, generation, &member_id, topic, &moved)?;
+    let (group, generation, member_id) = (
+        m.group().to_string(),
+        m.generation(),
+        m.member_id().to_string(),
+    );
+    m.conn()
+        .offset_commit(&group, generation, &member_id, topic, &moved)?;
     committed.extend(moved);
     Ok(())
 }
@@ -306,7 +374,9 @@ impl Output {
     fn write(&mut self, w: &mut impl Write, partition: i32, r: &InRecord) -> Result<bool, String> {
         let ok = match self.format {
             Format::Json => {
-                let text = |b: &Option<bytes::Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+                let text = |b: &Option<bytes::Bytes>| {
+                    b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+                };
                 let v = json!({
                     "topic": self.topic,
                     "partition": partition,
@@ -406,7 +476,13 @@ impl Template {
         Template(pieces)
     }
 
-    fn render(&self, w: &mut impl Write, topic: &str, partition: i32, r: &InRecord) -> std::io::Result<()> {
+    fn render(
+        &self,
+        w: &mut impl Write,
+        topic: &str,
+        partition: i32,
+        r: &InRecord,
+    ) -> std::io::Result<()> {
         let bytes = |b: &Option<bytes::Bytes>| b.as_ref().map_or(&[][..], |b| &b[..]).to_vec();
         for piece in &self.0 {
             match piece {
@@ -418,7 +494,9 @@ impl Template {
                 Piece::Value => w.write_all(&bytes(&r.value))?,
                 Piece::Timestamp => write!(w, "{}", r.timestamp)?,
                 Piece::KeySize => write!(w, "{}", r.key.as_ref().map_or(-1, |k| k.len() as i64))?,
-                Piece::ValueSize => write!(w, "{}", r.value.as_ref().map_or(-1, |v| v.len() as i64))?,
+                Piece::ValueSize => {
+                    write!(w, "{}", r.value.as_ref().map_or(-1, |v| v.len() as i64))?
+                }
                 Piece::Headers => {
                     for (i, (k, v)) in r.headers.iter().enumerate() {
                         if i > 0 {
@@ -460,7 +538,12 @@ mod tests {
             headers: vec![("a".into(), Some("1".into())), ("b".into(), None)],
         };
         let mut out = Vec::new();
-        Template::parse("%t/%p@%o %k=%v %T [%h] %K %S 100%% %x\\t\\n").render(&mut out, "t", 2, &r).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "t/2@7 k=v 1234 [a=1,b=] 1 1 100% %x\t\n");
+        Template::parse("%t/%p@%o %k=%v %T [%h] %K %S 100%% %x\\t\\n")
+            .render(&mut out, "t", 2, &r)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "t/2@7 k=v 1234 [a=1,b=] 1 1 100% %x\t\n"
+        );
     }
 }

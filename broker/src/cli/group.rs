@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    ApiKey, ConsumerProtocolAssignment, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse,
+    ApiKey, ConsumerProtocolAssignment, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
 };
 use kafka_protocol::protocol::Decodable;
 use serde_json::{json, Value};
@@ -82,7 +84,17 @@ pub fn run(cmd: GroupCmd) -> Result<(), String> {
         GroupAction::List => list(&mut c, format),
         GroupAction::Describe { groups } => describe(&mut c, format, &groups),
         GroupAction::Delete { groups } => delete(&mut c, format, &groups),
-        GroupAction::ResetOffsets { group, topics, all_topics, to_earliest, to_latest, to_offset, to_datetime, shift_by, dry_run } => {
+        GroupAction::ResetOffsets {
+            group,
+            topics,
+            all_topics,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_datetime,
+            shift_by,
+            dry_run,
+        } => {
             let to = if to_earliest {
                 Target::Earliest
             } else if to_latest {
@@ -100,15 +112,33 @@ pub fn run(cmd: GroupCmd) -> Result<(), String> {
 }
 
 fn list(c: &mut Client, format: Format) -> Result<(), String> {
-    let brokers: Vec<i32> = c.metadata(Some(&[]))?.brokers.iter().map(|b| b.node_id.0).collect();
+    let brokers: Vec<i32> = c
+        .metadata(Some(&[]))?
+        .brokers
+        .iter()
+        .map(|b| b.node_id.0)
+        .collect();
     let mut groups = Vec::new();
     for b in brokers {
-        let resp: ListGroupsResponse = c.call(Some(b), ApiKey::ListGroups, (0, 4), &ListGroupsRequest::default())?;
+        let resp: ListGroupsResponse = c.call(
+            Some(b),
+            ApiKey::ListGroups,
+            (0, 4),
+            &ListGroupsRequest::default(),
+        )?;
         if resp.error_code != 0 {
-            return Err(format!("ListGroups on broker {b}: {}", code_name(resp.error_code)));
+            return Err(format!(
+                "ListGroups on broker {b}: {}",
+                code_name(resp.error_code)
+            ));
         }
         for g in resp.groups {
-            groups.push((g.group_id.to_string(), g.group_state.to_string(), g.protocol_type.to_string(), b));
+            groups.push((
+                g.group_id.to_string(),
+                g.group_state.to_string(),
+                g.protocol_type.to_string(),
+                b,
+            ));
         }
     }
     groups.sort();
@@ -144,10 +174,22 @@ struct Described {
 fn describe_one(c: &mut Client, coordinator: i32, group: &str) -> Result<Described, String> {
     let mut req = DescribeGroupsRequest::default();
     req.groups = vec![GroupId(str_bytes(group))];
-    let resp: DescribeGroupsResponse = c.call(Some(coordinator), ApiKey::DescribeGroups, DESCRIBE_GROUPS, &req)?;
-    let g = resp.groups.into_iter().next().ok_or("DescribeGroups: no group in the response")?;
+    let resp: DescribeGroupsResponse = c.call(
+        Some(coordinator),
+        ApiKey::DescribeGroups,
+        DESCRIBE_GROUPS,
+        &req,
+    )?;
+    let g = resp
+        .groups
+        .into_iter()
+        .next()
+        .ok_or("DescribeGroups: no group in the response")?;
     if g.error_code != 0 {
-        return Err(format!("describing group {group}: {}", code_name(g.error_code)));
+        return Err(format!(
+            "describing group {group}: {}",
+            code_name(g.error_code)
+        ));
     }
     let members = g
         .members
@@ -159,7 +201,11 @@ fn describe_one(c: &mut Client, coordinator: i32, group: &str) -> Result<Describ
             assigned: assignment(m.member_assignment),
         })
         .collect();
-    Ok(Described { state: g.group_state.to_string(), protocol: g.protocol_data.to_string(), members })
+    Ok(Described {
+        state: g.group_state.to_string(),
+        protocol: g.protocol_data.to_string(),
+        members,
+    })
 }
 
 /// The (topic, partition) pairs of a consumer-protocol assignment; empty if it is not one.
@@ -168,27 +214,50 @@ fn assignment(mut b: Bytes) -> Vec<(String, i32)> {
         return Vec::new();
     }
     let version = b.get_i16().clamp(0, 3);
-    let Ok(a) = ConsumerProtocolAssignment::decode(&mut b, version) else { return Vec::new() };
-    a.assigned_partitions.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.to_string(), *p))).collect()
+    let Ok(a) = ConsumerProtocolAssignment::decode(&mut b, version) else {
+        return Vec::new();
+    };
+    a.assigned_partitions
+        .iter()
+        .flat_map(|tp| {
+            tp.partitions
+                .iter()
+                .map(move |p| (tp.topic.to_string(), *p))
+        })
+        .collect()
 }
 
 /// Every committed offset of `group`: topic → partition → offset.
-fn committed(c: &mut Client, coordinator: i32, group: &str) -> Result<BTreeMap<String, BTreeMap<i32, i64>>, String> {
+fn committed(
+    c: &mut Client,
+    coordinator: i32,
+    group: &str,
+) -> Result<BTreeMap<String, BTreeMap<i32, i64>>, String> {
     let mut g = OffsetFetchRequestGroup::default();
     g.group_id = GroupId(str_bytes(group));
     g.topics = None;
     let mut req = OffsetFetchRequest::default();
     req.groups = vec![g];
-    let resp: OffsetFetchResponse = c.call(Some(coordinator), ApiKey::OffsetFetch, OFFSET_FETCH, &req)?;
-    let g = resp.groups.into_iter().next().ok_or("OffsetFetch: no group in the response")?;
+    let resp: OffsetFetchResponse =
+        c.call(Some(coordinator), ApiKey::OffsetFetch, OFFSET_FETCH, &req)?;
+    let g = resp
+        .groups
+        .into_iter()
+        .next()
+        .ok_or("OffsetFetch: no group in the response")?;
     if g.error_code != 0 {
-        return Err(format!("reading the offsets of group {group}: {}", code_name(g.error_code)));
+        return Err(format!(
+            "reading the offsets of group {group}: {}",
+            code_name(g.error_code)
+        ));
     }
     let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for t in g.topics {
         for p in t.partitions {
             if p.error_code == 0 && p.committed_offset >= 0 {
-                out.entry(t.name.to_string()).or_default().insert(p.partition_index, p.committed_offset);
+                out.entry(t.name.to_string())
+                    .or_default()
+                    .insert(p.partition_index, p.committed_offset);
             }
         }
     }
@@ -214,7 +283,12 @@ fn describe(c: &mut Client, format: Format, groups: &[String]) -> Result<(), Str
             }
         }
         let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-        let topics: Vec<String> = rows.keys().map(|(t, _)| t.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let topics: Vec<String> = rows
+            .keys()
+            .map(|(t, _)| t.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         for t in topics {
             // A topic deleted since the commit has no end to compare with.
             if let Ok(leaders) = c.leaders(&t) {
@@ -286,7 +360,8 @@ fn delete(c: &mut Client, format: Format, groups: &[String]) -> Result<(), Strin
         let coordinator = c.coordinator(group)?;
         let mut req = DeleteGroupsRequest::default();
         req.groups_names = vec![GroupId(str_bytes(group))];
-        let resp: DeleteGroupsResponse = c.call(Some(coordinator), ApiKey::DeleteGroups, (0, 2), &req)?;
+        let resp: DeleteGroupsResponse =
+            c.call(Some(coordinator), ApiKey::DeleteGroups, (0, 2), &req)?;
         let code = resp.results.first().map_or(0, |r| r.error_code);
         rows.push((
             group.clone(),
@@ -309,7 +384,15 @@ fn delete(c: &mut Client, format: Format, groups: &[String]) -> Result<(), Strin
         )),
         Format::Table => print_table(
             &["GROUP", "STATUS"],
-            &rows.iter().map(|(g, r)| vec![g.clone(), r.clone().unwrap_or_else(|e| format!("ERROR: {e}"))]).collect::<Vec<_>>(),
+            &rows
+                .iter()
+                .map(|(g, r)| {
+                    vec![
+                        g.clone(),
+                        r.clone().unwrap_or_else(|e| format!("ERROR: {e}")),
+                    ]
+                })
+                .collect::<Vec<_>>(),
         ),
     }
     match rows.iter().find_map(|(_, r)| r.as_ref().err()) {
@@ -350,7 +433,9 @@ fn reset(
     let mut wanted: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     if all_topics {
         if current.is_empty() {
-            return Err(format!("group {group} has no committed offsets; name the topics with --topic"));
+            return Err(format!(
+                "group {group} has no committed offsets; name the topics with --topic"
+            ));
         }
         for (t, parts) in &current {
             wanted.insert(t.clone(), parts.keys().copied().collect());
@@ -361,7 +446,11 @@ fn reset(
             Some((t, ps)) => {
                 let parts = ps
                     .split(',')
-                    .map(|p| p.trim().parse::<i32>().map_err(|_| format!("bad partition list in {spec:?}")))
+                    .map(|p| {
+                        p.trim()
+                            .parse::<i32>()
+                            .map_err(|_| format!("bad partition list in {spec:?}"))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 (t.to_string(), Some(parts))
             }
@@ -371,7 +460,10 @@ fn reset(
         let parts = match parts {
             Some(ps) => {
                 if let Some(p) = ps.iter().find(|p| !leaders.contains_key(p)) {
-                    return Err(format!("topic {t} has no partition {p} (it has {})", leaders.len()));
+                    return Err(format!(
+                        "topic {t} has no partition {p} (it has {})",
+                        leaders.len()
+                    ));
                 }
                 ps
             }
@@ -382,7 +474,11 @@ fn reset(
     let mut plan: Vec<(String, i32, Option<i64>, i64)> = Vec::new();
     let mut progress = Progress::new();
     for (t, parts) in &wanted {
-        let leaders: BTreeMap<i32, i32> = c.leaders(t)?.into_iter().filter(|(p, _)| parts.contains(p)).collect();
+        let leaders: BTreeMap<i32, i32> = c
+            .leaders(t)?
+            .into_iter()
+            .filter(|(p, _)| parts.contains(p))
+            .collect();
         let start = c.offsets(t, &leaders, -2)?;
         let end = c.offsets(t, &leaders, -1)?;
         let at_time = match to {
@@ -396,7 +492,12 @@ fn reset(
                 Target::Earliest => lo,
                 Target::Latest => hi,
                 Target::Offset(o) => o,
-                Target::Time(_) => at_time.as_ref().and_then(|m| m.get(p)).copied().filter(|o| *o >= 0).unwrap_or(hi),
+                Target::Time(_) => at_time
+                    .as_ref()
+                    .and_then(|m| m.get(p))
+                    .copied()
+                    .filter(|o| *o >= 0)
+                    .unwrap_or(hi),
                 Target::Shift(n) => old.unwrap_or(lo) + n,
             };
             plan.push((t.clone(), *p, old, new.clamp(lo, hi)));
@@ -432,11 +533,17 @@ fn reset(
                 ot
             })
             .collect();
-        let resp: OffsetCommitResponse = c.call(Some(coordinator), ApiKey::OffsetCommit, OFFSET_COMMIT, &req)?;
+        let resp: OffsetCommitResponse =
+            c.call(Some(coordinator), ApiKey::OffsetCommit, OFFSET_COMMIT, &req)?;
         for t in &resp.topics {
             for p in &t.partitions {
                 if p.error_code != 0 {
-                    return Err(format!("committing {group} {}/{}: {}", t.name.as_str(), p.partition_index, code_name(p.error_code)));
+                    return Err(format!(
+                        "committing {group} {}/{}: {}",
+                        t.name.as_str(),
+                        p.partition_index,
+                        code_name(p.error_code)
+                    ));
                 }
             }
         }
@@ -453,7 +560,13 @@ fn reset(
                 &plan
                     .iter()
                     .map(|(t, p, old, new)| {
-                        vec![group.to_string(), t.clone(), p.to_string(), old.map_or("-".into(), |o| o.to_string()), new.to_string()]
+                        vec![
+                            group.to_string(),
+                            t.clone(),
+                            p.to_string(),
+                            old.map_or("-".into(), |o| o.to_string()),
+                            new.to_string(),
+                        ]
                     })
                     .collect::<Vec<_>>(),
             );

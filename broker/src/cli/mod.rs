@@ -22,7 +22,14 @@ pub use client::Client;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// Bootstrap brokers, comma-separated.
-    #[arg(short = 'b', long, global = true, env = "STROM_BROKERS", default_value = "127.0.0.1:9092", value_name = "HOST:PORT[,...]")]
+    #[arg(
+        short = 'b',
+        long,
+        global = true,
+        env = "STROM_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_name = "HOST:PORT[,...]"
+    )]
     pub brokers: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
@@ -71,7 +78,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 /// Prints `v` as pretty JSON.
 pub fn print_json(v: &Value) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
 }
 
 /// Parses `KEY=VALUE`.
@@ -97,7 +108,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Progress {
-        Progress { enabled: stderr_is_tty(), last: std::time::Instant::now(), drawn: false }
+        Progress {
+            enabled: stderr_is_tty(),
+            last: std::time::Instant::now(),
+            drawn: false,
+        }
     }
 
     pub fn update(&mut self, msg: impl FnOnce() -> String) {

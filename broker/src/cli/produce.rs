@@ -12,9 +12,9 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::records::Compression;
 use serde_json::json;
 use strom_client::batch::{self, compression_from_name, OutRecord};
+use strom_client::code_name;
 use strom_client::conn::topic_name;
 use strom_client::partitioner::partition_for_key;
-use strom_client::code_name;
 
 use super::{key_value, print_json, Client, Common, Format, Progress};
 
@@ -67,7 +67,8 @@ struct Producer<'a> {
 
 impl Producer<'_> {
     fn push(&mut self, partition: i32, r: OutRecord) -> Result<(), String> {
-        self.pending_bytes += r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + 16;
+        self.pending_bytes +=
+            r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + 16;
         let batch = self.pending.entry(partition).or_default();
         batch.push(r);
         if batch.len() >= BATCH_RECORDS || self.pending_bytes >= BATCH_BYTES {
@@ -82,7 +83,10 @@ impl Producer<'_> {
         self.pending_bytes = 0;
         let mut by_leader: BTreeMap<i32, Vec<(i32, Vec<OutRecord>)>> = BTreeMap::new();
         for (p, recs) in pending {
-            let leader = *self.leaders.get(&p).ok_or_else(|| format!("{}/{p}: no such partition", self.topic))?;
+            let leader = *self
+                .leaders
+                .get(&p)
+                .ok_or_else(|| format!("{}/{p}: no such partition", self.topic))?;
             by_leader.entry(leader).or_default().push((p, recs));
         }
         for (leader, parts) in by_leader {
@@ -106,10 +110,22 @@ impl Producer<'_> {
                 let resp: ProduceResponse = conn.recv(ApiKey::Produce, v, id)?;
                 for pr in resp.responses.iter().flat_map(|t| &t.partition_responses) {
                     if pr.error_code != 0 {
-                        let msg = pr.error_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
-                        return Err(format!("producing to {}/{}: {}{msg}", self.topic, pr.index, code_name(pr.error_code)));
+                        let msg = pr
+                            .error_message
+                            .as_ref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default();
+                        return Err(format!(
+                            "producing to {}/{}: {}{msg}",
+                            self.topic,
+                            pr.index,
+                            code_name(pr.error_code)
+                        ));
                     }
-                    let n = counts.iter().find(|(p, _)| *p == pr.index).map_or(0, |(_, n)| *n) as i64;
+                    let n = counts
+                        .iter()
+                        .find(|(p, _)| *p == pr.index)
+                        .map_or(0, |(_, n)| *n) as i64;
                     self.first_offset.entry(pr.index).or_insert(pr.base_offset);
                     self.last_offset.insert(pr.index, pr.base_offset + n - 1);
                 }
@@ -143,7 +159,10 @@ pub fn run(args: ProduceArgs) -> Result<(), String> {
     let partitions = leaders.len() as i32;
     if let Some(p) = args.partition {
         if !leaders.contains_key(&p) {
-            return Err(format!("topic {} has no partition {p} (it has {partitions})", args.topic));
+            return Err(format!(
+                "topic {} has no partition {p} (it has {partitions})",
+                args.topic
+            ));
         }
     }
     let mut producer = Producer {
@@ -166,7 +185,9 @@ pub fn run(args: ProduceArgs) -> Result<(), String> {
     let mut progress = Progress::new();
     loop {
         line.clear();
-        let n = input.read_until(b'\n', &mut line).map_err(|e| format!("reading stdin: {e}"))?;
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("reading stdin: {e}"))?;
         if n == 0 {
             break;
         }
@@ -182,7 +203,12 @@ pub fn run(args: ProduceArgs) -> Result<(), String> {
             (None, Some(k)) => partition_for_key(k, partitions),
             (None, None) => keyless_partition,
         };
-        let record = OutRecord { key, value: Some(value), headers: headers.clone(), timestamp: crate::now_ms() };
+        let record = OutRecord {
+            key,
+            value: Some(value),
+            headers: headers.clone(),
+            timestamp: crate::now_ms(),
+        };
         producer.push(partition, record)?;
         total += 1;
         // Nothing more buffered: send now rather than wait for a full batch.
@@ -194,7 +220,12 @@ pub fn run(args: ProduceArgs) -> Result<(), String> {
     }
     producer.flush()?;
     progress.finish();
-    let Producer { sent, first_offset, last_offset, .. } = producer;
+    let Producer {
+        sent,
+        first_offset,
+        last_offset,
+        ..
+    } = producer;
     match args.common.format {
         Format::Json => print_json(&json!({
             "topic": args.topic,
@@ -207,7 +238,11 @@ pub fn run(args: ProduceArgs) -> Result<(), String> {
             })).collect::<Vec<_>>(),
         })),
         Format::Table if !args.quiet => {
-            eprintln!("produced {total} record(s) to {} ({} partition(s))", args.topic, sent.len());
+            eprintln!(
+                "produced {total} record(s) to {} ({} partition(s))",
+                args.topic,
+                sent.len()
+            );
         }
         Format::Table => {}
     }
@@ -219,7 +254,10 @@ fn split_key(line: &[u8], sep: Option<&str>) -> (Option<Bytes>, Bytes) {
     if let Some(sep) = sep {
         let sep = sep.as_bytes();
         if let Some(i) = line.windows(sep.len()).position(|w| w == sep) {
-            return (Some(Bytes::copy_from_slice(&line[..i])), Bytes::copy_from_slice(&line[i + sep.len()..]));
+            return (
+                Some(Bytes::copy_from_slice(&line[..i])),
+                Bytes::copy_from_slice(&line[i + sep.len()..]),
+            );
         }
     }
     (None, Bytes::copy_from_slice(line))
@@ -231,9 +269,15 @@ mod tests {
 
     #[test]
     fn keys_split_at_the_first_separator() {
-        assert_eq!(split_key(b"k:v:w", Some(":")), (Some("k".into()), "v:w".into()));
+        assert_eq!(
+            split_key(b"k:v:w", Some(":")),
+            (Some("k".into()), "v:w".into())
+        );
         assert_eq!(split_key(b"novalue", Some(":")), (None, "novalue".into()));
-        assert_eq!(split_key(b"a::b", Some("::")), (Some("a".into()), "b".into()));
+        assert_eq!(
+            split_key(b"a::b", Some("::")),
+            (Some("a".into()), "b".into())
+        );
         assert_eq!(split_key(b"k:v", None), (None, "k:v".into()));
         assert_eq!(split_key(b":v", Some(":")), (Some("".into()), "v".into()));
     }

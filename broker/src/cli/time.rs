@@ -3,7 +3,9 @@
 /// Milliseconds since the Unix epoch for `s`: digits are taken as milliseconds already;
 /// otherwise `YYYY-MM-DD[THH:MM[:SS[.fff]]][Z|±HH:MM]` (UTC when no zone is given).
 pub fn parse_datetime_ms(s: &str) -> Result<i64, String> {
-    let bad = || format!("bad date-time {s:?}: expected Unix milliseconds or YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]");
+    let bad = || {
+        format!("bad date-time {s:?}: expected Unix milliseconds or YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]")
+    };
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().map_err(|_| bad());
@@ -85,14 +87,39 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(parse_datetime_ms("0").unwrap(), 0);
-        assert_eq!(parse_datetime_ms("1700000000123").unwrap(), 1_700_000_000_123);
+        assert_eq!(
+            parse_datetime_ms("1700000000123").unwrap(),
+            1_700_000_000_123
+        );
         assert_eq!(parse_datetime_ms("1970-01-01").unwrap(), 0);
-        assert_eq!(parse_datetime_ms("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
-        assert_eq!(parse_datetime_ms("2023-11-14T22:13:20.123").unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_datetime_ms("2023-11-15T00:13:20+02:00").unwrap(), 1_700_000_000_000);
-        assert_eq!(parse_datetime_ms("2023-11-14T21:13:20.5-0100").unwrap(), 1_700_000_000_500);
-        assert_eq!(parse_datetime_ms("2000-02-29T00:00").unwrap(), 951_782_400_000);
-        for bad in ["", "yesterday", "2023-13-01", "2023-11-14T25:00", "2023-11-14T10:00+1", "12ab"] {
+        assert_eq!(
+            parse_datetime_ms("2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_datetime_ms("2023-11-14T22:13:20.123").unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_datetime_ms("2023-11-15T00:13:20+02:00").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_datetime_ms("2023-11-14T21:13:20.5-0100").unwrap(),
+            1_700_000_000_500
+        );
+        assert_eq!(
+            parse_datetime_ms("2000-02-29T00:00").unwrap(),
+            951_782_400_000
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2023-13-01",
+            "2023-11-14T25:00",
+            "2023-11-14T10:00+1",
+            "12ab",
+        ] {
             assert!(parse_datetime_ms(bad).is_err(), "{bad}");
         }
     }

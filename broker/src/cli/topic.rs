@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse,
+    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 use serde_json::{json, Value};
 use strom_client::code_name;
@@ -83,7 +85,12 @@ pub enum TopicAction {
     AddPartitions {
         topic: String,
         /// Partitions to add.
-        #[arg(short, long, conflicts_with = "total", required_unless_present = "total")]
+        #[arg(
+            short,
+            long,
+            conflicts_with = "total",
+            required_unless_present = "total"
+        )]
         num: Option<i32>,
         /// The partition count to grow to.
         #[arg(short, long)]
@@ -95,14 +102,32 @@ pub fn run(cmd: TopicCmd) -> Result<(), String> {
     let mut c = Client::connect(&cmd.common)?;
     let format = cmd.common.format;
     match cmd.action {
-        TopicAction::Create { topics, partitions, replicas, config, if_not_exists } => {
-            create(&mut c, format, &topics, partitions, replicas, &config, if_not_exists)
-        }
+        TopicAction::Create {
+            topics,
+            partitions,
+            replicas,
+            config,
+            if_not_exists,
+        } => create(
+            &mut c,
+            format,
+            &topics,
+            partitions,
+            replicas,
+            &config,
+            if_not_exists,
+        ),
         TopicAction::List { internal } => list(&mut c, format, internal),
-        TopicAction::Describe { topic, all_configs } => describe(&mut c, format, &topic, all_configs),
+        TopicAction::Describe { topic, all_configs } => {
+            describe(&mut c, format, &topic, all_configs)
+        }
         TopicAction::Delete { topics } => delete(&mut c, format, &topics),
-        TopicAction::AlterConfig { topic, set, delete } => alter_config(&mut c, format, &topic, &set, &delete),
-        TopicAction::AddPartitions { topic, num, total } => add_partitions(&mut c, format, &topic, num, total),
+        TopicAction::AlterConfig { topic, set, delete } => {
+            alter_config(&mut c, format, &topic, &set, &delete)
+        }
+        TopicAction::AddPartitions { topic, num, total } => {
+            add_partitions(&mut c, format, &topic, num, total)
+        }
     }
 }
 
@@ -119,19 +144,39 @@ fn report(format: Format, rows: Vec<(String, Result<String, String>)>) -> Result
         )),
         Format::Table => print_table(
             &["TOPIC", "STATUS"],
-            &rows.iter().map(|(t, r)| vec![t.clone(), r.clone().unwrap_or_else(|e| format!("ERROR: {e}"))]).collect::<Vec<_>>(),
+            &rows
+                .iter()
+                .map(|(t, r)| {
+                    vec![
+                        t.clone(),
+                        r.clone().unwrap_or_else(|e| format!("ERROR: {e}")),
+                    ]
+                })
+                .collect::<Vec<_>>(),
         ),
     }
     let failed: Vec<&String> = rows.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     match failed.first() {
         None => Ok(()),
         Some(e) if failed.len() == 1 => Err((*e).clone()),
-        Some(e) => Err(format!("{} of {} topics failed; first: {e}", failed.len(), rows.len())),
+        Some(e) => Err(format!(
+            "{} of {} topics failed; first: {e}",
+            failed.len(),
+            rows.len()
+        )),
     }
 }
 
-fn error_text(topic: &str, code: i16, message: Option<&kafka_protocol::protocol::StrBytes>) -> String {
-    let base = if code == 3 { topic_error(topic, code) } else { format!("topic {topic}: {}", code_name(code)) };
+fn error_text(
+    topic: &str,
+    code: i16,
+    message: Option<&kafka_protocol::protocol::StrBytes>,
+) -> String {
+    let base = if code == 3 {
+        topic_error(topic, code)
+    } else {
+        format!("topic {topic}: {}", code_name(code))
+    };
     match message {
         Some(m) if !m.is_empty() => format!("{base}: {m}"),
         _ => base,
@@ -147,7 +192,10 @@ fn create(
     config: &[String],
     if_not_exists: bool,
 ) -> Result<(), String> {
-    let configs = config.iter().map(|s| key_value(s)).collect::<Result<Vec<_>, _>>()?;
+    let configs = config
+        .iter()
+        .map(|s| key_value(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut req = CreateTopicsRequest::default();
     req.timeout_ms = c.timeout.as_millis() as i32;
     req.topics = topics
@@ -170,7 +218,8 @@ fn create(
         })
         .collect();
     let controller = controller(c)?;
-    let resp: CreateTopicsResponse = c.call(Some(controller), ApiKey::CreateTopics, (2, 5), &req)?;
+    let resp: CreateTopicsResponse =
+        c.call(Some(controller), ApiKey::CreateTopics, (2, 5), &req)?;
     let rows = resp
         .topics
         .iter()
@@ -192,7 +241,11 @@ fn create(
 fn controller(c: &mut Client) -> Result<i32, String> {
     let m = c.metadata(Some(&[]))?;
     let id = m.controller_id.0;
-    Ok(if id >= 0 { id } else { m.brokers.first().map_or(-1, |b| b.node_id.0) })
+    Ok(if id >= 0 {
+        id
+    } else {
+        m.brokers.first().map_or(-1, |b| b.node_id.0)
+    })
 }
 
 fn list(c: &mut Client, format: Format, internal: bool) -> Result<(), String> {
@@ -203,7 +256,12 @@ fn list(c: &mut Client, format: Format, internal: bool) -> Result<(), String> {
         .filter(|t| internal || !t.is_internal)
         .map(|t| {
             let replicas = t.partitions.first().map_or(0, |p| p.replica_nodes.len());
-            (t.name.as_ref().map(|n| n.to_string()).unwrap_or_default(), t.partitions.len(), replicas, t.is_internal)
+            (
+                t.name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                t.partitions.len(),
+                replicas,
+                t.is_internal,
+            )
         })
         .collect();
     topics.sort();
@@ -224,13 +282,19 @@ fn list(c: &mut Client, format: Format, internal: bool) -> Result<(), String> {
 
 fn describe(c: &mut Client, format: Format, topic: &str, all_configs: bool) -> Result<(), String> {
     let m = c.metadata(Some(&[topic.to_string()]))?;
-    let t = m.topics.first().ok_or_else(|| format!("topic {topic}: not in the Metadata response"))?;
+    let t = m
+        .topics
+        .first()
+        .ok_or_else(|| format!("topic {topic}: not in the Metadata response"))?;
     if t.error_code != 0 {
         return Err(topic_error(topic, t.error_code));
     }
     let mut parts = t.partitions.clone();
     parts.sort_by_key(|p| p.partition_index);
-    let leaders: BTreeMap<i32, i32> = parts.iter().map(|p| (p.partition_index, p.leader_id.0)).collect();
+    let leaders: BTreeMap<i32, i32> = parts
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect();
     let start = c.offsets(topic, &leaders, -2)?;
     let end = c.offsets(topic, &leaders, -1)?;
 
@@ -249,7 +313,16 @@ fn describe(c: &mut Client, format: Format, topic: &str, all_configs: bool) -> R
         .configs
         .iter()
         .filter(|cfg| all_configs || cfg.config_source == SOURCE_TOPIC)
-        .map(|cfg| (cfg.name.to_string(), cfg.value.as_ref().map(|v| v.to_string()).unwrap_or_default(), cfg.config_source))
+        .map(|cfg| {
+            (
+                cfg.name.to_string(),
+                cfg.value
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                cfg.config_source,
+            )
+        })
         .collect();
     configs.sort();
 
@@ -273,23 +346,41 @@ fn describe(c: &mut Client, format: Format, topic: &str, all_configs: bool) -> R
         Format::Table => {
             print_table(
                 &["NAME", "ID", "PARTITIONS", "INTERNAL"],
-                &[vec![topic.to_string(), id, parts.len().to_string(), t.is_internal.to_string()]],
+                &[vec![
+                    topic.to_string(),
+                    id,
+                    parts.len().to_string(),
+                    t.is_internal.to_string(),
+                ]],
             );
             println!();
             print_table(
-                &["PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "LOG-START-OFFSET", "HIGH-WATERMARK"],
+                &[
+                    "PARTITION",
+                    "LEADER",
+                    "EPOCH",
+                    "REPLICAS",
+                    "ISR",
+                    "LOG-START-OFFSET",
+                    "HIGH-WATERMARK",
+                ],
                 &parts
                     .iter()
                     .map(|p| {
-                        let nodes = |v: &[kafka_protocol::messages::BrokerId]| format!("{:?}", v.iter().map(|n| n.0).collect::<Vec<_>>());
+                        let nodes = |v: &[kafka_protocol::messages::BrokerId]| {
+                            format!("{:?}", v.iter().map(|n| n.0).collect::<Vec<_>>())
+                        };
                         vec![
                             p.partition_index.to_string(),
                             p.leader_id.0.to_string(),
                             p.leader_epoch.to_string(),
                             nodes(&p.replica_nodes),
                             nodes(&p.isr_nodes),
-                            start.get(&p.partition_index).map_or("-".into(), |o| o.to_string()),
-                            end.get(&p.partition_index).map_or("-".into(), |o| o.to_string()),
+                            start
+                                .get(&p.partition_index)
+                                .map_or("-".into(), |o| o.to_string()),
+                            end.get(&p.partition_index)
+                                .map_or("-".into(), |o| o.to_string()),
                         ]
                     })
                     .collect::<Vec<_>>(),
@@ -298,7 +389,10 @@ fn describe(c: &mut Client, format: Format, topic: &str, all_configs: bool) -> R
                 println!();
                 print_table(
                     &["CONFIG", "VALUE", "SOURCE"],
-                    &configs.iter().map(|(k, v, s)| vec![k.clone(), v.clone(), source_name(*s).to_string()]).collect::<Vec<_>>(),
+                    &configs
+                        .iter()
+                        .map(|(k, v, s)| vec![k.clone(), v.clone(), source_name(*s).to_string()])
+                        .collect::<Vec<_>>(),
                 );
             }
         }
@@ -321,7 +415,8 @@ fn delete(c: &mut Client, format: Format, topics: &[String]) -> Result<(), Strin
     req.timeout_ms = c.timeout.as_millis() as i32;
     req.topic_names = topics.iter().map(|t| topic_name(t)).collect();
     let controller = controller(c)?;
-    let resp: DeleteTopicsResponse = c.call(Some(controller), ApiKey::DeleteTopics, (1, 5), &req)?;
+    let resp: DeleteTopicsResponse =
+        c.call(Some(controller), ApiKey::DeleteTopics, (1, 5), &req)?;
     let rows = resp
         .responses
         .iter()
@@ -337,7 +432,13 @@ fn delete(c: &mut Client, format: Format, topics: &[String]) -> Result<(), Strin
     report(format, rows)
 }
 
-fn alter_config(c: &mut Client, format: Format, topic: &str, set: &[String], delete: &[String]) -> Result<(), String> {
+fn alter_config(
+    c: &mut Client,
+    format: Format,
+    topic: &str,
+    set: &[String],
+    delete: &[String],
+) -> Result<(), String> {
     if set.is_empty() && delete.is_empty() {
         return Err("nothing to change: give --set KEY=VALUE or --delete KEY".into());
     }
@@ -362,8 +463,12 @@ fn alter_config(c: &mut Client, format: Format, topic: &str, set: &[String], del
     res.configs = configs;
     let mut req = IncrementalAlterConfigsRequest::default();
     req.resources = vec![res];
-    let resp: IncrementalAlterConfigsResponse = c.call(None, ApiKey::IncrementalAlterConfigs, (0, 1), &req)?;
-    let r = resp.responses.first().ok_or("IncrementalAlterConfigs: no result")?;
+    let resp: IncrementalAlterConfigsResponse =
+        c.call(None, ApiKey::IncrementalAlterConfigs, (0, 1), &req)?;
+    let r = resp
+        .responses
+        .first()
+        .ok_or("IncrementalAlterConfigs: no result")?;
     let res = match r.error_code {
         0 => Ok(format!("{} set, {} removed", set.len(), delete.len())),
         e => Err(error_text(topic, e, r.error_message.as_ref())),
@@ -371,7 +476,13 @@ fn alter_config(c: &mut Client, format: Format, topic: &str, set: &[String], del
     report(format, vec![(topic.to_string(), res)])
 }
 
-fn add_partitions(c: &mut Client, format: Format, topic: &str, num: Option<i32>, total: Option<i32>) -> Result<(), String> {
+fn add_partitions(
+    c: &mut Client,
+    format: Format,
+    topic: &str,
+    num: Option<i32>,
+    total: Option<i32>,
+) -> Result<(), String> {
     let current = c.leaders(topic)?.len() as i32;
     let count = match (num, total) {
         (Some(n), _) if n <= 0 => return Err(format!("--num must be positive, got {n}")),
@@ -386,7 +497,8 @@ fn add_partitions(c: &mut Client, format: Format, topic: &str, num: Option<i32>,
     req.topics = vec![t];
     req.timeout_ms = c.timeout.as_millis() as i32;
     let controller = controller(c)?;
-    let resp: CreatePartitionsResponse = c.call(Some(controller), ApiKey::CreatePartitions, (0, 2), &req)?;
+    let resp: CreatePartitionsResponse =
+        c.call(Some(controller), ApiKey::CreatePartitions, (0, 2), &req)?;
     let r = resp.results.first().ok_or("CreatePartitions: no result")?;
     let res = match r.error_code {
         0 => Ok(format!("{current} -> {count} partitions")),

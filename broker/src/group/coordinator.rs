@@ -15,8 +15,8 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError as E;
 
-use super::state::{mono_ms, Committed, Group, GroupState, JoinResult, Member, SyncResult};
 use super::input;
+use super::state::{mono_ms, Committed, Group, GroupState, JoinResult, Member, SyncResult};
 use super::store::{self, LogRecord, OffsetsStore, StoreError};
 use crate::config::GroupSettings;
 use crate::metadata::ClusterMeta;
@@ -140,11 +140,13 @@ impl GroupCoordinator {
         groups
             .iter()
             .flat_map(|(id, g)| {
-                g.offsets.iter().map(move |((topic, partition), c)| crate::metrics::CommittedOffset {
-                    group: id.clone(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: c.offset,
+                g.offsets.iter().map(move |((topic, partition), c)| {
+                    crate::metrics::CommittedOffset {
+                        group: id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: c.offset,
+                    }
                 })
             })
             .collect()
@@ -167,9 +169,17 @@ impl GroupCoordinator {
         let count = self
             .store
             .replay(owned, |r| match r {
-                LogRecord::Offset { group, topic, partition, value } => match value {
+                LogRecord::Offset {
+                    group,
+                    topic,
+                    partition,
+                    value,
+                } => match value {
                     Some(c) => {
-                        offsets.entry(group).or_default().insert((topic, partition), c);
+                        offsets
+                            .entry(group)
+                            .or_default()
+                            .insert((topic, partition), c);
                     }
                     None => {
                         if let Some(m) = offsets.get_mut(&group) {
@@ -198,19 +208,33 @@ impl GroupCoordinator {
                 if offs.is_empty() && !records.contains_key(&id) {
                     continue;
                 }
-                let g = groups.entry(id.clone()).or_insert_with(|| Group::new(&id, wall));
+                let g = groups
+                    .entry(id.clone())
+                    .or_insert_with(|| Group::new(&id, wall));
                 for ((topic, p), c) in offs {
                     if meta.topic(&topic).is_some() {
                         g.offsets.insert((topic, p), c);
                     } else {
-                        stale.push(LogRecord::Offset { group: id.clone(), topic, partition: p, value: None });
+                        stale.push(LogRecord::Offset {
+                            group: id.clone(),
+                            topic,
+                            partition: p,
+                            value: None,
+                        });
                     }
                 }
             }
-            tracing::info!(groups = groups.len(), records = count, "group coordinator loaded");
+            tracing::info!(
+                groups = groups.len(),
+                records = count,
+                "group coordinator loaded"
+            );
         }
         if !stale.is_empty() {
-            tracing::info!("removing {} committed offsets of deleted topics", stale.len());
+            tracing::info!(
+                "removing {} committed offsets of deleted topics",
+                stale.len()
+            );
             self.write_each_group(stale).await;
         }
         Ok(())
@@ -237,7 +261,13 @@ impl GroupCoordinator {
     pub fn apply_stored(&self, records: &[LogRecord]) {
         let mut groups = self.groups.borrow_mut();
         for r in records {
-            if let LogRecord::Offset { group, topic, partition, value } = r {
+            if let LogRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            } = r
+            {
                 if let Some(g) = groups.get_mut(group) {
                     match value {
                         Some(c) => {
@@ -265,7 +295,10 @@ impl GroupCoordinator {
             return;
         }
         group.dirty = false;
-        let record = LogRecord::Group { group: group.id.clone(), value: Some(group.record()) };
+        let record = LogRecord::Group {
+            group: group.id.clone(),
+            value: Some(group.record()),
+        };
         let rx = self.store.submit(self, vec![record]);
         glommio::spawn_local(async move {
             if let Ok(Err(e)) = rx.await {
@@ -280,29 +313,41 @@ impl GroupCoordinator {
 
     pub async fn join(self: &Rc<Self>, p: JoinParams) -> JoinResult {
         let member_id = p.member_id.clone();
-        self.join_step(p).get(|| JoinResult::error(E::UnknownMemberId, &member_id)).await
+        self.join_step(p)
+            .get(|| JoinResult::error(E::UnknownMemberId, &member_id))
+            .await
     }
 
     fn join_step(self: &Rc<Self>, p: JoinParams) -> Reply<JoinResult> {
         // The group id, member id, instance id and protocol sizes are checked on entry (`input`).
         let s = &self.settings;
-        if p.session_timeout_ms < s.session_timeout_ms_min || p.session_timeout_ms > s.session_timeout_ms_max {
+        if p.session_timeout_ms < s.session_timeout_ms_min
+            || p.session_timeout_ms > s.session_timeout_ms_max
+        {
             return Reply::Now(JoinResult::error(E::InvalidSessionTimeout, &p.member_id));
         }
         if p.protocol_type.is_empty() || p.protocols.is_empty() {
-            return Reply::Now(JoinResult::error(E::InconsistentGroupProtocol, &p.member_id));
+            return Reply::Now(JoinResult::error(
+                E::InconsistentGroupProtocol,
+                &p.member_id,
+            ));
         }
         let (now, wall) = (mono_ms(), now_ms());
         let mut groups = self.groups.borrow_mut();
         if !p.member_id.is_empty() && !groups.contains_key(&p.group_id) {
             return Reply::Now(JoinResult::error(E::UnknownMemberId, &p.member_id));
         }
-        let group = groups.entry(p.group_id.clone()).or_insert_with(|| Group::new(&p.group_id, wall));
+        let group = groups
+            .entry(p.group_id.clone())
+            .or_insert_with(|| Group::new(&p.group_id, wall));
         if group.is(GroupState::Dead) {
             return Reply::Now(JoinResult::error(E::CoordinatorNotAvailable, &p.member_id));
         }
         if !group.supports(&p.protocol_type, &p.protocols) {
-            return Reply::Now(JoinResult::error(E::InconsistentGroupProtocol, &p.member_id));
+            return Reply::Now(JoinResult::error(
+                E::InconsistentGroupProtocol,
+                &p.member_id,
+            ));
         }
         let reply = if p.member_id.is_empty() {
             self.join_unknown_member(group, p, now, wall)
@@ -316,7 +361,13 @@ impl GroupCoordinator {
         reply
     }
 
-    fn join_unknown_member(self: &Rc<Self>, group: &mut Group, p: JoinParams, now: i64, wall: i64) -> Reply<JoinResult> {
+    fn join_unknown_member(
+        self: &Rc<Self>,
+        group: &mut Group,
+        p: JoinParams,
+        now: i64,
+        wall: i64,
+    ) -> Reply<JoinResult> {
         let s = &self.settings;
         if let Some(instance) = &p.instance_id {
             if let Some(old_id) = group.instances.get(instance).cloned() {
@@ -339,7 +390,14 @@ impl GroupCoordinator {
         self.add_member_and_rebalance(group, new_id, p, now, wall)
     }
 
-    fn add_member_and_rebalance(&self, group: &mut Group, id: String, p: JoinParams, now: i64, wall: i64) -> Reply<JoinResult> {
+    fn add_member_and_rebalance(
+        &self,
+        group: &mut Group,
+        id: String,
+        p: JoinParams,
+        now: i64,
+        wall: i64,
+    ) -> Reply<JoinResult> {
         let (tx, rx) = oneshot::channel();
         let order = group.next_order();
         group.add_member(Member {
@@ -364,7 +422,14 @@ impl GroupCoordinator {
         Reply::Later(rx)
     }
 
-    fn rejoin_static_member(&self, group: &mut Group, old_id: &str, p: JoinParams, now: i64, wall: i64) -> Reply<JoinResult> {
+    fn rejoin_static_member(
+        &self,
+        group: &mut Group,
+        old_id: &str,
+        p: JoinParams,
+        now: i64,
+        wall: i64,
+    ) -> Reply<JoinResult> {
         let new_id = input::new_member_id(p.instance_id.as_deref().unwrap_or("static"));
         tracing::info!(group = %group.id, instance = ?p.instance_id, old = %old_id, new = %new_id, "static member rejoined; fencing its old member id");
         group.replace_static_member(old_id, &new_id);
@@ -401,7 +466,13 @@ impl GroupCoordinator {
         }
     }
 
-    fn join_known_member(&self, group: &mut Group, p: JoinParams, now: i64, wall: i64) -> Reply<JoinResult> {
+    fn join_known_member(
+        &self,
+        group: &mut Group,
+        p: JoinParams,
+        now: i64,
+        wall: i64,
+    ) -> Reply<JoinResult> {
         if group.pending.remove(&p.member_id).is_some() {
             let id = p.member_id.clone();
             return self.add_member_and_rebalance(group, id, p, now, wall);
@@ -416,12 +487,16 @@ impl GroupCoordinator {
         let unchanged = member.protocols == p.protocols;
         member.last_seen_ms = now;
         match group.state {
-            GroupState::Empty | GroupState::Dead => Reply::Now(JoinResult::error(E::UnknownMemberId, &p.member_id)),
+            GroupState::Empty | GroupState::Dead => {
+                Reply::Now(JoinResult::error(E::UnknownMemberId, &p.member_id))
+            }
             GroupState::CompletingRebalance if unchanged => {
                 // The member missed the join response (or retried): tell it again.
                 Reply::Now(group.current_join_result(&p.member_id, is_leader, false))
             }
-            GroupState::Stable if unchanged && !is_leader => Reply::Now(group.current_join_result(&p.member_id, false, false)),
+            GroupState::Stable if unchanged && !is_leader => {
+                Reply::Now(group.current_join_result(&p.member_id, false, false))
+            }
             state => {
                 let (tx, rx) = oneshot::channel();
                 member.protocols = p.protocols;
@@ -448,18 +523,29 @@ impl GroupCoordinator {
             let stored = store::outcome(rx).await;
             self.finish_sync(&group_id, generation, stored);
         }
-        reply.get(|| SyncResult::error(E::RebalanceInProgress)).await
+        reply
+            .get(|| SyncResult::error(E::RebalanceInProgress))
+            .await
     }
 
     #[allow(clippy::type_complexity)]
-    fn sync_step(self: &Rc<Self>, p: SyncParams) -> (Reply<SyncResult>, Option<(String, i32, oneshot::Receiver<Result<(), StoreError>>)>) {
+    fn sync_step(
+        self: &Rc<Self>,
+        p: SyncParams,
+    ) -> (
+        Reply<SyncResult>,
+        Option<(String, i32, oneshot::Receiver<Result<(), StoreError>>)>,
+    ) {
         let now = mono_ms();
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(&p.group_id) else {
             return (Reply::Now(SyncResult::error(E::UnknownMemberId)), None);
         };
         if group.is(GroupState::Dead) {
-            return (Reply::Now(SyncResult::error(E::CoordinatorNotAvailable)), None);
+            return (
+                Reply::Now(SyncResult::error(E::CoordinatorNotAvailable)),
+                None,
+            );
         }
         if group.is_fenced(&p.member_id, p.instance_id.as_deref()) {
             return (Reply::Now(SyncResult::error(E::FencedInstanceId)), None);
@@ -470,19 +556,38 @@ impl GroupCoordinator {
         if p.generation != group.generation {
             return (Reply::Now(SyncResult::error(E::IllegalGeneration)), None);
         }
-        if p.protocol_type.as_ref().is_some_and(|t| Some(t) != group.protocol_type.as_ref())
-            || p.protocol.as_ref().is_some_and(|n| Some(n) != group.protocol.as_ref())
+        if p.protocol_type
+            .as_ref()
+            .is_some_and(|t| Some(t) != group.protocol_type.as_ref())
+            || p.protocol
+                .as_ref()
+                .is_some_and(|n| Some(n) != group.protocol.as_ref())
         {
-            return (Reply::Now(SyncResult::error(E::InconsistentGroupProtocol)), None);
+            return (
+                Reply::Now(SyncResult::error(E::InconsistentGroupProtocol)),
+                None,
+            );
         }
         let (protocol_type, protocol) = (group.protocol_type.clone(), group.protocol.clone());
         match group.state {
-            GroupState::Empty | GroupState::Dead => (Reply::Now(SyncResult::error(E::UnknownMemberId)), None),
-            GroupState::PreparingRebalance => (Reply::Now(SyncResult::error(E::RebalanceInProgress)), None),
+            GroupState::Empty | GroupState::Dead => {
+                (Reply::Now(SyncResult::error(E::UnknownMemberId)), None)
+            }
+            GroupState::PreparingRebalance => {
+                (Reply::Now(SyncResult::error(E::RebalanceInProgress)), None)
+            }
             GroupState::Stable => {
                 let m = group.members.get_mut(&p.member_id).expect("checked");
                 m.last_seen_ms = now;
-                (Reply::Now(SyncResult { error: 0, protocol_type, protocol, assignment: m.assignment.clone() }), None)
+                (
+                    Reply::Now(SyncResult {
+                        error: 0,
+                        protocol_type,
+                        protocol,
+                        assignment: m.assignment.clone(),
+                    }),
+                    None,
+                )
             }
             GroupState::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
@@ -498,7 +603,10 @@ impl GroupCoordinator {
                 for m in group.members.values_mut() {
                     m.assignment = assignments.get(&m.id).cloned().unwrap_or_default();
                 }
-                let record = LogRecord::Group { group: group.id.clone(), value: Some(group.record()) };
+                let record = LogRecord::Group {
+                    group: group.id.clone(),
+                    value: Some(group.record()),
+                };
                 group.dirty = false;
                 let generation = group.generation;
                 let id = group.id.clone();
@@ -513,17 +621,25 @@ impl GroupCoordinator {
     /// failed, make them rejoin).
     fn finish_sync(&self, group_id: &str, generation: i32, stored: Result<(), StoreError>) {
         let mut groups = self.groups.borrow_mut();
-        let Some(group) = groups.get_mut(group_id) else { return };
+        let Some(group) = groups.get_mut(group_id) else {
+            return;
+        };
         if !group.is(GroupState::CompletingRebalance) || group.generation != generation {
             return;
         }
         match stored {
             Ok(()) => {
                 group.state = GroupState::Stable;
-                let (protocol_type, protocol) = (group.protocol_type.clone(), group.protocol.clone());
+                let (protocol_type, protocol) =
+                    (group.protocol_type.clone(), group.protocol.clone());
                 for m in group.members.values_mut() {
                     if let Some(w) = m.sync_waiter.take() {
-                        let _ = w.send(SyncResult { error: 0, protocol_type: protocol_type.clone(), protocol: protocol.clone(), assignment: m.assignment.clone() });
+                        let _ = w.send(SyncResult {
+                            error: 0,
+                            protocol_type: protocol_type.clone(),
+                            protocol: protocol.clone(),
+                            assignment: m.assignment.clone(),
+                        });
                     }
                 }
                 tracing::info!(group = %group.id, generation, "group is stable");
@@ -533,7 +649,10 @@ impl GroupCoordinator {
                 for m in group.members.values_mut() {
                     m.assignment = Bytes::new();
                     if let Some(w) = m.sync_waiter.take() {
-                        let _ = w.send(SyncResult { error: e.code(), ..Default::default() });
+                        let _ = w.send(SyncResult {
+                            error: e.code(),
+                            ..Default::default()
+                        });
                     }
                 }
                 group.prepare_rebalance(mono_ms(), self.settings.initial_rebalance_delay_ms);
@@ -547,7 +666,13 @@ impl GroupCoordinator {
     // ---------------------------------------------------------------------------------------
     // Heartbeat, LeaveGroup
 
-    pub fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
             return E::UnknownMemberId.code();
@@ -578,7 +703,11 @@ impl GroupCoordinator {
     }
 
     /// Removes the listed members ((member id, instance id) pairs); one error code per member.
-    pub fn leave(self: &Rc<Self>, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+    pub fn leave(
+        self: &Rc<Self>,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Vec<i16> {
         let (now, wall) = (mono_ms(), now_ms());
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
@@ -593,7 +722,9 @@ impl GroupCoordinator {
             let code = match instance_id {
                 Some(instance) => match group.instances.get(instance).cloned() {
                     None => E::UnknownMemberId.code(),
-                    Some(id) if !member_id.is_empty() && *member_id != id => E::FencedInstanceId.code(),
+                    Some(id) if !member_id.is_empty() && *member_id != id => {
+                        E::FencedInstanceId.code()
+                    }
                     Some(id) => {
                         tracing::info!(group = %group.id, member = %id, instance = %instance, "static member left");
                         group.remove_member_and_update(&id, now, delay, wall);
@@ -628,9 +759,18 @@ impl GroupCoordinator {
         let mut out: Vec<ListedGroup> = groups
             .values()
             .filter(|g| !g.is(GroupState::Dead))
-            .filter(|g| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(g.state.name())))
+            .filter(|g| {
+                states.is_empty()
+                    || states
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(g.state.name()))
+            })
             .filter(|_| types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case("classic")))
-            .map(|g| ListedGroup { group_id: g.id.clone(), protocol_type: g.protocol_type.clone().unwrap_or_default(), state: g.state.name() })
+            .map(|g| ListedGroup {
+                group_id: g.id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state.name(),
+            })
             .collect();
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         out
@@ -639,10 +779,18 @@ impl GroupCoordinator {
     pub fn describe(&self, group_id: &str) -> DescribedGroup {
         let groups = self.groups.borrow();
         let Some(g) = groups.get(group_id) else {
-            return DescribedGroup { group_id: group_id.to_string(), state: GroupState::Dead.name(), ..Default::default() };
+            return DescribedGroup {
+                group_id: group_id.to_string(),
+                state: GroupState::Dead.name(),
+                ..Default::default()
+            };
         };
         let stable = g.is(GroupState::Stable);
-        let protocol = if stable { g.protocol.clone().unwrap_or_default() } else { String::new() };
+        let protocol = if stable {
+            g.protocol.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mut members: Vec<&Member> = g.members.values().collect();
         members.sort_by_key(|m| m.order);
         DescribedGroup {
@@ -658,8 +806,16 @@ impl GroupCoordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: if stable { m.metadata_for(&protocol) } else { Bytes::new() },
-                    assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                    metadata: if stable {
+                        m.metadata_for(&protocol)
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
                 })
                 .collect(),
         }
@@ -680,9 +836,17 @@ impl GroupCoordinator {
             let mut records: Vec<LogRecord> = group
                 .offsets
                 .keys()
-                .map(|(topic, p)| LogRecord::Offset { group: group_id.to_string(), topic: topic.clone(), partition: *p, value: None })
+                .map(|(topic, p)| LogRecord::Offset {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *p,
+                    value: None,
+                })
                 .collect();
-            records.push(LogRecord::Group { group: group_id.to_string(), value: None });
+            records.push(LogRecord::Group {
+                group: group_id.to_string(),
+                value: None,
+            });
             records
         };
         tracing::info!(group = %group_id, "group deleted");
@@ -725,7 +889,11 @@ impl GroupCoordinator {
             let expired: Vec<String> = group
                 .members
                 .values()
-                .filter(|m| m.join_waiter.is_none() && m.sync_waiter.is_none() && now - m.last_seen_ms > i64::from(m.session_timeout_ms))
+                .filter(|m| {
+                    m.join_waiter.is_none()
+                        && m.sync_waiter.is_none()
+                        && now - m.last_seen_ms > i64::from(m.session_timeout_ms)
+                })
                 .map(|m| m.id.clone())
                 .collect();
             for id in expired {
@@ -763,7 +931,12 @@ impl GroupCoordinator {
             let mut left = 0;
             for ((topic, p), c) in &g.offsets {
                 if c.commit_ms.max(g.empty_since_ms).saturating_add(retention) <= wall {
-                    records.push(LogRecord::Offset { group: g.id.clone(), topic: topic.clone(), partition: *p, value: None });
+                    records.push(LogRecord::Offset {
+                        group: g.id.clone(),
+                        topic: topic.clone(),
+                        partition: *p,
+                        value: None,
+                    });
                 } else {
                     left += 1;
                 }
@@ -774,11 +947,18 @@ impl GroupCoordinator {
         }
         for id in &drop_groups {
             groups.remove(id);
-            records.push(LogRecord::Group { group: id.clone(), value: None });
+            records.push(LogRecord::Group {
+                group: id.clone(),
+                value: None,
+            });
         }
         drop(groups);
         if !records.is_empty() {
-            tracing::info!(groups = drop_groups.len(), records = records.len(), "expiring offsets of empty groups");
+            tracing::info!(
+                groups = drop_groups.len(),
+                records = records.len(),
+                "expiring offsets of empty groups"
+            );
             let me = self.clone();
             glommio::spawn_local(async move { me.write_each_group(records).await }).detach();
         }

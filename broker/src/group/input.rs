@@ -6,8 +6,9 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError as E;
 
 use crate::limits::{
-    GROUP_ID_BYTES_MAX, GROUP_INSTANCE_ID_BYTES_MAX, JOIN_PROTOCOLS_BYTES_MAX, JOIN_PROTOCOLS_MAX, MEMBER_ID_BYTES_MAX,
-    MEMBER_ID_PREFIX_BYTES_MAX, MEMBER_ID_UUID_BYTES, SYNC_ASSIGNMENT_BYTES_MAX,
+    GROUP_ID_BYTES_MAX, GROUP_INSTANCE_ID_BYTES_MAX, JOIN_PROTOCOLS_BYTES_MAX, JOIN_PROTOCOLS_MAX,
+    MEMBER_ID_BYTES_MAX, MEMBER_ID_PREFIX_BYTES_MAX, MEMBER_ID_UUID_BYTES,
+    SYNC_ASSIGNMENT_BYTES_MAX,
 };
 
 /// Why a group id is refused, if it is. OffsetCommit, OffsetFetch, DescribeGroups and
@@ -24,17 +25,30 @@ pub fn member_id_is_unknown(member_id: &str) -> bool {
 }
 
 /// Why a JoinGroup's instance id or protocols are refused, if they are.
-pub fn join_error(instance_id: Option<&str>, protocol_type: &str, protocols: &[(String, Bytes)]) -> Option<E> {
-    if instance_id.is_some_and(|i| i.len() > GROUP_INSTANCE_ID_BYTES_MAX) || protocols.len() > JOIN_PROTOCOLS_MAX {
+pub fn join_error(
+    instance_id: Option<&str>,
+    protocol_type: &str,
+    protocols: &[(String, Bytes)],
+) -> Option<E> {
+    if instance_id.is_some_and(|i| i.len() > GROUP_INSTANCE_ID_BYTES_MAX)
+        || protocols.len() > JOIN_PROTOCOLS_MAX
+    {
         return Some(E::InvalidRequest);
     }
-    let bytes = protocols.iter().fold(protocol_type.len(), |sum, (name, metadata)| sum + name.len() + metadata.len());
+    let bytes = protocols
+        .iter()
+        .fold(protocol_type.len(), |sum, (name, metadata)| {
+            sum + name.len() + metadata.len()
+        });
     (bytes > JOIN_PROTOCOLS_BYTES_MAX).then_some(E::InvalidRequest)
 }
 
 /// Why a SyncGroup's assignments are refused, if they are.
 pub fn sync_error(assignments: &[(String, Bytes)]) -> Option<E> {
-    assignments.iter().any(|(_, a)| a.len() > SYNC_ASSIGNMENT_BYTES_MAX).then_some(E::InvalidRequest)
+    assignments
+        .iter()
+        .any(|(_, a)| a.len() > SYNC_ASSIGNMENT_BYTES_MAX)
+        .then_some(E::InvalidRequest)
 }
 
 /// A new member id, as Kafka makes them: `prefix-UUID`, the prefix (client id or instance id) cut
@@ -58,37 +72,73 @@ mod tests {
     fn group_ids_are_bounded_by_what_the_log_can_store() {
         let at_limit = "g".repeat(GROUP_ID_BYTES_MAX);
         assert_eq!(group_id_error(&at_limit, false), None);
-        assert_eq!(group_id_error(&format!("{at_limit}g"), true), Some(E::InvalidGroupId));
+        assert_eq!(
+            group_id_error(&format!("{at_limit}g"), true),
+            Some(E::InvalidGroupId)
+        );
         assert_eq!(group_id_error("", true), None);
         assert_eq!(group_id_error("", false), Some(E::InvalidGroupId));
     }
 
     #[test]
     fn generated_member_ids_stay_within_the_bound() {
-        for prefix in ["", "client", &"c".repeat(40_000), &"é".repeat(MEMBER_ID_PREFIX_BYTES_MAX)] {
+        for prefix in [
+            "",
+            "client",
+            &"c".repeat(40_000),
+            &"é".repeat(MEMBER_ID_PREFIX_BYTES_MAX),
+        ] {
             let id = new_member_id(prefix);
             assert!(id.len() <= MEMBER_ID_BYTES_MAX, "{} bytes", id.len());
             assert!(!member_id_is_unknown(&id));
             let kept = &id[..id.len() - MEMBER_ID_UUID_BYTES - 1];
             assert!(prefix.starts_with(kept));
         }
-        assert_eq!(new_member_id(&"i".repeat(GROUP_INSTANCE_ID_BYTES_MAX)).len(), MEMBER_ID_BYTES_MAX);
+        assert_eq!(
+            new_member_id(&"i".repeat(GROUP_INSTANCE_ID_BYTES_MAX)).len(),
+            MEMBER_ID_BYTES_MAX
+        );
         assert!(member_id_is_unknown(&"m".repeat(MEMBER_ID_BYTES_MAX + 1)));
     }
 
     #[test]
     fn join_and_sync_payloads_are_bounded() {
         let one = |n: usize| vec![("range".to_string(), Bytes::from(vec![0u8; n]))];
-        assert_eq!(join_error(Some(&"i".repeat(GROUP_INSTANCE_ID_BYTES_MAX)), "consumer", &one(10)), None);
-        assert_eq!(join_error(Some(&"i".repeat(GROUP_INSTANCE_ID_BYTES_MAX + 1)), "consumer", &one(10)), Some(E::InvalidRequest));
+        assert_eq!(
+            join_error(
+                Some(&"i".repeat(GROUP_INSTANCE_ID_BYTES_MAX)),
+                "consumer",
+                &one(10)
+            ),
+            None
+        );
+        assert_eq!(
+            join_error(
+                Some(&"i".repeat(GROUP_INSTANCE_ID_BYTES_MAX + 1)),
+                "consumer",
+                &one(10)
+            ),
+            Some(E::InvalidRequest)
+        );
         let fits = JOIN_PROTOCOLS_BYTES_MAX - "consumer".len() - "range".len();
         assert_eq!(join_error(None, "consumer", &one(fits)), None);
-        assert_eq!(join_error(None, "consumer", &one(fits + 1)), Some(E::InvalidRequest));
-        let many: Vec<(String, Bytes)> = (0..=JOIN_PROTOCOLS_MAX).map(|i| (format!("p{i}"), Bytes::new())).collect();
-        assert_eq!(join_error(None, "consumer", &many[..JOIN_PROTOCOLS_MAX]), None);
+        assert_eq!(
+            join_error(None, "consumer", &one(fits + 1)),
+            Some(E::InvalidRequest)
+        );
+        let many: Vec<(String, Bytes)> = (0..=JOIN_PROTOCOLS_MAX)
+            .map(|i| (format!("p{i}"), Bytes::new()))
+            .collect();
+        assert_eq!(
+            join_error(None, "consumer", &many[..JOIN_PROTOCOLS_MAX]),
+            None
+        );
         assert_eq!(join_error(None, "consumer", &many), Some(E::InvalidRequest));
         let assignment = |n: usize| vec![("m".to_string(), Bytes::from(vec![0u8; n]))];
         assert_eq!(sync_error(&assignment(SYNC_ASSIGNMENT_BYTES_MAX)), None);
-        assert_eq!(sync_error(&assignment(SYNC_ASSIGNMENT_BYTES_MAX + 1)), Some(E::InvalidRequest));
+        assert_eq!(
+            sync_error(&assignment(SYNC_ASSIGNMENT_BYTES_MAX + 1)),
+            Some(E::InvalidRequest)
+        );
     }
 }

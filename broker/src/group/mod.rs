@@ -14,7 +14,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use coordinator::GroupCoordinator;
-use coordinator::{CommitParams, DescribedGroup, FetchedOffset, JoinParams, ListedGroup, SyncParams};
+use coordinator::{
+    CommitParams, DescribedGroup, FetchedOffset, JoinParams, ListedGroup, SyncParams,
+};
 use state::{JoinResult, SyncResult};
 
 use crate::shard::Shard;
@@ -22,15 +24,38 @@ use crate::shard::Shard;
 pub enum GroupOp {
     Join(JoinParams),
     Sync(SyncParams),
-    Heartbeat { group_id: String, generation: i32, member_id: String, instance_id: Option<String> },
-    Leave { group_id: String, members: Vec<(String, Option<String>)> },
+    Heartbeat {
+        group_id: String,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+    },
+    Leave {
+        group_id: String,
+        members: Vec<(String, Option<String>)>,
+    },
     Commit(CommitParams),
-    FetchOffsets { group_id: String, topics: Option<Vec<(Arc<str>, Vec<i32>)>> },
-    DeleteOffsets { group_id: String, partitions: Vec<(Arc<str>, i32)> },
-    List { states: Vec<String>, types: Vec<String> },
-    Describe { group_ids: Vec<String> },
-    Delete { group_ids: Vec<String> },
-    TopicsDeleted { topics: Vec<Arc<str>> },
+    FetchOffsets {
+        group_id: String,
+        topics: Option<Vec<(Arc<str>, Vec<i32>)>>,
+    },
+    DeleteOffsets {
+        group_id: String,
+        partitions: Vec<(Arc<str>, i32)>,
+    },
+    List {
+        states: Vec<String>,
+        types: Vec<String>,
+    },
+    Describe {
+        group_ids: Vec<String>,
+    },
+    Delete {
+        group_ids: Vec<String>,
+    },
+    TopicsDeleted {
+        topics: Vec<Arc<str>>,
+    },
 }
 
 pub enum GroupReply {
@@ -47,7 +72,9 @@ pub enum GroupReply {
 
 /// The partitions of the offsets log that shard `shard` of `shards` owns.
 pub fn owned_partitions(partitions: u32, shard: usize, shards: usize) -> Vec<u32> {
-    (0..partitions).filter(|p| *p as usize % shards == shard).collect()
+    (0..partitions)
+        .filter(|p| *p as usize % shards == shard)
+        .collect()
 }
 
 /// The shard that coordinates `group_id`.
@@ -60,18 +87,32 @@ pub async fn execute(shard: &Rc<Shard>, op: GroupOp) -> GroupReply {
     match op {
         GroupOp::Join(p) => GroupReply::Join(c.join(p).await),
         GroupOp::Sync(p) => GroupReply::Sync(c.sync(p).await),
-        GroupOp::Heartbeat { group_id, generation, member_id, instance_id } => {
+        GroupOp::Heartbeat {
+            group_id,
+            generation,
+            member_id,
+            instance_id,
+        } => {
             GroupReply::Code(c.heartbeat(&group_id, generation, &member_id, instance_id.as_deref()))
         }
         GroupOp::Leave { group_id, members } => GroupReply::Codes(c.leave(&group_id, &members)),
         GroupOp::Commit(p) => GroupReply::Codes(c.commit(p, &shard.meta()).await),
-        GroupOp::FetchOffsets { group_id, topics } => GroupReply::Offsets(c.fetch_offsets(&group_id, topics.as_deref())),
-        GroupOp::DeleteOffsets { group_id, partitions } => {
-            let (code, codes) = c.delete_offsets(&group_id, &partitions, &shard.meta()).await;
+        GroupOp::FetchOffsets { group_id, topics } => {
+            GroupReply::Offsets(c.fetch_offsets(&group_id, topics.as_deref()))
+        }
+        GroupOp::DeleteOffsets {
+            group_id,
+            partitions,
+        } => {
+            let (code, codes) = c
+                .delete_offsets(&group_id, &partitions, &shard.meta())
+                .await;
             GroupReply::OffsetDelete(code, codes)
         }
         GroupOp::List { states, types } => GroupReply::List(c.list(&states, &types)),
-        GroupOp::Describe { group_ids } => GroupReply::Describe(group_ids.iter().map(|g| c.describe(g)).collect()),
+        GroupOp::Describe { group_ids } => {
+            GroupReply::Describe(group_ids.iter().map(|g| c.describe(g)).collect())
+        }
         GroupOp::Delete { group_ids } => {
             let mut codes = Vec::with_capacity(group_ids.len());
             for g in &group_ids {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError as E;
 
 use super::{CommitParams, FetchedOffset, GroupCoordinator};
-use crate::group::state::{mono_ms, Committed, Group, GroupState};
 use crate::group::input;
+use crate::group::state::{mono_ms, Committed, Group, GroupState};
 use crate::group::store::{self, LogRecord};
 use crate::metadata::ClusterMeta;
 use crate::now_ms;
@@ -20,20 +20,32 @@ impl GroupCoordinator {
         let group_error = self.commit_check(&p);
         let mut records = Vec::new();
         let wall = now_ms();
-        for (i, (topic, partition, offset, leader_epoch, metadata)) in p.offsets.iter().enumerate() {
+        for (i, (topic, partition, offset, leader_epoch, metadata)) in p.offsets.iter().enumerate()
+        {
             // As Kafka: unknown partitions are reported before the group is checked.
-            codes[i] = if meta.topic(topic).is_none_or(|t| *partition < 0 || *partition as usize >= t.partitions.len()) {
+            codes[i] = if meta
+                .topic(topic)
+                .is_none_or(|t| *partition < 0 || *partition as usize >= t.partitions.len())
+            {
                 E::UnknownTopicOrPartition.code()
             } else if let Some(code) = group_error {
                 code
-            } else if metadata.as_ref().is_some_and(|m| m.len() > self.settings.offset_metadata_bytes_max) {
+            } else if metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > self.settings.offset_metadata_bytes_max)
+            {
                 E::OffsetMetadataTooLarge.code()
             } else {
                 records.push(LogRecord::Offset {
                     group: p.group_id.clone(),
                     topic: topic.clone(),
                     partition: *partition,
-                    value: Some(Committed { offset: *offset, leader_epoch: *leader_epoch, metadata: metadata.clone().unwrap_or_default(), commit_ms: wall }),
+                    value: Some(Committed {
+                        offset: *offset,
+                        leader_epoch: *leader_epoch,
+                        metadata: metadata.clone().unwrap_or_default(),
+                        commit_ms: wall,
+                    }),
                 });
                 continue;
             };
@@ -89,7 +101,11 @@ impl GroupCoordinator {
     }
 
     /// Committed offsets of `group_id`: of the listed partitions, or all of them (None).
-    pub fn fetch_offsets(&self, group_id: &str, wanted: Option<&[(Arc<str>, Vec<i32>)]>) -> Vec<FetchedOffset> {
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        wanted: Option<&[(Arc<str>, Vec<i32>)]>,
+    ) -> Vec<FetchedOffset> {
         let groups = self.groups.borrow();
         let group = groups.get(group_id);
         match wanted {
@@ -129,7 +145,12 @@ impl GroupCoordinator {
     }
 
     /// OffsetDelete: (top-level error, one code per listed partition).
-    pub async fn delete_offsets(self: &Rc<Self>, group_id: &str, partitions: &[(Arc<str>, i32)], meta: &ClusterMeta) -> (i16, Vec<i16>) {
+    pub async fn delete_offsets(
+        self: &Rc<Self>,
+        group_id: &str,
+        partitions: &[(Arc<str>, i32)],
+        meta: &ClusterMeta,
+    ) -> (i16, Vec<i16>) {
         let mut records = Vec::new();
         let codes = {
             // The group id is checked on entry (`input`).
@@ -148,13 +169,21 @@ impl GroupCoordinator {
             partitions
                 .iter()
                 .map(|(topic, p)| {
-                    if meta.topic(topic).is_none_or(|t| *p < 0 || *p as usize >= t.partitions.len()) {
+                    if meta
+                        .topic(topic)
+                        .is_none_or(|t| *p < 0 || *p as usize >= t.partitions.len())
+                    {
                         E::UnknownTopicOrPartition.code()
                     } else if subscribed.iter().any(|s| **s == **topic) {
                         E::GroupSubscribedToTopic.code()
                     } else {
                         if group.offsets.contains_key(&(topic.clone(), *p)) {
-                            records.push(LogRecord::Offset { group: group_id.to_string(), topic: topic.clone(), partition: *p, value: None });
+                            records.push(LogRecord::Offset {
+                                group: group_id.to_string(),
+                                topic: topic.clone(),
+                                partition: *p,
+                                value: None,
+                            });
                         }
                         0
                     }
@@ -176,12 +205,20 @@ impl GroupCoordinator {
         for g in self.groups.borrow().values() {
             for (topic, p) in g.offsets.keys() {
                 if topics.contains(topic) {
-                    records.push(LogRecord::Offset { group: g.id.clone(), topic: topic.clone(), partition: *p, value: None });
+                    records.push(LogRecord::Offset {
+                        group: g.id.clone(),
+                        topic: topic.clone(),
+                        partition: *p,
+                        value: None,
+                    });
                 }
             }
         }
         if !records.is_empty() {
-            tracing::info!("removing {} committed offsets of deleted topics", records.len());
+            tracing::info!(
+                "removing {} committed offsets of deleted topics",
+                records.len()
+            );
             self.write_each_group(records).await;
         }
     }

@@ -84,7 +84,12 @@ pub struct JoinResult {
 
 impl JoinResult {
     pub fn error(code: E, member_id: &str) -> JoinResult {
-        JoinResult { error: code.code(), generation: -1, member_id: member_id.to_string(), ..Default::default() }
+        JoinResult {
+            error: code.code(),
+            generation: -1,
+            member_id: member_id.to_string(),
+            ..Default::default()
+        }
     }
 }
 
@@ -99,7 +104,10 @@ pub struct SyncResult {
 
 impl SyncResult {
     pub fn error(code: E) -> SyncResult {
-        SyncResult { error: code.code(), ..Default::default() }
+        SyncResult {
+            error: code.code(),
+            ..Default::default()
+        }
     }
 }
 
@@ -124,7 +132,11 @@ pub struct Member {
 
 impl Member {
     pub fn metadata_for(&self, protocol: &str) -> Bytes {
-        self.protocols.iter().find(|(n, _)| n == protocol).map(|(_, m)| m.clone()).unwrap_or_default()
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
     }
 
     fn record(&self) -> MemberRecord {
@@ -136,7 +148,11 @@ impl Member {
             session_timeout_ms: self.session_timeout_ms,
             rebalance_timeout_ms: self.rebalance_timeout_ms,
             protocol_type: self.protocol_type.clone(),
-            protocols: self.protocols.iter().map(|(n, m)| (n.clone(), m.to_vec())).collect(),
+            protocols: self
+                .protocols
+                .iter()
+                .map(|(n, m)| (n.clone(), m.to_vec()))
+                .collect(),
             assignment: self.assignment.to_vec(),
         }
     }
@@ -150,7 +166,11 @@ impl Member {
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
             protocol_type: r.protocol_type.clone(),
-            protocols: r.protocols.iter().map(|(n, m)| (n.clone(), Bytes::from(m.clone()))).collect(),
+            protocols: r
+                .protocols
+                .iter()
+                .map(|(n, m)| (n.clone(), Bytes::from(m.clone())))
+                .collect(),
             assignment: Bytes::from(r.assignment.clone()),
             join_waiter: None,
             sync_waiter: None,
@@ -271,7 +291,10 @@ impl Group {
     }
 
     fn first_member(&self) -> Option<String> {
-        self.members.values().min_by_key(|m| m.order).map(|m| m.id.clone())
+        self.members
+            .values()
+            .min_by_key(|m| m.order)
+            .map(|m| m.id.clone())
     }
 
     pub fn next_order(&mut self) -> u64 {
@@ -282,7 +305,9 @@ impl Group {
     /// Protocol names every member supports, in the first member's order.
     fn candidate_protocols(&self) -> Vec<String> {
         let mut members = self.members.values();
-        let Some(first) = members.next() else { return Vec::new() };
+        let Some(first) = members.next() else {
+            return Vec::new();
+        };
         let mut names: Vec<String> = first.protocols.iter().map(|(n, _)| n.clone()).collect();
         for m in members {
             names.retain(|n| m.protocols.iter().any(|(p, _)| p == n));
@@ -320,7 +345,11 @@ impl Group {
     }
 
     fn max_rebalance_timeout(&self) -> i64 {
-        self.members.values().map(|m| i64::from(m.rebalance_timeout_ms)).max().unwrap_or(0)
+        self.members
+            .values()
+            .map(|m| i64::from(m.rebalance_timeout_ms))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn add_member(&mut self, member: Member) {
@@ -356,12 +385,20 @@ impl Group {
 
     /// Removes a member and moves the group on as Kafka does: a rebalance if it was stable or
     /// syncing, a check for completion if it was already rebalancing.
-    pub fn remove_member_and_update(&mut self, id: &str, now: i64, initial_delay_ms: i64, wall_ms: i64) {
+    pub fn remove_member_and_update(
+        &mut self,
+        id: &str,
+        now: i64,
+        initial_delay_ms: i64,
+        wall_ms: i64,
+    ) {
         if self.remove_member(id, E::UnknownMemberId).is_none() {
             return;
         }
         match self.state {
-            GroupState::Stable | GroupState::CompletingRebalance => self.prepare_rebalance(now, initial_delay_ms),
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.prepare_rebalance(now, initial_delay_ms)
+            }
             _ => {}
         }
         self.poll_rebalance(now, wall_ms);
@@ -382,10 +419,17 @@ impl Group {
             let delay = initial_delay_ms.min(timeout);
             Rebalance {
                 deadline_ms: now + delay,
-                initial: Some(InitialDelay { delay_ms: initial_delay_ms, remaining_ms: (timeout - delay).max(0), new_member_added: false }),
+                initial: Some(InitialDelay {
+                    delay_ms: initial_delay_ms,
+                    remaining_ms: (timeout - delay).max(0),
+                    new_member_added: false,
+                }),
             }
         } else {
-            Rebalance { deadline_ms: now + timeout, initial: None }
+            Rebalance {
+                deadline_ms: now + timeout,
+                initial: None,
+            }
         });
         self.state = GroupState::PreparingRebalance;
     }
@@ -426,8 +470,12 @@ impl Group {
     /// Ends the join phase: members that did not rejoin are dropped (static members are kept),
     /// the generation moves on, and every waiting member learns the result.
     fn complete_join(&mut self, now: i64, wall_ms: i64) {
-        let missing: Vec<String> =
-            self.members.values().filter(|m| m.join_waiter.is_none() && m.instance_id.is_none()).map(|m| m.id.clone()).collect();
+        let missing: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join_waiter.is_none() && m.instance_id.is_none())
+            .map(|m| m.id.clone())
+            .collect();
         for id in missing {
             tracing::info!(group = %self.id, member = %id, "member did not rejoin in time; removing it");
             self.remove_member(&id, E::UnknownMemberId);
@@ -444,7 +492,11 @@ impl Group {
             return;
         }
         self.protocol = self.select_protocol();
-        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
+        if self
+            .leader
+            .as_ref()
+            .is_none_or(|l| !self.members.contains_key(l))
+        {
             self.leader = self.first_member();
         }
         self.state = GroupState::CompletingRebalance;
@@ -461,7 +513,11 @@ impl Group {
                     protocol: self.protocol.clone(),
                     leader: leader.clone(),
                     member_id: m.id.clone(),
-                    members: if m.id == leader { everyone.clone() } else { Vec::new() },
+                    members: if m.id == leader {
+                        everyone.clone()
+                    } else {
+                        Vec::new()
+                    },
                     skip_assignment: false,
                 });
             }
@@ -475,12 +531,21 @@ impl Group {
         members.sort_by_key(|m| m.order);
         members
             .into_iter()
-            .map(|m| JoinedMember { member_id: m.id.clone(), instance_id: m.instance_id.clone(), metadata: m.metadata_for(&protocol) })
+            .map(|m| JoinedMember {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                metadata: m.metadata_for(&protocol),
+            })
             .collect()
     }
 
     /// The join result for a member that rejoined without changes while no rebalance is needed.
-    pub fn current_join_result(&self, member_id: &str, include_members: bool, skip_assignment: bool) -> JoinResult {
+    pub fn current_join_result(
+        &self,
+        member_id: &str,
+        include_members: bool,
+        skip_assignment: bool,
+    ) -> JoinResult {
         JoinResult {
             error: 0,
             generation: self.generation,
@@ -488,7 +553,11 @@ impl Group {
             protocol: self.protocol.clone(),
             leader: self.leader.clone().unwrap_or_default(),
             member_id: member_id.to_string(),
-            members: if include_members { self.joined_members() } else { Vec::new() },
+            members: if include_members {
+                self.joined_members()
+            } else {
+                Vec::new()
+            },
             skip_assignment,
         }
     }
@@ -496,7 +565,9 @@ impl Group {
     /// Static membership: `instance_id`'s member was `old_id` and is now `new_id`; the old id is
     /// fenced.
     pub fn replace_static_member(&mut self, old_id: &str, new_id: &str) {
-        let Some(mut member) = self.members.remove(old_id) else { return };
+        let Some(mut member) = self.members.remove(old_id) else {
+            return;
+        };
         member.fail_waiters(E::FencedInstanceId);
         member.id = new_id.to_string();
         if let Some(i) = &member.instance_id {
@@ -557,7 +628,10 @@ mod tests {
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 1_000,
             protocol_type: "consumer".into(),
-            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from_static(b"m"))).collect(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from_static(b"m")))
+                .collect(),
             assignment: Bytes::new(),
             join_waiter: None,
             sync_waiter: None,
@@ -589,7 +663,10 @@ mod tests {
         assert!(g.poll_rebalance(0, 0));
         assert!(g.is(GroupState::CompletingRebalance));
         let r = rx.try_recv().unwrap().unwrap();
-        assert_eq!((r.generation, r.leader.as_str(), r.members.len()), (1, "a", 1));
+        assert_eq!(
+            (r.generation, r.leader.as_str(), r.members.len()),
+            (1, "a", 1)
+        );
 
         // A second member joins; "a" never rejoins and is dropped at the deadline.
         g.state = GroupState::Stable;
@@ -601,7 +678,10 @@ mod tests {
         assert!(!g.poll_rebalance(500, 0));
         assert!(g.poll_rebalance(1100, 0));
         let r = rx.try_recv().unwrap().unwrap();
-        assert_eq!((r.generation, r.leader.as_str(), r.members.len()), (2, "b", 1));
+        assert_eq!(
+            (r.generation, r.leader.as_str(), r.members.len()),
+            (2, "b", 1)
+        );
         assert!(!g.members.contains_key("a"));
 
         g.state = GroupState::Stable;

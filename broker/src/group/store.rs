@@ -38,7 +38,9 @@ use futures::channel::oneshot;
 use kafka_protocol::ResponseError as E;
 use strom_storage::limits::BATCH_BYTES_MAX;
 use strom_storage::records::{decode_records, encode_batch};
-use strom_storage::{CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog, StorageError, BATCH_HEADER_BYTES};
+use strom_storage::{
+    CleanupPolicy, LeaderEpoch, LogConfig, Offset, PartitionLog, StorageError, BATCH_HEADER_BYTES,
+};
 
 use super::state::Committed;
 use super::GroupCoordinator;
@@ -90,7 +92,8 @@ impl StoreError {
 
 /// The outcome of a write queued with [`OffsetsStore::submit`] (an error if the writer stopped).
 pub async fn outcome(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
-    rx.await.unwrap_or_else(|_| Err(StoreError::Log("the offsets log writer stopped".into())))
+    rx.await
+        .unwrap_or_else(|_| Err(StoreError::Log("the offsets log writer stopped".into())))
 }
 
 /// Persisted form of a group's membership, written when a generation is complete and when the
@@ -121,9 +124,17 @@ pub struct MemberRecord {
 #[derive(Clone, Debug)]
 pub enum LogRecord {
     /// A committed offset (None deletes it).
-    Offset { group: String, topic: Arc<str>, partition: i32, value: Option<Committed> },
+    Offset {
+        group: String,
+        topic: Arc<str>,
+        partition: i32,
+        value: Option<Committed>,
+    },
     /// A group's metadata (None deletes the group).
-    Group { group: String, value: Option<GroupRecord> },
+    Group {
+        group: String,
+        value: Option<GroupRecord>,
+    },
 }
 
 impl LogRecord {
@@ -137,7 +148,12 @@ impl LogRecord {
         let mut out = Vec::with_capacity(64);
         out.push(FORMAT_VERSION);
         match self {
-            LogRecord::Offset { group, topic, partition, .. } => {
+            LogRecord::Offset {
+                group,
+                topic,
+                partition,
+                ..
+            } => {
                 out.push(KIND_OFFSET);
                 put_str16(&mut out, group, "group id")?;
                 put_str16(&mut out, topic, "topic name")?;
@@ -153,10 +169,16 @@ impl LogRecord {
 
     fn encode_value(&self) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
-            LogRecord::Offset { value: None, .. } | LogRecord::Group { value: None, .. } => Ok(None),
+            LogRecord::Offset { value: None, .. } | LogRecord::Group { value: None, .. } => {
+                Ok(None)
+            }
             LogRecord::Offset { value: Some(c), .. } => {
-                let len = u32::try_from(c.metadata.len())
-                    .map_err(|_| StoreError::Encode(format!("commit metadata of {} bytes does not fit a u32 length", c.metadata.len())))?;
+                let len = u32::try_from(c.metadata.len()).map_err(|_| {
+                    StoreError::Encode(format!(
+                        "commit metadata of {} bytes does not fit a u32 length",
+                        c.metadata.len()
+                    ))
+                })?;
                 let mut out = Vec::with_capacity(32 + c.metadata.len());
                 out.push(FORMAT_VERSION);
                 out.extend_from_slice(&c.offset.to_be_bytes());
@@ -168,7 +190,8 @@ impl LogRecord {
             }
             LogRecord::Group { value: Some(g), .. } => {
                 // rkyv's relative pointers are 32-bit: an archive too large for them is an error.
-                let archive = rkyv::to_bytes::<rkyv::rancor::Error>(g).map_err(|e| StoreError::Encode(format!("group record: {e}")))?;
+                let archive = rkyv::to_bytes::<rkyv::rancor::Error>(g)
+                    .map_err(|e| StoreError::Encode(format!("group record: {e}")))?;
                 let mut out = Vec::with_capacity(1 + archive.len());
                 out.push(FORMAT_VERSION);
                 out.extend_from_slice(&archive);
@@ -206,10 +229,20 @@ impl LogRecord {
                             return None;
                         }
                         let metadata = String::from_utf8(v.to_vec()).ok()?;
-                        Some(Committed { offset, leader_epoch, metadata, commit_ms })
+                        Some(Committed {
+                            offset,
+                            leader_epoch,
+                            metadata,
+                            commit_ms,
+                        })
                     }
                 };
-                Some(LogRecord::Offset { group, topic, partition, value })
+                Some(LogRecord::Offset {
+                    group,
+                    topic,
+                    partition,
+                    value,
+                })
             }
             KIND_GROUP => {
                 if k.has_remaining() {
@@ -235,7 +268,13 @@ impl LogRecord {
 
 /// Writes `s` with a u16 length; refuses (rather than cut) a string longer than that holds.
 fn put_str16(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
-    let len = u16::try_from(s.len()).map_err(|_| StoreError::Encode(format!("{what} of {} bytes is longer than {} bytes", s.len(), u16::MAX)))?;
+    let len = u16::try_from(s.len()).map_err(|_| {
+        StoreError::Encode(format!(
+            "{what} of {} bytes is longer than {} bytes",
+            s.len(),
+            u16::MAX
+        ))
+    })?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
     Ok(())
@@ -264,11 +303,23 @@ pub fn load_partition_count(data_dir: &Path, configured: u32) -> std::io::Result
     let dir = data_dir.join(GROUPS_DIR);
     let path = dir.join(PARTITIONS_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} does not hold a partition count", path.display()))
-        }),
+        Ok(text) => text
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not hold a partition count", path.display()),
+                )
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::data_dir::replace_file_durable(&dir, PARTITIONS_FILE, format!("{configured}\n").as_bytes())?;
+            crate::data_dir::replace_file_durable(
+                &dir,
+                PARTITIONS_FILE,
+                format!("{configured}\n").as_bytes(),
+            )?;
             Ok(configured)
         }
         Err(e) => Err(e),
@@ -292,7 +343,13 @@ pub struct PartitionWriter {
 
 impl PartitionWriter {
     fn new(dir: PathBuf, log: Option<Rc<PartitionLog>>) -> Rc<PartitionWriter> {
-        Rc::new(PartitionWriter { dir, log: RefCell::new(log), queue: RefCell::new(Vec::new()), ready: Event::new(), closed: Cell::new(false) })
+        Rc::new(PartitionWriter {
+            dir,
+            log: RefCell::new(log),
+            queue: RefCell::new(Vec::new()),
+            ready: Event::new(),
+            closed: Cell::new(false),
+        })
     }
 
     /// Queues `records` (the queue order is the log order); the receiver gets the outcome once
@@ -300,7 +357,9 @@ impl PartitionWriter {
     pub fn submit(&self, records: Vec<LogRecord>) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         if self.closed.get() {
-            let _ = done.send(Err(StoreError::Log("the group coordinator is shutting down".into())));
+            let _ = done.send(Err(StoreError::Log(
+                "the group coordinator is shutting down".into(),
+            )));
             return rx;
         }
         self.queue.borrow_mut().push(Pending { records, done });
@@ -312,10 +371,12 @@ impl PartitionWriter {
         if let Some(log) = self.log.borrow().clone() {
             return Ok(log);
         }
-        let log = PartitionLog::open(self.dir.clone(), config.clone(), now_ms()).await.map_err(|e| {
-            tracing::error!("opening {}: {e}", self.dir.display());
-            StoreError::Log(e.to_string())
-        })?;
+        let log = PartitionLog::open(self.dir.clone(), config.clone(), now_ms())
+            .await
+            .map_err(|e| {
+                tracing::error!("opening {}: {e}", self.dir.display());
+                StoreError::Log(e.to_string())
+            })?;
         *self.log.borrow_mut() = Some(log.clone());
         Ok(log)
     }
@@ -333,7 +394,12 @@ impl PartitionWriter {
 }
 
 /// Writes queued records of one partition, in order, until the coordinator closes.
-async fn writer_loop(writer: Rc<PartitionWriter>, coordinator: Weak<GroupCoordinator>, config: LogConfig, flush: bool) {
+async fn writer_loop(
+    writer: Rc<PartitionWriter>,
+    coordinator: Weak<GroupCoordinator>,
+    config: LogConfig,
+    flush: bool,
+) {
     loop {
         let batch: Vec<Pending> = std::mem::take(&mut *writer.queue.borrow_mut());
         if batch.is_empty() {
@@ -347,7 +413,9 @@ async fn writer_loop(writer: Rc<PartitionWriter>, coordinator: Weak<GroupCoordin
             continue;
         }
         let outcomes = store(&writer, &config, flush, &batch).await;
-        let Some(coordinator) = coordinator.upgrade() else { return };
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
         for (p, outcome) in batch.iter().zip(&outcomes) {
             if outcome.is_ok() {
                 coordinator.apply_stored(&p.records);
@@ -378,15 +446,27 @@ fn encode_write(records: &[LogRecord]) -> Result<EncodedWrite, StoreError> {
     if (BATCH_HEADER_BYTES + batch_bytes) as u64 > BATCH_BYTES_MAX {
         return Err(StoreError::Encode(format!("{batch_bytes} bytes of records exceed the offsets log's batch limit of {BATCH_BYTES_MAX} bytes")));
     }
-    Ok(EncodedWrite { records: out, batch_bytes })
+    Ok(EncodedWrite {
+        records: out,
+        batch_bytes,
+    })
 }
 
 /// Stores the queued writes in order, in as few batches as the log's batch limit allows, and
 /// returns the outcome of each. A write that cannot be encoded fails alone; the others are
 /// stored.
-async fn store(writer: &PartitionWriter, config: &LogConfig, flush: bool, batch: &[Pending]) -> Vec<Result<(), StoreError>> {
-    let encoded: Vec<Result<EncodedWrite, StoreError>> = batch.iter().map(|p| encode_write(&p.records)).collect();
-    let mut outcomes: Vec<Result<(), StoreError>> = encoded.iter().map(|e| e.as_ref().map(|_| ()).map_err(Clone::clone)).collect();
+async fn store(
+    writer: &PartitionWriter,
+    config: &LogConfig,
+    flush: bool,
+    batch: &[Pending],
+) -> Vec<Result<(), StoreError>> {
+    let encoded: Vec<Result<EncodedWrite, StoreError>> =
+        batch.iter().map(|p| encode_write(&p.records)).collect();
+    let mut outcomes: Vec<Result<(), StoreError>> = encoded
+        .iter()
+        .map(|e| e.as_ref().map(|_| ()).map_err(Clone::clone))
+        .collect();
     for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
         tracing::error!("{}: refusing a write: {e}", writer.dir.display());
     }
@@ -399,7 +479,10 @@ async fn store(writer: &PartitionWriter, config: &LogConfig, flush: bool, batch:
             continue;
         }
         match chunks.last_mut() {
-            Some(chunk) if ((BATCH_HEADER_BYTES + chunk_bytes + e.batch_bytes) as u64) <= BATCH_BYTES_MAX => {
+            Some(chunk)
+                if ((BATCH_HEADER_BYTES + chunk_bytes + e.batch_bytes) as u64)
+                    <= BATCH_BYTES_MAX =>
+            {
                 chunk.push(i);
                 chunk_bytes += e.batch_bytes;
             }
@@ -431,15 +514,23 @@ async fn store(writer: &PartitionWriter, config: &LogConfig, flush: bool, batch:
     outcomes
 }
 
-async fn append(writer: &PartitionWriter, config: &LogConfig, bytes: &[u8], now: i64) -> Result<(), StoreError> {
+async fn append(
+    writer: &PartitionWriter,
+    config: &LogConfig,
+    bytes: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
     let log = writer.open(config).await?;
-    log.append(bytes, LeaderEpoch(0), now).await.map(|_| ()).map_err(|e| {
-        tracing::error!("appending to {}: {e}", writer.dir.display());
-        match e {
-            StorageError::BatchTooLarge { .. } => StoreError::Encode(e.to_string()),
-            e => StoreError::Log(e.to_string()),
-        }
-    })
+    log.append(bytes, LeaderEpoch(0), now)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::error!("appending to {}: {e}", writer.dir.display());
+            match e {
+                StorageError::BatchTooLarge { .. } => StoreError::Encode(e.to_string()),
+                e => StoreError::Log(e.to_string()),
+            }
+        })
 }
 
 async fn flush_log(writer: &PartitionWriter, config: &LogConfig) -> Result<(), StoreError> {
@@ -464,15 +555,31 @@ pub struct OffsetsStore {
 impl OffsetsStore {
     /// `delete_retention_ms` is how long the compacted log keeps a tombstone (a deleted offset
     /// or group).
-    pub fn new(data_dir: &Path, partitions: u32, segment_bytes: u64, delete_retention_ms: u64, flush: bool) -> OffsetsStore {
+    pub fn new(
+        data_dir: &Path,
+        partitions: u32,
+        segment_bytes: u64,
+        delete_retention_ms: u64,
+        flush: bool,
+    ) -> OffsetsStore {
         // Keyed records, the newest per key wins: the log is compacted, never deleted by age.
         let config = LogConfig {
             segment_bytes,
-            cleanup: CleanupPolicy { delete: false, compact: true },
+            cleanup: CleanupPolicy {
+                delete: false,
+                compact: true,
+            },
             delete_retention_ms,
             ..LogConfig::default()
         };
-        OffsetsStore { dir: data_dir.join(GROUPS_DIR), partitions, config, flush, writers: RefCell::new(HashMap::new()), started: RefCell::new(HashSet::new()) }
+        OffsetsStore {
+            dir: data_dir.join(GROUPS_DIR),
+            partitions,
+            config,
+            flush,
+            writers: RefCell::new(HashMap::new()),
+            started: RefCell::new(HashSet::new()),
+        }
     }
 
     fn partition_dir(&self, p: u32) -> PathBuf {
@@ -480,27 +587,43 @@ impl OffsetsStore {
     }
 
     /// Opens and reads back every existing partition in `owned`, oldest record first.
-    pub async fn replay(&self, owned: &[u32], mut apply: impl FnMut(LogRecord)) -> Result<usize, String> {
+    pub async fn replay(
+        &self,
+        owned: &[u32],
+        mut apply: impl FnMut(LogRecord),
+    ) -> Result<usize, String> {
         let mut count = 0;
         for &p in owned {
             let dir = self.partition_dir(p);
             if !dir.exists() {
                 continue;
             }
-            let log = PartitionLog::open(dir.clone(), self.config.clone(), now_ms()).await.map_err(|e| format!("opening {}: {e}", dir.display()))?;
+            let log = PartitionLog::open(dir.clone(), self.config.clone(), now_ms())
+                .await
+                .map_err(|e| format!("opening {}: {e}", dir.display()))?;
             let mut offset = log.log_start_offset().0;
             while offset < log.high_watermark().0 {
-                let Some(slice) = log.read(Offset(offset), REPLAY_READ_BYTES, true).await.map_err(|e| format!("reading {}: {e}", dir.display()))? else {
+                let Some(slice) = log
+                    .read(Offset(offset), REPLAY_READ_BYTES, true)
+                    .await
+                    .map_err(|e| format!("reading {}: {e}", dir.display()))?
+                else {
                     break;
                 };
                 // Startup only: a blocking read before the shard serves anything.
-                let bytes = slice.read_blocking().map_err(|e| format!("reading {}: {e}", dir.display()))?;
+                let bytes = slice
+                    .read_blocking()
+                    .map_err(|e| format!("reading {}: {e}", dir.display()))?;
                 let mut pos = 0;
                 while pos + BATCH_HEADER_BYTES <= bytes.len() {
-                    let len = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize + 12;
+                    let len =
+                        i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().expect("4 bytes"))
+                            as usize
+                            + 12;
                     let end = (pos + len).min(bytes.len());
                     let batch = &bytes[pos..end];
-                    let records = decode_records(batch).map_err(|e| format!("{} at byte {pos}: {e}", dir.display()))?;
+                    let records = decode_records(batch)
+                        .map_err(|e| format!("{} at byte {pos}: {e}", dir.display()))?;
                     // The batch's last offset, not its last record's: compaction may have
                     // removed records at the end of a batch.
                     let base = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
@@ -512,36 +635,59 @@ impl OffsetsStore {
                                 apply(record);
                                 count += 1;
                             }
-                            None => tracing::warn!("{}: skipping unreadable record at offset {}", dir.display(), r.offset),
+                            None => tracing::warn!(
+                                "{}: skipping unreadable record at offset {}",
+                                dir.display(),
+                                r.offset
+                            ),
                         }
                     }
                     pos = end;
                 }
             }
-            self.writers.borrow_mut().insert(p, PartitionWriter::new(dir, Some(log)));
+            self.writers
+                .borrow_mut()
+                .insert(p, PartitionWriter::new(dir, Some(log)));
         }
         Ok(count)
     }
 
     /// The open partition logs (for the shard's cleaner).
     pub fn logs(&self) -> Vec<Rc<PartitionLog>> {
-        self.writers.borrow().values().filter_map(|w| w.log.borrow().clone()).collect()
+        self.writers
+            .borrow()
+            .values()
+            .filter_map(|w| w.log.borrow().clone())
+            .collect()
     }
 
     /// The writer of `group`'s partition (created, with its task, on first use).
     pub fn writer(&self, group: &str, coordinator: &Rc<GroupCoordinator>) -> Rc<PartitionWriter> {
         let p = partition_of(group, self.partitions);
         let mut writers = self.writers.borrow_mut();
-        let writer = writers.entry(p).or_insert_with(|| PartitionWriter::new(self.partition_dir(p), None)).clone();
+        let writer = writers
+            .entry(p)
+            .or_insert_with(|| PartitionWriter::new(self.partition_dir(p), None))
+            .clone();
         drop(writers);
         if self.started.borrow_mut().insert(p) {
-            glommio::spawn_local(writer_loop(writer.clone(), Rc::downgrade(coordinator), self.config.clone(), self.flush)).detach();
+            glommio::spawn_local(writer_loop(
+                writer.clone(),
+                Rc::downgrade(coordinator),
+                self.config.clone(),
+                self.flush,
+            ))
+            .detach();
         }
         writer
     }
 
     /// Queues `records`, all of one group, to be stored and then applied.
-    pub fn submit(&self, coordinator: &Rc<GroupCoordinator>, records: Vec<LogRecord>) -> oneshot::Receiver<Result<(), StoreError>> {
+    pub fn submit(
+        &self,
+        coordinator: &Rc<GroupCoordinator>,
+        records: Vec<LogRecord>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
         let Some(first) = records.first() else {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(()));
@@ -551,7 +697,11 @@ impl OffsetsStore {
     }
 
     /// Stores `records`, all of one group, and applies them.
-    pub async fn write(&self, coordinator: &Rc<GroupCoordinator>, records: Vec<LogRecord>) -> Result<(), StoreError> {
+    pub async fn write(
+        &self,
+        coordinator: &Rc<GroupCoordinator>,
+        records: Vec<LogRecord>,
+    ) -> Result<(), StoreError> {
         outcome(self.submit(coordinator, records)).await
     }
 
@@ -573,8 +723,18 @@ mod tests {
     }
 
     fn commit(group: String, offset: i64) -> LogRecord {
-        let value = Some(Committed { offset, leader_epoch: -1, metadata: String::new(), commit_ms: 1 });
-        LogRecord::Offset { group, topic: "t".into(), partition: 0, value }
+        let value = Some(Committed {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_ms: 1,
+        });
+        LogRecord::Offset {
+            group,
+            topic: "t".into(),
+            partition: 0,
+            value,
+        }
     }
 
     #[test]
@@ -583,22 +743,44 @@ mod tests {
             group: "g".into(),
             topic: "t".into(),
             partition: 3,
-            value: Some(Committed { offset: 42, leader_epoch: 7, metadata: "héllo".into(), commit_ms: 1 }),
+            value: Some(Committed {
+                offset: 42,
+                leader_epoch: 7,
+                metadata: "héllo".into(),
+                commit_ms: 1,
+            }),
         };
         let (key, value) = encode(&offset);
         let back = LogRecord::decode(&key, value.as_deref()).unwrap();
-        assert!(matches!(back, LogRecord::Offset { ref group, partition: 3, value: Some(ref c), .. } if group == "g" && c.offset == 42 && c.metadata == "héllo" && c.leader_epoch == 7));
-        let tomb = LogRecord::Offset { group: "g".into(), topic: "t".into(), partition: 3, value: None };
-        assert!(matches!(LogRecord::decode(&encode(&tomb).0, None), Some(LogRecord::Offset { value: None, .. })));
+        assert!(
+            matches!(back, LogRecord::Offset { ref group, partition: 3, value: Some(ref c), .. } if group == "g" && c.offset == 42 && c.metadata == "héllo" && c.leader_epoch == 7)
+        );
+        let tomb = LogRecord::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 3,
+            value: None,
+        };
+        assert!(matches!(
+            LogRecord::decode(&encode(&tomb).0, None),
+            Some(LogRecord::Offset { value: None, .. })
+        ));
 
         let record = GroupRecord {
             protocol_type: Some("consumer".into()),
             protocol: Some("range".into()),
             generation: 5,
             leader: Some("m1".into()),
-            members: vec![MemberRecord { member_id: "m1".into(), assignment: vec![1, 2, 3], ..Default::default() }],
+            members: vec![MemberRecord {
+                member_id: "m1".into(),
+                assignment: vec![1, 2, 3],
+                ..Default::default()
+            }],
         };
-        let group = LogRecord::Group { group: "g".into(), value: Some(record.clone()) };
+        let group = LogRecord::Group {
+            group: "g".into(),
+            value: Some(record.clone()),
+        };
         let (key, value) = encode(&group);
         match LogRecord::decode(&key, value.as_deref()) {
             Some(LogRecord::Group { value: Some(v), .. }) => assert_eq!(v, record),
@@ -611,13 +793,37 @@ mod tests {
     #[test]
     fn strings_longer_than_their_length_field_are_refused_not_cut() {
         let too_long = "g".repeat(u16::MAX as usize + 1);
-        for r in [commit(too_long.clone(), 1), LogRecord::Group { group: too_long.clone(), value: None }] {
-            assert!(matches!(r.encode_key(), Err(StoreError::Encode(_))), "{:?}", r.encode_key().map(|k| k.len()));
+        for r in [
+            commit(too_long.clone(), 1),
+            LogRecord::Group {
+                group: too_long.clone(),
+                value: None,
+            },
+        ] {
+            assert!(
+                matches!(r.encode_key(), Err(StoreError::Encode(_))),
+                "{:?}",
+                r.encode_key().map(|k| k.len())
+            );
         }
-        let long_topic = LogRecord::Offset { group: "g".into(), topic: too_long.as_str().into(), partition: 0, value: None };
-        assert!(matches!(long_topic.encode_key(), Err(StoreError::Encode(_))));
-        assert!(matches!(encode_write(&[commit("g".into(), 1), commit(too_long, 2)]), Err(StoreError::Encode(_))));
-        assert_eq!(StoreError::Encode(String::new()).code(), E::UnknownServerError.code());
+        let long_topic = LogRecord::Offset {
+            group: "g".into(),
+            topic: too_long.as_str().into(),
+            partition: 0,
+            value: None,
+        };
+        assert!(matches!(
+            long_topic.encode_key(),
+            Err(StoreError::Encode(_))
+        ));
+        assert!(matches!(
+            encode_write(&[commit("g".into(), 1), commit(too_long, 2)]),
+            Err(StoreError::Encode(_))
+        ));
+        assert_eq!(
+            StoreError::Encode(String::new()).code(),
+            E::UnknownServerError.code()
+        );
     }
 
     #[test]
@@ -627,11 +833,20 @@ mod tests {
             assert_eq!(group.len(), len);
             let (key, value) = encode(&commit(group.clone(), 7));
             match LogRecord::decode(&key, value.as_deref()) {
-                Some(LogRecord::Offset { group: g, value: Some(c), .. }) => assert!(g == group && c.offset == 7),
+                Some(LogRecord::Offset {
+                    group: g,
+                    value: Some(c),
+                    ..
+                }) => assert!(g == group && c.offset == 7),
                 other => panic!("{other:?}"),
             }
-            let (key, _) = encode(&LogRecord::Group { group: group.clone(), value: None });
-            assert!(matches!(LogRecord::decode(&key, None), Some(LogRecord::Group { group: g, value: None }) if g == group));
+            let (key, _) = encode(&LogRecord::Group {
+                group: group.clone(),
+                value: None,
+            });
+            assert!(
+                matches!(LogRecord::decode(&key, None), Some(LogRecord::Group { group: g, value: None }) if g == group)
+            );
         }
     }
 
@@ -642,11 +857,23 @@ mod tests {
         let path = data.join(GROUPS_DIR).join("offsets-0");
         let (outcomes, stored) = strom_storage::testing::run_local(move || async move {
             let writer = PartitionWriter::new(path.clone(), None);
-            let config = LogConfig { cleanup: CleanupPolicy { delete: false, compact: true }, ..LogConfig::default() };
-            let pending = |records| Pending { records, done: oneshot::channel().0 };
+            let config = LogConfig {
+                cleanup: CleanupPolicy {
+                    delete: false,
+                    compact: true,
+                },
+                ..LogConfig::default()
+            };
+            let pending = |records| Pending {
+                records,
+                done: oneshot::channel().0,
+            };
             let batch = [
                 pending(vec![commit("a".into(), 1)]),
-                pending(vec![commit("b".into(), 2), commit("b".repeat(u16::MAX as usize + 1), 3)]),
+                pending(vec![
+                    commit("b".into(), 2),
+                    commit("b".repeat(u16::MAX as usize + 1), 3),
+                ]),
                 pending(vec![commit("c".into(), 4)]),
             ];
             let outcomes = store(&writer, &config, true, &batch).await;
@@ -658,7 +885,10 @@ mod tests {
             (outcomes, stored)
         });
         assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
-        assert!(matches!(outcomes[1], Err(StoreError::Encode(_))), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[1], Err(StoreError::Encode(_))),
+            "{outcomes:?}"
+        );
         let groups: Vec<&str> = stored.iter().map(|r| r.group()).collect();
         assert_eq!(groups, ["a", "c"]);
     }

@@ -51,7 +51,11 @@ pub struct Affinity {
 
 impl Affinity {
     pub fn new(home: usize, last_move_ms: Option<i64>) -> Affinity {
-        Affinity { home, candidate: Cell::new(None), last_move_ms }
+        Affinity {
+            home,
+            candidate: Cell::new(None),
+            last_move_ms,
+        }
     }
 
     /// Counts one finished request.

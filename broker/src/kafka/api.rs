@@ -16,7 +16,12 @@ pub struct ApiSupport {
 }
 
 const fn api(key: ApiKey, advertised_min: i16, decode_min: i16, max: i16) -> ApiSupport {
-    ApiSupport { key, advertised_min, decode_min, max }
+    ApiSupport {
+        key,
+        advertised_min,
+        decode_min,
+        max,
+    }
 }
 
 pub const SUPPORTED_APIS: &[ApiSupport] = &[
@@ -62,7 +67,10 @@ pub const WIRE_ALIASES: &[(ApiKey, i16, i16)] = &[(ApiKey::DescribeLogDirs, 0, 1
 
 /// The version whose layout a request of `version` has (itself unless aliased).
 pub fn wire_version(key: ApiKey, version: i16) -> i16 {
-    WIRE_ALIASES.iter().find(|(k, v, _)| *k == key && *v == version).map_or(version, |a| a.2)
+    WIRE_ALIASES
+        .iter()
+        .find(|(k, v, _)| *k == key && *v == version)
+        .map_or(version, |a| a.2)
 }
 
 pub fn support(key: ApiKey) -> Option<&'static ApiSupport> {
@@ -80,7 +88,14 @@ mod tests {
         for a in SUPPORTED_APIS {
             let v = a.key.valid_versions();
             let min = wire_version(a.key, a.decode_min);
-            assert!(min >= v.min && a.max <= v.max, "{:?}: {}..{} outside {}", a.key, a.decode_min, a.max, v);
+            assert!(
+                min >= v.min && a.max <= v.max,
+                "{:?}: {}..{} outside {}",
+                a.key,
+                a.decode_min,
+                a.max,
+                v
+            );
             assert!(a.advertised_min <= a.decode_min);
         }
         let _ = kafka_protocol::messages::ProduceRequest::VERSIONS;
@@ -91,7 +106,10 @@ mod tests {
     fn wire_aliases_are_supported_versions() {
         for &(key, version, wire) in WIRE_ALIASES {
             let a = support(key).expect("aliased API is in the table");
-            assert!(a.decode_min <= version && version < wire && wire <= a.max, "{key:?} v{version} -> v{wire}");
+            assert!(
+                a.decode_min <= version && version < wire && wire <= a.max,
+                "{key:?} v{version} -> v{wire}"
+            );
             assert!(wire >= key.valid_versions().min);
             assert_eq!(wire_version(key, version), wire);
             assert_eq!(wire_version(key, wire), wire);
@@ -103,10 +121,19 @@ mod tests {
     fn compat_doc_matches_table() {
         let doc = include_str!("../../../docs/kafka_compat.md");
         for a in SUPPORTED_APIS {
-            let row = format!("| {:?} | {} | {}..{} |", a.key, a.key as i16, a.advertised_min, a.max);
-            assert!(doc.contains(&row), "docs/kafka_compat.md lacks the row `{row}`");
+            let row = format!(
+                "| {:?} | {} | {}..{} |",
+                a.key, a.key as i16, a.advertised_min, a.max
+            );
+            assert!(
+                doc.contains(&row),
+                "docs/kafka_compat.md lacks the row `{row}`"
+            );
         }
-        let rows = doc.lines().filter(|l| l.starts_with("| ") && l.contains("..") && l.matches('|').count() >= 4).count();
+        let rows = doc
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains("..") && l.matches('|').count() >= 4)
+            .count();
         assert!(rows >= SUPPORTED_APIS.len());
     }
 }

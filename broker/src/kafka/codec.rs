@@ -5,13 +5,21 @@ use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
 
 /// Encodes `[size][response header][body]` for `api`/`version`.
-pub fn frame_response<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> anyhow_free::Result<Bytes> {
+pub fn frame_response<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> anyhow_free::Result<Bytes> {
     let header_version = response_header_version(api, version);
-    let mut buf = BytesMut::with_capacity(64 + body.compute_size(version).map_err(anyhow_free::wrap)?);
+    let mut buf =
+        BytesMut::with_capacity(64 + body.compute_size(version).map_err(anyhow_free::wrap)?);
     buf.put_i32(0);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
-    header.encode(&mut buf, header_version).map_err(anyhow_free::wrap)?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(anyhow_free::wrap)?;
     body.encode(&mut buf, version).map_err(anyhow_free::wrap)?;
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());

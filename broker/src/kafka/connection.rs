@@ -33,11 +33,11 @@ use kafka_protocol::protocol::Decodable;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use strom_net::{ConnectionSlot, FrameReader, OutChunk, ResponseSender};
 
-use super::handlers::{self, Outcome};
+use super::affinity::Affinity;
 use super::api;
+use super::handlers::{self, Outcome};
 use crate::limits::REQUEST_BODY_STALL_MS_MAX;
 use crate::metrics::stages::RequestTrace;
-use super::affinity::Affinity;
 use crate::now_ms;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
@@ -57,13 +57,24 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
 
 /// Serves a connection another shard handed over.
 pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
-    let Handoff { fd, buffered, slot, moved_at_ms } = handoff;
+    let Handoff {
+        fd,
+        buffered,
+        slot,
+        moved_at_ms,
+    } = handoff;
     // SAFETY: `fd` is a connected TCP socket the handoff owned; the stream takes it over.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
     spawn_served(shard.clone(), stream, slot, buffered, Some(moved_at_ms));
 }
 
-fn spawn_served(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot, buffered: BytesMut, moved_at_ms: Option<i64>) {
+fn spawn_served(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    slot: ConnectionSlot,
+    buffered: BytesMut,
+    moved_at_ms: Option<i64>,
+) {
     let open = &shard.metrics.connections_open;
     open.set(open.get() + 1);
     glommio::spawn_local(async move {
@@ -71,14 +82,20 @@ fn spawn_served(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot, buffe
         let open = &shard.metrics.connections_open;
         open.set(open.get() - 1);
         if let Some((to, handoff)) = moving {
-            match shard.call(to, ShardOp::AdoptConnection(Box::new(handoff))).await {
+            match shard
+                .call(to, ShardOp::AdoptConnection(Box::new(handoff)))
+                .await
+            {
                 ShardReply::Done(Ok(())) => {
                     let n = &shard.stats.connections_migrated;
                     n.set(n.get() + 1);
                 }
                 // The target is shutting down or its queue is full: the handoff (and with it
                 // the socket) is dropped and the client reconnects.
-                _ => tracing::debug!(shard = shard.id, "could not hand a connection to shard {to}; closed"),
+                _ => tracing::debug!(
+                    shard = shard.id,
+                    "could not hand a connection to shard {to}; closed"
+                ),
             }
         }
     })
@@ -93,7 +110,11 @@ async fn serve(
     buffered: BytesMut,
     moved_at_ms: Option<i64>,
 ) -> Option<(usize, Handoff)> {
-    let peer: Rc<str> = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into()).into();
+    let peer: Rc<str> = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+        .into();
     let sender = match ResponseSender::new(stream.as_raw_fd(), shard.config.send_wait_ms_max) {
         Ok(s) => s,
         Err(e) => {
@@ -101,15 +122,24 @@ async fn serve(
             return None;
         }
     };
-    let (tx, rx) = local_channel::new_bounded::<JoinHandle<Answer>>(shard.config.connection_requests_inflight_max);
+    let (tx, rx) = local_channel::new_bounded::<JoinHandle<Answer>>(
+        shard.config.connection_requests_inflight_max,
+    );
     // Requests read and not yet answered (or dropped, for acks=0): a connection waiting for a
     // long poll is busy, not idle.
     let inflight = Rc::new(Cell::new(0usize));
-    let writer = glommio::spawn_local(write_responses(shard.clone(), sender, rx, peer.to_string(), inflight.clone()));
+    let writer = glommio::spawn_local(write_responses(
+        shard.clone(),
+        sender,
+        rx,
+        peer.to_string(),
+        inflight.clone(),
+    ));
 
     let idle = Duration::from_millis(shard.config.connection_idle_ms);
     // A started request may not stall longer than an idle connection may live.
-    let stall = Duration::from_millis(REQUEST_BODY_STALL_MS_MAX.min(shard.config.connection_idle_ms));
+    let stall =
+        Duration::from_millis(REQUEST_BODY_STALL_MS_MAX.min(shard.config.connection_idle_ms));
     let mut reader = FrameReader::with_buffered(stream, shard.config.request_bytes_max, buffered);
     let progress = reader.progress();
     let affinity = Rc::new(Affinity::new(shard.id, moved_at_ms));
@@ -124,7 +154,10 @@ async fn serve(
                 break;
             }
             None => {
-                tracing::debug!("{peer}: closing connection idle for {} ms (connections.max.idle.ms)", idle.as_millis());
+                tracing::debug!(
+                    "{peer}: closing connection idle for {} ms (connections.max.idle.ms)",
+                    idle.as_millis()
+                );
                 count_idle_close(&shard);
                 break;
             }
@@ -139,22 +172,23 @@ async fn serve(
         }
         // Back-pressure: nothing more is read from this connection until the request fits.
         let permit = shard.request_budget.acquire(4 + len).await;
-        let (frame, trace) = match quiet_bounded(reader.next_frame(), &progress, || false, stall).await {
-            Some(Ok(Some(f))) => (f.freeze(), RequestTrace::new()),
-            Some(Ok(None)) => break,
-            Some(Err(e)) => {
-                tracing::warn!("{peer}: closing connection: {e}");
-                break;
-            }
-            None => {
-                tracing::warn!(
+        let (frame, trace) =
+            match quiet_bounded(reader.next_frame(), &progress, || false, stall).await {
+                Some(Ok(Some(f))) => (f.freeze(), RequestTrace::new()),
+                Some(Ok(None)) => break,
+                Some(Err(e)) => {
+                    tracing::warn!("{peer}: closing connection: {e}");
+                    break;
+                }
+                None => {
+                    tracing::warn!(
                     "{peer}: closing connection: no byte of a {len}-byte request arrived for {} ms",
                     stall.as_millis()
                 );
-                count_idle_close(&shard);
-                break;
-            }
-        };
+                    count_idle_close(&shard);
+                    break;
+                }
+            };
         inflight.set(inflight.get() + 1);
         let task = match parse(frame) {
             Ok((api, version, header, body)) => {
@@ -163,18 +197,28 @@ async fn serve(
                 let affinity = affinity.clone();
                 glommio::spawn_local(async move {
                     trace.started();
-                    let (outcome, hint) = handlers::dispatch(&shard, api, version, header, &peer, body, &trace).await;
+                    let (outcome, hint) =
+                        handlers::dispatch(&shard, api, version, header, &peer, body, &trace).await;
                     affinity.observe(hint);
                     trace.encoded();
                     drop(permit);
-                    Answer { outcome, trace: Some((api, trace)) }
+                    Answer {
+                        outcome,
+                        trace: Some((api, trace)),
+                    }
                 })
                 .detach()
             }
             Err(outcome) => {
                 drop(permit);
                 let stop = matches!(outcome, Outcome::Close(_));
-                let t = glommio::spawn_local(async move { Answer { outcome, trace: None } }).detach();
+                let t = glommio::spawn_local(async move {
+                    Answer {
+                        outcome,
+                        trace: None,
+                    }
+                })
+                .detach();
                 if tx.send(t).await.is_err() || stop {
                     break;
                 }
@@ -192,14 +236,27 @@ async fn serve(
     let (stream, buffered) = reader.into_parts();
     // The sender's descriptor keeps the socket open; this one is closed.
     drop(stream);
-    Some((to, Handoff { fd: sender.into_fd(), buffered, slot, moved_at_ms: now_ms() }))
+    Some((
+        to,
+        Handoff {
+            fd: sender.into_fd(),
+            buffered,
+            slot,
+            moved_at_ms: now_ms(),
+        },
+    ))
 }
 
 /// Awaits `fut` unless `quiet` passes with no byte read (`progress` unchanged) and `busy()`
 /// false, checked every `quiet`: so a connection is given up between one and two `quiet`
 /// periods after its last byte. The future is polled once before any timer exists, so a frame
 /// already in the buffer costs no timer.
-async fn quiet_bounded<T>(fut: impl Future<Output = T>, progress: &Cell<u64>, busy: impl Fn() -> bool, quiet: Duration) -> Option<T> {
+async fn quiet_bounded<T>(
+    fut: impl Future<Output = T>,
+    progress: &Cell<u64>,
+    busy: impl Fn() -> bool,
+    quiet: Duration,
+) -> Option<T> {
     let mut fut = pin!(fut);
     let mut seen = progress.get();
     loop {
@@ -224,7 +281,10 @@ fn count_idle_close(shard: &Shard) {
 /// Splits a frame into API, version, header and body; answers what cannot go to a handler.
 fn parse(mut frame: Bytes) -> Result<(ApiKey, i16, RequestHeader, Bytes), Outcome> {
     if frame.len() < 8 {
-        return Err(Outcome::Close(format!("request of {} bytes is too short for a header", frame.len())));
+        return Err(Outcome::Close(format!(
+            "request of {} bytes is too short for a header",
+            frame.len()
+        )));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -240,7 +300,9 @@ fn parse(mut frame: Bytes) -> Result<(ApiKey, i16, RequestHeader, Bytes), Outcom
             // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges.
             return Err(handlers::api_versions::unsupported_version(correlation_id));
         }
-        return Err(Outcome::Close(format!("{api:?} v{version} is not supported")));
+        return Err(Outcome::Close(format!(
+            "{api:?} v{version} is not supported"
+        )));
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| Outcome::Close(format!("malformed {api:?} v{version} request header: {e}")))?;
@@ -261,9 +323,10 @@ async fn write_responses(
     inflight: Rc<Cell<usize>>,
 ) -> Option<ResponseSender> {
     while let Some(task) = rx.recv().await {
-        let Answer { outcome, trace } = task
-            .await
-            .unwrap_or_else(|| Answer { outcome: Outcome::Close("request handler was cancelled".into()), trace: None });
+        let Answer { outcome, trace } = task.await.unwrap_or_else(|| Answer {
+            outcome: Outcome::Close("request handler was cancelled".into()),
+            trace: None,
+        });
         inflight.set(inflight.get().saturating_sub(1));
         if let Some((_, trace)) = &trace {
             trace.write_start();

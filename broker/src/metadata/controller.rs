@@ -44,7 +44,10 @@ pub enum ControllerOutput {
 pub type ControllerReply = Result<ControllerOutput, ControllerError>;
 
 fn err(code: E, message: impl Into<String>) -> ControllerError {
-    ControllerError { code: code.code(), message: message.into() }
+    ControllerError {
+        code: code.code(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,15 +59,33 @@ pub enum ConfigOpKind {
 }
 
 pub enum ControllerOp {
-    CreateTopic { name: String, partitions: i32, overrides: BTreeMap<String, String>, validate_only: bool },
-    DeleteTopic { name: String },
-    CreatePartitions { name: String, count: i32, validate_only: bool },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        validate_only: bool,
+    },
     /// `replace`: AlterConfigs semantics (the given set becomes the whole override set);
     /// otherwise IncrementalAlterConfigs.
-    AlterConfigs { name: String, ops: Vec<(String, ConfigOpKind, Option<String>)>, replace: bool, validate_only: bool },
+    AlterConfigs {
+        name: String,
+        ops: Vec<(String, ConfigOpKind, Option<String>)>,
+        replace: bool,
+        validate_only: bool,
+    },
     /// A producer id for an idempotent producer; `current` is the id and epoch of a producer
     /// that already has one and asks for an epoch bump (KIP-360).
-    InitProducerId { current: Option<(i64, i16)> },
+    InitProducerId {
+        current: Option<(i64, i16)>,
+    },
 }
 
 /// Kafka's topic name rules: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -76,10 +97,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("Topic name cannot be \"{name}\""));
     }
     if name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!("Topic name is longer than {TOPIC_NAME_BYTES_MAX} characters"));
+        return Err(format!(
+            "Topic name is longer than {TOPIC_NAME_BYTES_MAX} characters"
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("Topic name \"{name}\" contains the illegal character {c:?}"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "Topic name \"{name}\" contains the illegal character {c:?}"
+        ));
     }
     Ok(())
 }
@@ -121,7 +149,12 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(producer_ids: ProducerIds) -> Controller {
-        Controller { lock: Semaphore::new(1), snapshot: RefCell::new(None), producer_ids, deleting: RefCell::new(Vec::new()) }
+        Controller {
+            lock: Semaphore::new(1),
+            snapshot: RefCell::new(None),
+            producer_ids,
+            deleting: RefCell::new(Vec::new()),
+        }
     }
 
     /// Persists the list of topics being deleted.
@@ -129,12 +162,20 @@ impl Controller {
         let topics = self.deleting.borrow().clone();
         store::save_deleting(&shard.config.data_dir, &topics)
             .await
-            .map_err(|e| err(E::KafkaStorageError, format!("persisting the topics being deleted: {e}")))
+            .map_err(|e| {
+                err(
+                    E::KafkaStorageError,
+                    format!("persisting the topics being deleted: {e}"),
+                )
+            })
     }
 
     fn fault(shard: &Shard, step: ControllerStep) {
         if shard.config.faults.controller_abort_at == Some(step) {
-            tracing::error!("test.fault.controller.abort.at={}: aborting on purpose", step.name());
+            tracing::error!(
+                "test.fault.controller.abort.at={}: aborting on purpose",
+                step.name()
+            );
             std::process::abort();
         }
     }
@@ -142,33 +183,59 @@ impl Controller {
     pub async fn apply(&self, shard: &Rc<Shard>, op: ControllerOp) -> ControllerReply {
         match op {
             // Producer ids have their own persistence and do not wait for metadata changes.
-            ControllerOp::InitProducerId { current } => match self.producer_ids.init(current, now_ms()).await {
-                Ok((id, epoch)) => Ok(ControllerOutput::ProducerId { id, epoch }),
-                Err(e @ ProducerIdError::Fenced { .. }) => Err(err(E::ProducerFenced, e.to_string())),
-                Err(e) => {
-                    tracing::error!("allocating a producer id: {e}");
-                    Err(err(E::KafkaStorageError, e.to_string()))
+            ControllerOp::InitProducerId { current } => {
+                match self.producer_ids.init(current, now_ms()).await {
+                    Ok((id, epoch)) => Ok(ControllerOutput::ProducerId { id, epoch }),
+                    Err(e @ ProducerIdError::Fenced { .. }) => {
+                        Err(err(E::ProducerFenced, e.to_string()))
+                    }
+                    Err(e) => {
+                        tracing::error!("allocating a producer id: {e}");
+                        Err(err(E::KafkaStorageError, e.to_string()))
+                    }
                 }
-            },
-            op => self.change_metadata(shard, op).await.map(|()| ControllerOutput::Done),
+            }
+            op => self
+                .change_metadata(shard, op)
+                .await
+                .map(|()| ControllerOutput::Done),
         }
     }
 
-    async fn change_metadata(&self, shard: &Rc<Shard>, op: ControllerOp) -> Result<(), ControllerError> {
-        let _permit = self.lock.acquire_permit(1).await.map_err(|e| err(E::UnknownServerError, e.to_string()))?;
+    async fn change_metadata(
+        &self,
+        shard: &Rc<Shard>,
+        op: ControllerOp,
+    ) -> Result<(), ControllerError> {
+        let _permit = self
+            .lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| err(E::UnknownServerError, e.to_string()))?;
         let current = self.current(shard);
         let mut next = current.clone();
         next.version += 1;
         // Log work to do on owners once the new snapshot is durable.
         let mut after: Vec<(usize, ShardOp)> = Vec::new();
         match op {
-            ControllerOp::CreateTopic { name, partitions, overrides, validate_only } => {
+            ControllerOp::CreateTopic {
+                name,
+                partitions,
+                overrides,
+                validate_only,
+            } => {
                 validate_topic_name(&name).map_err(|m| err(E::InvalidTopicException, m))?;
                 if current.topics.iter().any(|t| t.name == name) {
-                    return Err(err(E::TopicAlreadyExists, format!("Topic '{name}' already exists.")));
+                    return Err(err(
+                        E::TopicAlreadyExists,
+                        format!("Topic '{name}' already exists."),
+                    ));
                 }
                 if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
-                    return Err(err(E::InvalidPartitions, format!("Number of partitions must be in 1..={TOPIC_PARTITIONS_MAX}")));
+                    return Err(err(
+                        E::InvalidPartitions,
+                        format!("Number of partitions must be in 1..={TOPIC_PARTITIONS_MAX}"),
+                    ));
                 }
                 for (k, v) in &overrides {
                     topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
@@ -176,36 +243,66 @@ impl Controller {
                 if validate_only {
                     return Ok(());
                 }
-                let shards: Vec<u32> = (0..partitions).map(|p| shard.table.assign(&name, p)).collect();
+                let shards: Vec<u32> = (0..partitions)
+                    .map(|p| shard.table.assign(&name, p))
+                    .collect();
                 let id: [u8; 16] = rand::random();
-                let record = TopicRecord { name, id, partition_shards: shards, partition_epochs: vec![0; partitions as usize], overrides };
+                let record = TopicRecord {
+                    name,
+                    id,
+                    partition_shards: shards,
+                    partition_epochs: vec![0; partitions as usize],
+                    overrides,
+                };
                 after.extend(open_ops(shard, &record, 0, true));
                 next.topics.push(record);
             }
             ControllerOp::DeleteTopic { name } => {
                 let Some(i) = current.topics.iter().position(|t| t.name == name) else {
-                    return Err(err(E::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")));
+                    return Err(err(
+                        E::UnknownTopicOrPartition,
+                        format!("Topic '{name}' does not exist"),
+                    ));
                 };
                 let record = next.topics.remove(i);
                 let topic: Arc<str> = Arc::from(record.name.as_str());
                 let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
                 for (p, &s) in record.partition_shards.iter().enumerate() {
-                    by_shard.entry(shard.table.effective(s)).or_default().push(p as i32);
+                    by_shard
+                        .entry(shard.table.effective(s))
+                        .or_default()
+                        .push(p as i32);
                 }
                 for (s, partitions) in by_shard {
-                    after.push((s, ShardOp::RemoveLogs { topic: topic.clone(), partitions }));
+                    after.push((
+                        s,
+                        ShardOp::RemoveLogs {
+                            topic: topic.clone(),
+                            partitions,
+                        },
+                    ));
                 }
             }
-            ControllerOp::CreatePartitions { name, count, validate_only } => {
+            ControllerOp::CreatePartitions {
+                name,
+                count,
+                validate_only,
+            } => {
                 let Some(t) = next.topics.iter_mut().find(|t| t.name == name) else {
-                    return Err(err(E::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")));
+                    return Err(err(
+                        E::UnknownTopicOrPartition,
+                        format!("Topic '{name}' does not exist"),
+                    ));
                 };
                 let have = t.partition_shards.len() as i32;
                 if count <= have {
                     return Err(err(E::InvalidPartitions, format!("Topic currently has {have} partitions, {count} would not be an increase.")));
                 }
                 if count > TOPIC_PARTITIONS_MAX {
-                    return Err(err(E::InvalidPartitions, format!("At most {TOPIC_PARTITIONS_MAX} partitions")));
+                    return Err(err(
+                        E::InvalidPartitions,
+                        format!("At most {TOPIC_PARTITIONS_MAX} partitions"),
+                    ));
                 }
                 if validate_only {
                     return Ok(());
@@ -216,11 +313,23 @@ impl Controller {
                 }
                 after.extend(open_ops(shard, t, have as usize, true));
             }
-            ControllerOp::AlterConfigs { name, ops, replace, validate_only } => {
+            ControllerOp::AlterConfigs {
+                name,
+                ops,
+                replace,
+                validate_only,
+            } => {
                 let Some(t) = next.topics.iter_mut().find(|t| t.name == name) else {
-                    return Err(err(E::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")));
+                    return Err(err(
+                        E::UnknownTopicOrPartition,
+                        format!("Topic '{name}' does not exist"),
+                    ));
                 };
-                let mut overrides = if replace { BTreeMap::new() } else { t.overrides.clone() };
+                let mut overrides = if replace {
+                    BTreeMap::new()
+                } else {
+                    t.overrides.clone()
+                };
                 for (key, kind, value) in ops {
                     apply_config_op(&mut overrides, &key, kind, value, shard)?;
                 }
@@ -231,16 +340,32 @@ impl Controller {
                     return Ok(());
                 }
                 t.overrides = overrides;
-                let config = shard.config.topic_defaults.resolve(&t.overrides).log_config();
+                let config = shard
+                    .config
+                    .topic_defaults
+                    .resolve(&t.overrides)
+                    .log_config();
                 let topic: Arc<str> = Arc::from(t.name.as_str());
-                let owners: std::collections::BTreeSet<usize> =
-                    t.partition_shards.iter().map(|&s| shard.table.effective(s)).collect();
+                let owners: std::collections::BTreeSet<usize> = t
+                    .partition_shards
+                    .iter()
+                    .map(|&s| shard.table.effective(s))
+                    .collect();
                 for s in owners {
-                    after.push((s, ShardOp::UpdateLogConfig { topic: topic.clone(), config: config.clone() }));
+                    after.push((
+                        s,
+                        ShardOp::UpdateLogConfig {
+                            topic: topic.clone(),
+                            config: config.clone(),
+                        },
+                    ));
                 }
             }
             ControllerOp::InitProducerId { .. } => {
-                return Err(err(E::UnknownServerError, "InitProducerId is not a metadata change"));
+                return Err(err(
+                    E::UnknownServerError,
+                    "InitProducerId is not a metadata change",
+                ));
             }
         }
         // A deletion is recorded before the snapshot that drops the topic, so that the startup
@@ -268,14 +393,21 @@ impl Controller {
             Self::fault(shard, ControllerStep::SnapshotSaved);
         }
         // Opening logs must happen before the topic is published; removal after.
-        let (opens, removes): (Vec<_>, Vec<_>) = after.into_iter().partition(|(_, op)| !matches!(op, ShardOp::RemoveLogs { .. }));
+        let (opens, removes): (Vec<_>, Vec<_>) = after
+            .into_iter()
+            .partition(|(_, op)| !matches!(op, ShardOp::RemoveLogs { .. }));
         let mut failure = None;
-        for r in futures::future::join_all(opens.into_iter().map(|(s, op)| shard.call(s, op))).await {
+        for r in futures::future::join_all(opens.into_iter().map(|(s, op)| shard.call(s, op))).await
+        {
             if let ShardReply::Done(Err(e)) = r {
                 failure = Some(e);
             }
         }
-        shard.meta.store(Arc::new(ClusterMeta::from_snapshot(&next, &shard.table, &shard.config.topic_defaults)));
+        shard.meta.store(Arc::new(ClusterMeta::from_snapshot(
+            &next,
+            &shard.table,
+            &shard.config.topic_defaults,
+        )));
         *self.snapshot.borrow_mut() = Some(next);
         let mut deleted: Vec<Arc<str>> = removes
             .iter()
@@ -286,8 +418,13 @@ impl Controller {
             .filter(|t| shard.meta().topic(t).is_none())
             .collect();
         deleted.dedup();
-        let removed = futures::future::join_all(removes.into_iter().map(|(s, op)| shard.call(s, op))).await;
-        if !deleting.is_empty() && removed.iter().all(|r| matches!(r, ShardReply::Done(Ok(())))) {
+        let removed =
+            futures::future::join_all(removes.into_iter().map(|(s, op)| shard.call(s, op))).await;
+        if !deleting.is_empty()
+            && removed
+                .iter()
+                .all(|r| matches!(r, ShardReply::Done(Ok(()))))
+        {
             // Every directory is gone: the entries are no longer needed. If this write fails
             // they stay, which is harmless (startup removes nothing the metadata lists).
             self.deleting.borrow_mut().retain(|t| !deleting.contains(t));
@@ -297,7 +434,11 @@ impl Controller {
         }
         if !deleted.is_empty() {
             // Committed offsets of a deleted topic go with it.
-            shard.group_call_all(|| GroupOp::TopicsDeleted { topics: deleted.clone() }).await;
+            shard
+                .group_call_all(|| GroupOp::TopicsDeleted {
+                    topics: deleted.clone(),
+                })
+                .await;
         }
         match failure {
             Some(e) => Err(err(E::KafkaStorageError, e)),
@@ -329,15 +470,32 @@ impl Controller {
 }
 
 fn open_ops(shard: &Shard, t: &TopicRecord, from: usize, fresh: bool) -> Vec<(usize, ShardOp)> {
-    let config = shard.config.topic_defaults.resolve(&t.overrides).log_config();
+    let config = shard
+        .config
+        .topic_defaults
+        .resolve(&t.overrides)
+        .log_config();
     let topic: Arc<str> = Arc::from(t.name.as_str());
     let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
     for (p, &s) in t.partition_shards.iter().enumerate().skip(from) {
-        by_shard.entry(shard.table.effective(s)).or_default().push(p as i32);
+        by_shard
+            .entry(shard.table.effective(s))
+            .or_default()
+            .push(p as i32);
     }
     by_shard
         .into_iter()
-        .map(|(s, partitions)| (s, ShardOp::OpenLogs { topic: topic.clone(), partitions, config: config.clone(), fresh }))
+        .map(|(s, partitions)| {
+            (
+                s,
+                ShardOp::OpenLogs {
+                    topic: topic.clone(),
+                    partitions,
+                    config: config.clone(),
+                    fresh,
+                },
+            )
+        })
         .collect()
 }
 
@@ -354,18 +512,42 @@ fn apply_config_op(
             overrides.insert(key.to_string(), v);
         }
         ConfigOpKind::Delete => {
-            topic_config::validate(key, "0").or_else(|m| if m.starts_with("Unknown") { Err(m) } else { Ok(()) }).map_err(|m| err(E::InvalidConfig, m))?;
+            topic_config::validate(key, "0")
+                .or_else(|m| {
+                    if m.starts_with("Unknown") {
+                        Err(m)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|m| err(E::InvalidConfig, m))?;
             overrides.remove(key);
         }
         ConfigOpKind::Append | ConfigOpKind::Subtract => {
             if key != "cleanup.policy" {
-                return Err(err(E::InvalidConfig, format!("{key} is not a list; APPEND/SUBTRACT apply to list configs only")));
+                return Err(err(
+                    E::InvalidConfig,
+                    format!("{key} is not a list; APPEND/SUBTRACT apply to list configs only"),
+                ));
             }
             let current = overrides.get(key).cloned().unwrap_or_else(|| {
-                shard.config.topic_defaults.resolve(&BTreeMap::new()).cleanup_policy
+                shard
+                    .config
+                    .topic_defaults
+                    .resolve(&BTreeMap::new())
+                    .cleanup_policy
             });
-            let mut items: Vec<String> = current.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            for v in value.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let mut items: Vec<String> = current
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            for v in value
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
                 if kind == ConfigOpKind::Append {
                     if !items.iter().any(|i| i == v) {
                         items.push(v.to_string());

@@ -52,7 +52,11 @@ pub struct ClusterMeta {
 }
 
 impl ClusterMeta {
-    pub fn from_snapshot(snap: &MetadataSnapshot, table: &ShardTable, defaults: &TopicDefaults) -> ClusterMeta {
+    pub fn from_snapshot(
+        snap: &MetadataSnapshot,
+        table: &ShardTable,
+        defaults: &TopicDefaults,
+    ) -> ClusterMeta {
         let topics = snap
             .topics
             .iter()
@@ -61,7 +65,10 @@ impl ClusterMeta {
                 (meta.name.clone(), Arc::new(meta))
             })
             .collect();
-        ClusterMeta { version: snap.version, topics }
+        ClusterMeta {
+            version: snap.version,
+            topics,
+        }
     }
 
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
@@ -75,7 +82,10 @@ impl ClusterMeta {
     /// The shard owning a partition, if the topic and partition exist.
     pub fn owner(&self, topic: &str, partition: i32) -> Option<usize> {
         let t = self.topics.get(topic)?;
-        usize::try_from(partition).ok().and_then(|p| t.partitions.get(p)).map(|p| p.shard)
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| t.partitions.get(p))
+            .map(|p| p.shard)
     }
 }
 
@@ -88,7 +98,10 @@ impl TopicMeta {
                 .partition_shards
                 .iter()
                 .zip(&t.partition_epochs)
-                .map(|(&s, &e)| PartitionMeta { shard: table.effective(s), leader_epoch: e })
+                .map(|(&s, &e)| PartitionMeta {
+                    shard: table.effective(s),
+                    leader_epoch: e,
+                })
                 .collect(),
             recorded_shards: t.partition_shards.clone(),
             overrides: t.overrides.clone(),

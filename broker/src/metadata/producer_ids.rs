@@ -46,9 +46,14 @@ fn encode(block_end: i64) -> Vec<u8> {
 }
 
 fn decode(path: &Path, bytes: &[u8]) -> Result<i64, MetaStoreError> {
-    let corrupt = |why: &str| MetaStoreError::Corrupt { path: path.to_path_buf(), why: why.to_string() };
+    let corrupt = |why: &str| MetaStoreError::Corrupt {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
     let payload = store::unframe(path, MAGIC, FORMAT_VERSION, bytes)?;
-    let raw: [u8; 8] = payload.try_into().map_err(|_| corrupt("payload is not 8 bytes"))?;
+    let raw: [u8; 8] = payload
+        .try_into()
+        .map_err(|_| corrupt("payload is not 8 bytes"))?;
     let end = i64::from_be_bytes(raw);
     if end < 0 {
         return Err(corrupt("negative block end"));
@@ -96,19 +101,35 @@ pub struct ProducerIdAllocator {
 impl ProducerIdAllocator {
     /// `persisted_end`: what [`load`] returned. Nothing is reserved until the first allocation.
     pub fn new(data_dir: PathBuf, persisted_end: i64) -> ProducerIdAllocator {
-        ProducerIdAllocator { data_dir, block: RefCell::new(Block { next: persisted_end, end: persisted_end }), reserving: Semaphore::new(1) }
+        ProducerIdAllocator {
+            data_dir,
+            block: RefCell::new(Block {
+                next: persisted_end,
+                end: persisted_end,
+            }),
+            reserving: Semaphore::new(1),
+        }
     }
 
     pub async fn allocate(&self) -> Result<i64, ProducerIdError> {
         if let Some(id) = self.block.borrow_mut().take() {
             return Ok(id);
         }
-        let _permit = self.reserving.acquire_permit(1).await.map_err(|_| ProducerIdError::ShuttingDown)?;
+        let _permit = self
+            .reserving
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ProducerIdError::ShuttingDown)?;
         // Another allocation may have reserved a block while this one waited.
         if let Some(id) = self.block.borrow_mut().take() {
             return Ok(id);
         }
-        let end = self.block.borrow().end.checked_add(PRODUCER_ID_BLOCK).ok_or(ProducerIdError::Exhausted)?;
+        let end = self
+            .block
+            .borrow()
+            .end
+            .checked_add(PRODUCER_ID_BLOCK)
+            .ok_or(ProducerIdError::Exhausted)?;
         save(&self.data_dir, end).await?;
         let mut block = self.block.borrow_mut();
         block.end = end;
@@ -128,7 +149,12 @@ pub struct ProducerEpochs {
 
 impl ProducerEpochs {
     pub fn new(expiration_ms: i64, cap: usize) -> ProducerEpochs {
-        ProducerEpochs { expiration_ms, cap: cap.max(1), by_id: HashMap::new(), by_seen: BTreeSet::new() }
+        ProducerEpochs {
+            expiration_ms,
+            cap: cap.max(1),
+            by_id: HashMap::new(),
+            by_seen: BTreeSet::new(),
+        }
     }
 
     pub fn get(&self, id: i64) -> Option<i16> {
@@ -159,7 +185,11 @@ impl ProducerEpochs {
     /// Forgets ids not seen for `expiration_ms`.
     pub fn expire(&mut self, now_ms: i64) {
         let cutoff = now_ms.saturating_sub(self.expiration_ms);
-        while self.by_seen.first().is_some_and(|&(seen, _)| seen <= cutoff) {
+        while self
+            .by_seen
+            .first()
+            .is_some_and(|&(seen, _)| seen <= cutoff)
+        {
             self.pop_oldest();
         }
     }
@@ -190,13 +220,23 @@ impl ProducerIds {
     /// with the next epoch if `current` holds the id's current epoch, `Fenced` if it holds
     /// another. Otherwise (no id, or one this broker does not know or whose epochs are used up)
     /// a new id with epoch 0.
-    pub async fn init(&self, current: Option<(i64, i16)>, now_ms: i64) -> Result<(i64, i16), ProducerIdError> {
+    pub async fn init(
+        &self,
+        current: Option<(i64, i16)>,
+        now_ms: i64,
+    ) -> Result<(i64, i16), ProducerIdError> {
         {
             let mut epochs = self.epochs.borrow_mut();
             epochs.expire(now_ms);
             if let Some((id, given)) = current {
                 match epochs.get(id) {
-                    Some(epoch) if epoch != given => return Err(ProducerIdError::Fenced { id, given, current: epoch }),
+                    Some(epoch) if epoch != given => {
+                        return Err(ProducerIdError::Fenced {
+                            id,
+                            given,
+                            current: epoch,
+                        })
+                    }
                     Some(epoch) if epoch < i16::MAX - 1 => {
                         epochs.set(id, epoch + 1, now_ms);
                         return Ok((id, epoch + 1));
@@ -222,7 +262,11 @@ mod tests {
         F: std::future::Future<Output = T> + 'static,
         T: Send + 'static,
     {
-        glommio::LocalExecutorBuilder::default().spawn(move || async move { f().await }).unwrap().join().unwrap()
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { f().await })
+            .unwrap()
+            .join()
+            .unwrap()
     }
 
     /// A new data directory, prepared as at startup (`load` creates the metadata directory).
@@ -240,10 +284,17 @@ mod tests {
         assert_eq!(decode(p, &bytes).unwrap(), 123_000);
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(matches!(decode(p, &bytes), Err(MetaStoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode(p, &bytes),
+            Err(MetaStoreError::Corrupt { .. })
+        ));
         assert!(decode(p, &bytes[..20]).is_err());
         assert!(decode(p, &store::frame(MAGIC, FORMAT_VERSION, &[0; 4])).is_err());
-        assert!(decode(p, &store::frame(b"STRMMETA", FORMAT_VERSION, &7i64.to_be_bytes())).is_err());
+        assert!(decode(
+            p,
+            &store::frame(b"STRMMETA", FORMAT_VERSION, &7i64.to_be_bytes())
+        )
+        .is_err());
         assert!(decode(p, &encode(-5)).is_err());
     }
 
@@ -275,7 +326,10 @@ mod tests {
         // losing its in-memory counter) and start again from what is on disk.
         for (round, count) in [2500usize, 1, 0, 999, 1000, 1001].into_iter().enumerate() {
             let start = load(&data).unwrap();
-            assert!(start > last, "round {round}: restart at {start} after id {last}");
+            assert!(
+                start > last,
+                "round {round}: restart at {start} after id {last}"
+            );
             let d = data.clone();
             let ids = run(move || async move {
                 let a = ProducerIdAllocator::new(d, start);
@@ -321,10 +375,15 @@ mod tests {
         let d = data.clone();
         run(move || async move { save(&d, 4000).await.unwrap() });
         // A crash after writing the temporary file but before the rename.
-        std::fs::write(store::meta_dir(&data).join(format!("{FILE}.tmp")), encode(9000)).unwrap();
+        std::fs::write(
+            store::meta_dir(&data).join(format!("{FILE}.tmp")),
+            encode(9000),
+        )
+        .unwrap();
         assert_eq!(load(&data).unwrap(), 4000);
         let d = data.clone();
-        let id = run(move || async move { ProducerIdAllocator::new(d, 4000).allocate().await.unwrap() });
+        let id =
+            run(move || async move { ProducerIdAllocator::new(d, 4000).allocate().await.unwrap() });
         assert_eq!(id, 4000);
         assert_eq!(load(&data).unwrap(), 5000);
     }
@@ -359,13 +418,23 @@ mod tests {
             assert_eq!(p.init(Some((0, 0)), 1).await.unwrap(), (0, 1));
             assert_eq!(p.init(Some((0, 1)), 2).await.unwrap(), (0, 2));
             // A stale epoch is fenced and changes nothing.
-            assert!(matches!(p.init(Some((0, 1)), 3).await, Err(ProducerIdError::Fenced { id: 0, given: 1, current: 2 })));
+            assert!(matches!(
+                p.init(Some((0, 1)), 3).await,
+                Err(ProducerIdError::Fenced {
+                    id: 0,
+                    given: 1,
+                    current: 2
+                })
+            ));
             assert_eq!(p.init(Some((0, 2)), 4).await.unwrap(), (0, 3));
             // An id this broker does not know (e.g. from before a restart): a new id.
             assert_eq!(p.init(Some((777, 5)), 5).await.unwrap(), (2, 0));
             // Exhausted epochs: a new id, and the old one is forgotten.
             p.epochs.borrow_mut().set(1, i16::MAX - 2, 6);
-            assert_eq!(p.init(Some((1, i16::MAX - 2)), 7).await.unwrap(), (1, i16::MAX - 1));
+            assert_eq!(
+                p.init(Some((1, i16::MAX - 2)), 7).await.unwrap(),
+                (1, i16::MAX - 1)
+            );
             assert_eq!(p.init(Some((1, i16::MAX - 1)), 8).await.unwrap(), (3, 0));
             assert_eq!(p.epochs.borrow().get(1), None);
             // Expired after 1000 ms unseen: treated as unknown.

@@ -31,7 +31,11 @@ const DELETING_FORMAT_VERSION: u32 = 1;
 #[non_exhaustive]
 pub enum MetaStoreError {
     #[error("metadata {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("metadata file {path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
 }
@@ -53,8 +57,16 @@ pub(crate) fn frame(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Checks a file written by [`frame`] and returns its payload.
-pub(crate) fn unframe<'a>(path: &Path, magic: &[u8; 8], expected_version: u32, bytes: &'a [u8]) -> Result<&'a [u8], MetaStoreError> {
-    let corrupt = |why: String| MetaStoreError::Corrupt { path: path.to_path_buf(), why };
+pub(crate) fn unframe<'a>(
+    path: &Path,
+    magic: &[u8; 8],
+    expected_version: u32,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], MetaStoreError> {
+    let corrupt = |why: String| MetaStoreError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    };
     if bytes.len() < HEADER_BYTES || &bytes[..8] != magic {
         return Err(corrupt("bad magic or short header".into()));
     }
@@ -76,7 +88,8 @@ pub(crate) fn unframe<'a>(path: &Path, magic: &[u8; 8], expected_version: u32, b
 
 fn encode(snap: &MetadataSnapshot) -> Vec<u8> {
     // The snapshot holds only strings, maps and integers: serialization cannot fail.
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(snap).expect("metadata snapshot serializes");
+    let payload =
+        rkyv::to_bytes::<rkyv::rancor::Error>(snap).expect("metadata snapshot serializes");
     frame(MAGIC, FORMAT_VERSION, &payload)
 }
 
@@ -84,20 +97,35 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<MetadataSnapshot, MetaStoreError>
     let payload = unframe(path, MAGIC, FORMAT_VERSION, bytes)?;
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<MetadataSnapshot, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| MetaStoreError::Corrupt { path: path.to_path_buf(), why: e.to_string() })
+    rkyv::from_bytes::<MetadataSnapshot, rkyv::rancor::Error>(&aligned).map_err(|e| {
+        MetaStoreError::Corrupt {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        }
+    })
 }
 
 /// Reads `<data>/__strom_meta/<file>` at startup (before the shards run, so plain blocking I/O
 /// is fine), creating the directory if needed. `None` if the file does not exist.
-pub(crate) fn read_meta_file(data_dir: &Path, file: &str) -> Result<Option<(PathBuf, Vec<u8>)>, MetaStoreError> {
+pub(crate) fn read_meta_file(
+    data_dir: &Path,
+    file: &str,
+) -> Result<Option<(PathBuf, Vec<u8>)>, MetaStoreError> {
     let dir = meta_dir(data_dir);
     let path = dir.join(file);
-    crate::data_dir::create_dir_durable(&dir).map_err(|source| MetaStoreError::Io { op: "create", path: dir.clone(), source })?;
+    crate::data_dir::create_dir_durable(&dir).map_err(|source| MetaStoreError::Io {
+        op: "create",
+        path: dir.clone(),
+        source,
+    })?;
     match std::fs::read(&path) {
         Ok(bytes) => Ok(Some((path, bytes))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(MetaStoreError::Io { op: "read", path, source }),
+        Err(source) => Err(MetaStoreError::Io {
+            op: "read",
+            path,
+            source,
+        }),
     }
 }
 
@@ -117,12 +145,18 @@ pub fn load_deleting(data_dir: &Path) -> Result<Vec<String>, MetaStoreError> {
     let payload = unframe(&path, DELETING_MAGIC, DELETING_FORMAT_VERSION, &bytes)?;
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<Vec<String>, rkyv::rancor::Error>(&aligned).map_err(|e| MetaStoreError::Corrupt { path, why: e.to_string() })
+    rkyv::from_bytes::<Vec<String>, rkyv::rancor::Error>(&aligned).map_err(|e| {
+        MetaStoreError::Corrupt {
+            path,
+            why: e.to_string(),
+        }
+    })
 }
 
 fn encode_deleting(topics: &[String]) -> Vec<u8> {
     // A list of strings: serialization cannot fail.
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&topics.to_vec()).expect("topic names serialize");
+    let payload =
+        rkyv::to_bytes::<rkyv::rancor::Error>(&topics.to_vec()).expect("topic names serialize");
     frame(DELETING_MAGIC, DELETING_FORMAT_VERSION, &payload)
 }
 
@@ -134,8 +168,13 @@ pub async fn save_deleting(data_dir: &Path, topics: &[String]) -> Result<(), Met
 /// Durably records the topics being deleted at startup, before the shards run.
 pub fn save_deleting_blocking(data_dir: &Path, topics: &[String]) -> Result<(), MetaStoreError> {
     let dir = meta_dir(data_dir);
-    crate::data_dir::replace_file_durable(&dir, DELETING_FILE, &encode_deleting(topics))
-        .map_err(|source| MetaStoreError::Io { op: "replace", path: dir.join(DELETING_FILE), source })
+    crate::data_dir::replace_file_durable(&dir, DELETING_FILE, &encode_deleting(topics)).map_err(
+        |source| MetaStoreError::Io {
+            op: "replace",
+            path: dir.join(DELETING_FILE),
+            source,
+        },
+    )
 }
 
 /// Durably replaces the snapshot. Runs on the controller shard, through io_uring.
@@ -146,13 +185,21 @@ pub async fn save(data_dir: &Path, snap: &MetadataSnapshot) -> Result<(), MetaSt
 /// Durably replaces `<data>/__strom_meta/<file>` with `bytes`: written to `<file>.tmp`,
 /// fdatasync'ed, renamed over the old file, then the directory is fsync'ed. A crash leaves
 /// either the old or the new content, never a mix.
-pub(crate) async fn write_meta_file(data_dir: &Path, file: &str, bytes: Vec<u8>) -> Result<(), MetaStoreError> {
+pub(crate) async fn write_meta_file(
+    data_dir: &Path,
+    file: &str,
+    bytes: Vec<u8>,
+) -> Result<(), MetaStoreError> {
     let dir = meta_dir(data_dir);
     let path = dir.join(file);
     let tmp = dir.join(format!("{file}.tmp"));
     let io = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |e: glommio::GlommioError<()>| MetaStoreError::Io { op, path: p, source: e.into() }
+        move |e: glommio::GlommioError<()>| MetaStoreError::Io {
+            op,
+            path: p,
+            source: e.into(),
+        }
     };
     let len = bytes.len();
     let file: BufferedFile = OpenOptions::new()
@@ -173,10 +220,16 @@ pub(crate) async fn write_meta_file(data_dir: &Path, file: &str, bytes: Vec<u8>)
     }
     file.fdatasync().await.map_err(io("fdatasync", &tmp))?;
     file.close().await.map_err(io("close", &tmp))?;
-    glommio::io::rename(&tmp, &path).await.map_err(io("rename", &path))?;
+    glommio::io::rename(&tmp, &path)
+        .await
+        .map_err(io("rename", &path))?;
     strom_storage::sync_dir(&dir)
         .await
-        .map_err(|e| MetaStoreError::Io { op: "fsync dir", path: dir.clone(), source: std::io::Error::other(e) })
+        .map_err(|e| MetaStoreError::Io {
+            op: "fsync dir",
+            path: dir.clone(),
+            source: std::io::Error::other(e),
+        })
 }
 
 #[cfg(test)]
@@ -186,20 +239,28 @@ mod tests {
 
     #[test]
     fn snapshot_round_trips_and_detects_corruption() {
-        let mut snap = MetadataSnapshot { version: 7, topics: vec![] };
+        let mut snap = MetadataSnapshot {
+            version: 7,
+            topics: vec![],
+        };
         snap.topics.push(TopicRecord {
             name: "orders".into(),
             id: [9; 16],
             partition_shards: vec![0, 1, 0],
             partition_epochs: vec![0, 0, 3],
-            overrides: [("retention.ms".to_string(), "1000".to_string())].into_iter().collect(),
+            overrides: [("retention.ms".to_string(), "1000".to_string())]
+                .into_iter()
+                .collect(),
         });
         let p = Path::new("x");
         let mut bytes = encode(&snap);
         assert_eq!(decode(p, &bytes).unwrap(), snap);
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
-        assert!(matches!(decode(p, &bytes), Err(MetaStoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode(p, &bytes),
+            Err(MetaStoreError::Corrupt { .. })
+        ));
         assert!(decode(p, &bytes[..10]).is_err());
     }
 
@@ -208,7 +269,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_path_buf();
         std::fs::create_dir_all(meta_dir(&data)).unwrap();
-        let snap = MetadataSnapshot { version: 3, topics: vec![] };
+        let snap = MetadataSnapshot {
+            version: 3,
+            topics: vec![],
+        };
         let d2 = data.clone();
         let s2 = snap.clone();
         glommio::LocalExecutorBuilder::default()
@@ -239,6 +303,9 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        assert!(matches!(load_deleting(&data), Err(MetaStoreError::Corrupt { .. })));
+        assert!(matches!(
+            load_deleting(&data),
+            Err(MetaStoreError::Corrupt { .. })
+        ));
     }
 }

@@ -17,8 +17,8 @@ use kafka_protocol::messages::ApiKey;
 use strom_storage::metrics::LatencyHistogram;
 
 use crate::shard::{Shard, ShardOp, ShardReply};
-use stages::{RequestTrace, StageHistograms};
 pub use render::{render, status_json};
+use stages::{RequestTrace, StageHistograms};
 
 /// Request counters of one API on one shard.
 #[derive(Clone, Debug, Default)]
@@ -176,7 +176,12 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         .filter(|(_, s)| s.requests > 0)
         .map(|(k, s)| (k as i16, s.clone()))
         .collect();
-    let topic_bytes = m.topics.borrow().iter().map(|(t, b)| (t.clone(), *b)).collect();
+    let topic_bytes = m
+        .topics
+        .borrow()
+        .iter()
+        .map(|(t, b)| (t.clone(), *b))
+        .collect();
     let mut partitions: Vec<PartitionGauges> = crate::shard::ops::user_partition_logs(shard)
         .into_iter()
         .map(|(topic, partition, log)| PartitionGauges {
@@ -190,7 +195,8 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         .collect();
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let (mesh_outbox_full, mesh_cancelled) = shard.mesh_counts();
-    let queue_depth = m.requests_inflight.get() + m.mesh_ops_inflight.get() + shard.mesh_queued() as u64;
+    let queue_depth =
+        m.requests_inflight.get() + m.mesh_ops_inflight.get() + shard.mesh_queued() as u64;
     Snapshot {
         shard: shard.id,
         requests,
@@ -253,7 +259,10 @@ impl ProcessInfo {
             version: env!("CARGO_PKG_VERSION"),
             node_id: shard.config.node_id,
             shards: shard.table.shards(),
-            shards_recovered: shard.recovered_shards.load(Ordering::Acquire).min(shard.table.shards()),
+            shards_recovered: shard
+                .recovered_shards
+                .load(Ordering::Acquire)
+                .min(shard.table.shards()),
             uptime_seconds: shard.started.elapsed().as_secs_f64(),
         }
     }

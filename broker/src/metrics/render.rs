@@ -83,12 +83,20 @@ fn render_stages(o: &mut Out, snaps: &[Snapshot]) {
             }
             let labels = [("api", api.name()), ("stage", stage.name())];
             for q in ["0.5", "0.9", "0.99", "0.999", "1"] {
-                let v = if q == "1" { h.max() } else { h.value_at_quantile(q.parse().unwrap_or(1.0)) };
+                let v = if q == "1" {
+                    h.max()
+                } else {
+                    h.value_at_quantile(q.parse().unwrap_or(1.0))
+                };
                 let mut l = labels.to_vec();
                 l.push(("quantile", q));
                 o.sample(NAME, &l, format!("{:.6}", v as f64 / 1e6));
             }
-            o.sample(&format!("{NAME}_sum"), &labels, format!("{:.6}", h.mean() * h.len() as f64 / 1e6));
+            o.sample(
+                &format!("{NAME}_sum"),
+                &labels,
+                format!("{:.6}", h.mean() * h.len() as f64 / 1e6),
+            );
             o.sample(&format!("{NAME}_count"), &labels, h.len());
         }
     }
@@ -97,7 +105,12 @@ fn render_stages(o: &mut Out, snaps: &[Snapshot]) {
 /// A per-partition gauge: name, help, value.
 type PartitionMetric = (&'static str, &'static str, fn(&PartitionGauges) -> i64);
 /// A per-shard metric: name, type, help, value.
-type ShardMetric = (&'static str, &'static str, &'static str, fn(&Snapshot) -> u64);
+type ShardMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> u64,
+);
 
 fn api_name(key: i16) -> String {
     ApiKey::try_from(key).map_or_else(|_| format!("Unknown{key}"), |a| format!("{a:?}"))
@@ -106,15 +119,39 @@ fn api_name(key: i16) -> String {
 /// Renders the merged snapshots in the Prometheus text format.
 pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
-    o.family("strom_build_info", "gauge", "Always 1; the labels say which build is running.");
+    o.family(
+        "strom_build_info",
+        "gauge",
+        "Always 1; the labels say which build is running.",
+    );
     o.sample("strom_build_info", &[("version", process.version)], 1);
-    o.family("strom_uptime_seconds", "gauge", "Seconds since the broker process started.");
-    o.sample("strom_uptime_seconds", &[], format!("{:.3}", process.uptime_seconds));
-    o.family("strom_ready", "gauge", "1 once every shard has finished recovery, else 0.");
+    o.family(
+        "strom_uptime_seconds",
+        "gauge",
+        "Seconds since the broker process started.",
+    );
+    o.sample(
+        "strom_uptime_seconds",
+        &[],
+        format!("{:.3}", process.uptime_seconds),
+    );
+    o.family(
+        "strom_ready",
+        "gauge",
+        "1 once every shard has finished recovery, else 0.",
+    );
     o.sample("strom_ready", &[], u8::from(process.ready()));
-    o.family("strom_shards", "gauge", "Shards (pinned cores) of this broker.");
+    o.family(
+        "strom_shards",
+        "gauge",
+        "Shards (pinned cores) of this broker.",
+    );
     o.sample("strom_shards", &[], process.shards);
-    o.family("strom_shards_recovered", "gauge", "Shards that have finished recovery.");
+    o.family(
+        "strom_shards_recovered",
+        "gauge",
+        "Shards that have finished recovery.",
+    );
     o.sample("strom_shards_recovered", &[], process.shards_recovered);
 
     let mut apis: BTreeMap<String, ApiStats> = BTreeMap::new();
@@ -126,7 +163,11 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
             e.latency.merge(&st.latency);
         }
     }
-    o.family("strom_requests_total", "counter", "Kafka requests handled, by API.");
+    o.family(
+        "strom_requests_total",
+        "counter",
+        "Kafka requests handled, by API.",
+    );
     for (api, st) in &apis {
         o.sample("strom_requests_total", &[("api", api)], st.requests);
     }
@@ -138,9 +179,17 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
     for (api, st) in &apis {
         o.sample("strom_request_errors_total", &[("api", api)], st.errors);
     }
-    o.family("strom_request_latency_seconds", "histogram", "Time from a decoded request to its encoded response, by API.");
+    o.family(
+        "strom_request_latency_seconds",
+        "histogram",
+        "Time from a decoded request to its encoded response, by API.",
+    );
     for (api, st) in &apis {
-        o.histogram("strom_request_latency_seconds", &[("api", api)], &st.latency);
+        o.histogram(
+            "strom_request_latency_seconds",
+            &[("api", api)],
+            &st.latency,
+        );
     }
 
     render_stages(&mut o, snaps);
@@ -153,11 +202,19 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
             e.bytes_out += b.bytes_out;
         }
     }
-    o.family("strom_topic_bytes_in_total", "counter", "Record-batch bytes appended by Produce requests, by topic.");
+    o.family(
+        "strom_topic_bytes_in_total",
+        "counter",
+        "Record-batch bytes appended by Produce requests, by topic.",
+    );
     for (t, b) in &topics {
         o.sample("strom_topic_bytes_in_total", &[("topic", t)], b.bytes_in);
     }
-    o.family("strom_topic_bytes_out_total", "counter", "Record-batch bytes returned by Fetch requests, by topic.");
+    o.family(
+        "strom_topic_bytes_out_total",
+        "counter",
+        "Record-batch bytes returned by Fetch requests, by topic.",
+    );
     for (t, b) in &topics {
         o.sample("strom_topic_bytes_out_total", &[("topic", t)], b.bytes_out);
     }
@@ -165,16 +222,36 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
     let mut parts: Vec<&PartitionGauges> = snaps.iter().flat_map(|s| &s.partitions).collect();
     parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let gauges: [PartitionMetric; 4] = [
-        ("strom_partition_log_end_offset", "Offset the next appended record gets.", |p| p.log_end_offset),
-        ("strom_partition_high_watermark", "Offset below which records are visible to consumers.", |p| p.high_watermark),
-        ("strom_partition_log_start_offset", "First offset still in the log.", |p| p.log_start_offset),
-        ("strom_partition_size_bytes", "Bytes of the partition's segment files.", |p| p.size_bytes as i64),
+        (
+            "strom_partition_log_end_offset",
+            "Offset the next appended record gets.",
+            |p| p.log_end_offset,
+        ),
+        (
+            "strom_partition_high_watermark",
+            "Offset below which records are visible to consumers.",
+            |p| p.high_watermark,
+        ),
+        (
+            "strom_partition_log_start_offset",
+            "First offset still in the log.",
+            |p| p.log_start_offset,
+        ),
+        (
+            "strom_partition_size_bytes",
+            "Bytes of the partition's segment files.",
+            |p| p.size_bytes as i64,
+        ),
     ];
     for (name, help, value) in gauges {
         o.family(name, "gauge", help);
         for p in &parts {
             let partition = p.partition.to_string();
-            o.sample(name, &[("topic", &p.topic), ("partition", &partition)], value(p));
+            o.sample(
+                name,
+                &[("topic", &p.topic), ("partition", &partition)],
+                value(p),
+            );
         }
     }
 
@@ -226,11 +303,23 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
         }
     }
 
-    let hw: HashMap<(&str, i32), i64> = parts.iter().map(|p| ((&*p.topic, p.partition), p.high_watermark)).collect();
+    let hw: HashMap<(&str, i32), i64> = parts
+        .iter()
+        .map(|p| ((&*p.topic, p.partition), p.high_watermark))
+        .collect();
     let mut lags: Vec<(&str, &str, i32, i64)> = snaps
         .iter()
         .flat_map(|s| &s.committed)
-        .filter_map(|c| hw.get(&(&*c.topic, c.partition)).map(|h| (c.group.as_str(), &*c.topic, c.partition, (h - c.offset).max(0))))
+        .filter_map(|c| {
+            hw.get(&(&*c.topic, c.partition)).map(|h| {
+                (
+                    c.group.as_str(),
+                    &*c.topic,
+                    c.partition,
+                    (h - c.offset).max(0),
+                )
+            })
+        })
         .collect();
     lags.sort();
     o.family(
@@ -239,24 +328,39 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
         "High watermark minus the committed offset, per group and partition (groups with committed offsets).",
     );
     for (g, t, p, lag) in lags {
-        o.sample("strom_group_lag", &[("group", g), ("topic", t), ("partition", &p.to_string())], lag);
+        o.sample(
+            "strom_group_lag",
+            &[("group", g), ("topic", t), ("partition", &p.to_string())],
+            lag,
+        );
     }
 
     let mut fsync = LatencyHistogram::default();
     for s in snaps {
         fsync.merge(&s.fsync);
     }
-    o.family("strom_fsync_latency_seconds", "histogram", "Latency of fdatasync and directory fsync calls of the logs.");
+    o.family(
+        "strom_fsync_latency_seconds",
+        "histogram",
+        "Latency of fdatasync and directory fsync calls of the logs.",
+    );
     o.histogram("strom_fsync_latency_seconds", &[], &fsync);
     o.0
 }
 
 /// The `/v1/status` document: every topic of the metadata, with the gauges of the partitions
 /// whose shard answered (null otherwise, e.g. while it is still recovering).
-pub fn status_json(process: &ProcessInfo, meta: &ClusterMeta, snaps: &[Snapshot]) -> serde_json::Value {
+pub fn status_json(
+    process: &ProcessInfo,
+    meta: &ClusterMeta,
+    snaps: &[Snapshot],
+) -> serde_json::Value {
     use serde_json::json;
-    let by_partition: HashMap<(&str, i32), &PartitionGauges> =
-        snaps.iter().flat_map(|s| &s.partitions).map(|p| ((&*p.topic, p.partition), p)).collect();
+    let by_partition: HashMap<(&str, i32), &PartitionGauges> = snaps
+        .iter()
+        .flat_map(|s| &s.partitions)
+        .map(|p| ((&*p.topic, p.partition), p))
+        .collect();
     let topics: Vec<serde_json::Value> = meta
         .topics
         .values()
@@ -309,26 +413,66 @@ mod tests {
 
     #[test]
     fn merges_shards_and_renders_families() {
-        let process = ProcessInfo { version: "0.1.0", node_id: 0, shards: 2, shards_recovered: 2, uptime_seconds: 1.0 };
+        let process = ProcessInfo {
+            version: "0.1.0",
+            node_id: 0,
+            shards: 2,
+            shards_recovered: 2,
+            uptime_seconds: 1.0,
+        };
         let topic: Arc<str> = Arc::from("t");
-        let mut produce = ApiStats { requests: 2, ..Default::default() };
+        let mut produce = ApiStats {
+            requests: 2,
+            ..Default::default()
+        };
         produce.latency.observe(std::time::Duration::from_millis(1));
-        let gauges = PartitionGauges { topic: topic.clone(), partition: 0, log_start_offset: 0, high_watermark: 10, log_end_offset: 10, size_bytes: 100 };
-        let a = Snapshot { shard: 0, requests: vec![(0, produce.clone())], ..Default::default() };
+        let gauges = PartitionGauges {
+            topic: topic.clone(),
+            partition: 0,
+            log_start_offset: 0,
+            high_watermark: 10,
+            log_end_offset: 10,
+            size_bytes: 100,
+        };
+        let a = Snapshot {
+            shard: 0,
+            requests: vec![(0, produce.clone())],
+            ..Default::default()
+        };
         let b = Snapshot {
             shard: 1,
             requests: vec![(0, produce)],
-            topic_bytes: vec![(topic.clone(), TopicBytes { bytes_in: 5, bytes_out: 7 })],
+            topic_bytes: vec![(
+                topic.clone(),
+                TopicBytes {
+                    bytes_in: 5,
+                    bytes_out: 7,
+                },
+            )],
             partitions: vec![gauges],
-            committed: vec![CommittedOffset { group: "g\"1".into(), topic, partition: 0, offset: 4 }],
+            committed: vec![CommittedOffset {
+                group: "g\"1".into(),
+                topic,
+                partition: 0,
+                offset: 4,
+            }],
             ..Default::default()
         };
         let text = render(&process, &[a, b]);
-        assert!(text.contains("strom_requests_total{api=\"Produce\"} 4\n"), "{text}");
-        assert!(text.contains("strom_request_latency_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 2\n"), "{text}");
+        assert!(
+            text.contains("strom_requests_total{api=\"Produce\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strom_request_latency_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("strom_topic_bytes_in_total{topic=\"t\"} 5\n"));
         assert!(text.contains("strom_partition_log_end_offset{topic=\"t\",partition=\"0\"} 10\n"));
-        assert!(text.contains("strom_group_lag{group=\"g\\\"1\",topic=\"t\",partition=\"0\"} 6\n"), "{text}");
+        assert!(
+            text.contains("strom_group_lag{group=\"g\\\"1\",topic=\"t\",partition=\"0\"} 6\n"),
+            "{text}"
+        );
         assert!(text.contains("strom_connections{shard=\"1\"} 0\n"));
         assert!(text.contains("strom_fsync_latency_seconds_count 0\n"));
     }

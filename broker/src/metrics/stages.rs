@@ -137,7 +137,10 @@ impl RequestTrace {
     /// An owner call came back: `times` is when the owner ran it, now is when its answer
     /// arrived. Several calls widen the window.
     pub fn owner_replied(&self, times: OwnerTimes) {
-        let start = self.owner_start.get().map_or(times.start, |s| s.min(times.start));
+        let start = self
+            .owner_start
+            .get()
+            .map_or(times.start, |s| s.min(times.start));
         let end = self.owner_end.get().map_or(times.end, |e| e.max(times.end));
         self.owner_start.set(Some(start));
         self.owner_end.set(Some(end));
@@ -173,13 +176,22 @@ impl RequestTrace {
         push(Stage::Decode, gap(self.started.get(), self.decoded.get()));
         if self.owner_start.get().is_some() {
             push(Stage::HopOut, gap(decoded, self.owner_start.get()));
-            push(Stage::Execute, gap(self.owner_start.get(), self.owner_end.get()));
-            push(Stage::HopBack, gap(self.owner_end.get(), self.replied.get()));
+            push(
+                Stage::Execute,
+                gap(self.owner_start.get(), self.owner_end.get()),
+            );
+            push(
+                Stage::HopBack,
+                gap(self.owner_end.get(), self.replied.get()),
+            );
             push(Stage::Encode, gap(self.replied.get(), self.encoded.get()));
         } else {
             push(Stage::Execute, gap(decoded, self.encoded.get()));
         }
-        push(Stage::Queue, gap(self.encoded.get(), self.write_start.get()));
+        push(
+            Stage::Queue,
+            gap(self.encoded.get(), self.write_start.get()),
+        );
         push(Stage::Send, gap(self.write_start.get(), self.written.get()));
         push(Stage::Total, gap(read, self.written.get()));
     }
@@ -211,7 +223,6 @@ impl ApiGroup {
             ApiGroup::Other => "other",
         }
     }
-
 }
 
 /// Microsecond histograms per (API group, stage); a fixed set, so its memory is bounded.
@@ -222,12 +233,17 @@ pub struct StageHistograms {
 }
 
 fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, STAGE_MAX.as_micros() as u64, STAGE_SIGFIG).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, STAGE_MAX.as_micros() as u64, STAGE_SIGFIG)
+        .expect("valid histogram bounds")
 }
 
 impl Default for StageHistograms {
     fn default() -> Self {
-        StageHistograms { hists: (0..ApiGroup::ALL.len() * Stage::ALL.len()).map(|_| new_histogram()).collect() }
+        StageHistograms {
+            hists: (0..ApiGroup::ALL.len() * Stage::ALL.len())
+                .map(|_| new_histogram())
+                .collect(),
+        }
     }
 }
 
@@ -285,12 +301,18 @@ mod tests {
         let base = t.read;
         t.started.set(at(base, 10));
         t.decoded.set(at(base, 15));
-        t.owner_replied(OwnerTimes { start: base + Duration::from_micros(40), end: base + Duration::from_micros(100) });
+        t.owner_replied(OwnerTimes {
+            start: base + Duration::from_micros(40),
+            end: base + Duration::from_micros(100),
+        });
         t.replied.set(at(base, 130));
         t.encoded.set(at(base, 135));
         t.write_start.set(at(base, 1135));
         t.written.set(at(base, 1140));
-        let got: Vec<(&str, u128)> = stages(&t).into_iter().map(|(s, d)| (s.name(), d.as_micros())).collect();
+        let got: Vec<(&str, u128)> = stages(&t)
+            .into_iter()
+            .map(|(s, d)| (s.name(), d.as_micros()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -311,8 +333,14 @@ mod tests {
     fn several_owner_calls_widen_the_window_and_local_work_is_execute() {
         let t = RequestTrace::new();
         let base = t.read;
-        t.owner_replied(OwnerTimes { start: base + Duration::from_micros(50), end: base + Duration::from_micros(60) });
-        t.owner_replied(OwnerTimes { start: base + Duration::from_micros(20), end: base + Duration::from_micros(90) });
+        t.owner_replied(OwnerTimes {
+            start: base + Duration::from_micros(50),
+            end: base + Duration::from_micros(60),
+        });
+        t.owner_replied(OwnerTimes {
+            start: base + Duration::from_micros(20),
+            end: base + Duration::from_micros(90),
+        });
         assert_eq!(t.owner_start.get(), at(base, 20));
         assert_eq!(t.owner_end.get(), at(base, 90));
 
@@ -322,7 +350,11 @@ mod tests {
         local.decoded.set(at(base, 2));
         local.encoded.set(at(base, 9));
         let got: Vec<&str> = stages(&local).into_iter().map(|(s, _)| s.name()).collect();
-        assert_eq!(got, vec!["schedule", "decode", "execute"], "unstamped stages are left out");
+        assert_eq!(
+            got,
+            vec!["schedule", "decode", "execute"],
+            "unstamped stages are left out"
+        );
     }
 
     #[test]
@@ -338,10 +370,15 @@ mod tests {
         let mut m = h.clone();
         m.merge(&h);
         assert_eq!(m.get(ApiGroup::Produce, Stage::Schedule).len(), 2);
-        assert!(m.get(ApiGroup::Produce, Stage::Schedule).value_at_quantile(0.5) >= 7);
+        assert!(
+            m.get(ApiGroup::Produce, Stage::Schedule)
+                .value_at_quantile(0.5)
+                >= 7
+        );
         // Beyond the bound is counted, at the bound.
         let long = RequestTrace::new();
-        long.started.set(Some(long.read + Duration::from_secs(3600)));
+        long.started
+            .set(Some(long.read + Duration::from_secs(3600)));
         h.record(ApiKey::Fetch, &long);
         assert_eq!(h.get(ApiGroup::Fetch, Stage::Schedule).len(), 1);
     }

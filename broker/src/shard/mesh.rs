@@ -32,11 +32,20 @@ use crate::metrics::stages::OwnerTimes;
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 pub enum ShardMsg {
-    Request { id: u64, op: ShardOp },
+    Request {
+        id: u64,
+        op: ShardOp,
+    },
     /// `ran`: when this shard started and finished the request (for the request stages).
-    Reply { id: u64, reply: ShardReply, ran: OwnerTimes },
+    Reply {
+        id: u64,
+        reply: ShardReply,
+        ran: OwnerTimes,
+    },
     /// The caller of request `id` no longer waits for it.
-    Cancel { id: u64 },
+    Cancel {
+        id: u64,
+    },
 }
 
 /// Messages waiting for one peer's channel, in issue order.
@@ -52,7 +61,12 @@ pub(crate) struct Outbox<M> {
 
 impl<M> Outbox<M> {
     pub(crate) fn new(requests_max: usize) -> Outbox<M> {
-        Outbox { queue: RefCell::new(VecDeque::new()), requests: Cell::new(0), requests_max, ready: Event::new() }
+        Outbox {
+            queue: RefCell::new(VecDeque::new()),
+            requests: Cell::new(0),
+            requests_max,
+            ready: Event::new(),
+        }
     }
 
     /// Queues a request unless `requests_max` requests are queued already (then hands it back).
@@ -127,7 +141,8 @@ impl Drop for PendingCall<'_> {
         }
         let waiting = self.mesh.pending.borrow_mut().remove(&self.id).is_some();
         if waiting && self.cancellable {
-            self.mesh.enqueue_control(self.shard, self.to, ShardMsg::Cancel { id: self.id });
+            self.mesh
+                .enqueue_control(self.shard, self.to, ShardMsg::Cancel { id: self.id });
         }
     }
 }
@@ -137,7 +152,9 @@ impl Mesh {
         let peers = senders.nr_consumers();
         Mesh {
             senders: Rc::new(senders),
-            outboxes: (0..peers).map(|_| Rc::new(Outbox::new(MESH_OUTBOX_REQUESTS_MAX))).collect(),
+            outboxes: (0..peers)
+                .map(|_| Rc::new(Outbox::new(MESH_OUTBOX_REQUESTS_MAX)))
+                .collect(),
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             running: RefCell::new(HashMap::new()),
@@ -147,7 +164,10 @@ impl Mesh {
     }
 
     fn enqueue_control(&self, shard: &Shard, to: usize, msg: ShardMsg) {
-        shard.stats.cross_shard_sent.set(shard.stats.cross_shard_sent.get() + 1);
+        shard
+            .stats
+            .cross_shard_sent
+            .set(shard.stats.cross_shard_sent.get() + 1);
         self.outboxes[to].push_control(msg);
     }
 
@@ -167,19 +187,41 @@ impl Mesh {
     }
 
     /// Runs `op` on shard `to`; the reply, and when `to` ran it (None if it never did).
-    pub async fn call(&self, shard: &Shard, to: usize, op: ShardOp) -> (ShardReply, Option<OwnerTimes>) {
+    pub async fn call(
+        &self,
+        shard: &Shard,
+        to: usize,
+        op: ShardOp,
+    ) -> (ShardReply, Option<OwnerTimes>) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let cancellable = op.cancellable();
-        if self.outboxes[to].push_request(ShardMsg::Request { id, op }).is_err() {
+        if self.outboxes[to]
+            .push_request(ShardMsg::Request { id, op })
+            .is_err()
+        {
             self.outbox_full.set(self.outbox_full.get() + 1);
-            tracing::debug!(shard = shard.id, peer = to, "outbox to shard {to} is full: request refused");
+            tracing::debug!(
+                shard = shard.id,
+                peer = to,
+                "outbox to shard {to} is full: request refused"
+            );
             return (ShardReply::Unavailable, None);
         }
-        shard.stats.cross_shard_sent.set(shard.stats.cross_shard_sent.get() + 1);
+        shard
+            .stats
+            .cross_shard_sent
+            .set(shard.stats.cross_shard_sent.get() + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
-        let mut call = PendingCall { mesh: self, shard, to, id, cancellable, answered: false };
+        let mut call = PendingCall {
+            mesh: self,
+            shard,
+            to,
+            id,
+            cancellable,
+            answered: false,
+        };
         let reply = match rx.await {
             Ok((reply, ran)) => (reply, Some(ran)),
             Err(_) => (ShardReply::Unavailable, None),
@@ -201,7 +243,10 @@ async fn pump(shard: Rc<Shard>, to: usize) {
         let sent = match senders.try_send_to(to, msg) {
             Ok(()) => Ok(()),
             Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                shard.stats.cross_shard_channel_full.set(shard.stats.cross_shard_channel_full.get() + 1);
+                shard
+                    .stats
+                    .cross_shard_channel_full
+                    .set(shard.stats.cross_shard_channel_full.get() + 1);
                 senders.send_to(to, msg).await.map_err(|_| ())
             }
             Err(_) => Err(()),
@@ -228,7 +273,14 @@ pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
                 match msg {
                     ShardMsg::Request { id, op } => {
                         let cancellable = op.cancellable();
-                        let task = glommio::spawn_local(run_request(shard.clone(), peer, id, op, cancellable)).detach();
+                        let task = glommio::spawn_local(run_request(
+                            shard.clone(),
+                            peer,
+                            id,
+                            op,
+                            cancellable,
+                        ))
+                        .detach();
                         if cancellable {
                             shard.mesh.running.borrow_mut().insert((peer, id), task);
                         }
@@ -260,11 +312,16 @@ async fn run_request(shard: Rc<Shard>, peer: usize, id: u64, op: ShardOp, cancel
         let _running = crate::metrics::Tracked::start(&shard.metrics.mesh_ops_inflight);
         ops::execute(&shard, op).await
     };
-    let ran = OwnerTimes { start, end: std::time::Instant::now() };
+    let ran = OwnerTimes {
+        start,
+        end: std::time::Instant::now(),
+    };
     if cancellable {
         shard.mesh.running.borrow_mut().remove(&(peer, id));
     }
-    shard.mesh.enqueue_control(&shard, peer, ShardMsg::Reply { id, reply, ran });
+    shard
+        .mesh
+        .enqueue_control(&shard, peer, ShardMsg::Reply { id, reply, ran });
 }
 
 #[cfg(test)]

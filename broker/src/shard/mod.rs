@@ -108,11 +108,21 @@ impl Shard {
     }
 
     /// [`Shard::call`], also saying when the owner ran the operation (None if it never did).
-    pub async fn call_timed(self: &Rc<Self>, to: usize, op: ShardOp) -> (ShardReply, Option<OwnerTimes>) {
+    pub async fn call_timed(
+        self: &Rc<Self>,
+        to: usize,
+        op: ShardOp,
+    ) -> (ShardReply, Option<OwnerTimes>) {
         if to == self.id {
             let start = std::time::Instant::now();
             let reply = ops::execute(self, op).await;
-            (reply, Some(OwnerTimes { start, end: std::time::Instant::now() }))
+            (
+                reply,
+                Some(OwnerTimes {
+                    start,
+                    end: std::time::Instant::now(),
+                }),
+            )
         } else {
             self.mesh.call(self, to, op).await
         }
@@ -140,7 +150,10 @@ impl Shard {
 
     /// Runs a group operation on the shard that coordinates `group_id`.
     pub async fn group_call(self: &Rc<Self>, group_id: &str, op: GroupOp) -> Option<GroupReply> {
-        match self.call(self.group_owner(group_id), ShardOp::Group(op)).await {
+        match self
+            .call(self.group_owner(group_id), ShardOp::Group(op))
+            .await
+        {
             ShardReply::Group(r) => Some(r),
             _ => None,
         }
@@ -183,7 +196,11 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         }
     })
     .detach();
-    let (senders, receivers) = ctx.mesh.join().await.map_err(|_| "joining the shard mesh failed".to_string())?;
+    let (senders, receivers) = ctx
+        .mesh
+        .join()
+        .await
+        .map_err(|_| "joining the shard mesh failed".to_string())?;
     let id = senders.peer_id();
     CURRENT_SHARD.with(|c| c.set(Some(id)));
     let table = ShardTable::new(senders.nr_consumers());
@@ -202,10 +219,15 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         table,
         config: ctx.config.clone(),
         meta: ctx.meta.clone(),
-        logs: LogManager::new(ctx.config.data_dir.clone()).with_producer_ids_max(ctx.config.producers.ids_max_per_partition),
+        logs: LogManager::new(ctx.config.data_dir.clone())
+            .with_producer_ids_max(ctx.config.producers.ids_max_per_partition),
         controller: (id == 0).then(|| {
             let expiration_ms = ctx.config.producers.id_expiration_ms;
-            Controller::new(ProducerIds::new(ctx.config.data_dir.clone(), ctx.producer_id_block_end, expiration_ms))
+            Controller::new(ProducerIds::new(
+                ctx.config.data_dir.clone(),
+                ctx.producer_id_block_end,
+                expiration_ms,
+            ))
         }),
         groups,
         stats: ShardStats::default(),
@@ -228,7 +250,11 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     }
     open_owned_logs(&shard).await?;
     let owned = crate::group::owned_partitions(shard.groups.partitions(), id, shard.table.shards());
-    shard.groups.load(&owned, &shard.meta()).await.map_err(|e| format!("loading consumer groups: {e}"))?;
+    shard
+        .groups
+        .load(&owned, &shard.meta())
+        .await
+        .map_err(|e| format!("loading consumer groups: {e}"))?;
     mesh::spawn_tasks(&shard, receivers);
     ctx.recovered_shards.fetch_add(1, Ordering::AcqRel);
     tracing::info!(shard = id, "recovery complete");
@@ -236,16 +262,23 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
     if panic_after_ms > 0 && id + 1 == shard.table.shards() {
         glommio::spawn_local(async move {
             glommio::timer::sleep(Duration::from_millis(panic_after_ms)).await;
-            panic!("test.fault.shard.panic.after.ms={panic_after_ms}: shard {id} panics on purpose");
+            panic!(
+                "test.fault.shard.panic.after.ms={panic_after_ms}: shard {id} panics on purpose"
+            );
         })
         .detach();
     }
 
-    let fd = strom_net::listener::bind_shared(ctx.config.listen).map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
+    let fd = strom_net::listener::bind_shared(ctx.config.listen)
+        .map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
     // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
     let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener, ctx.connection_limiter.clone()));
+    let acceptor = glommio::spawn_local(accept_loop(
+        shard.clone(),
+        listener,
+        ctx.connection_limiter.clone(),
+    ));
     // Retention and compaction yield the core to request handling: their own task queue with
     // few shares, so under contention they get about a tenth of what request handling gets.
     let queue = glommio::executor().create_task_queue(
@@ -253,11 +286,13 @@ pub async fn run(ctx: ShardContext) -> Result<(), String> {
         glommio::Latency::NotImportant,
         "maintenance",
     );
-    let maintenance = glommio::spawn_local_into(maintain_logs(shard.clone(), ctx.shutdown.clone()), queue)
-        .map_err(|e| format!("starting the maintenance task: {e}"))?;
+    let maintenance =
+        glommio::spawn_local_into(maintain_logs(shard.clone(), ctx.shutdown.clone()), queue)
+            .map_err(|e| format!("starting the maintenance task: {e}"))?;
 
     // Checked once a minute, or twice per expiration time if that is shorter.
-    let expiry_check_ms = (shard.config.producers.id_expiration_ms / 2).clamp(100, PRODUCER_EXPIRY_CHECK_MS);
+    let expiry_check_ms =
+        (shard.config.producers.id_expiration_ms / 2).clamp(100, PRODUCER_EXPIRY_CHECK_MS);
     let mut next_producer_expiry = now_ms() + expiry_check_ms;
     while !ctx.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
@@ -286,10 +321,16 @@ const MAINTENANCE_SHARES: usize = 100;
 /// for every log of the shard (the consumer-group offsets logs are compacted too).
 async fn maintain_logs(shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
     let settings = shard.config.maintenance.clone();
-    let fault = shard.config.faults.cleaner_abort_at.map(strom_storage::CleanerFault::Abort);
+    let fault = shard
+        .config
+        .faults
+        .cleaner_abort_at
+        .map(strom_storage::CleanerFault::Abort);
     let mut next_retention = now_ms() + settings.retention_check_interval_ms as i64;
     let mut next_clean = now_ms() + settings.cleaner_backoff_ms as i64;
-    let tick_ms = TICK_MS.min(settings.retention_check_interval_ms).min(settings.cleaner_backoff_ms);
+    let tick_ms = TICK_MS
+        .min(settings.retention_check_interval_ms)
+        .min(settings.cleaner_backoff_ms);
     while !shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
         if now_ms() >= next_retention {
@@ -305,7 +346,12 @@ async fn maintain_logs(shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
             next_retention = now_ms() + settings.retention_check_interval_ms as i64;
         }
         if settings.cleaner_enable && now_ms() >= next_clean {
-            let logs = shard.logs.all().into_iter().map(|(_, log)| log).chain(shard.groups.offsets_logs());
+            let logs = shard
+                .logs
+                .all()
+                .into_iter()
+                .map(|(_, log)| log)
+                .chain(shard.groups.offsets_logs());
             for log in logs {
                 if shutdown.load(Ordering::Relaxed) {
                     return;
@@ -338,14 +384,21 @@ async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), String> {
     Ok(())
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, limiter: Arc<strom_net::ConnectionLimiter>) {
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    limiter: Arc<strom_net::ConnectionLimiter>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let ip = match stream.peer_addr() {
                     Ok(addr) => addr.ip(),
                     Err(e) => {
-                        tracing::debug!(shard = shard.id, "dropping a connection without a peer address: {e}");
+                        tracing::debug!(
+                            shard = shard.id,
+                            "dropping a connection without a peer address: {e}"
+                        );
                         continue;
                     }
                 };
@@ -356,7 +409,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, limiter: Arc<strom
                         continue;
                     }
                 };
-                shard.stats.connections.set(shard.stats.connections.get() + 1);
+                shard
+                    .stats
+                    .connections
+                    .set(shard.stats.connections.get() + 1);
                 crate::kafka::connection::spawn(shard.clone(), stream, slot);
             }
             Err(e) => {
@@ -371,9 +427,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, limiter: Arc<strom
 /// `CONNECTION_REFUSED_LOG_INTERVAL_MS` per shard.
 fn refuse_connection(shard: &Shard, ip: std::net::IpAddr, refused: strom_net::Refused) {
     let stats = &shard.stats;
-    stats.connections_refused.set(stats.connections_refused.get() + 1);
+    stats
+        .connections_refused
+        .set(stats.connections_refused.get() + 1);
     let now = now_ms();
-    if now - stats.connections_refused_logged_ms.get() >= crate::limits::CONNECTION_REFUSED_LOG_INTERVAL_MS as i64 {
+    if now - stats.connections_refused_logged_ms.get()
+        >= crate::limits::CONNECTION_REFUSED_LOG_INTERVAL_MS as i64
+    {
         stats.connections_refused_logged_ms.set(now);
         let limit = match refused {
             strom_net::Refused::Total => shard.config.connections_max,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{select, select_all};
 use kafka_protocol::ResponseError as E;
-use strom_storage::{BatchError, LeaderEpoch, LogConfig, Offset, ProducerError, ReadSlice, StorageError};
+use strom_storage::{
+    BatchError, LeaderEpoch, LogConfig, Offset, ProducerError, ReadSlice, StorageError,
+};
 
 use super::Shard;
 use crate::group::{GroupOp, GroupReply};
@@ -70,15 +72,29 @@ pub enum ShardOp {
     Produce(Vec<ProducePart>),
     Fetch(Vec<FetchPart>),
     /// Completes when any listed partition's high watermark passes the given offset, or after `wait_ms`.
-    WaitForData { parts: Vec<(Arc<str>, i32, i64)>, wait_ms: u64 },
+    WaitForData {
+        parts: Vec<(Arc<str>, i32, i64)>,
+        wait_ms: u64,
+    },
     ListOffsets(Vec<OffsetQuery>),
     /// DeleteRecords: (topic, partition, delete before this offset; -1 = the high watermark).
     DeleteRecords(Vec<(Arc<str>, i32, i64)>),
     /// DescribeLogDirs: the size of each listed partition this shard owns (None: all of them).
     LogDirSizes(Option<Vec<(Arc<str>, Vec<i32>)>>),
-    OpenLogs { topic: Arc<str>, partitions: Vec<i32>, config: LogConfig, fresh: bool },
-    RemoveLogs { topic: Arc<str>, partitions: Vec<i32> },
-    UpdateLogConfig { topic: Arc<str>, config: LogConfig },
+    OpenLogs {
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+        config: LogConfig,
+        fresh: bool,
+    },
+    RemoveLogs {
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+    },
+    UpdateLogConfig {
+        topic: Arc<str>,
+        config: LogConfig,
+    },
     Controller(ControllerOp),
     Group(GroupOp),
     /// This shard's metrics snapshot (for the admin server on shard 0).
@@ -115,7 +131,8 @@ impl ShardOp {
 pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
     match op {
         ShardOp::Produce(parts) => {
-            let results = futures::future::join_all(parts.into_iter().map(|p| produce(shard, p))).await;
+            let results =
+                futures::future::join_all(parts.into_iter().map(|p| produce(shard, p))).await;
             ShardReply::Produce(results)
         }
         ShardOp::Fetch(parts) => {
@@ -137,13 +154,21 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             ShardReply::ListOffsets(out)
         }
         ShardOp::DeleteRecords(parts) => {
-            let results = futures::future::join_all(parts.iter().map(|(t, p, o)| delete_records(shard, t, *p, *o))).await;
+            let results = futures::future::join_all(
+                parts
+                    .iter()
+                    .map(|(t, p, o)| delete_records(shard, t, *p, *o)),
+            )
+            .await;
             ShardReply::DeleteRecords(results)
         }
         ShardOp::LogDirSizes(filter) => ShardReply::LogDirSizes(log_dir_sizes(shard, filter)),
-        ShardOp::OpenLogs { topic, partitions, config, fresh } => {
-            ShardReply::Done(open_logs(shard, &topic, &partitions, config, fresh).await)
-        }
+        ShardOp::OpenLogs {
+            topic,
+            partitions,
+            config,
+            fresh,
+        } => ShardReply::Done(open_logs(shard, &topic, &partitions, config, fresh).await),
         ShardOp::RemoveLogs { topic, partitions } => {
             let mut res = Ok(());
             for p in partitions {
@@ -175,7 +200,13 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
     }
 }
 
-async fn open_logs(shard: &Rc<Shard>, topic: &str, partitions: &[i32], config: LogConfig, fresh: bool) -> Result<(), String> {
+async fn open_logs(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partitions: &[i32],
+    config: LogConfig,
+    fresh: bool,
+) -> Result<(), String> {
     for &p in partitions {
         if fresh {
             // A directory left by a deleted topic of the same name must not leak its data into
@@ -183,33 +214,54 @@ async fn open_logs(shard: &Rc<Shard>, topic: &str, partitions: &[i32], config: L
             let dir = shard.config.data_dir.join(format!("{topic}-{p}"));
             if dir.exists() {
                 tracing::warn!("removing stale partition directory {}", dir.display());
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("removing stale {}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("removing stale {}: {e}", dir.display()))?;
             }
         }
-        shard.logs.open_or_create(topic, p, config.clone(), now_ms()).await.map_err(|e| e.to_string())?;
+        shard
+            .logs
+            .open_or_create(topic, p, config.clone(), now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
 fn produce_error(e: &StorageError) -> (i16, String) {
     match e {
-        StorageError::Producer(ProducerError::StaleEpoch { .. }) => (E::InvalidProducerEpoch.code(), e.to_string()),
-        StorageError::Producer(ProducerError::OutOfOrder { .. }) => (E::OutOfOrderSequenceNumber.code(), e.to_string()),
-        StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => (E::CorruptMessage.code(), e.to_string()),
+        StorageError::Producer(ProducerError::StaleEpoch { .. }) => {
+            (E::InvalidProducerEpoch.code(), e.to_string())
+        }
+        StorageError::Producer(ProducerError::OutOfOrder { .. }) => {
+            (E::OutOfOrderSequenceNumber.code(), e.to_string())
+        }
+        StorageError::InvalidBatch(BatchError::CrcMismatch { .. }) => {
+            (E::CorruptMessage.code(), e.to_string())
+        }
         // No transaction is ever ongoing: Kafka's answer to a transactional batch outside one.
-        StorageError::InvalidBatch(BatchError::NoOngoingTransaction) => (E::InvalidTxnState.code(), e.to_string()),
+        StorageError::InvalidBatch(BatchError::NoOngoingTransaction) => {
+            (E::InvalidTxnState.code(), e.to_string())
+        }
         StorageError::InvalidBatch(_) => (E::InvalidRecord.code(), e.to_string()),
         _ => (E::KafkaStorageError.code(), e.to_string()),
     }
 }
 
 fn fail(code: E, msg: impl Into<String>) -> ProduceResult {
-    ProduceResult { error: code.code(), message: Some(msg.into()), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors: Vec::new() }
+    ProduceResult {
+        error: code.code(),
+        message: Some(msg.into()),
+        base_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+        record_errors: Vec::new(),
+    }
 }
 
 async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
     let meta = shard.meta();
-    let (Some(topic), Some(log)) = (meta.topic(&p.topic), shard.logs.get(&p.topic, p.partition)) else {
+    let (Some(topic), Some(log)) = (meta.topic(&p.topic), shard.logs.get(&p.topic, p.partition))
+    else {
         return fail(E::UnknownTopicOrPartition, "unknown topic or partition");
     };
     let config = &topic.config;
@@ -219,19 +271,39 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
     if records.len() > config.max_message_bytes {
         return fail(
             E::MessageTooLarge,
-            format!("batch of {} bytes exceeds max.message.bytes {}", records.len(), config.max_message_bytes),
+            format!(
+                "batch of {} bytes exceeds max.message.bytes {}",
+                records.len(),
+                config.max_message_bytes
+            ),
         );
     }
     // Kafka's client-append checks: nothing refused here is appended or takes an offset.
     if let Err(e) = strom_storage::validate_client_batch(&records) {
         tracing::debug!("rejected batch for {}-{}: {e}", p.topic, p.partition);
         let (code, msg) = produce_error(&StorageError::InvalidBatch(e));
-        return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors: Vec::new() };
+        return ProduceResult {
+            error: code,
+            message: Some(msg),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+            record_errors: Vec::new(),
+        };
     }
     if p.acks == -1 && config.min_insync_replicas > 1 {
-        return fail(E::NotEnoughReplicas, format!("min.insync.replicas={} but the ISR has 1 member", config.min_insync_replicas));
+        return fail(
+            E::NotEnoughReplicas,
+            format!(
+                "min.insync.replicas={} but the ISR has 1 member",
+                config.min_insync_replicas
+            ),
+        );
     }
-    let epoch = topic.partitions.get(p.partition as usize).map_or(0, |m| m.leader_epoch);
+    let epoch = topic
+        .partitions
+        .get(p.partition as usize)
+        .map_or(0, |m| m.leader_epoch);
     let info = match log.append(&records, LeaderEpoch(epoch), now_ms()).await {
         Ok(info) => info,
         Err(e) => {
@@ -242,17 +314,31 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
                 tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
             }
             let record_errors = match &e {
-                StorageError::InvalidBatch(BatchError::KeylessRecords { indexes }) => indexes.clone(),
+                StorageError::InvalidBatch(BatchError::KeylessRecords { indexes }) => {
+                    indexes.clone()
+                }
                 _ => Vec::new(),
             };
-            return ProduceResult { error: code, message: Some(msg), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, record_errors };
+            return ProduceResult {
+                error: code,
+                message: Some(msg),
+                base_offset: -1,
+                log_append_time_ms: -1,
+                log_start_offset: -1,
+                record_errors,
+            };
         }
     };
     if !info.duplicate {
         shard.metrics.add_bytes_in(&p.topic, records.len() as u64);
     }
     if info.duplicate {
-        tracing::debug!("{}-{}: retried batch already stored at offset {}", p.topic, p.partition, info.base_offset.0);
+        tracing::debug!(
+            "{}-{}: retried batch already stored at offset {}",
+            p.topic,
+            p.partition,
+            info.base_offset.0
+        );
     }
     let must_flush = (p.acks == -1 && config.flush_on_ack) || log.needs_flush(now_ms());
     if must_flush {
@@ -280,15 +366,35 @@ fn read_error(e: &StorageError) -> i16 {
 
 async fn fetch(shard: &Rc<Shard>, p: FetchPart) -> FetchResult {
     let Some(log) = shard.logs.get(&p.topic, p.partition) else {
-        return FetchResult { error: E::UnknownTopicOrPartition.code(), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, slice: None };
+        return FetchResult {
+            error: E::UnknownTopicOrPartition.code(),
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            slice: None,
+        };
     };
     let hw = log.high_watermark().0;
-    let mut r = FetchResult { error: 0, high_watermark: hw, last_stable_offset: hw, log_start_offset: log.log_start_offset().0, slice: None };
-    match log.read(Offset(p.offset), p.max_bytes, p.min_one_batch).await {
+    let mut r = FetchResult {
+        error: 0,
+        high_watermark: hw,
+        last_stable_offset: hw,
+        log_start_offset: log.log_start_offset().0,
+        slice: None,
+    };
+    match log
+        .read(Offset(p.offset), p.max_bytes, p.min_one_batch)
+        .await
+    {
         Ok(slice) => r.slice = slice,
         Err(e) => {
             if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
-                tracing::error!("read of {}-{} at {} failed: {e}", p.topic, p.partition, p.offset);
+                tracing::error!(
+                    "read of {}-{} at {} failed: {e}",
+                    p.topic,
+                    p.partition,
+                    p.offset
+                );
             }
             r.error = read_error(&e);
         }
@@ -299,7 +405,9 @@ async fn fetch(shard: &Rc<Shard>, p: FetchPart) -> FetchResult {
 async fn wait_for_data(shard: &Rc<Shard>, parts: Vec<(Arc<str>, i32, i64)>, wait_ms: u64) {
     let mut listeners = Vec::new();
     for (topic, p, offset) in &parts {
-        let Some(log) = shard.logs.get(topic, *p) else { return };
+        let Some(log) = shard.logs.get(topic, *p) else {
+            return;
+        };
         let listener = log.listen();
         // Checked after listening, so an append in between is not missed.
         if log.high_watermark().0 > *offset || *offset < log.log_start_offset().0 {
@@ -318,11 +426,24 @@ async fn wait_for_data(shard: &Rc<Shard>, parts: Vec<(Arc<str>, i32, i64)>, wait
 
 async fn list_offset(shard: &Rc<Shard>, q: OffsetQuery) -> OffsetAnswer {
     let meta = shard.meta();
-    let epoch = meta.topic(&q.topic).and_then(|t| t.partitions.get(q.partition as usize)).map_or(-1, |m| m.leader_epoch);
+    let epoch = meta
+        .topic(&q.topic)
+        .and_then(|t| t.partitions.get(q.partition as usize))
+        .map_or(-1, |m| m.leader_epoch);
     let Some(log) = shard.logs.get(&q.topic, q.partition) else {
-        return OffsetAnswer { error: E::UnknownTopicOrPartition.code(), timestamp: -1, offset: -1, leader_epoch: -1 };
+        return OffsetAnswer {
+            error: E::UnknownTopicOrPartition.code(),
+            timestamp: -1,
+            offset: -1,
+            leader_epoch: -1,
+        };
     };
-    let ok = |offset: i64, timestamp: i64| OffsetAnswer { error: 0, timestamp, offset, leader_epoch: epoch };
+    let ok = |offset: i64, timestamp: i64| OffsetAnswer {
+        error: 0,
+        timestamp,
+        offset,
+        leader_epoch: epoch,
+    };
     match q.timestamp {
         // LATEST: the high watermark (= last stable offset: no transactions yet).
         -1 => ok(log.high_watermark().0, -1),
@@ -333,11 +454,21 @@ async fn list_offset(shard: &Rc<Shard>, q: OffsetQuery) -> OffsetAnswer {
             Some((o, ts)) => ok(o.0, ts),
             None => ok(-1, -1),
         },
-        ts if ts < 0 => OffsetAnswer { error: E::InvalidRequest.code(), timestamp: -1, offset: -1, leader_epoch: epoch },
+        ts if ts < 0 => OffsetAnswer {
+            error: E::InvalidRequest.code(),
+            timestamp: -1,
+            offset: -1,
+            leader_epoch: epoch,
+        },
         ts => match log.offset_for_timestamp(ts).await {
             Ok(Some((o, found))) => ok(o.0, found),
             Ok(None) => ok(-1, -1),
-            Err(e) => OffsetAnswer { error: read_error(&e), timestamp: -1, offset: -1, leader_epoch: epoch },
+            Err(e) => OffsetAnswer {
+                error: read_error(&e),
+                timestamp: -1,
+                offset: -1,
+                leader_epoch: epoch,
+            },
         },
     }
 }
@@ -362,14 +493,24 @@ async fn delete_records(shard: &Rc<Shard>, topic: &str, partition: i32, offset: 
     };
     match log.delete_records(before).await {
         Ok(low_watermark) => {
-            tracing::info!("{topic}-{partition}: records before {} deleted, log start offset {}", before.0, low_watermark.0);
+            tracing::info!(
+                "{topic}-{partition}: records before {} deleted, log start offset {}",
+                before.0,
+                low_watermark.0
+            );
             (0, low_watermark.0)
         }
         Err(e) => {
             if matches!(e, StorageError::OffsetOutOfRange { .. }) {
-                tracing::debug!("delete records of {topic}-{partition} before {}: {e}", before.0);
+                tracing::debug!(
+                    "delete records of {topic}-{partition} before {}: {e}",
+                    before.0
+                );
             } else {
-                tracing::error!("delete records of {topic}-{partition} before {} failed: {e}", before.0);
+                tracing::error!(
+                    "delete records of {topic}-{partition} before {} failed: {e}",
+                    before.0
+                );
             }
             (delete_records_error(&e), -1)
         }
@@ -378,7 +519,9 @@ async fn delete_records(shard: &Rc<Shard>, topic: &str, partition: i32, offset: 
 
 /// The user-topic partitions this shard has open. Only partitions of topics in the metadata:
 /// internal logs and the logs of a topic being created or deleted are left out.
-pub(crate) fn user_partition_logs(shard: &Shard) -> Vec<(Arc<str>, i32, Rc<strom_storage::PartitionLog>)> {
+pub(crate) fn user_partition_logs(
+    shard: &Shard,
+) -> Vec<(Arc<str>, i32, Rc<strom_storage::PartitionLog>)> {
     let meta = shard.meta();
     shard
         .logs
@@ -394,10 +537,16 @@ pub(crate) fn user_partition_logs(shard: &Shard) -> Vec<(Arc<str>, i32, Rc<strom
 
 /// Sizes of the user-topic partitions this shard has open, or of those listed in `filter`
 /// (partitions that are not open here are left out).
-fn log_dir_sizes(shard: &Rc<Shard>, filter: Option<Vec<(Arc<str>, Vec<i32>)>>) -> Vec<(Arc<str>, i32, u64)> {
+fn log_dir_sizes(
+    shard: &Rc<Shard>,
+    filter: Option<Vec<(Arc<str>, Vec<i32>)>>,
+) -> Vec<(Arc<str>, i32, u64)> {
     let meta = shard.meta();
     match filter {
-        None => user_partition_logs(shard).into_iter().map(|(name, p, log)| (name, p, log.size_bytes())).collect(),
+        None => user_partition_logs(shard)
+            .into_iter()
+            .map(|(name, p, log)| (name, p, log.size_bytes()))
+            .collect(),
         Some(topics) => topics
             .into_iter()
             .flat_map(|(topic, partitions)| partitions.into_iter().map(move |p| (topic.clone(), p)))

@@ -72,7 +72,11 @@ impl Watchdog {
     }
 
     fn wake(&self, id: usize) {
-        let waker = self.slots[id].waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let waker = self.slots[id]
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(w) = waker {
             w.wake();
         }
@@ -84,7 +88,11 @@ impl Watchdog {
     }
 
     /// Runs the watchdog thread until `stop` is set. Wakes every shard when `shutdown` is set.
-    pub fn spawn(self: &Arc<Self>, shutdown: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("strom-watchdog".into())
@@ -100,7 +108,11 @@ impl Watchdog {
                         let stalled = last > 0 && now - last > STALL_TICKS * me.tick_ms as i64;
                         if stalled {
                             me.stalls.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(shard = id, late_ms = now - last, "shard stalled; waking it");
+                            tracing::debug!(
+                                shard = id,
+                                late_ms = now - last,
+                                "shard stalled; waking it"
+                            );
                         }
                         if stalled || wake_all {
                             me.wake(id);

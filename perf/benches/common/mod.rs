@@ -99,7 +99,9 @@ impl<S: Clone + 'static> Worker<S> {
             .expect("jobs are open until drop")
             .unbounded_send(boxed)
             .expect("the executor is running");
-        result.recv().expect("the job panicked (see its message above)")
+        result
+            .recv()
+            .expect("the job panicked (see its message above)")
     }
 }
 

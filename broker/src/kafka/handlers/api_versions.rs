@@ -34,7 +34,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
 /// KIP-511: a version newer than ours gets a v0 response with UNSUPPORTED_VERSION and our
 /// ranges, so the client retries with a version we know.
 pub fn unsupported_version(correlation_id: i32) -> Outcome {
-    match frame_response(ApiKey::ApiVersions, 0, correlation_id, &response(E::UnsupportedVersion.code())) {
+    match frame_response(
+        ApiKey::ApiVersions,
+        0,
+        correlation_id,
+        &response(E::UnsupportedVersion.code()),
+    ) {
         Ok(b) => Outcome::Respond(vec![OutChunk::Bytes(b)]),
         Err(e) => Outcome::Close(format!("encoding ApiVersions fallback: {e}")),
     }

@@ -13,7 +13,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     for t in req.topics {
         let mut r = CreatePartitionsTopicResult::default();
         r.name = t.name.clone();
-        let op = ControllerOp::CreatePartitions { name: t.name.0.to_string(), count: t.count, validate_only: req.validate_only };
+        let op = ControllerOp::CreatePartitions {
+            name: t.name.0.to_string(),
+            count: t.count,
+            validate_only: req.validate_only,
+        };
         if let Err(e) = ctx.controller(op).await {
             r.error_code = e.code;
             ctx.note_error(r.error_code);

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError as E;
 
@@ -30,12 +32,26 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             r.error_message = Some(str_bytes(&msg));
         };
         if t.replication_factor > 1 {
-            fail(&mut r, E::InvalidReplicationFactor, format!("Replication factor {} is larger than the 1 available broker", t.replication_factor));
+            fail(
+                &mut r,
+                E::InvalidReplicationFactor,
+                format!(
+                    "Replication factor {} is larger than the 1 available broker",
+                    t.replication_factor
+                ),
+            );
             resp.topics.push(r);
             continue;
         }
-        if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() > 1) {
-            fail(&mut r, E::InvalidReplicaAssignment, "replica assignments may name only this broker".into());
+        if t.assignments
+            .iter()
+            .any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() > 1)
+        {
+            fail(
+                &mut r,
+                E::InvalidReplicaAssignment,
+                "replica assignments may name only this broker".into(),
+            );
             resp.topics.push(r);
             continue;
         }
@@ -53,7 +69,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 Some(v) => {
                     overrides.insert(c.name.to_string(), v.to_string());
                 }
-                None => bad_config = Some(format!("Null value not supported for topic config {}", c.name.as_str())),
+                None => {
+                    bad_config = Some(format!(
+                        "Null value not supported for topic config {}",
+                        c.name.as_str()
+                    ))
+                }
             }
         }
         if let Some(msg) = bad_config {
@@ -61,7 +82,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             resp.topics.push(r);
             continue;
         }
-        let op = ControllerOp::CreateTopic { name: name.clone(), partitions, overrides, validate_only: req.validate_only };
+        let op = ControllerOp::CreateTopic {
+            name: name.clone(),
+            partitions,
+            overrides,
+            validate_only: req.validate_only,
+        };
         match ctx.controller(op).await {
             Ok(()) => {
                 r.num_partitions = partitions;
@@ -78,7 +104,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                                 let mut c = CreatableTopicConfigs::default();
                                 c.name = str_bytes(k);
                                 c.value = Some(str_bytes(&v));
-                                c.config_source = if overridden { SOURCE_TOPIC } else { SOURCE_DEFAULT };
+                                c.config_source = if overridden {
+                                    SOURCE_TOPIC
+                                } else {
+                                    SOURCE_DEFAULT
+                                };
                                 c
                             })
                             .collect(),

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError as E;
 
@@ -29,7 +31,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         answers.push(vec![unknown; t.partitions.len()]);
         for (pi, p) in t.partitions.iter().enumerate() {
             if let Some(owner) = meta.owner(&name, p.partition_index) {
-                per_shard.entry(owner).or_default().push(((ti, pi), (name.clone(), p.partition_index, p.offset)));
+                per_shard
+                    .entry(owner)
+                    .or_default()
+                    .push(((ti, pi), (name.clone(), p.partition_index, p.offset)));
             }
         }
     }

@@ -10,16 +10,27 @@ use crate::metadata::controller::ControllerOp;
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: DeleteTopicsRequest = ctx.decode(body)?;
-    let mut targets: Vec<(Option<String>, uuid::Uuid)> =
-        req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect();
-    targets.extend(req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> = req
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    targets.extend(
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut resp = DeleteTopicsResponse::default();
     for (name, id) in targets {
         let mut r = DeletableTopicResult::default();
         r.topic_id = id;
         let name = match name {
             Some(n) => Some(n),
-            None => ctx.shard.meta().topic_by_id(id.as_bytes()).map(|t| t.name.to_string()),
+            None => ctx
+                .shard
+                .meta()
+                .topic_by_id(id.as_bytes())
+                .map(|t| t.name.to_string()),
         };
         let Some(name) = name else {
             r.error_code = E::UnknownTopicId.code();

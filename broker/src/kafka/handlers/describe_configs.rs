@@ -2,7 +2,9 @@
 //! broker's static configuration.
 
 use bytes::Bytes;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError as E;
 
@@ -13,7 +15,13 @@ pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
 const SOURCE_STATIC_BROKER: i8 = 4;
 
-fn entry(name: &str, value: &str, source: i8, read_only: bool, synonyms: bool) -> DescribeConfigsResourceResult {
+fn entry(
+    name: &str,
+    value: &str,
+    source: i8,
+    read_only: bool,
+    synonyms: bool,
+) -> DescribeConfigsResourceResult {
     let mut c = DescribeConfigsResourceResult::default();
     c.name = str_bytes(name);
     c.value = Some(str_bytes(value));
@@ -38,7 +46,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         let mut r = DescribeConfigsResult::default();
         r.resource_type = res.resource_type;
         r.resource_name = res.resource_name.clone();
-        let keys: Option<Vec<String>> = res.configuration_keys.map(|ks| ks.iter().map(|k| k.to_string()).collect());
+        let keys: Option<Vec<String>> = res
+            .configuration_keys
+            .map(|ks| ks.iter().map(|k| k.to_string()).collect());
         let wanted = |k: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|w| w == k));
         match res.resource_type {
             RESOURCE_TOPIC => match meta.topic(res.resource_name.as_str()) {
@@ -47,7 +57,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                         .topic_defaults
                         .describe(&t.overrides)
                         .filter(|(k, _, _)| wanted(k))
-                        .map(|(k, v, o)| entry(k, &v, if o { SOURCE_TOPIC } else { SOURCE_DEFAULT }, false, req.include_synonyms))
+                        .map(|(k, v, o)| {
+                            entry(
+                                k,
+                                &v,
+                                if o { SOURCE_TOPIC } else { SOURCE_DEFAULT },
+                                false,
+                                req.include_synonyms,
+                            )
+                        })
                         .collect();
                 }
                 None => {
@@ -74,7 +92,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             other => {
                 r.error_code = E::InvalidRequest.code();
                 ctx.note_error(r.error_code);
-                r.error_message = Some(str_bytes(&format!("resource type {other} is not supported")));
+                r.error_message = Some(str_bytes(&format!(
+                    "resource type {other} is not supported"
+                )));
             }
         }
         resp.results.push(r);

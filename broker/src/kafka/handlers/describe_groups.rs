@@ -23,7 +23,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             GroupReply::Describe(d) => Some(d),
             _ => None,
         },
-        |id, code| coordinator::DescribedGroup { error: code, group_id: id.to_string(), state: "Dead", ..Default::default() },
+        |id, code| coordinator::DescribedGroup {
+            error: code,
+            group_id: id.to_string(),
+            state: "Dead",
+            ..Default::default()
+        },
     )
     .await;
     let v = ctx.version;

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::describe_log_dirs_response::{DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic};
+use kafka_protocol::messages::describe_log_dirs_response::{
+    DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName};
 
 use super::{str_bytes, Ctx, HandlerResult};
@@ -30,14 +32,24 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 let name: Arc<str> = Arc::from(t.topic.0.as_str());
                 for &p in &t.partitions {
                     if let Some(owner) = meta.owner(&name, p) {
-                        per_shard.entry(owner).or_default().entry(name.clone()).or_default().push(p);
+                        per_shard
+                            .entry(owner)
+                            .or_default()
+                            .entry(name.clone())
+                            .or_default()
+                            .push(p);
                     }
                 }
             }
-            per_shard.into_iter().map(|(s, topics)| (s, Some(topics.into_iter().collect()))).collect()
+            per_shard
+                .into_iter()
+                .map(|(s, topics)| (s, Some(topics.into_iter().collect())))
+                .collect()
         }
     };
-    let calls = asks.into_iter().map(|(s, filter)| ctx.shard.call(s, ShardOp::LogDirSizes(filter)));
+    let calls = asks
+        .into_iter()
+        .map(|(s, filter)| ctx.shard.call(s, ShardOp::LogDirSizes(filter)));
     // Sorted by topic, then partition; a partition listed twice is reported once.
     let mut sizes: BTreeMap<Arc<str>, BTreeMap<i32, u64>> = BTreeMap::new();
     for reply in futures::future::join_all(calls).await {
@@ -92,15 +104,19 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
 /// The data directory as an absolute path (made absolute against the working directory,
 /// without resolving symbolic links, as Kafka reports it).
 fn absolute(dir: &Path) -> String {
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()).display().to_string()
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// (total, usable) bytes of the volume holding `dir`. `statvfs` reads file system counters
 /// without I/O to the device, so it is called on the shard thread; this is a rare admin request.
 fn volume_bytes(dir: &Path) -> std::io::Result<(i64, i64)> {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
+    })?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: `path` is a NUL-terminated string that outlives the call, and `st` points to
     // writable memory of the size of `statvfs`, which the call fills on success.
@@ -110,6 +126,7 @@ fn volume_bytes(dir: &Path) -> std::io::Result<(i64, i64)> {
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
     let frsize = u128::from(st.f_frsize);
-    let clamp = |blocks: libc::fsblkcnt_t| i64::try_from(u128::from(blocks) * frsize).unwrap_or(i64::MAX);
+    let clamp =
+        |blocks: libc::fsblkcnt_t| i64::try_from(u128::from(blocks) * frsize).unwrap_or(i64::MAX);
     Ok((clamp(st.f_blocks), clamp(st.f_bavail)))
 }

@@ -20,7 +20,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let (error, message) = if req.key_type == KEY_TYPE_GROUP {
         (0, None)
     } else {
-        (E::CoordinatorNotAvailable.code(), Some(str_bytes("only consumer group coordinators exist (key type 0)")))
+        (
+            E::CoordinatorNotAvailable.code(),
+            Some(str_bytes(
+                "only consumer group coordinators exist (key type 0)",
+            )),
+        )
     };
     let mut resp = FindCoordinatorResponse::default();
     if ctx.version >= 4 {

@@ -29,13 +29,24 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     break;
                 }
             };
-            ops.push((c.name.to_string(), kind, c.value.as_ref().map(|v| v.to_string())));
+            ops.push((
+                c.name.to_string(),
+                kind,
+                c.value.as_ref().map(|v| v.to_string()),
+            ));
         }
         let result = match bad {
             Some(msg) => Err((E::InvalidRequest.code(), msg)),
-            None => alter_resource(ctx, res.resource_type, res.resource_name.as_str(), ops, false, req.validate_only)
-                .await
-                .map_err(|e| (e.code, e.message)),
+            None => alter_resource(
+                ctx,
+                res.resource_type,
+                res.resource_name.as_str(),
+                ops,
+                false,
+                req.validate_only,
+            )
+            .await
+            .map_err(|e| (e.code, e.message)),
         };
         if let Err((code, msg)) = result {
             r.error_code = code;

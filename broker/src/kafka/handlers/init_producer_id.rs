@@ -25,10 +25,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         Some(_) => Err(E::CoordinatorNotAvailable.code()),
         None => match current_id(ctx.version, &req) {
             Err(code) => Err(code),
-            Ok(current) => match ctx.controller_output(ControllerOp::InitProducerId { current }).await {
+            Ok(current) => match ctx
+                .controller_output(ControllerOp::InitProducerId { current })
+                .await
+            {
                 Ok(ControllerOutput::ProducerId { id, epoch }) => Ok((id, epoch)),
                 Ok(ControllerOutput::Done) => Err(E::UnknownServerError.code()),
-                Err(e) if e.code == E::ProducerFenced.code() && ctx.version < 4 => Err(E::InvalidProducerEpoch.code()),
+                Err(e) if e.code == E::ProducerFenced.code() && ctx.version < 4 => {
+                    Err(E::InvalidProducerEpoch.code())
+                }
                 Err(e) => Err(e.code),
             },
         },

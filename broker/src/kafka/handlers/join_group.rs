@@ -16,7 +16,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let member_id = req.member_id.to_string();
     let instance_id = req.group_instance_id.map(|s| s.to_string());
     let protocol_type = req.protocol_type.to_string();
-    let protocols: Vec<(String, Bytes)> = req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect();
+    let protocols: Vec<(String, Bytes)> = req
+        .protocols
+        .into_iter()
+        .map(|p| (p.name.to_string(), p.metadata))
+        .collect();
     let refused = input::group_id_error(&group_id, false)
         .or_else(|| input::member_id_is_unknown(&member_id).then_some(E::UnknownMemberId))
         .or_else(|| input::join_error(instance_id.as_deref(), &protocol_type, &protocols));
@@ -25,7 +29,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         group_id: group_id.clone(),
         session_timeout_ms: req.session_timeout_ms,
         // v0 has no rebalance timeout: the session timeout serves as both.
-        rebalance_timeout_ms: if ctx.version >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms },
+        rebalance_timeout_ms: if ctx.version >= 1 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms
+        },
         member_id: member_id.clone(),
         instance_id,
         protocol_type,

@@ -13,7 +13,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: LeaveGroupRequest = ctx.decode(body)?;
     let group_id = req.group_id.to_string();
     let members: Vec<(String, Option<String>)> = if ctx.version >= 3 {
-        req.members.iter().map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string()))).collect()
+        req.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect()
     } else {
         vec![(req.member_id.to_string(), None)]
     };
@@ -24,11 +32,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         return Ok(ctx.respond(&resp));
     }
     // Member ids longer than any generated one name no member; only the others are looked up.
-    let known: Vec<(String, Option<String>)> = members.iter().filter(|(m, _)| !input::member_id_is_unknown(m)).cloned().collect();
+    let known: Vec<(String, Option<String>)> = members
+        .iter()
+        .filter(|(m, _)| !input::member_id_is_unknown(m))
+        .cloned()
+        .collect();
     let codes = if known.is_empty() {
         Vec::new()
     } else {
-        let op = GroupOp::Leave { group_id: group_id.clone(), members: known.clone() };
+        let op = GroupOp::Leave {
+            group_id: group_id.clone(),
+            members: known.clone(),
+        };
         match ctx.shard.group_call(&group_id, op).await {
             Some(GroupReply::Codes(c)) => codes_per_item(c, known.len(), ctx.api),
             _ => vec![E::CoordinatorNotAvailable.code(); known.len()],
@@ -62,7 +77,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             .collect();
     } else {
         // v0-2 carry exactly one member, so exactly one code.
-        resp.error_code = codes.first().copied().unwrap_or(E::UnknownServerError.code());
+        resp.error_code = codes
+            .first()
+            .copied()
+            .unwrap_or(E::UnknownServerError.code());
         ctx.note_error(resp.error_code);
     }
     Ok(ctx.respond(&resp))

@@ -13,7 +13,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: ListGroupsRequest = ctx.decode(body)?;
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_string()).collect();
-    let replies = ctx.shard.group_call_all(|| GroupOp::List { states: states.clone(), types: types.clone() }).await;
+    let replies = ctx
+        .shard
+        .group_call_all(|| GroupOp::List {
+            states: states.clone(),
+            types: types.clone(),
+        })
+        .await;
     let mut resp = ListGroupsResponse::default();
     if replies.len() < ctx.shard.table.shards() {
         // A shard did not answer (shutting down, or its mesh outbox full): the list would be
@@ -22,7 +28,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         ctx.note_error(resp.error_code);
     }
     for r in replies {
-        let GroupReply::List(groups) = r else { continue };
+        let GroupReply::List(groups) = r else {
+            continue;
+        };
         for g in groups {
             let mut out = ListedGroup::default();
             out.group_id = GroupId(str_bytes(&g.group_id));
@@ -36,6 +44,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             resp.groups.push(out);
         }
     }
-    resp.groups.sort_by(|a, b| a.group_id.as_str().cmp(b.group_id.as_str()));
+    resp.groups
+        .sort_by(|a, b| a.group_id.as_str().cmp(b.group_id.as_str()));
     Ok(ctx.respond(&resp))
 }

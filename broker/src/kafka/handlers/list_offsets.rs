@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError as E;
 
@@ -16,7 +18,12 @@ use crate::shard::{ShardOp, ShardReply};
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: ListOffsetsRequest = ctx.decode(body)?;
     let meta = ctx.shard.meta();
-    let unknown = OffsetAnswer { error: E::UnknownTopicOrPartition.code(), timestamp: -1, offset: -1, leader_epoch: -1 };
+    let unknown = OffsetAnswer {
+        error: E::UnknownTopicOrPartition.code(),
+        timestamp: -1,
+        offset: -1,
+        leader_epoch: -1,
+    };
     let mut answers: Vec<Vec<OffsetAnswer>> = Vec::new();
     // Per owning shard: (topic index, partition index) of each query, and the query.
     type Positioned = ((usize, usize), OffsetQuery);
@@ -28,7 +35,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             if let Some(owner) = meta.owner(&name, p.partition_index) {
                 per_shard.entry(owner).or_default().push((
                     (ti, pi),
-                    OffsetQuery { topic: name.clone(), partition: p.partition_index, timestamp: p.timestamp },
+                    OffsetQuery {
+                        topic: name.clone(),
+                        partition: p.partition_index,
+                        timestamp: p.timestamp,
+                    },
                 ));
             }
         }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::ResponseError as E;
 
@@ -68,10 +70,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match req.topics {
         None => None,
         Some(ts) if ts.is_empty() && ctx.version == 0 => None,
-        Some(ts) => Some(ts.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()),
+        Some(ts) => Some(
+            ts.into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
     };
     // Before v4 every Metadata request allowed auto-creation.
-    let allow_create = config.auto_create_topics && (ctx.version < 4 || req.allow_auto_topic_creation);
+    let allow_create =
+        config.auto_create_topics && (ctx.version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match wanted {
         None => {

@@ -8,9 +8,9 @@ pub mod create_topics;
 pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
-pub mod describe_groups;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod fetch;
 pub mod find_coordinator;
@@ -39,9 +39,9 @@ use kafka_protocol::ResponseError;
 use strom_net::OutChunk;
 
 use super::codec::frame_response;
-use crate::metadata::controller::{ControllerError, ControllerOp, ControllerReply};
 use crate::group::{input, GroupOp, GroupReply};
 use crate::kafka::affinity::Hint;
+use crate::metadata::controller::{ControllerError, ControllerOp, ControllerReply};
 use crate::metrics::stages::RequestTrace;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
@@ -81,13 +81,20 @@ impl Ctx<'_> {
     pub fn respond<R: Encodable>(&self, body: &R) -> Outcome {
         match frame_response(self.api, self.version, self.header.correlation_id, body) {
             Ok(b) => Outcome::Respond(vec![OutChunk::Bytes(b)]),
-            Err(e) => Outcome::Close(format!("encoding {:?} v{} response: {e}", self.api, self.version)),
+            Err(e) => Outcome::Close(format!(
+                "encoding {:?} v{} response: {e}",
+                self.api, self.version
+            )),
         }
     }
 
     pub fn decode<R: Decodable>(&self, body: &mut Bytes) -> Result<R, Outcome> {
-        let decoded = R::decode(body, self.version)
-            .map_err(|e| Outcome::Close(format!("malformed {:?} v{} request: {e}", self.api, self.version)));
+        let decoded = R::decode(body, self.version).map_err(|e| {
+            Outcome::Close(format!(
+                "malformed {:?} v{} request: {e}",
+                self.api, self.version
+            ))
+        });
         self.trace.decoded();
         decoded
     }
@@ -104,7 +111,11 @@ impl Ctx<'_> {
 
     /// The client id from the request header ("" if none).
     pub fn client_id(&self) -> String {
-        self.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
+        self.header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default()
     }
 
     /// The client host as Kafka reports it in DescribeGroups: `/ip`.
@@ -122,7 +133,10 @@ impl Ctx<'_> {
     pub async fn controller_output(&self, op: ControllerOp) -> ControllerReply {
         match self.shard.call(0, ShardOp::Controller(op)).await {
             ShardReply::Controller(r) => r,
-            _ => Err(ControllerError { code: kafka_protocol::ResponseError::UnknownServerError.code(), message: "controller unavailable".into() }),
+            _ => Err(ControllerError {
+                code: kafka_protocol::ResponseError::UnknownServerError.code(),
+                message: "controller unavailable".into(),
+            }),
         }
     }
 }
@@ -145,7 +159,16 @@ pub async fn dispatch(
     let started = Instant::now();
     let inflight = &shard.metrics.requests_inflight;
     inflight.set(inflight.get() + 1);
-    let ctx = Ctx { shard, api, version, header, peer, failed: Cell::new(false), trace, hint: Cell::new(Hint::None) };
+    let ctx = Ctx {
+        shard,
+        api,
+        version,
+        header,
+        peer,
+        failed: Cell::new(false),
+        trace,
+        hint: Cell::new(Hint::None),
+    };
     let result = match api {
         ApiKey::ApiVersions => api_versions::handle(&ctx, &mut body).await,
         ApiKey::Metadata => metadata::handle(&ctx, &mut body).await,
@@ -193,7 +216,12 @@ pub fn one_per_item<T>(answers: Vec<T>, items: usize, api: ApiKey) -> Result<Vec
     if answers.len() == items {
         return Ok(answers);
     }
-    tracing::error!(?api, items, answers = answers.len(), "the group coordinator's reply does not have one answer per item of the request");
+    tracing::error!(
+        ?api,
+        items,
+        answers = answers.len(),
+        "the group coordinator's reply does not have one answer per item of the request"
+    );
     Err(ResponseError::UnknownServerError.code())
 }
 
@@ -218,10 +246,18 @@ pub async fn per_group_owner<T>(
     // DescribeGroups and DeleteGroups accept the empty group id, as Kafka does.
     let mut out: Vec<Result<T, i16>> = ids
         .iter()
-        .map(|id| Err(input::group_id_error(id, true).unwrap_or(ResponseError::CoordinatorNotAvailable).code()))
+        .map(|id| {
+            Err(input::group_id_error(id, true)
+                .unwrap_or(ResponseError::CoordinatorNotAvailable)
+                .code())
+        })
         .collect();
     let mut by_owner: Vec<(usize, Vec<usize>)> = Vec::new();
-    for (i, id) in ids.iter().enumerate().filter(|(_, id)| input::group_id_error(id, true).is_none()) {
+    for (i, id) in ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| input::group_id_error(id, true).is_none())
+    {
         let owner = shard.group_owner(id);
         match by_owner.iter_mut().find(|(o, _)| *o == owner) {
             Some((_, v)) => v.push(i),
@@ -234,13 +270,18 @@ pub async fn per_group_owner<T>(
     });
     let replies = futures::future::join_all(calls).await;
     for ((_, idx), reply) in by_owner.iter().zip(replies) {
-        let ShardReply::Group(r) = reply else { continue };
+        let ShardReply::Group(r) = reply else {
+            continue;
+        };
         match one_per_item(extract(r).unwrap_or_default(), idx.len(), ctx.api) {
             Ok(values) => idx.iter().zip(values).for_each(|(&i, v)| out[i] = Ok(v)),
             Err(code) => idx.iter().for_each(|&i| out[i] = Err(code)),
         }
     }
-    out.into_iter().zip(ids).map(|(v, id)| v.unwrap_or_else(|code| fallback(id, code))).collect()
+    out.into_iter()
+        .zip(ids)
+        .map(|(v, id)| v.unwrap_or_else(|code| fallback(id, code)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -250,11 +291,26 @@ mod tests {
     #[test]
     fn missing_reply_codes_are_errors_never_success() {
         let unknown = ResponseError::UnknownServerError.code();
-        assert_eq!(codes_per_item(vec![0, 12], 2, ApiKey::OffsetCommit), [0, 12]);
-        assert_eq!(codes_per_item(vec![0], 3, ApiKey::OffsetCommit), [unknown; 3]);
-        assert_eq!(codes_per_item(Vec::new(), 2, ApiKey::LeaveGroup), [unknown; 2]);
-        assert_eq!(codes_per_item(vec![0, 0, 0], 2, ApiKey::OffsetDelete), [unknown; 2]);
+        assert_eq!(
+            codes_per_item(vec![0, 12], 2, ApiKey::OffsetCommit),
+            [0, 12]
+        );
+        assert_eq!(
+            codes_per_item(vec![0], 3, ApiKey::OffsetCommit),
+            [unknown; 3]
+        );
+        assert_eq!(
+            codes_per_item(Vec::new(), 2, ApiKey::LeaveGroup),
+            [unknown; 2]
+        );
+        assert_eq!(
+            codes_per_item(vec![0, 0, 0], 2, ApiKey::OffsetDelete),
+            [unknown; 2]
+        );
         assert!(codes_per_item(Vec::new(), 0, ApiKey::OffsetDelete).is_empty());
-        assert_eq!(one_per_item(vec!["a"], 2, ApiKey::DescribeGroups), Err(unknown));
+        assert_eq!(
+            one_per_item(vec!["a"], 2, ApiKey::DescribeGroups),
+            Err(unknown)
+        );
     }
 }

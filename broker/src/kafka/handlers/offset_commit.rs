@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError as E;
 
@@ -25,8 +27,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     for t in &req.topics {
         let topic: Arc<str> = Arc::from(t.name.as_str());
         for p in &t.partitions {
-            let epoch = if ctx.version >= 6 { p.committed_leader_epoch } else { -1 };
-            offsets.push((topic.clone(), p.partition_index, p.committed_offset, epoch, p.committed_metadata.as_ref().map(|m| m.to_string())));
+            let epoch = if ctx.version >= 6 {
+                p.committed_leader_epoch
+            } else {
+                -1
+            };
+            offsets.push((
+                topic.clone(),
+                p.partition_index,
+                p.committed_offset,
+                epoch,
+                p.committed_metadata.as_ref().map(|m| m.to_string()),
+            ));
         }
     }
     let params = CommitParams {
@@ -36,7 +48,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         instance_id: req.group_instance_id.map(|s| s.to_string()),
         offsets,
     };
-    let codes = match ctx.shard.group_call(&group_id, GroupOp::Commit(params)).await {
+    let codes = match ctx
+        .shard
+        .group_call(&group_id, GroupOp::Commit(params))
+        .await
+    {
         Some(GroupReply::Codes(c)) => codes_per_item(c, count, ctx.api),
         _ => vec![E::CoordinatorNotAvailable.code(); count],
     };
@@ -44,7 +60,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
 }
 
 /// The response: `codes` holds one code per partition of `topics`, in request order.
-fn respond(ctx: &Ctx<'_>, topics: Vec<OffsetCommitRequestTopic>, codes: Vec<i16>) -> super::Outcome {
+fn respond(
+    ctx: &Ctx<'_>,
+    topics: Vec<OffsetCommitRequestTopic>,
+    codes: Vec<i16>,
+) -> super::Outcome {
     let mut codes = codes.into_iter();
     let mut resp = OffsetCommitResponse::default();
     resp.topics = topics

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use kafka_protocol::ResponseError as E;
 
@@ -19,14 +21,19 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         .iter()
         .flat_map(|t| {
             let topic: Arc<str> = Arc::from(t.name.as_str());
-            t.partitions.iter().map(move |p| (topic.clone(), p.partition_index))
+            t.partitions
+                .iter()
+                .map(move |p| (topic.clone(), p.partition_index))
         })
         .collect();
     let count = partitions.len();
     let (code, codes) = if let Some(e) = input::group_id_error(&group_id, false) {
         (e.code(), Vec::new())
     } else {
-        let op = GroupOp::DeleteOffsets { group_id: group_id.clone(), partitions };
+        let op = GroupOp::DeleteOffsets {
+            group_id: group_id.clone(),
+            partitions,
+        };
         match ctx.shard.group_call(&group_id, op).await {
             Some(GroupReply::OffsetDelete(code, codes)) => (code, codes),
             _ => (E::CoordinatorNotAvailable.code(), Vec::new()),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
 use kafka_protocol::ResponseError as E;
@@ -22,7 +22,10 @@ async fn fetch_group(ctx: &Ctx<'_>, group_id: &str, topics: Wanted) -> (i16, Vec
     if let Some(e) = input::group_id_error(group_id, true) {
         return (e.code(), Vec::new());
     }
-    let op = GroupOp::FetchOffsets { group_id: group_id.to_string(), topics };
+    let op = GroupOp::FetchOffsets {
+        group_id: group_id.to_string(),
+        topics,
+    };
     match ctx.shard.group_call(group_id, op).await {
         Some(GroupReply::Offsets(o)) => (0, o),
         _ => (E::CoordinatorNotAvailable.code(), Vec::new()),
@@ -47,7 +50,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let mut resp = OffsetFetchResponse::default();
     if v >= 8 {
         for g in req.groups {
-            let wanted: Wanted = g.topics.map(|ts| ts.into_iter().map(|t| (Arc::from(t.name.as_str()), t.partition_indexes)).collect());
+            let wanted: Wanted = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (Arc::from(t.name.as_str()), t.partition_indexes))
+                    .collect()
+            });
             let (code, offsets) = fetch_group(ctx, g.group_id.as_str(), wanted).await;
             let mut out = OffsetFetchResponseGroup::default();
             out.group_id = g.group_id;
@@ -77,12 +84,24 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         return Ok(ctx.respond(&resp));
     }
     let group_id: GroupId = req.group_id;
-    let wanted: Wanted = req.topics.map(|ts| ts.into_iter().map(|t| (Arc::from(t.name.as_str()), t.partition_indexes)).collect());
+    let wanted: Wanted = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (Arc::from(t.name.as_str()), t.partition_indexes))
+            .collect()
+    });
     // v0-1 have no group-level error: a failed fetch answers each partition asked for with it.
     let unanswered: Vec<FetchedOffset> = match (&wanted, v < 2) {
         (Some(topics), true) => topics
             .iter()
-            .flat_map(|(t, ps)| ps.iter().map(move |&p| FetchedOffset { topic: t.clone(), partition: p, offset: -1, leader_epoch: -1, metadata: String::new() }))
+            .flat_map(|(t, ps)| {
+                ps.iter().map(move |&p| FetchedOffset {
+                    topic: t.clone(),
+                    partition: p,
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                })
+            })
             .collect(),
         _ => Vec::new(),
     };

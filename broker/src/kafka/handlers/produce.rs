@@ -14,8 +14,8 @@ use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult, Outcome};
 use crate::shard::ops::{ProducePart, ProduceResult};
-use kafka_protocol::messages::produce_response::BatchIndexAndErrorMessage;
 use crate::shard::{ShardOp, ShardReply};
+use kafka_protocol::messages::produce_response::BatchIndexAndErrorMessage;
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: ProduceRequest = ctx.decode(body)?;
@@ -28,14 +28,24 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         let name: Arc<str> = Arc::from(topic.name.0.as_str());
         let mut results = Vec::with_capacity(topic.partition_data.len());
         for (pi, part) in topic.partition_data.iter().enumerate() {
-            let mut pending = ProduceResult { base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, ..Default::default() };
+            let mut pending = ProduceResult {
+                base_offset: -1,
+                log_append_time_ms: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            };
             if !(-1..=1).contains(&acks) {
                 pending.error = E::InvalidRequiredAcks.code();
             } else if let Some(owner) = meta.owner(&name, part.index) {
                 per_shard.entry(owner).or_default().push((
                     ti,
                     pi,
-                    ProducePart { topic: name.clone(), partition: part.index, records: part.records.clone(), acks },
+                    ProducePart {
+                        topic: name.clone(),
+                        partition: part.index,
+                        records: part.records.clone(),
+                        acks,
+                    },
                 ));
             } else {
                 pending.error = E::UnknownTopicOrPartition.code();
@@ -47,12 +57,25 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let calls = per_shard.into_iter().map(|(shard_id, parts)| async move {
         let positions: Vec<(usize, usize)> = parts.iter().map(|(t, p, _)| (*t, *p)).collect();
         let work = parts.into_iter().map(|(_, _, p)| p).collect();
-        (positions, ctx.call_owner(shard_id, ShardOp::Produce(work)).await)
+        (
+            positions,
+            ctx.call_owner(shard_id, ShardOp::Produce(work)).await,
+        )
     });
     for (positions, reply) in futures::future::join_all(calls).await {
         let results = match reply {
             ShardReply::Produce(r) => r,
-            _ => vec![ProduceResult { error: E::NotLeaderOrFollower.code(), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, message: None, record_errors: Vec::new() }; positions.len()],
+            _ => vec![
+                ProduceResult {
+                    error: E::NotLeaderOrFollower.code(),
+                    base_offset: -1,
+                    log_append_time_ms: -1,
+                    log_start_offset: -1,
+                    message: None,
+                    record_errors: Vec::new()
+                };
+                positions.len()
+            ],
         };
         for ((t, p), r) in positions.into_iter().zip(results) {
             slots[t].1[p] = r;
@@ -67,8 +90,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         return Ok(Outcome::NoResponse);
     }
     if let Some(n) = drop_response(ctx) {
-        tracing::debug!("{}: fault injection: dropping the response to Produce request #{n} of this shard", ctx.peer);
-        return Ok(Outcome::Close(format!("fault injection: response to Produce request #{n} dropped")));
+        tracing::debug!(
+            "{}: fault injection: dropping the response to Produce request #{n} of this shard",
+            ctx.peer
+        );
+        return Ok(Outcome::Close(format!(
+            "fault injection: response to Produce request #{n} dropped"
+        )));
     }
     let mut resp = ProduceResponse::default();
     resp.responses = req
@@ -97,7 +125,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                             .map(|&i| {
                                 let mut e = BatchIndexAndErrorMessage::default();
                                 e.batch_index = i;
-                                e.batch_index_error_message = Some(str_bytes("Compacted topic cannot accept message without key"));
+                                e.batch_index_error_message = Some(str_bytes(
+                                    "Compacted topic cannot accept message without key",
+                                ));
                                 e
                             })
                             .collect();

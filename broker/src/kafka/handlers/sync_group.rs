@@ -19,7 +19,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         instance_id: req.group_instance_id.map(|s| s.to_string()),
         protocol_type: req.protocol_type.map(|s| s.to_string()),
         protocol: req.protocol_name.map(|s| s.to_string()),
-        assignments: req.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect(),
+        assignments: req
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect(),
     };
     let refused = input::group_id_error(&group_id, false)
         .or_else(|| input::member_id_is_unknown(&params.member_id).then_some(E::UnknownMemberId))

@@ -76,7 +76,11 @@ impl Writer {
             if s.len > 0 {
                 let head = self.buf.split().freeze();
                 self.chunks.push(OutChunk::Bytes(head));
-                self.chunks.push(OutChunk::File { fd: s.fd.clone(), position: s.position, len: s.len });
+                self.chunks.push(OutChunk::File {
+                    fd: s.fd.clone(),
+                    position: s.position,
+                    len: s.len,
+                });
             }
         }
     }
@@ -85,7 +89,11 @@ impl Writer {
 /// Encodes `[size][header][body]` of a FetchResponse as chunks.
 pub fn encode(version: i16, correlation_id: i32, out: &FetchOut) -> Vec<OutChunk> {
     let flexible = version >= 12;
-    let mut w = Writer { chunks: Vec::new(), buf: BytesMut::with_capacity(256), flexible };
+    let mut w = Writer {
+        chunks: Vec::new(),
+        buf: BytesMut::with_capacity(256),
+        flexible,
+    };
     w.buf.put_i32(0); // size, patched below
     w.buf.put_i32(correlation_id);
     w.tags(); // response header v1
@@ -174,17 +182,49 @@ mod tests {
         let payload: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
         file.write_all(&payload).unwrap();
         let fd = Arc::new(SegmentFd::from(OwnedFd::from(file)));
-        let slice = ReadSlice { fd, position: 10, len: 150, first_offset: Offset(5) };
+        let slice = ReadSlice {
+            fd,
+            position: 10,
+            len: 150,
+            first_offset: Offset(5),
+        };
         for version in 4..=12i16 {
-            let with_data = FetchResult { error: 0, high_watermark: 42, last_stable_offset: 42, log_start_offset: 3, slice: Some(slice.clone()) };
-            let empty = FetchResult { error: 1, high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, slice: None };
+            let with_data = FetchResult {
+                error: 0,
+                high_watermark: 42,
+                last_stable_offset: 42,
+                log_start_offset: 3,
+                slice: Some(slice.clone()),
+            };
+            let empty = FetchResult {
+                error: 1,
+                high_watermark: -1,
+                last_stable_offset: -1,
+                log_start_offset: -1,
+                slice: None,
+            };
             let out = FetchOut {
                 error_code: 0,
                 session_id: 0,
                 read_committed: version % 2 == 0,
                 topics: vec![
-                    TopicOut { name: "orders".into(), partitions: vec![PartitionOut { partition: 0, result: with_data }, PartitionOut { partition: 3, result: empty }] },
-                    TopicOut { name: "t2".into(), partitions: vec![] },
+                    TopicOut {
+                        name: "orders".into(),
+                        partitions: vec![
+                            PartitionOut {
+                                partition: 0,
+                                result: with_data,
+                            },
+                            PartitionOut {
+                                partition: 3,
+                                result: empty,
+                            },
+                        ],
+                    },
+                    TopicOut {
+                        name: "t2".into(),
+                        partitions: vec![],
+                    },
                 ],
             };
             let chunks = encode(version, 77, &out);
@@ -206,7 +246,11 @@ mod tests {
             }
             let p1 = &resp.responses[0].partitions[1];
             assert_eq!((p1.partition_index, p1.error_code), (3, 1));
-            assert_eq!(p1.records.as_deref(), Some(&[][..]), "empty records are non-null");
+            assert_eq!(
+                p1.records.as_deref(),
+                Some(&[][..]),
+                "empty records are non-null"
+            );
         }
     }
 }

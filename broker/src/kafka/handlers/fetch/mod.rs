@@ -35,14 +35,24 @@ struct Wanted {
 }
 
 fn error_result(code: E) -> FetchResult {
-    FetchResult { error: code.code(), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, slice: None }
+    FetchResult {
+        error: code.code(),
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        slice: None,
+    }
 }
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: FetchRequest = ctx.decode(body)?;
     let started = Instant::now();
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
-    let response_max = if req.max_bytes <= 0 { i32::MAX as u32 } else { req.max_bytes as u32 };
+    let response_max = if req.max_bytes <= 0 {
+        i32::MAX as u32
+    } else {
+        req.max_bytes as u32
+    };
     let meta = ctx.shard.meta();
     let mut wanted = Vec::new();
     let mut shape: Vec<(String, usize)> = Vec::new();
@@ -86,11 +96,27 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         .into_iter()
         .map(|(name, n)| TopicOut {
             name,
-            partitions: it.by_ref().take(n).map(|(w, result)| PartitionOut { partition: w.partition, result }).collect(),
+            partitions: it
+                .by_ref()
+                .take(n)
+                .map(|(w, result)| PartitionOut {
+                    partition: w.partition,
+                    result,
+                })
+                .collect(),
         })
         .collect();
-    let out = FetchOut { error_code: 0, session_id: 0, read_committed: req.isolation_level == 1, topics };
-    Ok(Outcome::Respond(encode::encode(ctx.version, ctx.header.correlation_id, &out)))
+    let out = FetchOut {
+        error_code: 0,
+        session_id: 0,
+        read_committed: req.isolation_level == 1,
+        topics,
+    };
+    Ok(Outcome::Respond(encode::encode(
+        ctx.version,
+        ctx.header.correlation_id,
+        &out,
+    )))
 }
 
 /// Reads every wanted partition once, on its owner, in parallel across shards.
@@ -130,7 +156,10 @@ async fn read_round(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Vec<FetchResult> {
             }
         }
     }
-    results.into_iter().map(|r| r.unwrap_or_else(|| error_result(E::UnknownServerError))).collect()
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| error_result(E::UnknownServerError)))
+        .collect()
 }
 
 /// Drops record data past `max_bytes` (keeping the first non-empty partition whole); returns the
@@ -150,11 +179,19 @@ fn apply_response_limit(results: &mut [FetchResult], max_bytes: u32) -> u64 {
 }
 
 /// Waits until any wanted partition without data gets new data, or `timeout`.
-async fn wait_for_data(ctx: &Ctx<'_>, wanted: &[Wanted], results: &[FetchResult], timeout: Duration) {
+async fn wait_for_data(
+    ctx: &Ctx<'_>,
+    wanted: &[Wanted],
+    results: &[FetchResult],
+    timeout: Duration,
+) {
     let mut per_shard: BTreeMap<usize, Vec<(Arc<str>, i32, i64)>> = BTreeMap::new();
     for (w, r) in wanted.iter().zip(results) {
         if let (Some(s), None) = (w.owner, &r.slice) {
-            per_shard.entry(s).or_default().push((w.topic.clone(), w.partition, w.offset));
+            per_shard
+                .entry(s)
+                .or_default()
+                .push((w.topic.clone(), w.partition, w.offset));
         }
     }
     if per_shard.is_empty() {
