@@ -45,6 +45,9 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("log.flush.interval.messages", "9223372036854775807"),
     ("log.flush.interval.ms", "9223372036854775807"),
     ("log.flush.on.ack", "true"),
+    // Kafka's recovery-point checkpoint interval: how often each log makes its appended data
+    // durable and records it, bounding what an unclean restart must validate.
+    ("log.flush.offset.checkpoint.interval.ms", "60000"),
     // As in Kafka, `log.retention.ms` wins, then `log.retention.minutes`, then `log.retention.hours`.
     ("log.retention.ms", ""),
     ("log.retention.minutes", ""),
@@ -114,6 +117,11 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     ("test.fault.controller.abort.at", ""),
     // Test only: the last shard panics this long after it finished recovery. 0 = off.
     ("test.fault.shard.panic.after.ms", "0"),
+    // Test only: append a line per durable fact (fdatasync, create, truncate) of every file to
+    // this journal, for power-loss emulation after a SIGKILL (storage's SyncJournal). Empty = off.
+    ("test.fault.sync.journal", ""),
+    // Test only: every fdatasync of a file whose path contains this fails with EIO. Empty = off.
+    ("test.fault.sync.fail.path", ""),
 ];
 
 /// Settings of the group coordinator (Kafka's names in the comments).
@@ -169,6 +177,25 @@ pub struct TestFaults {
     pub controller_abort_at: Option<ControllerStep>,
     /// `test.fault.shard.panic.after.ms`: the last shard panics this long after recovery.
     pub shard_panic_after_ms: u64,
+    /// `test.fault.sync.journal`: journal of durable file lengths.
+    pub sync_journal: Option<PathBuf>,
+    /// `test.fault.sync.fail.path`: fdatasyncs of paths containing this fail with EIO.
+    pub sync_fail_path: Option<String>,
+}
+
+impl TestFaults {
+    /// The disk hooks these settings ask for, if any (install them on every thread that does
+    /// storage I/O).
+    pub fn disk_hooks(&self) -> std::io::Result<Option<strom_storage::testing::SyncJournal>> {
+        if self.sync_journal.is_none() && self.sync_fail_path.is_none() {
+            return Ok(None);
+        }
+        strom_storage::testing::SyncJournal::open(
+            self.sync_journal.as_deref(),
+            self.sync_fail_path.clone(),
+        )
+        .map(Some)
+    }
 }
 
 /// Format of the log lines on stderr (`log.format`).
@@ -196,6 +223,8 @@ pub struct MaintenanceSettings {
     pub cleaner_enable: bool,
     /// `log.cleaner.backoff.ms`: how often each shard looks for logs to compact.
     pub cleaner_backoff_ms: u64,
+    /// `log.flush.offset.checkpoint.interval.ms`: how often each log writes its recovery point.
+    pub recovery_point_interval_ms: u64,
 }
 
 /// The resolved broker configuration.
@@ -454,7 +483,22 @@ impl BrokerConfig {
             recovery_delay_ms: parse(&raw, "test.fault.recovery.delay.ms")?,
             controller_abort_at,
             shard_panic_after_ms: parse(&raw, "test.fault.shard.panic.after.ms")?,
+            sync_journal: Some(raw["test.fault.sync.journal"].trim())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            sync_fail_path: Some(raw["test.fault.sync.fail.path"].trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
         };
+        if let Some(path) = &faults.sync_journal {
+            warnings.push(format!(
+                "test.fault.sync.journal={}: every durable file length is journaled (test only)",
+                path.display()
+            ));
+        }
+        if let Some(pattern) = &faults.sync_fail_path {
+            warnings.push(format!("test.fault.sync.fail.path={pattern}: fdatasyncs of those files fail on purpose (test only)"));
+        }
         if faults.shard_panic_after_ms > 0 {
             warnings.push(format!(
                 "test.fault.shard.panic.after.ms={}: a shard panics on purpose (test only)",
@@ -469,6 +513,11 @@ impl BrokerConfig {
                 .max(1),
             cleaner_enable: parse(&raw, "log.cleaner.enable")?,
             cleaner_backoff_ms: parse::<u64>(&raw, "log.cleaner.backoff.ms")?.max(1),
+            recovery_point_interval_ms: parse::<u64>(
+                &raw,
+                "log.flush.offset.checkpoint.interval.ms",
+            )?
+            .max(1),
         };
         if faults.produce_drop_response_every > 0 {
             warnings.push(format!(

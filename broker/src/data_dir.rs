@@ -43,16 +43,9 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
 /// `name.tmp`, fdatasync'ed, renamed over `name`, and the directory fsync'ed (which is created
 /// durably first if missing). A crash leaves the old or the new content, never a mix.
 pub fn replace_file_durable(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
     create_dir_durable(dir)?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+    // Through the storage layer's disk seam, so that test hooks see it (sync journal).
+    strom_storage::write_atomic_blocking(dir, name, bytes)
 }
 
 /// One broker per data directory: an exclusive `flock` held for the process's life.

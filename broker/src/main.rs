@@ -143,6 +143,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::warn!("{w}");
     }
     let mut config = config;
+    // Test-only disk hooks on this thread, for the files written before the shards start.
+    install_test_disk_hooks(&config)?;
 
     data_dir::create_dir_durable(&config.data_dir)
         .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
@@ -242,6 +244,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 /// consumer groups no other shard can serve, so a broker that lost one shard would answer some
 /// requests and hang or fail others while reporting itself ready; better to stop at once (the
 /// log says which shard and why) and let the supervisor restart it, with recovery on the way.
+/// Installs the disk hooks `test.fault.sync.*` asks for on the calling thread (each thread that
+/// does storage I/O calls this).
+pub(crate) fn install_test_disk_hooks(config: &config::BrokerConfig) -> Result<(), String> {
+    let hooks = config
+        .faults
+        .disk_hooks()
+        .map_err(|e| format!("opening the sync journal: {e}"))?;
+    if let Some(hooks) = hooks {
+        strom_storage::install_disk_hooks(Some(std::rc::Rc::new(hooks)));
+    }
+    Ok(())
+}
+
 fn install_panic_hook() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -290,6 +290,8 @@ impl TopicConfig {
             min_cleanable_dirty_ratio: self.min_cleanable_dirty_ratio,
             min_compaction_lag_ms: self.min_compaction_lag_ms,
             max_compaction_lag_ms: self.max_compaction_lag_ms,
+            // Readable only once durable when acks=all waits for the fdatasync (design.md).
+            reads_durable_only: self.flush_on_ack,
         }
     }
 }

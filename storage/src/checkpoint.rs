@@ -1,5 +1,5 @@
 //! Small checksummed files of a partition directory: `log-start-offset`, `cleaner-offset`,
-//! `clean-swap` and `clean-shutdown`.
+//! `clean-swap`, `clean-shutdown` and `recovery-point`.
 //!
 //! Each is a fixed-size big-endian payload followed by the CRC-32C of the payload, replaced
 //! atomically (tmp + fdatasync + rename + directory fsync).
@@ -19,6 +19,12 @@ pub(crate) const CLEAN_SWAP_FILE: &str = "clean-swap";
 /// File written by a clean close.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
+/// File holding the recovery point: how much of the active segment is known durable.
+pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point";
+
+/// Payload bytes of `recovery-point`: offset i64, segment base i64, position u64, offset index
+/// entries u32, time index entries u32.
+const RECOVERY_POINT_PAYLOAD_BYTES: usize = 32;
 /// Payload bytes of `log-start-offset`: offset i64.
 const LOG_START_PAYLOAD_BYTES: usize = 8;
 /// Payload bytes of `clean-swap`: replaced range [base, end) as two i64.
@@ -37,6 +43,24 @@ pub(crate) struct CleanShutdown {
     pub active_base: i64,
     /// Size in bytes of the active segment's `.log` at close.
     pub active_size: u64,
+}
+
+/// Kafka's recovery point: everything below `offset` is durable, namely the first `position`
+/// bytes of the segment based at `segment_base` (and all segments before it) and the first
+/// `offset_entries` / `time_entries` entries of its index files. An unclean open trusts that
+/// much and validates everything after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecoveryPoint {
+    /// Offset after the last durable batch.
+    pub offset: i64,
+    /// Base offset of the segment `position` is in.
+    pub segment_base: i64,
+    /// Durable bytes of that segment's `.log`.
+    pub position: u64,
+    /// Durable entries of its `.index`.
+    pub offset_entries: u32,
+    /// Durable entries of its `.timeindex`.
+    pub time_entries: u32,
 }
 
 fn seal(payload: &[u8]) -> Vec<u8> {
@@ -79,6 +103,32 @@ fn be_i64(bytes: &[u8]) -> i64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&bytes[..8]);
     i64::from_be_bytes(raw)
+}
+
+/// Reads `recovery-point`, if present and intact.
+pub(crate) async fn read_recovery_point(dir: &Path) -> Result<Option<RecoveryPoint>, StorageError> {
+    let payload = read_sealed(&dir.join(RECOVERY_POINT_FILE), RECOVERY_POINT_PAYLOAD_BYTES).await?;
+    Ok(payload.map(|p| RecoveryPoint {
+        offset: be_i64(&p[0..8]),
+        segment_base: be_i64(&p[8..16]),
+        position: be_i64(&p[16..24]) as u64,
+        offset_entries: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
+        time_entries: u32::from_be_bytes([p[28], p[29], p[30], p[31]]),
+    }))
+}
+
+/// Atomically writes `recovery-point`. Everything it names must be fdatasynced already.
+pub(crate) async fn write_recovery_point(
+    dir: &Path,
+    point: RecoveryPoint,
+) -> Result<(), StorageError> {
+    let mut payload = Vec::with_capacity(RECOVERY_POINT_PAYLOAD_BYTES);
+    payload.extend_from_slice(&point.offset.to_be_bytes());
+    payload.extend_from_slice(&point.segment_base.to_be_bytes());
+    payload.extend_from_slice(&point.position.to_be_bytes());
+    payload.extend_from_slice(&point.offset_entries.to_be_bytes());
+    payload.extend_from_slice(&point.time_entries.to_be_bytes());
+    write_atomic(dir, RECOVERY_POINT_FILE, &seal(&payload)).await
 }
 
 /// Reads `log-start-offset`, if present and intact.

@@ -67,6 +67,10 @@ pub struct LogConfig {
     /// `max.compaction.lag.ms`: a record is compacted at the latest this long after its
     /// timestamp, whatever the dirty ratio (the active segment is rolled for it). Default never.
     pub max_compaction_lag_ms: u64,
+    /// Records become readable (the high watermark passes them) only once they are
+    /// fdatasynced, as in Redpanda; the broker sets it with `flush.on.ack`. Default false:
+    /// readable once appended, as in Kafka.
+    pub reads_durable_only: bool,
 }
 
 impl Default for LogConfig {
@@ -85,6 +89,7 @@ impl Default for LogConfig {
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
             max_compaction_lag_ms: u64::MAX,
+            reads_durable_only: false,
         }
     }
 }

@@ -1,14 +1,87 @@
-//! Small helpers over glommio's buffered files: error mapping, whole writes, directory sync,
-//! and atomic replacement of small files.
+//! The disk seam: every file operation of the storage layer that changes what is on disk (create,
+//! write, truncate, fdatasync, rename, remove, directory sync) goes through this module, over
+//! glommio's buffered files (io_uring) and, for small writes, `pwrite(2)`.
+//!
+//! Tests reach the disk through [`DiskHooks`] installed on the executor thread: the real
+//! operation still runs (so zero-copy sends from a segment's descriptor work in tests too), and
+//! the hooks see it first (to fail it with EIO or ENOSPC) and after (to model what a power loss
+//! would keep: [`crate::testing::SimDisk`], or to journal synced lengths for black-box power-loss
+//! tests: [`crate::testing::SyncJournal`]). Without hooks the cost is one thread-local read per
+//! operation.
 
-use std::os::fd::AsRawFd;
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::rc::Rc;
 
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use glommio::GlommioError;
 
 use crate::error::StorageError;
 use crate::limits::INLINE_WRITE_BYTES_MAX;
+
+/// A file as the hooks see it: its path and an open descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct FileRef<'a> {
+    /// The path the file was opened by.
+    pub path: &'a Path,
+    /// An open descriptor of the file (valid for the duration of the call).
+    pub fd: RawFd,
+}
+
+/// Observers and fault injectors of the disk seam. Every method has a no-op default; `before_*`
+/// methods may fail the operation (nothing is done then), `after_*` methods see operations that
+/// succeeded.
+pub trait DiskHooks {
+    /// Before `len` bytes are written at `pos`.
+    fn before_write(&self, _file: FileRef<'_>, _pos: u64, _len: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// After `data` was written at `pos` (all of it).
+    fn after_write(&self, _file: FileRef<'_>, _pos: u64, _data: &[u8]) {}
+    /// Before an fdatasync; the returned token is handed to `after_sync`.
+    fn before_sync(&self, _file: FileRef<'_>) -> std::io::Result<u64> {
+        Ok(0)
+    }
+    /// After an fdatasync that succeeded (`ok`) or failed.
+    fn after_sync(&self, _file: FileRef<'_>, _token: u64, _ok: bool) {}
+    /// After a truncate (or extension) to `size`.
+    fn after_truncate(&self, _file: FileRef<'_>, _size: u64) {}
+    /// After a file was opened for writing: `created` if it did not exist, `truncated` if it was
+    /// opened with O_TRUNC.
+    fn after_open(&self, _file: FileRef<'_>, _created: bool, _truncated: bool) {}
+    /// After `from` was renamed to `to`.
+    fn after_rename(&self, _from: &Path, _to: &Path) {}
+    /// After `path` was removed.
+    fn after_remove(&self, _path: &Path) {}
+    /// Before a directory fsync.
+    fn before_dir_sync(&self, _dir: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// After a directory fsync succeeded.
+    fn after_dir_sync(&self, _dir: &Path) {}
+}
+
+thread_local! {
+    static HOOKS: RefCell<Option<Rc<dyn DiskHooks>>> = const { RefCell::new(None) };
+}
+
+/// Installs `hooks` for the storage operations of the current thread (one executor), returning
+/// the previous ones. `None` removes them.
+pub fn install_disk_hooks(hooks: Option<Rc<dyn DiskHooks>>) -> Option<Rc<dyn DiskHooks>> {
+    HOOKS.with(|h| std::mem::replace(&mut *h.borrow_mut(), hooks))
+}
+
+fn hooks() -> Option<Rc<dyn DiskHooks>> {
+    HOOKS.with(|h| h.borrow().clone())
+}
+
+fn file_ref<'a>(file: &BufferedFile, path: &'a Path) -> FileRef<'a> {
+    FileRef {
+        path,
+        fd: file.as_raw_fd(),
+    }
+}
 
 /// Converts a glommio error into `StorageError::Io`, keeping the errno of the inner io::Error
 /// (glommio's own conversion rewraps it and loses `raw_os_error`, which `is_disk_full` needs).
@@ -36,25 +109,38 @@ pub(crate) fn std_io_err(op: &'static str, path: &Path, source: std::io::Error) 
 
 /// Opens (creating if missing) a file for reading and writing, without truncating it.
 pub(crate) async fn open_rw(path: &Path) -> Result<BufferedFile, StorageError> {
-    OpenOptions::new()
+    let hooks = hooks();
+    // A stat on this thread, with hooks only (tests): they need to know whether open created it.
+    let existed = hooks.is_some() && path.exists();
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .buffered_open(path)
         .await
-        .map_err(|e| io_err("open", path, e))
+        .map_err(|e| io_err("open", path, e))?;
+    if let Some(h) = hooks {
+        h.after_open(file_ref(&file, path), !existed, false);
+    }
+    Ok(file)
 }
 
 /// Creates (or truncates) a file for reading and writing.
 pub(crate) async fn create_rw(path: &Path) -> Result<BufferedFile, StorageError> {
-    OpenOptions::new()
+    let hooks = hooks();
+    let existed = hooks.is_some() && path.exists();
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .buffered_open(path)
         .await
-        .map_err(|e| io_err("create", path, e))
+        .map_err(|e| io_err("create", path, e))?;
+    if let Some(h) = hooks {
+        h.after_open(file_ref(&file, path), !existed, true);
+    }
+    Ok(file)
 }
 
 /// Writes `first` at `pos` and, if the kernel wrote only part of it, keeps writing what
@@ -69,9 +155,20 @@ pub(crate) async fn write_all_at(
     rest: &dyn Fn(usize) -> Vec<u8>,
 ) -> Result<(), StorageError> {
     let total = first.len();
-    if total <= INLINE_WRITE_BYTES_MAX {
-        return pwrite_all(file, path, pos, &first);
+    let hooks = hooks();
+    if let Some(h) = &hooks {
+        h.before_write(file_ref(file, path), pos, total)
+            .map_err(|e| std_io_err("write", path, e))?;
     }
+    if total <= INLINE_WRITE_BYTES_MAX {
+        pwrite_all(file, path, pos, &first)?;
+        if let Some(h) = &hooks {
+            h.after_write(file_ref(file, path), pos, &first);
+        }
+        return Ok(());
+    }
+    // The hooks see the bytes after the write, which takes the buffer: keep a copy (tests only).
+    let copy = hooks.as_ref().map(|_| first.clone());
     let mut written = file
         .write_at(first, pos)
         .await
@@ -92,6 +189,9 @@ pub(crate) async fn write_all_at(
             ));
         }
         written += n;
+    }
+    if let (Some(h), Some(copy)) = (&hooks, copy) {
+        h.after_write(file_ref(file, path), pos, &copy);
     }
     Ok(())
 }
@@ -139,7 +239,16 @@ pub(crate) async fn write_small_at(
     data: &[u8],
 ) -> Result<(), StorageError> {
     if data.len() <= INLINE_WRITE_BYTES_MAX {
-        return pwrite_all(file, path, pos, data);
+        let hooks = hooks();
+        if let Some(h) = &hooks {
+            h.before_write(file_ref(file, path), pos, data.len())
+                .map_err(|e| std_io_err("write", path, e))?;
+        }
+        pwrite_all(file, path, pos, data)?;
+        if let Some(h) = &hooks {
+            h.after_write(file_ref(file, path), pos, data);
+        }
+        return Ok(());
     }
     write_all_at(file, path, pos, data.to_vec(), &|from| {
         data[from..].to_vec()
@@ -172,14 +281,35 @@ pub(crate) async fn truncate(
 ) -> Result<(), StorageError> {
     file.truncate(size)
         .await
-        .map_err(|e| io_err("truncate", path, e))
+        .map_err(|e| io_err("truncate", path, e))?;
+    if let Some(h) = hooks() {
+        h.after_truncate(file_ref(file, path), size);
+    }
+    Ok(())
 }
 
 /// fdatasyncs an open file.
 pub(crate) async fn fdatasync(file: &BufferedFile, path: &Path) -> Result<(), StorageError> {
+    let hooks = hooks();
+    let token = match &hooks {
+        Some(h) => match h.before_sync(file_ref(file, path)) {
+            Ok(token) => token,
+            Err(e) => {
+                crate::metrics::record_sync_failure();
+                return Err(std_io_err("fdatasync", path, e));
+            }
+        },
+        None => 0,
+    };
     let started = std::time::Instant::now();
     let res = file.fdatasync().await;
     crate::metrics::record_fsync(started.elapsed());
+    if let Some(h) = &hooks {
+        h.after_sync(file_ref(file, path), token, res.is_ok());
+    }
+    if res.is_err() {
+        crate::metrics::record_sync_failure();
+    }
     res.map_err(|e| io_err("fdatasync", path, e))
 }
 
@@ -194,13 +324,26 @@ pub async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     } else {
         dir
     };
+    let hooks = hooks();
+    if let Some(h) = &hooks {
+        if let Err(e) = h.before_dir_sync(dir) {
+            crate::metrics::record_sync_failure();
+            return Err(std_io_err("fsync dir", dir, e));
+        }
+    }
     let handle = Directory::open(dir)
         .await
         .map_err(|e| io_err("open dir", dir, e))?;
     let started = std::time::Instant::now();
     let synced = handle.sync().await;
     crate::metrics::record_fsync(started.elapsed());
+    if synced.is_err() {
+        crate::metrics::record_sync_failure();
+    }
     synced.map_err(|e| io_err("fsync dir", dir, e))?;
+    if let Some(h) = &hooks {
+        h.after_dir_sync(dir);
+    }
     handle
         .close()
         .await
@@ -211,7 +354,11 @@ pub async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 pub(crate) async fn remove_file(path: &Path) -> Result<(), StorageError> {
     glommio::io::remove(path)
         .await
-        .map_err(|e| io_err("remove", path, e))
+        .map_err(|e| io_err("remove", path, e))?;
+    if let Some(h) = hooks() {
+        h.after_remove(path);
+    }
+    Ok(())
 }
 
 /// Removes a file; a file that is already gone is fine.
@@ -228,12 +375,22 @@ pub(crate) async fn remove_file_if_exists(path: &Path) -> Result<(), StorageErro
 pub(crate) async fn rename(from: &Path, to: &Path) -> Result<(), StorageError> {
     glommio::io::rename(from, to)
         .await
-        .map_err(|e| io_err("rename", from, e))
+        .map_err(|e| io_err("rename", from, e))?;
+    if let Some(h) = hooks() {
+        h.after_rename(from, to);
+    }
+    Ok(())
+}
+
+/// Creates a directory and its missing parents (no io_uring operation exists for this; it runs
+/// when a partition is created or opened, not per request).
+pub(crate) fn create_dir_all(dir: &Path) -> Result<(), StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| std_io_err("create dir", dir, e))
 }
 
 /// Replaces `dir/name` with `data` atomically: write `name.tmp`, fdatasync it, rename it over
 /// `name`, fsync the directory.
-pub(crate) async fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), StorageError> {
+pub async fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), StorageError> {
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
     let target = dir.join(name);
     let file = create_rw(&tmp).await?;
@@ -245,10 +402,51 @@ pub(crate) async fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<
     let closed = file.close().await.map_err(|e| io_err("close", &tmp, e));
     written?;
     closed?;
-    glommio::io::rename(&tmp, &target)
-        .await
-        .map_err(|e| io_err("rename", &tmp, e))?;
+    rename(&tmp, &target).await?;
     sync_dir(dir).await
+}
+
+/// `write_atomic` for a thread without an executor (a process's startup), with std I/O and the
+/// same hooks: write `name.tmp`, fdatasync it, rename it over `name`, fsync the directory.
+pub fn write_atomic_blocking(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let hooks = hooks();
+    let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+    let existed = hooks.is_some() && tmp.exists();
+    let mut file = std::fs::File::create(&tmp)?;
+    let at = FileRef {
+        path: &tmp,
+        fd: file.as_raw_fd(),
+    };
+    if let Some(h) = &hooks {
+        h.after_open(at, !existed, true);
+        h.before_write(at, 0, data.len())?;
+    }
+    file.write_all(data)?;
+    let token = match &hooks {
+        Some(h) => {
+            h.after_write(at, 0, data);
+            h.before_sync(at)?
+        }
+        None => 0,
+    };
+    let synced = file.sync_data();
+    if let Some(h) = &hooks {
+        h.after_sync(at, token, synced.is_ok());
+    }
+    synced?;
+    drop(file);
+    let target = dir.join(name);
+    std::fs::rename(&tmp, &target)?;
+    if let Some(h) = &hooks {
+        h.after_rename(&tmp, &target);
+        h.before_dir_sync(dir)?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    if let Some(h) = &hooks {
+        h.after_dir_sync(dir);
+    }
+    Ok(())
 }
 
 /// Suffix of files being replaced by `write_atomic`; leftovers are deleted on open.

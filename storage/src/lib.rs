@@ -29,6 +29,8 @@ mod segment_fd;
 mod segment_index;
 mod segment_reader;
 mod segment_set;
+mod sim_disk;
+mod sync_journal;
 #[cfg(test)]
 mod test_support;
 pub mod testing;
@@ -41,7 +43,9 @@ pub use batch::{
 pub use codec::CodecError;
 pub use config::{CleanupPolicy, LogConfig, TimestampType};
 pub use error::StorageError;
-pub use file_io::sync_dir;
+pub use file_io::{
+    install_disk_hooks, sync_dir, write_atomic, write_atomic_blocking, DiskHooks, FileRef,
+};
 pub use log_manager::LogManager;
 pub use partition_log::{
     AppendInfo, CleanReport, CleanerFault, CleanerStep, PartitionLog, ReadSlice, SegmentFd,

@@ -61,6 +61,17 @@ impl LatencyHistogram {
 
 thread_local! {
     static FSYNC_LATENCY: RefCell<LatencyHistogram> = RefCell::new(LatencyHistogram::default());
+    static SYNC_FAILURES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one failed fdatasync or directory fsync on this thread.
+pub(crate) fn record_sync_failure() {
+    SYNC_FAILURES.with(|n| n.set(n.get() + 1));
+}
+
+/// Failed fdatasyncs and directory fsyncs on this thread (this shard) so far.
+pub fn sync_failures() -> u64 {
+    SYNC_FAILURES.with(|n| n.get())
 }
 
 /// Records the latency of one fdatasync or directory fsync on this thread.

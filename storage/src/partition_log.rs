@@ -14,7 +14,7 @@ use event_listener::{Event, EventListener};
 use crate::batch::{
     assign_offset_and_epoch, parse_single, set_log_append_time, BatchHeader, BATCH_HEADER_BYTES,
 };
-use crate::checkpoint::{write_clean_shutdown, CleanShutdown};
+use crate::checkpoint::{write_clean_shutdown, write_recovery_point, CleanShutdown, RecoveryPoint};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
@@ -27,7 +27,7 @@ use crate::limits::{
 use crate::producer_state::{
     last_sequence, snapshot_name, BatchMeta, ProducerState, SequenceVerdict, SNAPSHOTS_KEPT,
 };
-use crate::recovery::open_log;
+use crate::recovery::{open_log, recovery_point_of};
 use crate::segment::Segment;
 use crate::segment_reader::RangeRead;
 use crate::segment_set::SegmentSet;
@@ -104,6 +104,18 @@ pub struct PartitionLog {
     size_bytes: Cell<u64>,
     commit: GroupCommit,
     hw_event: Event,
+    /// Offset below which everything is fdatasynced (the durable end offset).
+    durable_end: Cell<i64>,
+    /// Fires when `durable_end` moves.
+    durable_event: Event,
+    /// Whether appends move the high watermark (single node); false once replication moves it.
+    hw_follows_appends: Cell<bool>,
+    /// Offset of the last recovery point written (or found) in `recovery-point`.
+    recovery_point: Cell<i64>,
+    /// A background flush task runs (`flush_in_background`).
+    background_flush: Cell<bool>,
+    /// Appends arrived while it ran: it flushes once more.
+    background_again: Cell<bool>,
     closed: Cell<bool>,
     sync_failed: Cell<bool>,
     /// Idempotent producers' state (see `producer_state`).
@@ -191,6 +203,13 @@ impl PartitionLog {
             max_timestamp: Cell::new(max_timestamp),
             commit: GroupCommit::default(),
             hw_event: Event::new(),
+            // A clean close synced everything; an unclean open synced what recovery kept.
+            durable_end: Cell::new(log_end),
+            durable_event: Event::new(),
+            hw_follows_appends: Cell::new(true),
+            recovery_point: Cell::new(i64::MIN),
+            background_flush: Cell::new(false),
+            background_again: Cell::new(false),
             closed: Cell::new(false),
             sync_failed: Cell::new(false),
             producers: RefCell::new(producers),
@@ -372,7 +391,9 @@ impl PartitionLog {
                 tracing::debug!(dir = %self.dir.display(), evicted, producer = id, "producer state full: evicted the oldest producer");
             }
         }
-        if advance_high_watermark {
+        self.hw_follows_appends.set(advance_high_watermark);
+        // With `reads_durable_only` the high watermark follows the durable end instead.
+        if advance_high_watermark && !config.reads_durable_only {
             self.advance_high_watermark(last_offset + 1);
         }
         Ok(AppendInfo {
@@ -408,9 +429,10 @@ impl PartitionLog {
         active.cut_dirty_tail().await?;
         active.seal_time_index().await?;
         if let Err(e) = active.sync_all().await {
-            self.sync_failed.set(true);
+            self.on_sync_failed(&e);
             return Err(e);
         }
+        self.mark_durable(active.next_offset());
         let base = self.log_end.get();
         let segment = Segment::create(&self.dir, base, now_ms).await?;
         sync_dir(&self.dir).await?;
@@ -423,6 +445,20 @@ impl PartitionLog {
         // The producer state as of the new segment's base, so that reopening after a crash
         // rescans at most the active segment.
         self.write_producer_snapshot(base).await;
+        // Everything before the new segment is durable: recovery need not look at it.
+        let point = RecoveryPoint {
+            offset: base,
+            segment_base: base,
+            position: 0,
+            offset_entries: 0,
+            time_entries: 0,
+        };
+        match write_recovery_point(&self.dir, point).await {
+            Ok(()) => self.recovery_point.set(base),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery point")
+            }
+        }
         Ok(())
     }
 
@@ -463,6 +499,35 @@ impl PartitionLog {
         self.commit.flush(|| self.sync_active()).await
     }
 
+    /// Starts a group-commit flush without waiting for it: what `reads_durable_only` needs after
+    /// an append nobody waits on (acks=0/1), so that it becomes readable after one fdatasync.
+    /// At most one such task runs per log; appends during its sync make it flush once more.
+    pub fn flush_in_background(self: &Rc<Self>) {
+        if self.background_flush.replace(true) {
+            self.background_again.set(true);
+            return;
+        }
+        let log = Rc::clone(self);
+        glommio::spawn_local(async move {
+            // Each round covers every append before it; it repeats only while appends keep
+            // arriving during the sync, and stops at the first error (closed, sync failed).
+            loop {
+                log.background_again.set(false);
+                if let Err(e) = log.flush().await {
+                    if !matches!(e, StorageError::Closed { .. }) {
+                        tracing::error!(dir = %log.dir.display(), error = %e, "background flush");
+                    }
+                    break;
+                }
+                if !log.background_again.get() {
+                    break;
+                }
+            }
+            log.background_flush.set(false);
+        })
+        .detach();
+    }
+
     async fn sync_active(&self) -> Result<(), StorageError> {
         if self.sync_failed.get() {
             return Err(StorageError::SyncFailed {
@@ -470,13 +535,79 @@ impl PartitionLog {
             });
         }
         let active = self.active()?;
+        // Every batch below this offset is written to this segment (or to an earlier one,
+        // synced when it rolled), so the sync covers it.
+        let covered = active.next_offset();
         let result = active.sync_log().await;
-        if result.is_err() {
-            // After a failed fdatasync the kernel may have dropped the dirty pages and a retry
-            // could succeed without them; refuse to pretend anything later is durable.
-            self.sync_failed.set(true);
+        match &result {
+            Ok(()) => self.mark_durable(covered),
+            Err(e) => self.on_sync_failed(e),
         }
         result
+    }
+
+    /// After a failed fdatasync the kernel may have dropped the dirty pages and a retry could
+    /// succeed without them: refuse to pretend anything later is durable, and refuse writes
+    /// until the log is reopened (and recovered).
+    fn on_sync_failed(&self, error: &StorageError) {
+        if !self.sync_failed.replace(true) {
+            tracing::error!(dir = %self.dir.display(), %error,
+                "fdatasync failed: the log refuses writes until it is reopened");
+        }
+    }
+
+    /// Whether an fdatasync of this log failed (it then refuses writes until reopened).
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.get()
+    }
+
+    /// Records that every offset below `offset` is durable; wakes durable-end watchers and,
+    /// with `reads_durable_only` on a single node, moves the high watermark.
+    fn mark_durable(&self, offset: i64) {
+        if offset <= self.durable_end.get() {
+            return;
+        }
+        self.durable_end.set(offset);
+        self.durable_event.notify(usize::MAX);
+        if self.hw_follows_appends.get() && self.config.borrow().reads_durable_only {
+            self.advance_high_watermark(offset.min(self.log_end.get()));
+        }
+    }
+
+    /// Offset below which every record is fdatasynced (what a follower may report, and what a
+    /// power loss cannot take back).
+    pub fn durable_end_offset(&self) -> Offset {
+        Offset(self.durable_end.get())
+    }
+
+    /// A listener that fires on the next advance of the durable end offset. Create it before
+    /// checking `durable_end_offset` to not miss an advance.
+    pub fn listen_durable(&self) -> EventListener {
+        self.durable_event.listen()
+    }
+
+    /// Makes everything appended so far durable (the active segment's `.log` and index files)
+    /// and persists it as the recovery point, so that an unclean restart validates only what
+    /// came after. Returns false if nothing was appended since the last one. Kafka writes its
+    /// recovery-point checkpoint every `log.flush.offset.checkpoint.interval.ms`; the broker
+    /// calls this at that interval.
+    pub async fn write_recovery_point(&self) -> Result<bool, StorageError> {
+        self.check_writable()?;
+        let _maintenance = self.maintenance.lock().await;
+        self.check_writable()?;
+        let active = self.active()?;
+        let point = recovery_point_of(&active);
+        if point.offset <= self.recovery_point.get() {
+            return Ok(false);
+        }
+        if let Err(e) = active.sync_all().await {
+            self.on_sync_failed(&e);
+            return Err(e);
+        }
+        self.mark_durable(point.offset);
+        write_recovery_point(&self.dir, point).await?;
+        self.recovery_point.set(point.offset);
+        Ok(true)
     }
 
     /// First offset of the log.

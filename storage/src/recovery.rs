@@ -6,16 +6,22 @@
 //!   an index file that is missing, of a bad length, or out of bounds is rebuilt by walking the
 //!   batch headers;
 //! - the active segment is trusted as is after a clean shutdown whose marker matches the files;
-//!   otherwise recovery restarts from the last offset index entry at which a batch validates
-//!   (from 0 if none), validates every batch from there (header, length, CRC-32C, contiguous
-//!   offsets), and cuts the `.log` and the indexes at the first bad byte.
+//!   otherwise only what the recovery point (`recovery-point`) names as durable is trusted: the
+//!   first bytes of the `.log` and the first entries of its index files. Recovery restarts from
+//!   the last durable offset index entry at which a batch validates (from 0 if none, or if the
+//!   recovery point lies in an earlier segment), validates every batch from there (header,
+//!   length, CRC-32C, contiguous offsets), and cuts the `.log` and the indexes at the first bad
+//!   byte. Bad bytes inside the durable part are corruption, reported, never cut;
+//! - after recovering, the active segment is fdatasynced and a new recovery point is written,
+//!   so that what the log then serves is durable.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::checkpoint::{
-    read_clean_shutdown, read_clean_swap, read_cleaner_offset, read_log_start,
-    remove_clean_shutdown, write_log_start, CleanShutdown, CLEAN_SHUTDOWN_FILE,
+    read_clean_shutdown, read_clean_swap, read_cleaner_offset, read_log_start, read_recovery_point,
+    remove_clean_shutdown, write_log_start, write_recovery_point, CleanShutdown, RecoveryPoint,
+    CLEAN_SHUTDOWN_FILE,
 };
 use crate::config::LogConfig;
 use crate::error::StorageError;
@@ -116,7 +122,7 @@ pub(crate) async fn open_log(
 ) -> Result<OpenedLog, StorageError> {
     // Creating directories has no io_uring operation; this runs once per partition open.
     let created = !dir.exists();
-    std::fs::create_dir_all(dir).map_err(|e| std_io_err("create dir", dir, e))?;
+    crate::file_io::create_dir_all(dir)?;
     if created {
         if let Some(parent) = dir.parent() {
             sync_dir(parent).await?;
@@ -172,7 +178,13 @@ pub(crate) async fn open_log(
             }
         }
         let segment = Segment::open(dir, *active_base, now_ms).await?;
-        open_active(&segment, marker, interval, now_ms).await?;
+        let recovery_point = read_recovery_point(dir).await?;
+        let recovered = open_active(&segment, marker, recovery_point, interval, now_ms).await?;
+        if recovered {
+            // What survived is served from now on: make it durable first.
+            segment.sync_all().await?;
+            write_recovery_point(dir, recovery_point_of(&segment)).await?;
+        }
         segments.push(Rc::new(segment));
     }
     if listing.has_marker {
@@ -355,14 +367,28 @@ async fn load_closed_index(
     segment.seal().await
 }
 
+/// The recovery point at the current end of `segment` (the caller has synced it).
+pub(crate) fn recovery_point_of(segment: &Segment) -> RecoveryPoint {
+    let index = segment.index.borrow();
+    RecoveryPoint {
+        offset: segment.next_offset(),
+        segment_base: segment.base_offset(),
+        position: segment.size(),
+        offset_entries: index.offsets().len() as u32,
+        time_entries: index.times().len() as u32,
+    }
+}
+
 /// Opens the active segment: trusts it after a matching clean-shutdown marker, recovers it
-/// otherwise. Then sets its creation time for `segment.ms` from its first batch.
+/// otherwise (returning true). Then sets its creation time for `segment.ms` from its first
+/// batch.
 async fn open_active(
     segment: &Segment,
     marker: Option<CleanShutdown>,
+    recovery_point: Option<RecoveryPoint>,
     interval: u32,
     now_ms: i64,
-) -> Result<(), StorageError> {
+) -> Result<bool, StorageError> {
     let base = segment.base_offset();
     let clean = marker.filter(|m| {
         m.active_base == base
@@ -379,7 +405,7 @@ async fn open_active(
         }
     }
     if !loaded {
-        recover_active(segment, interval).await?;
+        recover_active(segment, interval, recovery_point).await?;
     }
     if segment.size() > 0 {
         let mut walker = BatchWalker::new(
@@ -395,29 +421,78 @@ async fn open_active(
             }
         }
     }
-    Ok(())
+    Ok(!loaded)
 }
 
-/// Recovers the active segment after an unclean shutdown (see the module comment).
-pub(crate) async fn recover_active(segment: &Segment, interval: u32) -> Result<(), StorageError> {
+/// Recovers the active segment after an unclean shutdown (see the module comment), trusting
+/// what `recovery_point` names as durable.
+pub(crate) async fn recover_active(
+    segment: &Segment,
+    interval: u32,
+    recovery_point: Option<RecoveryPoint>,
+) -> Result<(), StorageError> {
     let base = segment.base_offset();
     let size = segment.size();
+    let corrupt = |position: u64, reason: String| StorageError::Corrupt {
+        path: segment.paths.log.clone(),
+        position,
+        reason,
+    };
+    // How much of this segment is durable; None: nothing is known, validate it all.
+    let durable = match recovery_point {
+        Some(rp) if rp.segment_base == base => {
+            if rp.position > size {
+                return Err(corrupt(
+                    size,
+                    format!(
+                        "the recovery point says {} bytes are durable; the file has {size}",
+                        rp.position
+                    ),
+                ));
+            }
+            Some(rp)
+        }
+        Some(rp) if rp.segment_base > base => {
+            return Err(corrupt(
+                0,
+                format!(
+                    "the recovery point is in segment {} past the last segment {base}",
+                    rp.segment_base
+                ),
+            ));
+        }
+        _ => None,
+    };
     let files = segment.index_files();
     let offsets_raw = read_whole(&files.offsets, &segment.paths.index).await?;
     let times_raw = read_whole(&files.times, &segment.paths.time_index).await?;
     drop(files);
+    // Only the durable entries are trusted: the index files of the active segment are synced
+    // with the recovery point, not with each append, so later entries may point anywhere.
+    let (offset_entries, time_entries, durable_bytes) = durable.map_or((0, 0, 0), |rp| {
+        (
+            rp.offset_entries as usize,
+            rp.time_entries as usize,
+            rp.position,
+        )
+    });
     let mut offsets = decode_offsets(&offsets_raw).unwrap_or_default();
-    offsets.truncate(valid_offsets_prefix(&offsets, size, RELATIVE_OFFSET_MAX));
-    let times = decode_times(&times_raw)
-        .filter(|t| times_valid(t, RELATIVE_OFFSET_MAX))
-        .unwrap_or_else(|| {
-            // Without a trustworthy time index the segment maximum is unknown: replay everything.
-            offsets.clear();
-            Vec::new()
-        });
+    offsets.truncate(offset_entries);
+    offsets.truncate(valid_offsets_prefix(
+        &offsets,
+        durable_bytes,
+        RELATIVE_OFFSET_MAX,
+    ));
+    let mut times = decode_times(&times_raw).unwrap_or_default();
+    times.truncate(time_entries);
+    if !times_valid(&times, RELATIVE_OFFSET_MAX) {
+        // Without a trustworthy time index the segment maximum is unknown: replay everything.
+        offsets.clear();
+        times.clear();
+    }
     let mut index = SegmentIndex::from_entries(offsets, times);
 
-    // Restart at the last index entry whose batch validates.
+    // Restart at the last durable index entry whose batch validates.
     let mut keep = index.offsets().len();
     let mut start = (0u64, base);
     while keep > 0 {
@@ -441,6 +516,15 @@ pub(crate) async fn recover_active(segment: &Segment, interval: u32) -> Result<(
     }
 
     let end = replay(segment, &mut index, start.0, start.1, interval, true, false).await?;
+    if end.position < durable_bytes {
+        return Err(corrupt(
+            end.position,
+            format!(
+                "{} (inside the {durable_bytes} bytes the recovery point says are durable)",
+                end.cut.as_deref().unwrap_or("batch does not validate")
+            ),
+        ));
+    }
     if end.position < size {
         tracing::warn!(
             segment = %segment.paths.log.display(),

@@ -1,6 +1,9 @@
 //! Helpers for tests and benchmarks (here and in other crates): builders of valid record
 //! batches (uncompressed v2, varint records, correct CRC-32C) and an executor runner.
 
+pub use crate::sim_disk::{PowerLoss, PowerLossReport, SimDisk};
+pub use crate::sync_journal::SyncJournal;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

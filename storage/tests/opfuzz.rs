@@ -332,7 +332,14 @@ async fn run_seed(seed: u64, ops: usize, deadline: Instant) -> usize {
                     .expect(&context);
             }
             _ => {
-                let active_has_data = model.segment_sizes.last().is_some_and(|&s| s > 0);
+                // Only bytes that are not durable can be torn: damaging fdatasynced bytes is a
+                // disk fault, which recovery reports instead of cutting (see power_loss.rs).
+                let last_durable = model
+                    .batches
+                    .last()
+                    .is_some_and(|b| b.base < log.durable_end_offset().0);
+                let active_has_data =
+                    model.segment_sizes.last().is_some_and(|&s| s > 0) && !last_durable;
                 drop(log);
                 if active_has_data {
                     let path = active_log(&dir);

@@ -10,8 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use glommio::io::{BufferedFile, OpenOptions};
-
 use super::model::MetadataSnapshot;
 
 const MAGIC: &[u8; 8] = b"STRMMETA";
@@ -191,43 +189,11 @@ pub(crate) async fn write_meta_file(
     bytes: Vec<u8>,
 ) -> Result<(), MetaStoreError> {
     let dir = meta_dir(data_dir);
-    let path = dir.join(file);
-    let tmp = dir.join(format!("{file}.tmp"));
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |e: glommio::GlommioError<()>| MetaStoreError::Io {
-            op,
-            path: p,
-            source: e.into(),
-        }
-    };
-    let len = bytes.len();
-    let file: BufferedFile = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .buffered_open(&tmp)
-        .await
-        .map_err(io("create", &tmp))?;
-    let written = file.write_at(bytes, 0).await.map_err(io("write", &tmp))?;
-    if written != len {
-        let _ = file.close().await;
-        return Err(MetaStoreError::Io {
-            op: "write",
-            path: tmp,
-            source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write (disk full?)"),
-        });
-    }
-    file.fdatasync().await.map_err(io("fdatasync", &tmp))?;
-    file.close().await.map_err(io("close", &tmp))?;
-    glommio::io::rename(&tmp, &path)
-        .await
-        .map_err(io("rename", &path))?;
-    strom_storage::sync_dir(&dir)
+    strom_storage::write_atomic(&dir, file, &bytes)
         .await
         .map_err(|e| MetaStoreError::Io {
-            op: "fsync dir",
-            path: dir.clone(),
+            op: "replace",
+            path: dir.join(file),
             source: std::io::Error::other(e),
         })
 }

@@ -124,6 +124,10 @@ pub struct PartitionGauges {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub log_end_offset: i64,
+    /// Offset below which every record is fdatasynced.
+    pub durable_end_offset: i64,
+    /// An fdatasync failed; the log refuses writes until the broker restarts.
+    pub sync_failed: bool,
     pub size_bytes: u64,
 }
 
@@ -160,6 +164,10 @@ pub struct Snapshot {
     pub mesh_cancelled: u64,
     pub committed: Vec<CommittedOffset>,
     pub fsync: LatencyHistogram,
+    /// Failed fdatasyncs and directory fsyncs on the shard.
+    pub sync_failures: u64,
+    /// Logs of the shard (offsets logs included) that refuse writes after a failed fdatasync.
+    pub logs_sync_failed: u64,
     pub stages: StageHistograms,
 }
 
@@ -190,9 +198,19 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
             log_start_offset: log.log_start_offset().0,
             high_watermark: log.high_watermark().0,
             log_end_offset: log.log_end_offset().0,
+            durable_end_offset: log.durable_end_offset().0,
+            sync_failed: log.sync_failed(),
             size_bytes: log.size_bytes(),
         })
         .collect();
+    let logs_sync_failed = shard
+        .logs
+        .all()
+        .into_iter()
+        .map(|(_, log)| log)
+        .chain(shard.groups.offsets_logs())
+        .filter(|log| log.sync_failed())
+        .count() as u64;
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let (mesh_outbox_full, mesh_cancelled) = shard.mesh_counts();
     let queue_depth =
@@ -218,6 +236,8 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         mesh_cancelled,
         committed: shard.groups.committed_offsets(),
         fsync: strom_storage::metrics::fsync_latency_snapshot(),
+        sync_failures: strom_storage::metrics::sync_failures(),
+        logs_sync_failed,
         stages: m.stages.borrow().clone(),
     }
 }

@@ -221,7 +221,7 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
 
     let mut parts: Vec<&PartitionGauges> = snaps.iter().flat_map(|s| &s.partitions).collect();
     parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let gauges: [PartitionMetric; 4] = [
+    let gauges: [PartitionMetric; 5] = [
         (
             "strom_partition_log_end_offset",
             "Offset the next appended record gets.",
@@ -231,6 +231,11 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
             "strom_partition_high_watermark",
             "Offset below which records are visible to consumers.",
             |p| p.high_watermark,
+        ),
+        (
+            "strom_partition_durable_end_offset",
+            "Offset below which records are fdatasynced (cannot be lost to a power loss).",
+            |p| p.durable_end_offset,
         ),
         (
             "strom_partition_log_start_offset",
@@ -257,7 +262,7 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
 
     let mut shards: Vec<&Snapshot> = snaps.iter().collect();
     shards.sort_by_key(|s| s.shard);
-    let per_shard: [ShardMetric; 14] = [
+    let per_shard: [ShardMetric; 16] = [
         (
             "strom_shard_task_queue_depth",
             "gauge",
@@ -287,6 +292,12 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
         ("strom_request_bytes_budget", "gauge", "The shard's share of queued.max.request.bytes.", |s| s.request_bytes_budget),
         ("strom_request_budget_waits_total", "counter", "Times a connection stopped reading until its next request fit the budget.", |s| {
             s.request_budget_waits
+        }),
+        ("strom_log_sync_failures_total", "counter", "fdatasync and directory fsync calls that failed; the log involved refuses writes until the broker restarts.", |s| {
+            s.sync_failures
+        }),
+        ("strom_partitions_sync_failed", "gauge", "Partition logs (consumer-group offsets logs included) that refuse writes after a failed fdatasync.", |s| {
+            s.logs_sync_failed
         }),
         ("strom_fetch_waits", "gauge", "Long-poll fetch waits parked on the shard's partitions.", |s| s.fetch_waits),
         ("strom_shard_cross_shard_outbox_full_total", "counter", "Requests to another shard refused because its outbox was full.", |s| {
@@ -376,6 +387,8 @@ pub fn status_json(
                         "log_start_offset": p.log_start_offset,
                         "high_watermark": p.high_watermark,
                         "log_end_offset": p.log_end_offset,
+                        "durable_end_offset": p.durable_end_offset,
+                        "sync_failed": p.sync_failed,
                         "size_bytes": p.size_bytes,
                     }),
                     None => json!({
@@ -384,6 +397,8 @@ pub fn status_json(
                         "log_start_offset": null,
                         "high_watermark": null,
                         "log_end_offset": null,
+                        "durable_end_offset": null,
+                        "sync_failed": null,
                         "size_bytes": null,
                     }),
                 })
@@ -432,6 +447,8 @@ mod tests {
             log_start_offset: 0,
             high_watermark: 10,
             log_end_offset: 10,
+            durable_end_offset: 10,
+            sync_failed: false,
             size_bytes: 100,
         };
         let a = Snapshot {

@@ -185,6 +185,7 @@ pub fn current_shard() -> Option<usize> {
 
 /// The body of one shard's executor. Returns after a clean shutdown.
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
+    crate::install_test_disk_hooks(&ctx.config)?;
     let slot = ctx.watchdog.register();
     glommio::spawn_local(ctx.watchdog.clone().wake_target(slot)).detach();
     let beats = ctx.watchdog.clone();
@@ -328,11 +329,31 @@ async fn maintain_logs(shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
         .map(strom_storage::CleanerFault::Abort);
     let mut next_retention = now_ms() + settings.retention_check_interval_ms as i64;
     let mut next_clean = now_ms() + settings.cleaner_backoff_ms as i64;
+    let mut next_recovery_point = now_ms() + settings.recovery_point_interval_ms as i64;
     let tick_ms = TICK_MS
         .min(settings.retention_check_interval_ms)
-        .min(settings.cleaner_backoff_ms);
+        .min(settings.cleaner_backoff_ms)
+        .min(settings.recovery_point_interval_ms);
     while !shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+        if now_ms() >= next_recovery_point {
+            let logs = shard
+                .logs
+                .all()
+                .into_iter()
+                .map(|(_, log)| log)
+                .chain(shard.groups.offsets_logs());
+            for log in logs {
+                if shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                match log.write_recovery_point().await {
+                    Ok(_) | Err(StorageError::Closed { .. } | StorageError::SyncFailed { .. }) => {}
+                    Err(e) => tracing::error!("recovery point of {}: {e}", log.dir().display()),
+                }
+            }
+            next_recovery_point = now_ms() + settings.recovery_point_interval_ms as i64;
+        }
         if now_ms() >= next_retention {
             for ((topic, p), log) in shard.logs.all() {
                 if shutdown.load(Ordering::Relaxed) {

@@ -346,6 +346,9 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
             tracing::error!("flush of {}-{} failed: {e}", p.topic, p.partition);
             return fail(E::KafkaStorageError, e.to_string());
         }
+    } else if config.flush_on_ack && !info.duplicate {
+        // Readable only once durable (design.md): start the group commit, answer now.
+        log.flush_in_background();
     }
     ProduceResult {
         error: 0,
