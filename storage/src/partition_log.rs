@@ -207,7 +207,8 @@ impl PartitionLog {
             durable_end: Cell::new(log_end),
             durable_event: Event::new(),
             hw_follows_appends: Cell::new(true),
-            recovery_point: Cell::new(i64::MIN),
+            // Everything is durable at open; a recovery point is due once more is appended.
+            recovery_point: Cell::new(log_end),
             background_flush: Cell::new(false),
             background_again: Cell::new(false),
             closed: Cell::new(false),

@@ -524,3 +524,74 @@ impl DiskHooks for SimDisk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file_io::{create_rw, fdatasync, remove_file, rename, sync_dir, write_small_at};
+
+    #[test]
+    fn a_power_loss_keeps_synced_bytes_and_synced_names_only() {
+        crate::testing::run_local(|| async {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let root = tmp.path().to_path_buf();
+            let (a, b, c, old) = (
+                root.join("a"),
+                root.join("b"),
+                root.join("c"),
+                root.join("old"),
+            );
+            std::fs::write(&old, b"before").expect("write");
+            let sim = SimDisk::install(&root);
+
+            // a: name and first bytes synced, later bytes not.
+            let fa = create_rw(&a).await.expect("create");
+            sync_dir(&root).await.expect("sync dir");
+            write_small_at(&fa, &a, 0, b"hello").await.expect("write");
+            fdatasync(&fa, &a).await.expect("sync");
+            write_small_at(&fa, &a, 5, b" world").await.expect("write");
+            assert_eq!(sim.durable_bytes(&a).as_deref(), Some(&b"hello"[..]));
+            // b: bytes synced, but its name never was; then renamed to c (not synced either).
+            let fb = create_rw(&b).await.expect("create");
+            write_small_at(&fb, &b, 0, b"x").await.expect("write");
+            fdatasync(&fb, &b).await.expect("sync");
+            rename(&b, &c).await.expect("rename");
+            // old: removed, the removal never synced.
+            remove_file(&old).await.expect("remove");
+            let _ = fa.close().await;
+            let _ = fb.close().await;
+
+            let report = sim.power_loss(PowerLoss::DropUnsynced, 1);
+            assert_eq!(std::fs::read(&a).expect("a"), b"hello");
+            assert!(!b.exists() && !c.exists(), "an unsynced name survived");
+            assert_eq!(std::fs::read(&old).expect("old"), b"before");
+            assert!(
+                report.ops_dropped >= 1 && report.entries_reverted >= 2,
+                "{report:?}"
+            );
+            SimDisk::uninstall();
+        });
+    }
+
+    #[test]
+    fn a_failed_sync_loses_the_writes_it_covered() {
+        crate::testing::run_local(|| async {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let root = tmp.path().to_path_buf();
+            let a = root.join("a");
+            let sim = SimDisk::install(&root);
+            let fa = create_rw(&a).await.expect("create");
+            sync_dir(&root).await.expect("sync dir");
+            write_small_at(&fa, &a, 0, b"lost").await.expect("write");
+            sim.fail_next_sync("a", libc::EIO);
+            let failed = fdatasync(&fa, &a).await;
+            assert!(failed.is_err());
+            // Linux marked the pages clean: a later sync succeeds without them.
+            fdatasync(&fa, &a).await.expect("sync");
+            let _ = fa.close().await;
+            sim.power_loss(PowerLoss::KeepPrefix, 7);
+            assert_eq!(std::fs::read(&a).expect("a"), b"");
+            SimDisk::uninstall();
+        });
+    }
+}
