@@ -18,7 +18,7 @@ use crate::checkpoint::{write_clean_shutdown, write_recovery_point, CleanShutdow
 use crate::config::{LogConfig, TimestampType};
 use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
-use crate::file_io::{remove_file, std_io_err, sync_dir, write_atomic};
+use crate::file_io::{remove_file, std_io_err, sync_dir, truncate, write_atomic};
 use crate::group_commit::GroupCommit;
 use crate::limits::{
     BATCH_BYTES_MAX, PRODUCER_IDS_MAX_DEFAULT, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES,
@@ -105,7 +105,8 @@ pub struct PartitionLog {
     commit: GroupCommit,
     hw_event: Event,
     /// Offset below which everything is fdatasynced (the durable end offset).
-    durable_end: Cell<i64>,
+    /// with where it lies: (offset, base of its segment, synced bytes of that segment).
+    durable_end: Cell<(i64, i64, u64)>,
     /// Fires when `durable_end` moves.
     durable_event: Event,
     /// Whether appends move the high watermark (single node); false once replication moves it.
@@ -204,7 +205,7 @@ impl PartitionLog {
             commit: GroupCommit::default(),
             hw_event: Event::new(),
             // A clean close synced everything; an unclean open synced what recovery kept.
-            durable_end: Cell::new(log_end),
+            durable_end: Cell::new((log_end, active.base_offset(), active.size())),
             durable_event: Event::new(),
             hw_follows_appends: Cell::new(true),
             // Everything is durable at open; a recovery point is due once more is appended.
@@ -430,10 +431,10 @@ impl PartitionLog {
         active.cut_dirty_tail().await?;
         active.seal_time_index().await?;
         if let Err(e) = active.sync_all().await {
-            self.on_sync_failed(&e);
+            self.on_sync_failed(&e).await;
             return Err(e);
         }
-        self.mark_durable(active.next_offset());
+        self.mark_durable(active.next_offset(), active.base_offset(), active.size());
         let base = self.log_end.get();
         let segment = Segment::create(&self.dir, base, now_ms).await?;
         sync_dir(&self.dir).await?;
@@ -538,22 +539,38 @@ impl PartitionLog {
         let active = self.active()?;
         // Every batch below this offset is written to this segment (or to an earlier one,
         // synced when it rolled), so the sync covers it.
-        let covered = active.next_offset();
+        let (covered, position) = (active.next_offset(), active.size());
         let result = active.sync_log().await;
         match &result {
-            Ok(()) => self.mark_durable(covered),
-            Err(e) => self.on_sync_failed(e),
+            Ok(()) => self.mark_durable(covered, active.base_offset(), position),
+            Err(e) => self.on_sync_failed(e).await,
         }
         result
     }
 
-    /// After a failed fdatasync the kernel may have dropped the dirty pages and a retry could
-    /// succeed without them: refuse to pretend anything later is durable, and refuse writes
-    /// until the log is reopened (and recovered).
-    fn on_sync_failed(&self, error: &StorageError) {
-        if !self.sync_failed.replace(true) {
-            tracing::error!(dir = %self.dir.display(), %error,
-                "fdatasync failed: the log refuses writes until it is reopened");
+    /// After a failed fdatasync the kernel may have dropped the dirty pages (Linux marks them
+    /// clean) and a retry could succeed without them, while the page cache still serves them:
+    /// refuse to pretend anything later is durable, refuse writes until the log is reopened,
+    /// and cut the active segment back to its durable end, so that a restart does not find
+    /// (and serve) bytes that were never written to the disk.
+    async fn on_sync_failed(&self, error: &StorageError) {
+        if self.sync_failed.replace(true) {
+            return;
+        }
+        tracing::error!(dir = %self.dir.display(), %error,
+            "fdatasync failed: the log refuses writes until it is reopened");
+        let (_, base, position) = self.durable_end.get();
+        let Ok(active) = self.active() else { return };
+        let keep = match base.cmp(&active.base_offset()) {
+            std::cmp::Ordering::Equal => position,
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Greater => return,
+        };
+        match truncate(&active.log, &active.paths.log, keep).await {
+            Ok(()) => tracing::warn!(segment = %active.paths.log.display(), keep,
+                "cut the segment back to its durable end after the failed fdatasync"),
+            Err(e) => tracing::error!(segment = %active.paths.log.display(), error = %e,
+                "could not cut the segment back to its durable end; recovery will validate it"),
         }
     }
 
@@ -562,13 +579,14 @@ impl PartitionLog {
         self.sync_failed.get()
     }
 
-    /// Records that every offset below `offset` is durable; wakes durable-end watchers and,
-    /// with `reads_durable_only` on a single node, moves the high watermark.
-    fn mark_durable(&self, offset: i64) {
-        if offset <= self.durable_end.get() {
+    /// Records that every offset below `offset` is durable (the first `position` bytes of the
+    /// segment based at `segment_base`); wakes durable-end watchers and, with
+    /// `reads_durable_only` on a single node, moves the high watermark.
+    fn mark_durable(&self, offset: i64, segment_base: i64, position: u64) {
+        if offset <= self.durable_end.get().0 {
             return;
         }
-        self.durable_end.set(offset);
+        self.durable_end.set((offset, segment_base, position));
         self.durable_event.notify(usize::MAX);
         if self.hw_follows_appends.get() && self.config.borrow().reads_durable_only {
             self.advance_high_watermark(offset.min(self.log_end.get()));
@@ -578,7 +596,7 @@ impl PartitionLog {
     /// Offset below which every record is fdatasynced (what a follower may report, and what a
     /// power loss cannot take back).
     pub fn durable_end_offset(&self) -> Offset {
-        Offset(self.durable_end.get())
+        Offset(self.durable_end.get().0)
     }
 
     /// A listener that fires on the next advance of the durable end offset. Create it before
@@ -602,10 +620,10 @@ impl PartitionLog {
             return Ok(false);
         }
         if let Err(e) = active.sync_all().await {
-            self.on_sync_failed(&e);
+            self.on_sync_failed(&e).await;
             return Err(e);
         }
-        self.mark_durable(point.offset);
+        self.mark_durable(point.offset, point.segment_base, point.position);
         write_recovery_point(&self.dir, point).await?;
         self.recovery_point.set(point.offset);
         Ok(true)

@@ -523,8 +523,18 @@ fn a_failed_fdatasync_fails_waiters_and_refuses_writes() {
         );
         drop(log);
 
-        // The pages the failed writeback covered are gone after a power loss; the log reopens
-        // with what was durable and takes writes again.
+        // A restart (no power loss: the page cache still holds the batches whose sync failed)
+        // does not find them: the log was cut back to its durable end.
+        let log = PartitionLog::open(dir.clone(), config(true), 0)
+            .await
+            .expect("reopen");
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(2),
+            "a batch whose fdatasync failed came back"
+        );
+        drop(log);
+        // Nor does a power loss; the log reopens with what was durable and takes writes.
         sim.power_loss(PowerLoss::KeepPrefix, 3);
         let log = PartitionLog::open(dir.clone(), config(true), 0)
             .await
