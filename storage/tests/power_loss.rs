@@ -126,7 +126,12 @@ fn flush_returns_only_after_the_fdatasync_that_covers_the_batch() {
             "readable before it is durable"
         );
         assert_eq!(log.durable_end_offset(), Offset(0));
+        let watch = log.listen_durable();
         log.flush().await.expect("flush");
+        assert!(
+            futures_lite::future::poll_once(watch).await.is_some(),
+            "the durable end moved without waking its watchers"
+        );
         assert_eq!(durable_batches(&sim, &dir), vec![(0, stamped(&first, 0))]);
         assert_eq!(log.high_watermark(), Offset(info.last_offset.0 + 1));
         assert_eq!(log.durable_end_offset(), log.high_watermark());
