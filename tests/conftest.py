@@ -21,8 +21,10 @@ HOST = "127.0.0.1"
 
 
 def strom_bin() -> Path:
+    # Absolute: brokers run with their work directory as cwd, where a relative STROM_BIN (as in
+    # `STROM_BIN=target/release/strom pytest ...`) would name nothing.
     env = os.environ.get("STROM_BIN")
-    return Path(env) if env else REPO / "target" / "release" / "strom"
+    return Path(env).absolute() if env else REPO / "target" / "release" / "strom"
 
 
 def free_port() -> int:

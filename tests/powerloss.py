@@ -49,14 +49,6 @@ MODES = ("truncate", "zero", "partial", "hole")
 SHOWN = 10  # violations of one kind listed in full; the rest are counted
 
 
-def absolutize_strom_bin():
-    """conftest starts the broker with its work directory as cwd, where a relative STROM_BIN
-    (as in `STROM_BIN=target/release/strom`) names nothing: make it absolute from here."""
-    env = os.environ.get("STROM_BIN")
-    if env and not os.path.isabs(env):
-        os.environ["STROM_BIN"] = os.path.abspath(env)
-
-
 def broker_settings(journal: Path) -> Dict[str, str]:
     return {
         "test.fault.sync.journal": str(journal),
@@ -511,7 +503,6 @@ def run(broker: Broker, cycles: int, seed: int, out: Callable[[str], None] = pri
         rate: int = RATE_PER_PRODUCER, max_messages: int = MAX_PER_PRODUCER) -> Result:
     """Runs `cycles` power-loss cycles on `broker` (created with `broker_settings(journal)`, not
     started, with a fresh data directory) and stops it cleanly at the end."""
-    absolutize_strom_bin()
     rnd = random.Random(seed)
     result = Result(seed=seed)
     checker = Checker()
@@ -625,7 +616,6 @@ def main(argv=None) -> int:
         ap.error("--cycles must be at least 1")
     if args.bin:
         os.environ["STROM_BIN"] = args.bin
-    absolutize_strom_bin()
     seed = args.seed if args.seed is not None else int(time.time() * 1000) % 2**31
     if args.workdir:
         workdir = Path(args.workdir).resolve()

@@ -5,7 +5,6 @@ never acknowledges or serves what it could not make durable; the broker says so 
 the partition recovers what was durable and takes writes."""
 
 import json
-import os
 import time
 import urllib.request
 
@@ -17,12 +16,6 @@ import kafka_raw as kr
 from conftest import unique
 
 FAIL_PATH = "syncfail"
-
-# The broker runs with its work directory as cwd: a relative STROM_BIN (as in
-# `STROM_BIN=target/release/strom pytest ...`) must be made absolute from here.
-if os.environ.get("STROM_BIN") and not os.path.isabs(os.environ["STROM_BIN"]):
-    os.environ["STROM_BIN"] = os.path.abspath(os.environ["STROM_BIN"])
-
 
 def metric_sum(broker, name):
     """Sum over all label sets of sample `name` in /metrics (None if there is none)."""

@@ -6,7 +6,7 @@
 static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAlloc;
 
 mod admin;
-mod cli;
+use strom_cli as cli;
 mod config;
 mod data_dir;
 mod group;

@@ -1,4 +1,4 @@
-//! Unit tests of `limits.rs`: defaults, JSON keys, helpers.
+//! Unit tests of `limits`: defaults, JSON keys, helpers.
 
 use super::*;
 use clap::Parser;

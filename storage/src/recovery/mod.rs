@@ -548,5 +548,4 @@ pub(crate) async fn recover_active(
 }
 
 #[cfg(test)]
-#[path = "recovery_tests.rs"]
 mod tests;

@@ -22,7 +22,6 @@ use crate::config::GroupSettings;
 use crate::metadata::ClusterMeta;
 use crate::now_ms;
 
-#[path = "offsets.rs"]
 mod offsets;
 
 /// How often expired offsets of empty groups are looked for.

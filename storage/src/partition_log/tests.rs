@@ -1,5 +1,5 @@
 //! Unit tests of `PartitionLog`: append/read, offsets, rolls, indexes, timestamps, flush,
-//! high watermark, errors. Reopen and recovery tests are in `recovery_tests.rs`.
+//! high watermark, errors. Reopen and recovery tests are in `recovery/tests.rs`.
 
 use std::rc::Rc;
 

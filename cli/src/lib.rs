@@ -3,6 +3,9 @@
 //!
 //! Output is an aligned table by default and JSON with `--format json`; a failure is one line
 //! on stderr and a non-zero exit code. Every network wait is bounded by `--timeout-ms`.
+//!
+//! A library on `strom-client` only (no broker code, no glommio), so the tools build wherever
+//! Rust does; the `strom` binary dispatches its subcommands here.
 
 mod client;
 pub mod cluster;
@@ -95,8 +98,15 @@ pub fn key_value(s: &str) -> Result<(String, String), String> {
 
 /// Whether stderr is a terminal (progress lines are only drawn there).
 pub fn stderr_is_tty() -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(2) == 1 }
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// Wall clock in milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A progress line on stderr, redrawn at most once a second, only on a terminal.
@@ -106,7 +116,14 @@ pub struct Progress {
     drawn: bool,
 }
 
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
+}
+
 impl Progress {
+    /// A progress line, drawn only if stderr is a terminal.
     pub fn new() -> Progress {
         Progress {
             enabled: stderr_is_tty(),

@@ -865,5 +865,4 @@ fn block_device(dir: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "limits_tests.rs"]
 mod tests;
