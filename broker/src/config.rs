@@ -11,17 +11,29 @@ use crate::metadata::controller::ControllerStep;
 
 use crate::topic_config::TopicDefaults;
 
+/// Invalid broker settings.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
     #[error("config file {path}: {msg}")]
-    File { path: PathBuf, msg: String },
-    #[error("setting `{key}` = `{value}`: {msg}")]
-    Invalid {
-        key: String,
-        value: String,
+    File {
+        /// The file given with `--config`.
+        path: PathBuf,
+        /// What is wrong with it.
         msg: String,
     },
+    /// A setting has a value it cannot take.
+    #[error("setting `{key}` = `{value}`: {msg}")]
+    Invalid {
+        /// The setting's Kafka name.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        msg: String,
+    },
+    /// A `-o` / `--set` argument without `=`.
     #[error("`{0}` is not of the form key=value")]
     NotKeyValue(String),
 }

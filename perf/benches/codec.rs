@@ -139,27 +139,10 @@ fn encode_metadata(c: &mut Criterion) {
     g.finish();
 }
 
-/// The broker's own Fetch encoder, compiled into this bench from its source file (the broker
-/// is a binary crate). It names `crate::shard::ops::FetchResult`, provided here with the same
-/// fields as in broker/src/shard/ops.rs.
-/// Under clippy's `--all-targets` its `cfg(test)` module is compiled without the test
-/// harness, hence the allowances.
-#[path = "../../broker/src/kafka/handlers/fetch/encode.rs"]
-#[allow(dead_code, unused_imports)]
-mod fetch_encode;
-mod shard {
-    pub mod ops {
-        pub struct FetchResult {
-            pub error: i16,
-            pub high_watermark: i64,
-            pub last_stable_offset: i64,
-            pub log_start_offset: i64,
-            pub slice: Option<strom_storage::ReadSlice>,
-        }
-    }
-}
-use fetch_encode::{encode as encode_fetch, FetchOut, PartitionOut, TopicOut};
-use shard::ops::FetchResult;
+// The broker's own Fetch encoder (the library's bench API), not a copy.
+use strom_broker::bench_api::{
+    encode as encode_fetch, FetchOut, FetchResult, PartitionOut, TopicOut,
+};
 
 /// FetchResponse v12 for one partition holding a 64 x 1 KiB batch. `fetch_v12_chunks` is
 /// Strom's encoder, which leaves the records in the segment file (sent with sendfile), so its
@@ -206,8 +189,7 @@ fn encode_fetch_response(c: &mut Criterion) {
     }
     let mut wire = wire.split_off(4).freeze();
     ResponseHeader::decode(&mut wire, 1).expect("response header");
-    let decoded =
-        FetchResponse::decode(&mut wire, 12).expect("the mirrored encoder's output decodes");
+    let decoded = FetchResponse::decode(&mut wire, 12).expect("the encoder's output decodes");
     assert_eq!(
         decoded.responses[0].partitions[0].records.as_ref(),
         Some(&records)

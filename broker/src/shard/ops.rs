@@ -45,12 +45,18 @@ pub struct FetchPart {
     pub min_one_batch: bool,
 }
 
+/// What the owner shard answers for one partition of a Fetch.
 #[derive(Debug, Clone)]
 pub struct FetchResult {
+    /// Kafka error code (0: none).
     pub error: i16,
+    /// The partition's high watermark.
     pub high_watermark: i64,
+    /// Its last stable offset (the high watermark: no transactions).
     pub last_stable_offset: i64,
+    /// Its log start offset.
     pub log_start_offset: i64,
+    /// The records: a byte range of a segment file, sent with sendfile.
     pub slice: Option<ReadSlice>,
 }
 

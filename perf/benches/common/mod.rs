@@ -14,7 +14,7 @@ use futures::channel::mpsc;
 use futures::StreamExt;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-/// The preemption quantum of the broker's shard executors (broker/src/main.rs).
+/// The preemption quantum of the broker's shard executors (broker/src/lib.rs).
 const PREEMPT_TIMER: Duration = Duration::from_millis(5);
 
 /// How often the nudger wakes the executor (as `strom_storage::testing::run_local` does).

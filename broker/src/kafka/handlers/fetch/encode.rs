@@ -9,20 +9,31 @@ use strom_net::OutChunk;
 
 use crate::shard::ops::FetchResult;
 
+/// One partition of a FetchResponse.
 pub struct PartitionOut {
+    /// Partition index.
     pub partition: i32,
+    /// What the owner shard read (offsets, error, the records' file range).
     pub result: FetchResult,
 }
 
+/// One topic of a FetchResponse.
 pub struct TopicOut {
+    /// Topic name.
     pub name: String,
+    /// Its partitions, in request order.
     pub partitions: Vec<PartitionOut>,
 }
 
+/// A whole FetchResponse.
 pub struct FetchOut {
+    /// Top-level error code.
     pub error_code: i16,
+    /// Fetch session id (always 0: sessions are not kept).
     pub session_id: i32,
+    /// Whether the request asked for read_committed (last stable offset semantics).
     pub read_committed: bool,
+    /// The topics, in request order.
     pub topics: Vec<TopicOut>,
 }
 

@@ -7,7 +7,7 @@
 //! Fetch sessions (KIP-227) are not kept: every response has session id 0, so clients send
 //! full requests, which is what the protocol prescribes for a broker without sessions.
 
-mod encode;
+pub(crate) mod encode;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,12 +1,12 @@
-//! `strom`: a Kafka-compatible event-streaming broker, shard-per-core on io_uring.
+//! The Strom broker: a Kafka-compatible event-streaming broker, shard-per-core on io_uring.
+//!
+//! The public surface is small: [`serve`] runs a broker with the settings of [`ServeArgs`]
+//! until SIGINT or SIGTERM. The `strom` binary (package `strom`) parses its command line,
+//! calls [`serve`], and dispatches the client tools to `strom-cli`.
 
-/// Huge allocations (a request claiming billions of elements) are mapped lazily instead of
-/// aborting the process; see `strom_net::alloc`.
-#[global_allocator]
-static ALLOCATOR: strom_net::alloc::LazyHugeAlloc = strom_net::alloc::LazyHugeAlloc;
+#![warn(missing_docs)]
 
 mod admin;
-use strom_cli as cli;
 mod config;
 mod data_dir;
 mod group;
@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use clap::{Parser, Subcommand};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
+pub use config::ConfigError;
 use config::{BrokerConfig, ConfigSources};
 use metadata::ClusterMeta;
 use shard::mesh::MESH_CHANNEL_CAPACITY;
@@ -40,85 +40,61 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "strom",
-    version,
-    about = "Strom: a Kafka-compatible event-streaming broker"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the broker (the default when no subcommand is given).
-    Serve(ServeArgs),
-    /// Create, list, describe, delete and configure topics.
-    Topic(cli::topic::TopicCmd),
-    /// Write lines from stdin to a topic, one record per line.
-    Produce(cli::produce::ProduceArgs),
-    /// Print records of a topic.
-    Consume(cli::consume::ConsumeArgs),
-    /// List, describe and delete consumer groups; reset their offsets.
-    Group(cli::group::GroupCmd),
-    /// Brokers, controller and versions of a cluster.
-    Cluster(cli::cluster::ClusterCmd),
-    /// Print a shell completion script, e.g. `strom completions bash > /etc/bash_completion.d/strom`.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-}
-
+/// What `strom serve` (and `strom` without a subcommand) takes on its command line.
 #[derive(clap::Args, Debug, Default, Clone)]
-struct ServeArgs {
+pub struct ServeArgs {
     /// TOML file of settings with Kafka's names, e.g. `"num.partitions" = 3`.
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Number of shards (pinned cores); default: all online cores.
     #[arg(long, value_name = "N")]
-    cores: Option<usize>,
+    pub cores: Option<usize>,
     /// Data directory (Kafka's `log.dirs`).
     #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
     /// Listen address (Kafka's `listeners`), e.g. 127.0.0.1:9092.
     #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<String>,
+    pub listen: Option<String>,
     /// Address given to clients (Kafka's `advertised.listeners`).
     #[arg(long, value_name = "HOST:PORT")]
-    advertise: Option<String>,
+    pub advertise: Option<String>,
     /// Any setting by its Kafka name; repeatable.
     #[arg(short = 'o', long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    pub set: Vec<String>,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Serve(a)) => serve(a),
-        None => serve(cli.serve),
-        Some(Command::Topic(c)) => cli::topic::run(c),
-        Some(Command::Produce(a)) => cli::produce::run(a),
-        Some(Command::Consume(a)) => cli::consume::run(a),
-        Some(Command::Group(c)) => cli::group::run(c),
-        Some(Command::Cluster(c)) => cli::cluster::run(c),
-        Some(Command::Completions { shell }) => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "strom", &mut std::io::stdout());
-            Ok(())
-        }
-    };
-    if let Err(e) = result {
-        eprintln!("strom: error: {e}");
-        std::process::exit(1);
+/// Internals that the microbenchmarks in `perf/` measure directly, so that they time the real
+/// code rather than a copy. Not a stable API.
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::kafka::handlers::fetch::encode::{encode, FetchOut, PartitionOut, TopicOut};
+    pub use crate::shard::ops::FetchResult;
+}
+
+/// Why a broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The settings (file, environment, flags) are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Startup failed (data directory, port, metadata) or a shard failed.
+    #[error("{0}")]
+    Run(String),
+}
+
+impl From<String> for BrokerError {
+    fn from(msg: String) -> BrokerError {
+        BrokerError::Run(msg)
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+/// Runs a broker with `args` until SIGINT or SIGTERM, then shuts it down cleanly.
+pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
+    run(args)
+}
+
+fn run(args: ServeArgs) -> Result<(), BrokerError> {
     let mut overrides = Vec::new();
     if let Some(d) = &args.data_dir {
         overrides.push(format!("log.dirs={}", d.display()));
@@ -135,8 +111,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         env: std::env::vars().collect(),
         overrides,
         cores: args.cores,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     init_logging(&config.log);
     install_panic_hook();
     for w in &config.warnings {
@@ -234,16 +209,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
     }
     if failed {
-        return Err("a shard failed; see the log above".into());
+        return Err(BrokerError::Run("a shard failed; see the log above".into()));
     }
     tracing::info!("clean shutdown complete");
     Ok(())
 }
 
-/// A panic anywhere in the broker ends the whole process. Every shard owns partitions and
-/// consumer groups no other shard can serve, so a broker that lost one shard would answer some
-/// requests and hang or fail others while reporting itself ready; better to stop at once (the
-/// log says which shard and why) and let the supervisor restart it, with recovery on the way.
 /// Installs the disk hooks `test.fault.sync.*` asks for on the calling thread (each thread that
 /// does storage I/O calls this).
 pub(crate) fn install_test_disk_hooks(config: &config::BrokerConfig) -> Result<(), String> {
@@ -257,6 +228,10 @@ pub(crate) fn install_test_disk_hooks(config: &config::BrokerConfig) -> Result<(
     Ok(())
 }
 
+/// A panic anywhere in the broker ends the whole process. Every shard owns partitions and
+/// consumer groups no other shard can serve, so a broker that lost one shard would answer some
+/// requests and hang or fail others while reporting itself ready; better to stop at once (the
+/// log says which shard and why) and let the supervisor restart it, with recovery on the way.
 fn install_panic_hook() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
