@@ -109,6 +109,15 @@ pub(crate) fn std_io_err(op: &'static str, path: &Path, source: std::io::Error) 
 
 /// Opens (creating if missing) a file for reading and writing, without truncating it.
 pub(crate) async fn open_rw(path: &Path) -> Result<BufferedFile, StorageError> {
+    open_file(path, false).await
+}
+
+/// Creates (or truncates) a file for reading and writing.
+pub(crate) async fn create_rw(path: &Path) -> Result<BufferedFile, StorageError> {
+    open_file(path, true).await
+}
+
+async fn open_file(path: &Path, truncate: bool) -> Result<BufferedFile, StorageError> {
     let hooks = hooks();
     // A stat on this thread, with hooks only (tests): they need to know whether open created it.
     let existed = hooks.is_some() && path.exists();
@@ -116,29 +125,12 @@ pub(crate) async fn open_rw(path: &Path) -> Result<BufferedFile, StorageError> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(truncate)
         .buffered_open(path)
         .await
-        .map_err(|e| io_err("open", path, e))?;
+        .map_err(|e| io_err(if truncate { "create" } else { "open" }, path, e))?;
     if let Some(h) = hooks {
-        h.after_open(file_ref(&file, path), !existed, false);
-    }
-    Ok(file)
-}
-
-/// Creates (or truncates) a file for reading and writing.
-pub(crate) async fn create_rw(path: &Path) -> Result<BufferedFile, StorageError> {
-    let hooks = hooks();
-    let existed = hooks.is_some() && path.exists();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .buffered_open(path)
-        .await
-        .map_err(|e| io_err("create", path, e))?;
-    if let Some(h) = hooks {
-        h.after_open(file_ref(&file, path), !existed, true);
+        h.after_open(file_ref(&file, path), !existed, truncate);
     }
     Ok(file)
 }
@@ -155,17 +147,13 @@ pub(crate) async fn write_all_at(
     rest: &dyn Fn(usize) -> Vec<u8>,
 ) -> Result<(), StorageError> {
     let total = first.len();
+    if total <= INLINE_WRITE_BYTES_MAX {
+        return pwrite_all(file, path, pos, &first);
+    }
     let hooks = hooks();
     if let Some(h) = &hooks {
         h.before_write(file_ref(file, path), pos, total)
             .map_err(|e| std_io_err("write", path, e))?;
-    }
-    if total <= INLINE_WRITE_BYTES_MAX {
-        pwrite_all(file, path, pos, &first)?;
-        if let Some(h) = &hooks {
-            h.after_write(file_ref(file, path), pos, &first);
-        }
-        return Ok(());
     }
     // The hooks see the bytes after the write, which takes the buffer: keep a copy (tests only).
     let copy = hooks.as_ref().map(|_| first.clone());
@@ -196,8 +184,22 @@ pub(crate) async fn write_all_at(
     Ok(())
 }
 
-/// Writes all of `data` at `pos` with pwrite(2) on this thread (see `INLINE_WRITE_BYTES_MAX`).
+/// Writes all of `data` at `pos` with pwrite(2) on this thread (see `INLINE_WRITE_BYTES_MAX`),
+/// between the hooks' `before_write` and `after_write`.
 fn pwrite_all(file: &BufferedFile, path: &Path, pos: u64, data: &[u8]) -> Result<(), StorageError> {
+    let hooks = hooks();
+    if let Some(h) = &hooks {
+        h.before_write(file_ref(file, path), pos, data.len())
+            .map_err(|e| std_io_err("write", path, e))?;
+    }
+    pwrite_raw(file, path, pos, data)?;
+    if let Some(h) = &hooks {
+        h.after_write(file_ref(file, path), pos, data);
+    }
+    Ok(())
+}
+
+fn pwrite_raw(file: &BufferedFile, path: &Path, pos: u64, data: &[u8]) -> Result<(), StorageError> {
     let fd = file.as_raw_fd();
     let mut written = 0usize;
     while written < data.len() {
@@ -239,16 +241,7 @@ pub(crate) async fn write_small_at(
     data: &[u8],
 ) -> Result<(), StorageError> {
     if data.len() <= INLINE_WRITE_BYTES_MAX {
-        let hooks = hooks();
-        if let Some(h) = &hooks {
-            h.before_write(file_ref(file, path), pos, data.len())
-                .map_err(|e| std_io_err("write", path, e))?;
-        }
-        pwrite_all(file, path, pos, data)?;
-        if let Some(h) = &hooks {
-            h.after_write(file_ref(file, path), pos, data);
-        }
-        return Ok(());
+        return pwrite_all(file, path, pos, data);
     }
     write_all_at(file, path, pos, data.to_vec(), &|from| {
         data[from..].to_vec()

@@ -128,15 +128,18 @@ fn parent(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// Writes `data` at `pos` into `buf`, growing it with zeros if needed.
+fn write_into(buf: &mut Vec<u8>, pos: u64, data: &[u8]) {
+    let (pos, end) = (pos as usize, pos as usize + data.len());
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    buf[pos..end].copy_from_slice(data);
+}
+
 fn apply(buf: &mut Vec<u8>, op: &Op) {
     match op {
-        Op::Write { pos, data } => {
-            let (pos, end) = (*pos as usize, *pos as usize + data.len());
-            if buf.len() < end {
-                buf.resize(end, 0);
-            }
-            buf[pos..end].copy_from_slice(data);
-        }
+        Op::Write { pos, data } => write_into(buf, *pos, data),
         Op::Truncate(size) => buf.resize(*size as usize, 0),
     }
 }
@@ -335,14 +338,7 @@ impl SimDisk {
                         // With a kept prefix, the first dropped write may have partly landed.
                         if mode == PowerLoss::KeepPrefix && i == keep && rng.below(2) == 0 {
                             if let Op::Write { pos, data } = op {
-                                let cut = rng.below(data.len());
-                                apply(
-                                    &mut buf,
-                                    &Op::Write {
-                                        pos: *pos,
-                                        data: data[..cut].to_vec(),
-                                    },
-                                );
+                                write_into(&mut buf, *pos, &data[..rng.below(data.len())]);
                                 report.writes_damaged += 1;
                             }
                         }
@@ -355,25 +351,11 @@ impl SimDisk {
                     match (op, rng.below(8)) {
                         (_, 0..=2) => report.ops_dropped += 1,
                         (Op::Write { pos, data }, 3) => {
-                            let cut = rng.below(data.len());
-                            apply(
-                                &mut buf,
-                                &Op::Write {
-                                    pos: *pos,
-                                    data: data[..cut].to_vec(),
-                                },
-                            );
+                            write_into(&mut buf, *pos, &data[..rng.below(data.len())]);
                             report.writes_damaged += 1;
                         }
                         (Op::Write { pos, data }, 4) => {
-                            let zeros = vec![0u8; data.len()];
-                            apply(
-                                &mut buf,
-                                &Op::Write {
-                                    pos: *pos,
-                                    data: zeros,
-                                },
-                            );
+                            write_into(&mut buf, *pos, &vec![0u8; data.len()]);
                             report.writes_damaged += 1;
                         }
                         _ => apply(&mut buf, op),

@@ -556,7 +556,15 @@ fn a_failed_fdatasync_fails_waiters_and_refuses_writes() {
     });
 }
 
-/// Appends `count` batches of about 300 bytes (index entries every 256 bytes: one per batch).
+/// Index entries every 256 bytes: one per batch of `append_many`.
+fn config_index_per_batch() -> LogConfig {
+    LogConfig {
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
+}
+
+/// Appends `count` batches of about 300 bytes (two records each).
 async fn append_many(log: &PartitionLog, from_tag: u64, count: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for t in from_tag..from_tag + count {
@@ -567,28 +575,36 @@ async fn append_many(log: &PartitionLog, from_tag: u64, count: u64) -> Vec<Vec<u
     out
 }
 
+/// A log in `dir` with `durable` batches behind a recovery point, then `unsynced` more, left
+/// as a crash leaves it. Returns the two lists of batches and the `.log` file.
+async fn log_with_recovery_point(
+    dir: &Path,
+    durable: u64,
+    unsynced: u64,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, PathBuf) {
+    let log = PartitionLog::open(dir.to_path_buf(), config_index_per_batch(), 0)
+        .await
+        .expect("open");
+    let synced = append_many(&log, 0, durable).await;
+    assert!(log.write_recovery_point().await.expect("recovery point"));
+    let not_synced = append_many(&log, durable, unsynced).await;
+    drop(log);
+    let path = segment_logs(dir).pop().expect("segment");
+    (synced, not_synced, path)
+}
+
 #[test]
 fn a_hole_in_the_middle_of_unsynced_data_is_cut_there() {
     run_local(|| async {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("t-0");
-        let config = LogConfig {
-            index_interval_bytes: 256,
-            ..LogConfig::default()
-        };
-        let log = PartitionLog::open(dir.clone(), config.clone(), 0)
-            .await
-            .expect("open");
+        let config = config_index_per_batch();
         // 5 durable batches (recovery point), then 10 that were never synced.
-        let durable = append_many(&log, 0, 5).await;
-        assert!(log.write_recovery_point().await.expect("recovery point"));
-        let unsynced = append_many(&log, 5, 10).await;
+        let (durable, unsynced, path) = log_with_recovery_point(&dir, 5, 10).await;
         let batch_len = unsynced[0].len() as u64;
-        drop(log);
 
         // Out-of-order writeback: batch 7 never reached the disk (zeros), 8.. and the index
         // entries pointing at them did.
-        let path = segment_logs(&dir).pop().expect("segment");
         let mut data = std::fs::read(&path).expect("read");
         let hole_at = (5 + 2) * batch_len as usize;
         data[hole_at..hole_at + batch_len as usize].fill(0);
@@ -638,17 +654,8 @@ fn damage_inside_the_durable_part_is_reported_not_cut() {
     run_local(|| async {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("t-0");
-        let config = LogConfig {
-            index_interval_bytes: 256,
-            ..LogConfig::default()
-        };
-        let log = PartitionLog::open(dir.clone(), config.clone(), 0)
-            .await
-            .expect("open");
-        let durable = append_many(&log, 0, 6).await;
-        assert!(log.write_recovery_point().await.expect("recovery point"));
-        drop(log);
-        let path = segment_logs(&dir).pop().expect("segment");
+        let config = config_index_per_batch();
+        let (durable, _, path) = log_with_recovery_point(&dir, 6, 0).await;
         let mut data = std::fs::read(&path).expect("read");
         // The last durable batch: where the scan of an unclean open starts.
         let at = 5 * durable[0].len() + 40;

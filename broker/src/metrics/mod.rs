@@ -204,11 +204,8 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         })
         .collect();
     let logs_sync_failed = shard
-        .logs
-        .all()
-        .into_iter()
-        .map(|(_, log)| log)
-        .chain(shard.groups.offsets_logs())
+        .all_logs()
+        .iter()
         .filter(|log| log.sync_failed())
         .count() as u64;
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

@@ -102,6 +102,13 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Every partition log this shard owns: topics' and the consumer-group offsets logs.
+    pub fn all_logs(&self) -> Vec<Rc<strom_storage::PartitionLog>> {
+        let mut logs: Vec<_> = self.logs.all().into_iter().map(|(_, log)| log).collect();
+        logs.extend(self.groups.offsets_logs());
+        logs
+    }
+
     /// Runs `op` on shard `to`: directly if that is this shard, else over the mesh.
     pub async fn call(self: &Rc<Self>, to: usize, op: ShardOp) -> ShardReply {
         self.call_timed(to, op).await.0
@@ -337,12 +344,7 @@ async fn maintain_logs(shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
     while !shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
         if now_ms() >= next_recovery_point {
-            let logs = shard
-                .logs
-                .all()
-                .into_iter()
-                .map(|(_, log)| log)
-                .chain(shard.groups.offsets_logs());
+            let logs = shard.all_logs();
             for log in logs {
                 if shutdown.load(Ordering::Relaxed) {
                     return;
@@ -367,12 +369,7 @@ async fn maintain_logs(shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
             next_retention = now_ms() + settings.retention_check_interval_ms as i64;
         }
         if settings.cleaner_enable && now_ms() >= next_clean {
-            let logs = shard
-                .logs
-                .all()
-                .into_iter()
-                .map(|(_, log)| log)
-                .chain(shard.groups.offsets_logs());
+            let logs = shard.all_logs();
             for log in logs {
                 if shutdown.load(Ordering::Relaxed) {
                     return;

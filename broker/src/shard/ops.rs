@@ -254,13 +254,18 @@ fn produce_error(e: &StorageError) -> (i16, String) {
 }
 
 fn fail(code: E, msg: impl Into<String>) -> ProduceResult {
+    refused(code.code(), msg.into(), Vec::new())
+}
+
+/// A produce answer that appended nothing: error `code`, and the indexes of the records at fault.
+fn refused(code: i16, msg: String, record_errors: Vec<i32>) -> ProduceResult {
     ProduceResult {
-        error: code.code(),
-        message: Some(msg.into()),
+        error: code,
+        message: Some(msg),
         base_offset: -1,
         log_append_time_ms: -1,
         log_start_offset: -1,
-        record_errors: Vec::new(),
+        record_errors,
     }
 }
 
@@ -288,14 +293,7 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
     if let Err(e) = strom_storage::validate_client_batch(&records) {
         tracing::debug!("rejected batch for {}-{}: {e}", p.topic, p.partition);
         let (code, msg) = produce_error(&StorageError::InvalidBatch(e));
-        return ProduceResult {
-            error: code,
-            message: Some(msg),
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: -1,
-            record_errors: Vec::new(),
-        };
+        return refused(code, msg, Vec::new());
     }
     if p.acks == -1 && config.min_insync_replicas > 1 {
         return fail(
@@ -325,14 +323,7 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
                 }
                 _ => Vec::new(),
             };
-            return ProduceResult {
-                error: code,
-                message: Some(msg),
-                base_offset: -1,
-                log_append_time_ms: -1,
-                log_start_offset: -1,
-                record_errors,
-            };
+            return refused(code, msg, record_errors);
         }
     };
     if !info.duplicate {

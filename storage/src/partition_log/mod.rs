@@ -18,15 +18,13 @@ use crate::checkpoint::{write_clean_shutdown, write_recovery_point, CleanShutdow
 use crate::config::{LogConfig, TimestampType};
 use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
-use crate::file_io::{remove_file, std_io_err, sync_dir, write_atomic};
+use crate::file_io::{remove_file, std_io_err, sync_dir};
 use crate::group_commit::GroupCommit;
 use crate::limits::{
     BATCH_BYTES_MAX, PRODUCER_IDS_MAX_DEFAULT, READ_WALK_CHUNK_BYTES_MAX, READ_WALK_SLACK_BYTES,
     RELATIVE_OFFSET_MAX,
 };
-use crate::producer_state::{
-    last_sequence, snapshot_name, BatchMeta, ProducerState, SequenceVerdict, SNAPSHOTS_KEPT,
-};
+use crate::producer_state::{last_sequence, BatchMeta, ProducerState, SequenceVerdict};
 use crate::recovery::open_log;
 use crate::segment::Segment;
 use crate::segment_reader::RangeRead;
@@ -464,25 +462,6 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Writes the producer-state snapshot at `offset` and removes older ones beyond the few
-    /// kept. A failure is logged, not returned: without the snapshot, reopening scans further.
-    async fn write_producer_snapshot(&self, offset: i64) {
-        if self.producers.borrow().is_empty() && list_snapshots(&self.dir).is_empty() {
-            return;
-        }
-        let bytes = self.producers.borrow().encode_snapshot(offset);
-        if let Err(e) = write_atomic(&self.dir, &snapshot_name(offset), &bytes).await {
-            tracing::warn!(dir = %self.dir.display(), offset, error = %e, "writing producer-state snapshot");
-            return;
-        }
-        let snapshots = list_snapshots(&self.dir);
-        for old in snapshots.iter().rev().skip(SNAPSHOTS_KEPT) {
-            if let Err(e) = remove_file(&self.dir.join(snapshot_name(*old))).await {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "removing old producer-state snapshot");
-            }
-        }
-    }
-
     /// Forgets idempotent producers whose last append is older than `max_age_ms`
     /// (`producer.id.expiration.ms`). Returns how many.
     pub fn expire_producers(&self, now_ms: i64, max_age_ms: i64) -> usize {
@@ -789,7 +768,7 @@ impl PartitionLog {
 
 mod durability;
 mod producer_recovery;
-use producer_recovery::{list_snapshots, load_producer_state};
+use producer_recovery::load_producer_state;
 
 mod retention;
 

@@ -1,15 +1,37 @@
-//! Rebuilding the idempotent producers' state when a log opens: the newest intact snapshot,
-//! then the batch headers after it.
+//! Persisting the idempotent producers' state: snapshots written at roll and close, and the
+//! rebuild when a log opens (the newest intact snapshot, then the batch headers after it).
 
 use std::path::Path;
 
+use super::PartitionLog;
 use crate::error::StorageError;
-use crate::file_io::remove_file;
+use crate::file_io::{remove_file, write_atomic};
 use crate::producer_state::{
-    last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState,
+    last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SNAPSHOTS_KEPT,
 };
 use crate::segment_reader::{BatchWalker, WalkStep};
 use crate::segment_set::SegmentSet;
+
+impl PartitionLog {
+    /// Writes the producer-state snapshot at `offset` and removes older ones beyond the few
+    /// kept. A failure is logged, not returned: without the snapshot, reopening scans further.
+    pub(super) async fn write_producer_snapshot(&self, offset: i64) {
+        if self.producers.borrow().is_empty() && list_snapshots(&self.dir).is_empty() {
+            return;
+        }
+        let bytes = self.producers.borrow().encode_snapshot(offset);
+        if let Err(e) = write_atomic(&self.dir, &snapshot_name(offset), &bytes).await {
+            tracing::warn!(dir = %self.dir.display(), offset, error = %e, "writing producer-state snapshot");
+            return;
+        }
+        let snapshots = list_snapshots(&self.dir);
+        for old in snapshots.iter().rev().skip(SNAPSHOTS_KEPT) {
+            if let Err(e) = remove_file(&self.dir.join(snapshot_name(*old))).await {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "removing old producer-state snapshot");
+            }
+        }
+    }
+}
 
 /// Offsets of the producer-state snapshots in `dir`, ascending.
 pub(super) fn list_snapshots(dir: &Path) -> Vec<i64> {
