@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod clock;
 mod config;
 mod data_dir;
 mod group;
@@ -32,13 +33,6 @@ use metadata::ClusterMeta;
 use shard::mesh::MESH_CHANNEL_CAPACITY;
 use shard::table::ShardTable;
 use shard::ShardContext;
-
-/// Wall-clock milliseconds since the Unix epoch (record timestamps, segment age).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// What `strom serve` (and `strom` without a subcommand) takes on its command line.
 #[derive(clap::Args, Debug, Default, Clone)]

@@ -10,24 +10,17 @@
 //!     +-----------------+ (last member gone)
 //! ```
 //!
-//! Deadlines use a monotonic millisecond clock ([`mono_ms`]); commit and state timestamps that
+//! Deadlines use a monotonic millisecond clock ([`crate::clock::mono_ms`]); commit and state timestamps that
 //! are stored use the wall clock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError as E;
 
 use super::store::{GroupRecord, MemberRecord};
-
-/// Milliseconds on a monotonic clock (since first use).
-pub fn mono_ms() -> i64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as i64
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {

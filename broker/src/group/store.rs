@@ -44,7 +44,7 @@ use strom_storage::{
 
 use super::state::Committed;
 use super::GroupCoordinator;
-use crate::now_ms;
+use crate::clock::now_ms;
 
 /// (key, value, timestamp ms) of one record of a batch the broker writes.
 type BatchRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);

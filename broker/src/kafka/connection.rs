@@ -38,7 +38,7 @@ use super::api;
 use super::handlers::{self, Outcome};
 use crate::limits::REQUEST_BODY_STALL_MS_MAX;
 use crate::metrics::stages::RequestTrace;
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
 /// A connection moving to another shard: the socket, the bytes read from it and not yet

@@ -17,7 +17,7 @@ use super::model::{ClusterMeta, MetadataSnapshot, TopicRecord};
 use super::producer_ids::{ProducerIdError, ProducerIds};
 use super::store;
 use crate::group::GroupOp;
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::shard::{Shard, ShardOp, ShardReply};
 use crate::topic_config;
 

@@ -30,7 +30,7 @@ use crate::metadata::controller::Controller;
 use crate::metadata::producer_ids::ProducerIds;
 use crate::metadata::ClusterMeta;
 use crate::metrics::stages::OwnerTimes;
-use crate::now_ms;
+use crate::clock::now_ms;
 use mesh::{Mesh, ShardMsg};
 pub use ops::{ShardOp, ShardReply};
 use table::ShardTable;

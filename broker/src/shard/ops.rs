@@ -16,7 +16,7 @@ use strom_storage::{
 use super::Shard;
 use crate::group::{GroupOp, GroupReply};
 use crate::metadata::controller::{ControllerOp, ControllerReply};
-use crate::now_ms;
+use crate::clock::now_ms;
 
 pub struct ProducePart {
     pub topic: Arc<str>,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use crate::now_ms;
+use crate::clock::now_ms;
 
 /// A tick late by this many periods counts as a stall.
 const STALL_TICKS: i64 = 3;

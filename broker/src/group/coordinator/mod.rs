@@ -16,11 +16,11 @@ use futures::channel::oneshot;
 use kafka_protocol::ResponseError as E;
 
 use super::input;
-use super::state::{mono_ms, Committed, Group, GroupState, JoinResult, Member, SyncResult};
+use super::state::{Committed, Group, GroupState, JoinResult, Member, SyncResult};
 use super::store::{self, LogRecord, OffsetsStore, StoreError};
 use crate::config::GroupSettings;
 use crate::metadata::ClusterMeta;
-use crate::now_ms;
+use crate::clock::{mono_ms, now_ms};
 
 mod offsets;
 
