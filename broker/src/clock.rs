@@ -110,7 +110,10 @@ mod tests {
         clock.advance(250);
         assert_eq!((now_ms(), mono_ms()), (1_250, 250));
         let other = std::thread::spawn(now_ms).join().unwrap();
-        assert!(other > 1_600_000_000_000, "other threads keep the system clock");
+        assert!(
+            other > 1_600_000_000_000,
+            "other threads keep the system clock"
+        );
         install(None);
         assert!(now_ms() > 1_600_000_000_000);
     }

@@ -16,7 +16,8 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::metrics::{self, ProcessInfo};
+use crate::metrics;
+use crate::shard::stats;
 use crate::shard::Shard;
 use http::HeadError;
 
@@ -152,19 +153,19 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str) -> Vec<u8> {
     if method != "GET" {
         return http::response(405, "text/plain", b"method not allowed\n", Some("GET"));
     }
-    let process = ProcessInfo::of(shard);
+    let process = stats::process_info(shard);
     match path {
         "/v1/health" => http::response(200, JSON, br#"{"status":"ok"}"#, None),
         "/v1/ready" if process.ready() => http::response(200, JSON, br#"{"ready":true}"#, None),
         "/v1/ready" => http::response(503, JSON, br#"{"ready":false}"#, None),
         "/v1/status" => {
-            let snaps = metrics::collect(shard).await;
+            let snaps = stats::collect(shard).await;
             let body = metrics::status_json(&process, &shard.meta(), &snaps).to_string();
             http::response(200, JSON, body.as_bytes(), None)
         }
         _ => {
-            let snaps = metrics::collect(shard).await;
-            let body = metrics::render(&ProcessInfo::of(shard), &snaps);
+            let snaps = stats::collect(shard).await;
+            let body = metrics::render(&stats::process_info(shard), &snaps);
             http::response(200, "text/plain; version=0.0.4", body.as_bytes(), None)
         }
     }

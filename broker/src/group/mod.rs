@@ -10,16 +10,13 @@ pub mod input;
 pub mod state;
 pub mod store;
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 pub use coordinator::GroupCoordinator;
-use coordinator::{
+pub use coordinator::{
     CommitParams, DescribedGroup, FetchedOffset, JoinParams, ListedGroup, SyncParams,
 };
 use state::{JoinResult, SyncResult};
-
-use crate::shard::Shard;
 
 pub enum GroupOp {
     Join(JoinParams),
@@ -80,49 +77,4 @@ pub fn owned_partitions(partitions: u32, shard: usize, shards: usize) -> Vec<u32
 /// The shard that coordinates `group_id`.
 pub fn owner(group_id: &str, partitions: u32, shards: usize) -> usize {
     store::partition_of(group_id, partitions) as usize % shards
-}
-
-pub async fn execute(shard: &Rc<Shard>, op: GroupOp) -> GroupReply {
-    let c = &shard.groups;
-    match op {
-        GroupOp::Join(p) => GroupReply::Join(c.join(p).await),
-        GroupOp::Sync(p) => GroupReply::Sync(c.sync(p).await),
-        GroupOp::Heartbeat {
-            group_id,
-            generation,
-            member_id,
-            instance_id,
-        } => {
-            GroupReply::Code(c.heartbeat(&group_id, generation, &member_id, instance_id.as_deref()))
-        }
-        GroupOp::Leave { group_id, members } => GroupReply::Codes(c.leave(&group_id, &members)),
-        GroupOp::Commit(p) => GroupReply::Codes(c.commit(p, &shard.meta()).await),
-        GroupOp::FetchOffsets { group_id, topics } => {
-            GroupReply::Offsets(c.fetch_offsets(&group_id, topics.as_deref()))
-        }
-        GroupOp::DeleteOffsets {
-            group_id,
-            partitions,
-        } => {
-            let (code, codes) = c
-                .delete_offsets(&group_id, &partitions, &shard.meta())
-                .await;
-            GroupReply::OffsetDelete(code, codes)
-        }
-        GroupOp::List { states, types } => GroupReply::List(c.list(&states, &types)),
-        GroupOp::Describe { group_ids } => {
-            GroupReply::Describe(group_ids.iter().map(|g| c.describe(g)).collect())
-        }
-        GroupOp::Delete { group_ids } => {
-            let mut codes = Vec::with_capacity(group_ids.len());
-            for g in &group_ids {
-                codes.push(c.delete_group(g).await);
-            }
-            GroupReply::Codes(codes)
-        }
-        GroupOp::TopicsDeleted { topics } => {
-            c.topics_deleted(&topics).await;
-            GroupReply::Done
-        }
-    }
 }

@@ -36,9 +36,9 @@ use strom_net::{ConnectionSlot, FrameReader, OutChunk, ResponseSender};
 use super::affinity::Affinity;
 use super::api;
 use super::handlers::{self, Outcome};
+use crate::clock::now_ms;
 use crate::limits::REQUEST_BODY_STALL_MS_MAX;
 use crate::metrics::stages::RequestTrace;
-use crate::clock::now_ms;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
 /// A connection moving to another shard: the socket, the bytes read from it and not yet
@@ -56,7 +56,7 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
 }
 
 /// Serves a connection another shard handed over.
-pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
+fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     let Handoff {
         fd,
         buffered,
@@ -83,7 +83,10 @@ fn spawn_served(
         open.set(open.get() - 1);
         if let Some((to, handoff)) = moving {
             match shard
-                .call(to, ShardOp::AdoptConnection(Box::new(handoff)))
+                .call(
+                    to,
+                    ShardOp::AdoptConnection(Box::new(move |shard| adopt(shard, handoff))),
+                )
                 .await
             {
                 ShardReply::Done(Ok(())) => {

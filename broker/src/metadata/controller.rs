@@ -3,29 +3,84 @@
 //! Every topic change is validated, persisted (`store::save`), carried out on the owning shards
 //! (open or remove partition logs) and then published as a new `ClusterMeta`. Changes are
 //! serialized by one permit, so two CreateTopics for the same name cannot both succeed.
+//! A change whose log opens fail on some shard is undone: the logs it opened are removed and
+//! the previous metadata is persisted again, so no topic stays half-created.
 //! The controller also hands out producer ids (`producer_ids`), outside that permit.
+//!
+//! It reaches the shards that own partitions only through [`LogOwners`] (the shard router
+//! implements it; the tests below use a fake), and knows nothing else about shards.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use glommio::sync::Semaphore;
 use kafka_protocol::ResponseError as E;
+use strom_storage::{LogConfig, StorageError};
 
 use super::model::{ClusterMeta, MetadataSnapshot, TopicRecord};
 use super::producer_ids::{ProducerIdError, ProducerIds};
 use super::store;
-use crate::group::GroupOp;
+use super::table::ShardTable;
 use crate::clock::now_ms;
-use crate::shard::{Shard, ShardOp, ShardReply};
-use crate::topic_config;
+use crate::config::topic::{self as topic_config, TopicDefaults};
+use crate::config::ControllerStep;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Partitions one topic may have (bounds metadata and per-request work).
 pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 
+/// How the controller reaches the shards that own partitions.
+pub trait LogOwners {
+    /// Opens partitions of `topic` on shard `owner`, creating them if they do not exist
+    /// (`fresh`: a new topic or partition, so a directory left by a deleted topic of the same
+    /// name is removed first).
+    fn open_logs(
+        &self,
+        owner: usize,
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+        config: LogConfig,
+        fresh: bool,
+    ) -> impl Future<Output = Result<(), StorageError>>;
+    /// Closes partitions of `topic` on shard `owner` and deletes their directories.
+    fn remove_logs(
+        &self,
+        owner: usize,
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+    ) -> impl Future<Output = Result<(), StorageError>>;
+    /// Gives every open partition of `topic` on shard `owner` a new configuration.
+    fn update_log_config(
+        &self,
+        owner: usize,
+        topic: Arc<str>,
+        config: LogConfig,
+    ) -> impl Future<Output = ()>;
+    /// Tells the group coordinators of every shard that `topics` were deleted.
+    fn topics_deleted(&self, topics: Vec<Arc<str>>) -> impl Future<Output = ()>;
+}
+
+/// What the controller works with besides the shards: where metadata is persisted, how
+/// partitions are placed, and the published view it replaces with every change.
+pub struct ControllerContext {
+    /// The data directory (metadata lives in its `__strom_meta`).
+    pub data_dir: PathBuf,
+    /// Topic settings that apply where a topic has no override.
+    pub topic_defaults: TopicDefaults,
+    /// `test.fault.controller.abort.at`.
+    pub abort_at: Option<ControllerStep>,
+    /// Which shard owns a partition.
+    pub table: ShardTable,
+    /// The metadata every shard reads.
+    pub meta: Arc<ArcSwap<ClusterMeta>>,
+}
+
+/// A refused or failed controller operation, with the Kafka error code the client gets.
 #[derive(Debug, Clone)]
 pub struct ControllerError {
     pub code: i16,
@@ -112,33 +167,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Steps of a topic deletion after which `test.fault.controller.abort.at` aborts the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControllerStep {
-    /// The topic is listed in `__strom_meta/deleting`; the snapshot still has it.
-    DeletingRecorded,
-    /// The snapshot without the topic is durable; its partition directories still exist.
-    SnapshotSaved,
-}
-
-impl ControllerStep {
-    pub fn parse(name: &str) -> Option<ControllerStep> {
-        match name {
-            "deleting-recorded" => Some(ControllerStep::DeletingRecorded),
-            "snapshot-saved" => Some(ControllerStep::SnapshotSaved),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ControllerStep::DeletingRecorded => "deleting-recorded",
-            ControllerStep::SnapshotSaved => "snapshot-saved",
-        }
-    }
-}
-
+/// The single writer of cluster metadata (one per broker, on shard 0).
 pub struct Controller {
+    ctx: ControllerContext,
     lock: Semaphore,
     snapshot: RefCell<Option<MetadataSnapshot>>,
     producer_ids: ProducerIds,
@@ -148,8 +179,10 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(producer_ids: ProducerIds) -> Controller {
+    /// A controller that persists into `ctx.data_dir` and publishes into `ctx.meta`.
+    pub fn new(ctx: ControllerContext, producer_ids: ProducerIds) -> Controller {
         Controller {
+            ctx,
             lock: Semaphore::new(1),
             snapshot: RefCell::new(None),
             producer_ids,
@@ -158,9 +191,9 @@ impl Controller {
     }
 
     /// Persists the list of topics being deleted.
-    async fn save_deleting(&self, shard: &Shard) -> Result<(), ControllerError> {
+    async fn save_deleting(&self) -> Result<(), ControllerError> {
         let topics = self.deleting.borrow().clone();
-        store::save_deleting(&shard.config.data_dir, &topics)
+        store::save_deleting(&self.ctx.data_dir, &topics)
             .await
             .map_err(|e| {
                 err(
@@ -170,8 +203,8 @@ impl Controller {
             })
     }
 
-    fn fault(shard: &Shard, step: ControllerStep) {
-        if shard.config.faults.controller_abort_at == Some(step) {
+    fn fault(&self, step: ControllerStep) {
+        if self.ctx.abort_at == Some(step) {
             tracing::error!(
                 "test.fault.controller.abort.at={}: aborting on purpose",
                 step.name()
@@ -180,7 +213,8 @@ impl Controller {
         }
     }
 
-    pub async fn apply(&self, shard: &Rc<Shard>, op: ControllerOp) -> ControllerReply {
+    /// Carries out `op`, reaching partition owners through `owners`.
+    pub async fn apply(&self, owners: &impl LogOwners, op: ControllerOp) -> ControllerReply {
         match op {
             // Producer ids have their own persistence and do not wait for metadata changes.
             ControllerOp::InitProducerId { current } => {
@@ -196,7 +230,7 @@ impl Controller {
                 }
             }
             op => self
-                .change_metadata(shard, op)
+                .change_metadata(owners, op)
                 .await
                 .map(|()| ControllerOutput::Done),
         }
@@ -204,7 +238,7 @@ impl Controller {
 
     async fn change_metadata(
         &self,
-        shard: &Rc<Shard>,
+        owners: &impl LogOwners,
         op: ControllerOp,
     ) -> Result<(), ControllerError> {
         let _permit = self
@@ -212,11 +246,11 @@ impl Controller {
             .acquire_permit(1)
             .await
             .map_err(|e| err(E::UnknownServerError, e.to_string()))?;
-        let current = self.current(shard);
+        let current = self.current();
         let mut next = current.clone();
         next.version += 1;
         // Log work to do on owners once the new snapshot is durable.
-        let mut after: Vec<(usize, ShardOp)> = Vec::new();
+        let mut after: Vec<(usize, LogWork)> = Vec::new();
         match op {
             ControllerOp::CreateTopic {
                 name,
@@ -244,7 +278,7 @@ impl Controller {
                     return Ok(());
                 }
                 let shards: Vec<u32> = (0..partitions)
-                    .map(|p| shard.table.assign(&name, p))
+                    .map(|p| self.ctx.table.assign(&name, p))
                     .collect();
                 let id: [u8; 16] = rand::random();
                 let record = TopicRecord {
@@ -254,7 +288,7 @@ impl Controller {
                     partition_epochs: vec![0; partitions as usize],
                     overrides,
                 };
-                after.extend(open_ops(shard, &record, 0, true));
+                after.extend(self.open_work(&record, 0));
                 next.topics.push(record);
             }
             ControllerOp::DeleteTopic { name } => {
@@ -269,14 +303,14 @@ impl Controller {
                 let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
                 for (p, &s) in record.partition_shards.iter().enumerate() {
                     by_shard
-                        .entry(shard.table.effective(s))
+                        .entry(self.ctx.table.effective(s))
                         .or_default()
                         .push(p as i32);
                 }
                 for (s, partitions) in by_shard {
                     after.push((
                         s,
-                        ShardOp::RemoveLogs {
+                        LogWork::Remove {
                             topic: topic.clone(),
                             partitions,
                         },
@@ -308,10 +342,10 @@ impl Controller {
                     return Ok(());
                 }
                 for p in have..count {
-                    t.partition_shards.push(shard.table.assign(&t.name, p));
+                    t.partition_shards.push(self.ctx.table.assign(&t.name, p));
                     t.partition_epochs.push(0);
                 }
-                after.extend(open_ops(shard, t, have as usize, true));
+                after.extend(self.open_work(t, have as usize));
             }
             ControllerOp::AlterConfigs {
                 name,
@@ -331,7 +365,7 @@ impl Controller {
                     t.overrides.clone()
                 };
                 for (key, kind, value) in ops {
-                    apply_config_op(&mut overrides, &key, kind, value, shard)?;
+                    apply_config_op(&mut overrides, &key, kind, value, &self.ctx.topic_defaults)?;
                 }
                 for (k, v) in &overrides {
                     topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
@@ -340,21 +374,17 @@ impl Controller {
                     return Ok(());
                 }
                 t.overrides = overrides;
-                let config = shard
-                    .config
-                    .topic_defaults
-                    .resolve(&t.overrides)
-                    .log_config();
+                let config = self.ctx.topic_defaults.resolve(&t.overrides).log_config();
                 let topic: Arc<str> = Arc::from(t.name.as_str());
                 let owners: std::collections::BTreeSet<usize> = t
                     .partition_shards
                     .iter()
-                    .map(|&s| shard.table.effective(s))
+                    .map(|&s| self.ctx.table.effective(s))
                     .collect();
                 for s in owners {
                     after.push((
                         s,
-                        ShardOp::UpdateLogConfig {
+                        LogWork::UpdateConfig {
                             topic: topic.clone(),
                             config: config.clone(),
                         },
@@ -372,86 +402,154 @@ impl Controller {
         // check can tell the directories it leaves from data whose metadata was lost.
         let deleting: Vec<String> = after
             .iter()
-            .filter_map(|(_, op)| match op {
-                ShardOp::RemoveLogs { topic, .. } => Some(topic.to_string()),
+            .filter_map(|(_, work)| match work {
+                LogWork::Remove { topic, .. } => Some(topic.to_string()),
                 _ => None,
             })
             .filter(|t| !self.deleting.borrow().contains(t))
             .collect();
         if !deleting.is_empty() {
             self.deleting.borrow_mut().extend(deleting.iter().cloned());
-            if let Err(e) = self.save_deleting(shard).await {
+            if let Err(e) = self.save_deleting().await {
                 self.deleting.borrow_mut().retain(|t| !deleting.contains(t));
                 return Err(e);
             }
-            Self::fault(shard, ControllerStep::DeletingRecorded);
+            self.fault(ControllerStep::DeletingRecorded);
         }
-        store::save(&shard.config.data_dir, &next)
+        store::save(&self.ctx.data_dir, &next)
             .await
             .map_err(|e| err(E::KafkaStorageError, format!("persisting metadata: {e}")))?;
         if !deleting.is_empty() {
-            Self::fault(shard, ControllerStep::SnapshotSaved);
+            self.fault(ControllerStep::SnapshotSaved);
         }
         // Opening logs must happen before the topic is published; removal after.
-        let (opens, removes): (Vec<_>, Vec<_>) = after
+        let (opens, rest): (Vec<_>, Vec<_>) = after
             .into_iter()
-            .partition(|(_, op)| !matches!(op, ShardOp::RemoveLogs { .. }));
-        let mut failure = None;
-        for r in futures::future::join_all(opens.into_iter().map(|(s, op)| shard.call(s, op))).await
-        {
-            if let ShardReply::Done(Err(e)) = r {
-                failure = Some(e);
+            .partition(|(_, work)| matches!(work, LogWork::Open { .. }));
+        let opened = futures::future::join_all(opens.iter().map(|(s, work)| match work {
+            LogWork::Open {
+                topic,
+                partitions,
+                config,
+            } => owners.open_logs(*s, topic.clone(), partitions.clone(), config.clone(), true),
+            _ => unreachable!("partitioned above"),
+        }))
+        .await;
+        if let Some(e) = opened.iter().find_map(|r| r.as_ref().err()) {
+            let message = format!("opening the new partitions: {e}");
+            self.undo_opens(owners, &opens, &current).await;
+            return Err(err(E::KafkaStorageError, message));
+        }
+        for (s, work) in rest.iter() {
+            if let LogWork::UpdateConfig { topic, config } = work {
+                owners
+                    .update_log_config(*s, topic.clone(), config.clone())
+                    .await;
             }
         }
-        shard.meta.store(Arc::new(ClusterMeta::from_snapshot(
-            &next,
-            &shard.table,
-            &shard.config.topic_defaults,
-        )));
-        *self.snapshot.borrow_mut() = Some(next);
-        let mut deleted: Vec<Arc<str>> = removes
-            .iter()
-            .filter_map(|(_, op)| match op {
-                ShardOp::RemoveLogs { topic, .. } => Some(topic.clone()),
-                _ => None,
-            })
-            .filter(|t| shard.meta().topic(t).is_none())
-            .collect();
-        deleted.dedup();
-        let removed =
-            futures::future::join_all(removes.into_iter().map(|(s, op)| shard.call(s, op))).await;
-        if !deleting.is_empty()
-            && removed
-                .iter()
-                .all(|r| matches!(r, ShardReply::Done(Ok(()))))
-        {
+        self.publish(next);
+        let meta = self.ctx.meta.load();
+        let mut deleted: Vec<Arc<str>> = Vec::new();
+        let mut removed_all = true;
+        for (s, work) in rest {
+            if let LogWork::Remove { topic, partitions } = work {
+                if meta.topic(&topic).is_none() && !deleted.contains(&topic) {
+                    deleted.push(topic.clone());
+                }
+                removed_all &= owners.remove_logs(s, topic, partitions).await.is_ok();
+            }
+        }
+        if !deleting.is_empty() && removed_all {
             // Every directory is gone: the entries are no longer needed. If this write fails
             // they stay, which is harmless (startup removes nothing the metadata lists).
             self.deleting.borrow_mut().retain(|t| !deleting.contains(t));
-            if let Err(e) = self.save_deleting(shard).await {
+            if let Err(e) = self.save_deleting().await {
                 tracing::warn!("{}", e.message);
             }
         }
         if !deleted.is_empty() {
             // Committed offsets of a deleted topic go with it.
-            shard
-                .group_call_all(|| GroupOp::TopicsDeleted {
-                    topics: deleted.clone(),
-                })
-                .await;
+            owners.topics_deleted(deleted).await;
         }
-        match failure {
-            Some(e) => Err(err(E::KafkaStorageError, e)),
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Undoes a change whose log opens failed on some shard: removes the logs it opened and
+    /// persists `previous` again (with a newer version), so the change is gone after a restart
+    /// too. If that write fails, the persisted metadata keeps the change and the next start opens
+    /// its logs: the topic is then complete, never half-created.
+    async fn undo_opens(
+        &self,
+        owners: &impl LogOwners,
+        opens: &[(usize, LogWork)],
+        previous: &MetadataSnapshot,
+    ) {
+        for (s, work) in opens {
+            if let LogWork::Open {
+                topic, partitions, ..
+            } = work
+            {
+                if let Err(e) = owners
+                    .remove_logs(*s, topic.clone(), partitions.clone())
+                    .await
+                {
+                    tracing::warn!("undoing the creation of {topic} on shard {s}: {e}");
+                }
+            }
+        }
+        let mut restored = previous.clone();
+        restored.version += 2;
+        match store::save(&self.ctx.data_dir, &restored).await {
+            Ok(()) => *self.snapshot.borrow_mut() = Some(restored),
+            Err(e) => tracing::error!(
+                "persisting the metadata without a change that failed: {e}; \
+                 the change is kept and completed at the next start"
+            ),
         }
     }
 
-    fn current(&self, shard: &Shard) -> MetadataSnapshot {
+    /// Makes `next` the metadata every shard reads.
+    fn publish(&self, next: MetadataSnapshot) {
+        self.ctx.meta.store(Arc::new(ClusterMeta::from_snapshot(
+            &next,
+            &self.ctx.table,
+            &self.ctx.topic_defaults,
+        )));
+        *self.snapshot.borrow_mut() = Some(next);
+    }
+
+    /// The log work that opens partitions `from..` of `t`, grouped by owner.
+    fn open_work(&self, t: &TopicRecord, from: usize) -> Vec<(usize, LogWork)> {
+        let config = self.ctx.topic_defaults.resolve(&t.overrides).log_config();
+        let topic: Arc<str> = Arc::from(t.name.as_str());
+        let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+        for (p, &s) in t.partition_shards.iter().enumerate().skip(from) {
+            by_shard
+                .entry(self.ctx.table.effective(s))
+                .or_default()
+                .push(p as i32);
+        }
+        by_shard
+            .into_iter()
+            .map(|(s, partitions)| {
+                (
+                    s,
+                    LogWork::Open {
+                        topic: topic.clone(),
+                        partitions,
+                        config: config.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn current(&self) -> MetadataSnapshot {
         if let Some(s) = self.snapshot.borrow().as_ref() {
             return s.clone();
         }
         // First change since start: rebuild the persisted form from the published view.
-        let meta = shard.meta();
+        let meta = self.ctx.meta.load_full();
         MetadataSnapshot {
             version: meta.version,
             topics: meta
@@ -469,34 +567,21 @@ impl Controller {
     }
 }
 
-fn open_ops(shard: &Shard, t: &TopicRecord, from: usize, fresh: bool) -> Vec<(usize, ShardOp)> {
-    let config = shard
-        .config
-        .topic_defaults
-        .resolve(&t.overrides)
-        .log_config();
-    let topic: Arc<str> = Arc::from(t.name.as_str());
-    let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
-    for (p, &s) in t.partition_shards.iter().enumerate().skip(from) {
-        by_shard
-            .entry(shard.table.effective(s))
-            .or_default()
-            .push(p as i32);
-    }
-    by_shard
-        .into_iter()
-        .map(|(s, partitions)| {
-            (
-                s,
-                ShardOp::OpenLogs {
-                    topic: topic.clone(),
-                    partitions,
-                    config: config.clone(),
-                    fresh,
-                },
-            )
-        })
-        .collect()
+/// Work on a partition owner that a metadata change needs.
+enum LogWork {
+    Open {
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+        config: LogConfig,
+    },
+    Remove {
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+    },
+    UpdateConfig {
+        topic: Arc<str>,
+        config: LogConfig,
+    },
 }
 
 fn apply_config_op(
@@ -504,7 +589,7 @@ fn apply_config_op(
     key: &str,
     kind: ConfigOpKind,
     value: Option<String>,
-    shard: &Shard,
+    defaults: &TopicDefaults,
 ) -> Result<(), ControllerError> {
     match kind {
         ConfigOpKind::Set => {
@@ -530,13 +615,10 @@ fn apply_config_op(
                     format!("{key} is not a list; APPEND/SUBTRACT apply to list configs only"),
                 ));
             }
-            let current = overrides.get(key).cloned().unwrap_or_else(|| {
-                shard
-                    .config
-                    .topic_defaults
-                    .resolve(&BTreeMap::new())
-                    .cleanup_policy
-            });
+            let current = overrides
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| defaults.resolve(&BTreeMap::new()).cleanup_policy);
             let mut items: Vec<String> = current
                 .split(',')
                 .map(|s| s.trim().to_string())

@@ -6,8 +6,10 @@
 //! without locks (`ArcSwap`).
 
 pub mod controller;
+pub mod dirs;
 pub mod model;
 pub mod producer_ids;
 pub mod store;
+pub mod table;
 
 pub use model::{ClusterMeta, TopicMeta};

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::shard::table::ShardTable;
-use crate::topic_config::{TopicConfig, TopicDefaults};
+use super::table::ShardTable;
+use crate::config::topic::{TopicConfig, TopicDefaults};
 
 /// Persisted form of one topic (rkyv-archived inside the metadata snapshot).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq)]

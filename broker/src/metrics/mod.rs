@@ -1,22 +1,19 @@
 //! Broker metrics: counters and histograms kept per shard in plain `Cell`/`RefCell`s (each shard
 //! is one thread, so the request path pays no atomics and no locks), copied out as a
 //! [`Snapshot`] when scraped. Shard 0 asks every shard for its snapshot with
-//! `ShardOp::Metrics`, merges them and renders the Prometheus text format ([`render`]).
+//! `ShardOp::Metrics` (`shard::stats`), merges them and renders the Prometheus text format ([`render`]).
 
 mod render;
 pub mod stages;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
 use strom_storage::metrics::LatencyHistogram;
 
-use crate::shard::{Shard, ShardOp, ShardReply};
 pub use render::{render, status_json};
 use stages::{RequestTrace, StageHistograms};
 
@@ -43,8 +40,6 @@ pub struct ShardMetrics {
     topics: RefCell<HashMap<Arc<str>, TopicBytes>>,
     /// Kafka requests being handled on this shard.
     pub requests_inflight: Cell<u64>,
-    /// Operations other shards sent here that are being executed.
-    pub mesh_ops_inflight: Cell<u64>,
     /// Client connections open on this shard.
     pub connections_open: Cell<u64>,
     /// Long-poll waits (Fetch below `min_bytes`) parked on this shard's partitions.
@@ -114,6 +109,39 @@ impl ShardMetrics {
     fn retain_topics(&self, live: impl Fn(&str) -> bool) {
         self.topics.borrow_mut().retain(|t, _| live(t));
     }
+
+    /// Copies the counters out for a scrape: per API, per topic (topics for which `live` is
+    /// false are forgotten first) and the request stages.
+    pub fn counters(&self, live: impl Fn(&str) -> bool) -> Counters {
+        self.retain_topics(live);
+        Counters {
+            requests: self
+                .requests
+                .borrow()
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.requests > 0)
+                .map(|(k, s)| (k as i16, s.clone()))
+                .collect(),
+            topic_bytes: self
+                .topics
+                .borrow()
+                .iter()
+                .map(|(t, b)| (t.clone(), *b))
+                .collect(),
+            stages: self.stages.borrow().clone(),
+        }
+    }
+}
+
+/// The counters of [`ShardMetrics`], copied out.
+pub struct Counters {
+    /// (API key, its counters), APIs with at least one request.
+    pub requests: Vec<(i16, ApiStats)>,
+    /// Bytes in and out per topic.
+    pub topic_bytes: Vec<(Arc<str>, TopicBytes)>,
+    /// Where requests spent their time.
+    pub stages: StageHistograms,
 }
 
 /// Gauges of one partition log.
@@ -171,96 +199,6 @@ pub struct Snapshot {
     pub stages: StageHistograms,
 }
 
-/// This shard's snapshot (runs on the shard).
-pub fn snapshot(shard: &Shard) -> Snapshot {
-    let meta = shard.meta();
-    let m = &shard.metrics;
-    m.retain_topics(|t| meta.topic(t).is_some());
-    let requests = m
-        .requests
-        .borrow()
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.requests > 0)
-        .map(|(k, s)| (k as i16, s.clone()))
-        .collect();
-    let topic_bytes = m
-        .topics
-        .borrow()
-        .iter()
-        .map(|(t, b)| (t.clone(), *b))
-        .collect();
-    let mut partitions: Vec<PartitionGauges> = crate::shard::ops::user_partition_logs(shard)
-        .into_iter()
-        .map(|(topic, partition, log)| PartitionGauges {
-            topic,
-            partition,
-            log_start_offset: log.log_start_offset().0,
-            high_watermark: log.high_watermark().0,
-            log_end_offset: log.log_end_offset().0,
-            durable_end_offset: log.durable_end_offset().0,
-            sync_failed: log.sync_failed(),
-            size_bytes: log.size_bytes(),
-        })
-        .collect();
-    let logs_sync_failed = shard
-        .all_logs()
-        .iter()
-        .filter(|log| log.sync_failed())
-        .count() as u64;
-    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let (mesh_outbox_full, mesh_cancelled) = shard.mesh_counts();
-    let queue_depth =
-        m.requests_inflight.get() + m.mesh_ops_inflight.get() + shard.mesh_queued() as u64;
-    Snapshot {
-        shard: shard.id,
-        requests,
-        topic_bytes,
-        partitions,
-        queue_depth,
-        cross_shard_messages: shard.stats.cross_shard_sent.get(),
-        cross_shard_channel_full: shard.stats.cross_shard_channel_full.get(),
-        connections_open: m.connections_open.get(),
-        connections_accepted: shard.stats.connections.get(),
-        connections_refused: shard.stats.connections_refused.get(),
-        connections_idle_closed: shard.stats.connections_idle_closed.get(),
-        connections_migrated: shard.stats.connections_migrated.get(),
-        request_bytes_inflight: shard.request_budget.in_use() as u64,
-        request_bytes_budget: shard.request_budget.capacity() as u64,
-        request_budget_waits: shard.request_budget.waits_total(),
-        fetch_waits: m.fetch_waits.get(),
-        mesh_outbox_full,
-        mesh_cancelled,
-        committed: shard.groups.committed_offsets(),
-        fsync: strom_storage::metrics::fsync_latency_snapshot(),
-        sync_failures: strom_storage::metrics::sync_failures(),
-        logs_sync_failed,
-        stages: m.stages.borrow().clone(),
-    }
-}
-
-/// True once every shard has finished recovery.
-pub fn ready(shard: &Shard) -> bool {
-    shard.recovered_shards.load(Ordering::Acquire) >= shard.table.shards()
-}
-
-/// Snapshots of every shard once all are ready; before that only this shard's, without waiting
-/// on shards that are still recovering.
-pub async fn collect(shard: &Rc<Shard>) -> Vec<Snapshot> {
-    if !ready(shard) {
-        return vec![snapshot(shard)];
-    }
-    let calls = (0..shard.table.shards()).map(|s| shard.call(s, ShardOp::Metrics));
-    futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .filter_map(|r| match r {
-            ShardReply::Metrics(s) => Some(*s),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Process-wide values rendered alongside the shard snapshots.
 pub struct ProcessInfo {
     pub version: &'static str,
@@ -271,19 +209,6 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
-    pub fn of(shard: &Shard) -> ProcessInfo {
-        ProcessInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            node_id: shard.config.node_id,
-            shards: shard.table.shards(),
-            shards_recovered: shard
-                .recovered_shards
-                .load(Ordering::Acquire)
-                .min(shard.table.shards()),
-            uptime_seconds: shard.started.elapsed().as_secs_f64(),
-        }
-    }
-
     pub fn ready(&self) -> bool {
         self.shards_recovered >= self.shards
     }

@@ -14,9 +14,10 @@ use strom_storage::{
 };
 
 use super::Shard;
-use crate::group::{GroupOp, GroupReply};
-use crate::metadata::controller::{ControllerOp, ControllerReply};
 use crate::clock::now_ms;
+use crate::group::{GroupOp, GroupReply};
+use crate::metadata::controller::LogOwners;
+use crate::metadata::controller::{ControllerOp, ControllerReply};
 
 pub struct ProducePart {
     pub topic: Arc<str>,
@@ -106,7 +107,8 @@ pub enum ShardOp {
     /// This shard's metrics snapshot (for the admin server on shard 0).
     Metrics,
     /// Serve this client connection from now on (it moves to the shard its partitions live on).
-    AdoptConnection(Box<crate::kafka::connection::Handoff>),
+    /// The closure takes the connection over; the shard does not need to know what it holds.
+    AdoptConnection(Box<dyn FnOnce(&Rc<Shard>) + Send>),
 }
 
 pub enum ShardReply {
@@ -118,7 +120,7 @@ pub enum ShardReply {
     DeleteRecords(Vec<(i16, i64)>),
     /// (topic, partition, bytes of its segment files), user topics only.
     LogDirSizes(Vec<(Arc<str>, i32, u64)>),
-    Done(Result<(), String>),
+    Done(Result<(), StorageError>),
     Controller(ControllerReply),
     Group(GroupReply),
     Metrics(Box<crate::metrics::Snapshot>),
@@ -180,7 +182,7 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             for p in partitions {
                 if let Err(e) = shard.logs.remove(&topic, p).await {
                     tracing::error!("removing {topic}-{p}: {e}");
-                    res = Err(e.to_string());
+                    res = Err(e);
                 }
             }
             ShardReply::Done(res)
@@ -193,14 +195,15 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             }
             ShardReply::Done(Ok(()))
         }
-        ShardOp::Group(op) => ShardReply::Group(crate::group::execute(shard, op).await),
-        ShardOp::Metrics => ShardReply::Metrics(Box::new(crate::metrics::snapshot(shard))),
-        ShardOp::AdoptConnection(handoff) => {
-            crate::kafka::connection::adopt(shard, *handoff);
+        ShardOp::Group(op) => ShardReply::Group(super::groups::execute(shard, op).await),
+        ShardOp::Metrics => ShardReply::Metrics(Box::new(super::stats::snapshot(shard))),
+        ShardOp::AdoptConnection(adopt) => {
+            adopt(shard);
             ShardReply::Done(Ok(()))
         }
         ShardOp::Controller(op) => match &shard.controller {
-            Some(c) => ShardReply::Controller(c.apply(shard, op).await),
+            // Boxed: a controller operation calls shards itself (rare, so the allocation is free).
+            Some(c) => ShardReply::Controller(Box::pin(c.apply(shard, op)).await),
             None => ShardReply::Unavailable,
         },
     }
@@ -212,7 +215,7 @@ async fn open_logs(
     partitions: &[i32],
     config: LogConfig,
     fresh: bool,
-) -> Result<(), String> {
+) -> Result<(), StorageError> {
     for &p in partitions {
         if fresh {
             // A directory left by a deleted topic of the same name must not leak its data into
@@ -220,15 +223,17 @@ async fn open_logs(
             let dir = shard.config.data_dir.join(format!("{topic}-{p}"));
             if dir.exists() {
                 tracing::warn!("removing stale partition directory {}", dir.display());
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| format!("removing stale {}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir).map_err(|source| StorageError::Io {
+                    op: "remove stale directory",
+                    path: dir.clone(),
+                    source,
+                })?;
             }
         }
         shard
             .logs
             .open_or_create(topic, p, config.clone(), now_ms())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     Ok(())
 }
@@ -556,5 +561,60 @@ fn log_dir_sizes(
                 Some((topic, p, log.size_bytes()))
             })
             .collect(),
+    }
+}
+
+/// The controller reaches partition owners through the shard router.
+impl LogOwners for Rc<Shard> {
+    async fn open_logs(
+        &self,
+        owner: usize,
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+        config: LogConfig,
+        fresh: bool,
+    ) -> Result<(), StorageError> {
+        let op = ShardOp::OpenLogs {
+            topic,
+            partitions,
+            config,
+            fresh,
+        };
+        done(self.call(owner, op).await)
+    }
+
+    async fn remove_logs(
+        &self,
+        owner: usize,
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+    ) -> Result<(), StorageError> {
+        done(
+            self.call(owner, ShardOp::RemoveLogs { topic, partitions })
+                .await,
+        )
+    }
+
+    async fn update_log_config(&self, owner: usize, topic: Arc<str>, config: LogConfig) {
+        let _ = self
+            .call(owner, ShardOp::UpdateLogConfig { topic, config })
+            .await;
+    }
+
+    async fn topics_deleted(&self, topics: Vec<Arc<str>>) {
+        self.group_call_all(|| GroupOp::TopicsDeleted {
+            topics: topics.clone(),
+        })
+        .await;
+    }
+}
+
+/// The outcome of an operation answered with [`ShardReply::Done`].
+fn done(reply: ShardReply) -> Result<(), StorageError> {
+    match reply {
+        ShardReply::Done(r) => r,
+        _ => Err(StorageError::Closed {
+            dir: std::path::PathBuf::from("(a shard that is shutting down)"),
+        }),
     }
 }

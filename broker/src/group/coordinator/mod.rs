@@ -18,9 +18,9 @@ use kafka_protocol::ResponseError as E;
 use super::input;
 use super::state::{Committed, Group, GroupState, JoinResult, Member, SyncResult};
 use super::store::{self, LogRecord, OffsetsStore, StoreError};
+use crate::clock::{mono_ms, now_ms};
 use crate::config::GroupSettings;
 use crate::metadata::ClusterMeta;
-use crate::clock::{mono_ms, now_ms};
 
 mod offsets;
 

@@ -1,4 +1,9 @@
-//! Request/reply over glommio's full mesh of bounded channels.
+//! Request/reply between shards over glommio's full mesh of bounded channels.
+//!
+//! The mesh is generic over what it carries: a [`Handler`] names the operation and reply types
+//! and executes operations that peers send. The broker's shards use it with `ShardOp` and
+//! `ShardReply`; the microbenchmark in `perf/benches/cross_shard.rs` and the tests below use it
+//! with plain numbers. It knows nothing else about the broker.
 //!
 //! Messages to a peer leave in the order they were issued: `call` appends to a per-peer local
 //! queue (synchronously, so issue order is kept) and one pump task per peer moves the queue
@@ -15,6 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
 
 use event_listener::Event;
@@ -23,27 +29,48 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::task::JoinHandle;
 use glommio::{GlommioError, ResourceType};
 
-use super::ops::{self, ShardOp, ShardReply};
-use super::Shard;
 use crate::limits::MESH_OUTBOX_REQUESTS_MAX;
 use crate::metrics::stages::OwnerTimes;
 
 /// Messages per direction between two shards before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
-pub enum ShardMsg {
+/// What a mesh carries, and how a shard executes what its peers send it.
+pub trait Handler: 'static {
+    /// An operation sent to a peer.
+    type Op: Send + 'static;
+    /// The answer to an operation.
+    type Reply: Send + 'static;
+    /// Whether the caller may stop waiting and have the peer drop `op` midway. Only operations
+    /// that change nothing (waits) qualify: dropping any other could leave its work half done.
+    fn cancellable(op: &Self::Op) -> bool;
+    /// The reply of a call that never reached its peer (outbox full, peer gone).
+    fn unavailable() -> Self::Reply;
+    /// Runs an operation a peer sent.
+    fn execute(self: &Rc<Self>, op: Self::Op) -> impl Future<Output = Self::Reply>;
+}
+
+/// One message between two shards.
+pub enum Msg<H: Handler> {
+    /// Run `op` and answer with `id`.
     Request {
+        /// Matches the reply to the call.
         id: u64,
-        op: ShardOp,
+        /// What to run.
+        op: H::Op,
     },
-    /// `ran`: when this shard started and finished the request (for the request stages).
+    /// `ran`: when the peer started and finished the request (for the request stages).
     Reply {
+        /// The request's id.
         id: u64,
-        reply: ShardReply,
+        /// Its answer.
+        reply: H::Reply,
+        /// When the peer ran it.
         ran: OwnerTimes,
     },
     /// The caller of request `id` no longer waits for it.
     Cancel {
+        /// The request's id.
         id: u64,
     },
 }
@@ -110,31 +137,51 @@ impl<M> Outbox<M> {
         }
     }
 }
-pub struct Mesh {
-    senders: Rc<Senders<ShardMsg>>,
-    outboxes: Vec<Rc<Outbox<ShardMsg>>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<(ShardReply, OwnerTimes)>>>,
+
+/// Counters of one shard's end of the mesh (exported by the metrics endpoint).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MeshCounts {
+    /// Messages queued to peers (requests, replies and cancels).
+    pub sent: u64,
+    /// Times a message found a peer's channel full and waited.
+    pub channel_full: u64,
+    /// Requests refused because the outbox to their peer was full.
+    pub outbox_full: u64,
+    /// Requests from peers cancelled while they ran.
+    pub cancelled: u64,
+    /// Requests from peers being executed here now.
+    pub running: u64,
+    /// Messages waiting in the outboxes, not yet in a channel.
+    pub queued: u64,
+}
+
+/// One shard's end of the mesh.
+pub struct Mesh<H: Handler> {
+    id: usize,
+    senders: Rc<Senders<Msg<H>>>,
+    outboxes: Vec<Rc<Outbox<Msg<H>>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<(H::Reply, OwnerTimes)>>>,
     next_id: Cell<u64>,
     /// Cancellable requests from peers being executed here, by (peer, id).
     running: RefCell<HashMap<(usize, u64), JoinHandle<()>>>,
-    /// Requests refused because the outbox to their peer was full.
+    sent: Cell<u64>,
+    channel_full: Cell<u64>,
     outbox_full: Cell<u64>,
-    /// Requests from peers cancelled while they ran.
     cancelled: Cell<u64>,
+    executing: Cell<u64>,
 }
 
 /// Removes a call's pending entry if its future is dropped before the reply, and tells the peer
 /// to drop a cancellable request.
-struct PendingCall<'a> {
-    mesh: &'a Mesh,
-    shard: &'a Shard,
+struct PendingCall<'a, H: Handler> {
+    mesh: &'a Mesh<H>,
     to: usize,
     id: u64,
     cancellable: bool,
     answered: bool,
 }
 
-impl Drop for PendingCall<'_> {
+impl<H: Handler> Drop for PendingCall<'_, H> {
     fn drop(&mut self) {
         if self.answered {
             return;
@@ -142,81 +189,92 @@ impl Drop for PendingCall<'_> {
         let waiting = self.mesh.pending.borrow_mut().remove(&self.id).is_some();
         if waiting && self.cancellable {
             self.mesh
-                .enqueue_control(self.shard, self.to, ShardMsg::Cancel { id: self.id });
+                .enqueue_control(self.to, Msg::Cancel { id: self.id });
         }
     }
 }
 
-impl Mesh {
-    pub fn new(senders: Senders<ShardMsg>) -> Mesh {
+impl<H: Handler> Mesh<H> {
+    /// This shard's end, from the senders its `MeshBuilder::join` gave it; the outbox to each
+    /// peer holds at most `outbox_requests_max` requests.
+    pub fn new(senders: Senders<Msg<H>>) -> Mesh<H> {
+        Self::with_outbox_limit(senders, MESH_OUTBOX_REQUESTS_MAX)
+    }
+
+    /// [`Mesh::new`] with another bound on each outbox (tests).
+    pub fn with_outbox_limit(senders: Senders<Msg<H>>, outbox_requests_max: usize) -> Mesh<H> {
         let peers = senders.nr_consumers();
         Mesh {
+            id: senders.peer_id(),
             senders: Rc::new(senders),
             outboxes: (0..peers)
-                .map(|_| Rc::new(Outbox::new(MESH_OUTBOX_REQUESTS_MAX)))
+                .map(|_| Rc::new(Outbox::new(outbox_requests_max)))
                 .collect(),
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             running: RefCell::new(HashMap::new()),
+            sent: Cell::new(0),
+            channel_full: Cell::new(0),
             outbox_full: Cell::new(0),
             cancelled: Cell::new(0),
+            executing: Cell::new(0),
         }
     }
 
-    fn enqueue_control(&self, shard: &Shard, to: usize, msg: ShardMsg) {
-        shard
-            .stats
-            .cross_shard_sent
-            .set(shard.stats.cross_shard_sent.get() + 1);
+    /// This shard's index in the mesh.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Shards in the mesh, this one included.
+    pub fn peers(&self) -> usize {
+        self.outboxes.len()
+    }
+
+    fn enqueue_control(&self, to: usize, msg: Msg<H>) {
+        bump(&self.sent);
         self.outboxes[to].push_control(msg);
     }
 
-    /// Messages waiting in the outboxes.
-    pub fn queued(&self) -> usize {
-        self.outboxes.iter().map(|o| o.len()).sum()
+    /// The counters of this end.
+    pub fn counts(&self) -> MeshCounts {
+        MeshCounts {
+            sent: self.sent.get(),
+            channel_full: self.channel_full.get(),
+            outbox_full: self.outbox_full.get(),
+            cancelled: self.cancelled.get(),
+            running: self.executing.get(),
+            queued: self.outboxes.iter().map(|o| o.len() as u64).sum(),
+        }
     }
 
-    /// Requests refused because an outbox was full, since start.
-    pub fn outbox_full(&self) -> u64 {
-        self.outbox_full.get()
-    }
-
-    /// Requests from other shards that were cancelled while they ran, since start.
-    pub fn cancelled(&self) -> u64 {
-        self.cancelled.get()
-    }
-
-    /// Runs `op` on shard `to`; the reply, and when `to` ran it (None if it never did).
-    pub async fn call(
-        &self,
-        shard: &Shard,
-        to: usize,
-        op: ShardOp,
-    ) -> (ShardReply, Option<OwnerTimes>) {
+    /// Runs `op` on peer `to` (not this shard); the reply, and when `to` ran it (None if it
+    /// never did: the reply is then [`Handler::unavailable`]).
+    pub async fn call(&self, to: usize, op: H::Op) -> (H::Reply, Option<OwnerTimes>) {
+        debug_assert_ne!(
+            to, self.id,
+            "a shard calls itself directly, not over the mesh"
+        );
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let cancellable = op.cancellable();
+        let cancellable = H::cancellable(&op);
         if self.outboxes[to]
-            .push_request(ShardMsg::Request { id, op })
+            .push_request(Msg::Request { id, op })
             .is_err()
         {
-            self.outbox_full.set(self.outbox_full.get() + 1);
+            bump(&self.outbox_full);
             tracing::debug!(
-                shard = shard.id,
+                shard = self.id,
                 peer = to,
                 "outbox to shard {to} is full: request refused"
             );
-            return (ShardReply::Unavailable, None);
+            return (H::unavailable(), None);
         }
-        shard
-            .stats
-            .cross_shard_sent
-            .set(shard.stats.cross_shard_sent.get() + 1);
+        bump(&self.sent);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
         let mut call = PendingCall {
             mesh: self,
-            shard,
             to,
             id,
             cancellable,
@@ -224,17 +282,21 @@ impl Mesh {
         };
         let reply = match rx.await {
             Ok((reply, ran)) => (reply, Some(ran)),
-            Err(_) => (ShardReply::Unavailable, None),
+            Err(_) => (H::unavailable(), None),
         };
         call.answered = true;
         reply
     }
 }
 
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
 /// Moves one peer's outbox into its channel, in order.
-async fn pump(shard: Rc<Shard>, to: usize) {
-    let outbox = shard.mesh.outboxes[to].clone();
-    let senders = shard.mesh.senders.clone();
+async fn pump<H: Handler>(mesh: Rc<Mesh<H>>, to: usize) {
+    let outbox = mesh.outboxes[to].clone();
+    let senders = mesh.senders.clone();
     loop {
         let Some(msg) = outbox.pop() else {
             outbox.wait().await;
@@ -243,38 +305,43 @@ async fn pump(shard: Rc<Shard>, to: usize) {
         let sent = match senders.try_send_to(to, msg) {
             Ok(()) => Ok(()),
             Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                shard
-                    .stats
-                    .cross_shard_channel_full
-                    .set(shard.stats.cross_shard_channel_full.get() + 1);
+                bump(&mesh.channel_full);
                 senders.send_to(to, msg).await.map_err(|_| ())
             }
             Err(_) => Err(()),
         };
         if sent.is_err() {
             // The peer is gone (shutting down): fail every waiting call to it.
-            tracing::debug!(shard = shard.id, peer = to, "shard channel closed");
-            shard.mesh.pending.borrow_mut().clear();
+            tracing::debug!(shard = mesh.id, peer = to, "shard channel closed");
+            mesh.pending.borrow_mut().clear();
             return;
         }
     }
 }
 
-pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
-    for to in 0..shard.mesh.outboxes.len() {
-        if to != shard.id {
-            glommio::spawn_local(pump(shard.clone(), to)).detach();
+/// Starts this shard's mesh tasks: one pump per peer and one receiver per peer, which runs each
+/// request from that peer in its own task with `handler`.
+pub fn spawn_tasks<H: Handler>(
+    mesh: &Rc<Mesh<H>>,
+    handler: Rc<H>,
+    mut receivers: Receivers<Msg<H>>,
+) {
+    for to in 0..mesh.outboxes.len() {
+        if to != mesh.id {
+            glommio::spawn_local(pump(mesh.clone(), to)).detach();
         }
     }
     for (peer, rx) in receivers.streams() {
-        let shard = shard.clone();
+        let mesh = mesh.clone();
+        let handler = handler.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 match msg {
-                    ShardMsg::Request { id, op } => {
-                        let cancellable = op.cancellable();
+                    Msg::Request { id, op } => {
+                        let cancellable = H::cancellable(&op);
                         let task = glommio::spawn_local(run_request(
-                            shard.clone(),
+                            mesh.clone(),
+                            handler.clone(),
                             peer,
                             id,
                             op,
@@ -282,20 +349,20 @@ pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
                         ))
                         .detach();
                         if cancellable {
-                            shard.mesh.running.borrow_mut().insert((peer, id), task);
+                            mesh.running.borrow_mut().insert((peer, id), task);
                         }
                     }
-                    ShardMsg::Reply { id, reply, ran } => {
-                        if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&id) {
+                    Msg::Reply { id, reply, ran } => {
+                        if let Some(tx) = mesh.pending.borrow_mut().remove(&id) {
                             let _ = tx.send((reply, ran));
                         }
                     }
-                    ShardMsg::Cancel { id } => {
+                    Msg::Cancel { id } => {
                         // Absent if the request finished first; its reply is then ignored.
-                        let task = shard.mesh.running.borrow_mut().remove(&(peer, id));
+                        let task = mesh.running.borrow_mut().remove(&(peer, id));
                         if let Some(task) = task {
                             task.cancel();
-                            shard.mesh.cancelled.set(shard.mesh.cancelled.get() + 1);
+                            bump(&mesh.cancelled);
                         }
                     }
                 }
@@ -305,23 +372,39 @@ pub fn spawn_tasks(shard: &Rc<Shard>, mut receivers: Receivers<ShardMsg>) {
     }
 }
 
+/// Counts a request in `executing` for as long as it runs, however it ends (a cancelled task
+/// is dropped without finishing).
+struct Executing<'a>(&'a Cell<u64>);
+
+impl Drop for Executing<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Executes a request from `peer` and queues the reply.
-async fn run_request(shard: Rc<Shard>, peer: usize, id: u64, op: ShardOp, cancellable: bool) {
+async fn run_request<H: Handler>(
+    mesh: Rc<Mesh<H>>,
+    handler: Rc<H>,
+    peer: usize,
+    id: u64,
+    op: H::Op,
+    cancellable: bool,
+) {
     let start = std::time::Instant::now();
     let reply = {
-        let _running = crate::metrics::Tracked::start(&shard.metrics.mesh_ops_inflight);
-        ops::execute(&shard, op).await
+        bump(&mesh.executing);
+        let _running = Executing(&mesh.executing);
+        handler.execute(op).await
     };
     let ran = OwnerTimes {
         start,
         end: std::time::Instant::now(),
     };
     if cancellable {
-        shard.mesh.running.borrow_mut().remove(&(peer, id));
+        mesh.running.borrow_mut().remove(&(peer, id));
     }
-    shard
-        .mesh
-        .enqueue_control(&shard, peer, ShardMsg::Reply { id, reply, ran });
+    mesh.enqueue_control(peer, Msg::Reply { id, reply, ran });
 }
 
 #[cfg(test)]

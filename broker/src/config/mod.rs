@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use strom_storage::CleanerStep;
 
-use crate::metadata::controller::ControllerStep;
+pub mod topic;
 
-use crate::topic_config::TopicDefaults;
+use topic::TopicDefaults;
 
 /// Invalid broker settings.
 #[derive(Debug, thiserror::Error)]
@@ -660,6 +660,32 @@ fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, St
             other => {
                 out.insert(key, other.to_string());
             }
+        }
+    }
+}
+
+/// Steps of a topic deletion after which `test.fault.controller.abort.at` aborts the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerStep {
+    /// The topic is listed in `__strom_meta/deleting`; the snapshot still has it.
+    DeletingRecorded,
+    /// The snapshot without the topic is durable; its partition directories still exist.
+    SnapshotSaved,
+}
+
+impl ControllerStep {
+    pub fn parse(name: &str) -> Option<ControllerStep> {
+        match name {
+            "deleting-recorded" => Some(ControllerStep::DeletingRecorded),
+            "snapshot-saved" => Some(ControllerStep::SnapshotSaved),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ControllerStep::DeletingRecorded => "deleting-recorded",
+            ControllerStep::SnapshotSaved => "snapshot-saved",
         }
     }
 }
