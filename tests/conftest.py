@@ -20,11 +20,18 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
 
+# Resolved once, against the directory pytest started in: brokers run with their work directory
+# as cwd and some tests change directory, where a relative STROM_BIN (as in
+# `STROM_BIN=target/release/strom pytest ...`) would name nothing.
+_STROM_BIN = (
+    Path(os.environ["STROM_BIN"]).absolute()
+    if os.environ.get("STROM_BIN")
+    else REPO / "target" / "release" / "strom"
+)
+
+
 def strom_bin() -> Path:
-    # Absolute: brokers run with their work directory as cwd, where a relative STROM_BIN (as in
-    # `STROM_BIN=target/release/strom pytest ...`) would name nothing.
-    env = os.environ.get("STROM_BIN")
-    return Path(env).absolute() if env else REPO / "target" / "release" / "strom"
+    return _STROM_BIN
 
 
 def free_port() -> int:

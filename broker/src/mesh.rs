@@ -196,7 +196,7 @@ impl<H: Handler> Drop for PendingCall<'_, H> {
 
 impl<H: Handler> Mesh<H> {
     /// This shard's end, from the senders its `MeshBuilder::join` gave it; the outbox to each
-    /// peer holds at most `outbox_requests_max` requests.
+    /// peer holds at most `MESH_OUTBOX_REQUESTS_MAX` requests.
     pub fn new(senders: Senders<Msg<H>>) -> Mesh<H> {
         Self::with_outbox_limit(senders, MESH_OUTBOX_REQUESTS_MAX)
     }
@@ -409,7 +409,230 @@ async fn run_request<H: Handler>(
 
 #[cfg(test)]
 mod tests {
-    use super::Outbox;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use glommio::channels::channel_mesh::MeshBuilder;
+    use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+    use super::*;
+
+    /// Operations of the test handler.
+    enum Op {
+        /// Appends the number to the peer's log.
+        Record(u64),
+        /// The peer's log so far.
+        Log,
+        /// Waits for ever (cancellable, like a long-poll wait).
+        WaitForever,
+        /// Sleeps, then counts itself done (not cancellable).
+        Work(u64),
+        /// The peer's mesh counters.
+        Counts,
+    }
+
+    #[derive(Debug)]
+    enum Reply {
+        Done,
+        Log(Vec<u64>),
+        Counts(MeshCounts),
+        Unavailable,
+    }
+
+    /// Counters the test reads from every thread.
+    #[derive(Default)]
+    struct Shared {
+        waits_dropped: AtomicU64,
+        work_done: AtomicU64,
+        finished: AtomicBool,
+    }
+
+    struct Peer {
+        log: RefCell<Vec<u64>>,
+        mesh: RefCell<Option<Rc<Mesh<Peer>>>>,
+        shared: Arc<Shared>,
+    }
+
+    /// Counts a wait that ended without finishing.
+    struct DropCount(Arc<Shared>);
+
+    impl Drop for DropCount {
+        fn drop(&mut self) {
+            self.0.waits_dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Handler for Peer {
+        type Op = Op;
+        type Reply = Reply;
+
+        fn cancellable(op: &Op) -> bool {
+            matches!(op, Op::WaitForever)
+        }
+
+        fn unavailable() -> Reply {
+            Reply::Unavailable
+        }
+
+        async fn execute(self: &Rc<Self>, op: Op) -> Reply {
+            match op {
+                Op::Record(n) => {
+                    self.log.borrow_mut().push(n);
+                    Reply::Done
+                }
+                Op::Log => Reply::Log(self.log.borrow().clone()),
+                Op::WaitForever => {
+                    let _guard = DropCount(self.shared.clone());
+                    futures::future::pending::<()>().await;
+                    Reply::Done
+                }
+                Op::Work(ms) => {
+                    glommio::timer::sleep(Duration::from_millis(ms)).await;
+                    self.shared.work_done.fetch_add(1, Ordering::SeqCst);
+                    Reply::Done
+                }
+                Op::Counts => {
+                    let mesh = self.mesh.borrow().clone().unwrap();
+                    Reply::Counts(mesh.counts())
+                }
+            }
+        }
+    }
+
+    /// Tells shard 1 to stop serving when dropped.
+    struct Finished(Arc<Shared>);
+
+    impl Drop for Finished {
+        fn drop(&mut self) {
+            self.0.finished.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits (bounded) until `cond` holds.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..2_000 {
+            if cond() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// Runs `test` on shard 0 of a two-shard mesh whose outboxes hold `outbox_max` requests;
+    /// shard 1 serves until the test ends.
+    fn two_shards<F>(outbox_max: usize, test: F)
+    where
+        F: AsyncFn(Rc<Mesh<Peer>>, Arc<Shared>) + Clone + Send + 'static,
+    {
+        let builder = MeshBuilder::full(2, 16);
+        let shared = Arc::new(Shared::default());
+        let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(2))
+            .on_all_shards(move || {
+                let (builder, shared, test) = (builder.clone(), shared.clone(), test.clone());
+                async move {
+                    let (senders, receivers) = builder.join().await.unwrap();
+                    let mesh = Rc::new(Mesh::with_outbox_limit(senders, outbox_max));
+                    let peer = Rc::new(Peer {
+                        log: RefCell::new(Vec::new()),
+                        mesh: RefCell::new(Some(mesh.clone())),
+                        shared: shared.clone(),
+                    });
+                    spawn_tasks(&mesh, peer, receivers);
+                    if mesh.id() == 0 {
+                        // Set however the test ends, so that a failing test fails, not hangs.
+                        let _finished = Finished(shared.clone());
+                        test(mesh, shared.clone()).await;
+                    } else {
+                        while !shared.finished.load(Ordering::SeqCst) {
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            })
+            .unwrap();
+        for r in handles.join_all() {
+            r.unwrap();
+        }
+    }
+
+    #[test]
+    fn requests_reach_the_peer_in_issue_order() {
+        two_shards(MESH_OUTBOX_REQUESTS_MAX, async |mesh, _| {
+            assert_eq!(mesh.peers(), 2);
+            // Issued all at once, more than the channel holds (16): the pump must keep order
+            // across the waits on a full channel.
+            let calls = (0..500).map(|n| mesh.call(1, Op::Record(n)));
+            let replies = futures::future::join_all(calls).await;
+            assert!(replies
+                .iter()
+                .all(|(r, ran)| matches!(r, Reply::Done) && ran.is_some()));
+            let (Reply::Log(log), _) = mesh.call(1, Op::Log).await else {
+                panic!("no log")
+            };
+            assert_eq!(log, (0..500).collect::<Vec<_>>());
+            let counts = mesh.counts();
+            assert_eq!(counts.sent, 501);
+            assert!(
+                counts.channel_full > 0,
+                "the channel never filled: {counts:?}"
+            );
+            assert_eq!(counts.queued, 0);
+        });
+    }
+
+    #[test]
+    fn a_dropped_wait_is_cancelled_on_the_peer_and_other_work_is_not() {
+        two_shards(MESH_OUTBOX_REQUESTS_MAX, async |mesh, shared| {
+            // A long-poll wait whose caller gives up: the peer drops it at once.
+            let wait = Box::pin(mesh.call(1, Op::WaitForever));
+            let timer = Box::pin(glommio::timer::sleep(Duration::from_millis(20)));
+            match futures::future::select(wait, timer).await {
+                futures::future::Either::Right((_, wait)) => drop(wait),
+                futures::future::Either::Left(_) => panic!("a wait for ever ended"),
+            }
+            eventually("the wait is dropped on the peer", || {
+                shared.waits_dropped.load(Ordering::SeqCst) == 1
+            })
+            .await;
+            let (Reply::Counts(peer), _) = mesh.call(1, Op::Counts).await else {
+                panic!("no counts")
+            };
+            assert_eq!((peer.cancelled, peer.running), (1, 1), "{peer:?}");
+            // Work whose caller gives up still completes: dropping it could leave it half done.
+            let work = Box::pin(mesh.call(1, Op::Work(30)));
+            let timer = Box::pin(glommio::timer::sleep(Duration::from_millis(5)));
+            drop(futures::future::select(work, timer).await);
+            eventually("the abandoned work completes", || {
+                shared.work_done.load(Ordering::SeqCst) == 1
+            })
+            .await;
+            let (Reply::Counts(peer), _) = mesh.call(1, Op::Counts).await else {
+                panic!("no counts")
+            };
+            assert_eq!(peer.cancelled, 1, "{peer:?}");
+        });
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_requests_instead_of_queueing_them() {
+        two_shards(4, async |mesh, _| {
+            // Issued in one poll, before the pump runs: four fit, six are refused at once.
+            let calls = (0..10).map(|n| mesh.call(1, Op::Record(n)));
+            let replies = futures::future::join_all(calls).await;
+            let refused = replies
+                .iter()
+                .filter(|(r, ran)| matches!(r, Reply::Unavailable) && ran.is_none())
+                .count();
+            assert_eq!(refused, 6);
+            assert_eq!(mesh.counts().outbox_full, 6);
+            let (Reply::Log(log), _) = mesh.call(1, Op::Log).await else {
+                panic!("no log")
+            };
+            assert_eq!(log, vec![0, 1, 2, 3]);
+        });
+    }
 
     #[test]
     fn outbox_bounds_requests_not_replies() {
