@@ -425,7 +425,9 @@ mod tests {
                     vec![
                         series(
                             "strom",
-                            (0..50).map(|i| (i as f64, 100.0 + i as f64)).collect(),
+                            (0..50)
+                                .map(|i| (f64::from(i), 100.0 + f64::from(i)))
+                                .collect(),
                         ),
                         series("kafka", vec![(0.0, 80.0), (49.0, 95.0)]),
                     ],
@@ -501,7 +503,7 @@ mod tests {
     #[test]
     fn many_series_get_distinct_colours() {
         let many: Vec<Series> = (0..15)
-            .map(|i| series(&format!("s{i}"), vec![(0.0, i as f64), (1.0, 1.0)]))
+            .map(|i| series(&format!("s{i}"), vec![(0.0, f64::from(i)), (1.0, 1.0)]))
             .collect();
         let doc = svg("many", &[panel(false, many)]);
         check_well_formed(&doc);

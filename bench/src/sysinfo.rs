@@ -155,8 +155,9 @@ fn listening_inode(port: u16) -> Option<u64> {
 
 /// CPU seconds this process has used (user + system).
 pub fn own_cpu_s() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: `libc::rusage` is plain integers, for which all-zero bytes are a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given and touches no other memory.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)

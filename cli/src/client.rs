@@ -20,7 +20,9 @@ const METADATA: (i16, i16) = (1, 12);
 /// Pause between retries while a coordinator loads.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
+/// A tool's connections to a cluster, with the API versions the bootstrap broker accepts.
 pub struct Client {
+    /// Bound on connecting and on every request (`--timeout-ms`).
     pub timeout: Duration,
     bootstrap: String,
     conns: HashMap<String, Conn>,
@@ -188,7 +190,7 @@ impl Client {
                 code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS
                     if Instant::now() < deadline =>
                 {
-                    std::thread::sleep(RETRY_BACKOFF)
+                    std::thread::sleep(RETRY_BACKOFF);
                 }
                 e => {
                     return Err(format!(

@@ -5,14 +5,18 @@ use serde_json::json;
 
 use super::{print_json, print_table, Client, Common, Format};
 
+/// `strom cluster`: options and the action to run.
 #[derive(clap::Args, Debug)]
 pub struct ClusterCmd {
+    /// Brokers, output format and timeout.
     #[command(flatten)]
     pub common: Common,
+    /// What to show.
     #[command(subcommand)]
     pub action: ClusterAction,
 }
 
+/// The `strom cluster` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum ClusterAction {
     /// Brokers, controller, topic count and supported API versions.
@@ -23,6 +27,7 @@ pub enum ClusterAction {
     },
 }
 
+/// Runs `strom cluster info`: prints the cluster's brokers, controller and API versions.
 pub fn run(cmd: ClusterCmd) -> Result<(), String> {
     let ClusterAction::Info { no_api_versions } = cmd.action;
     let mut c = Client::connect(&cmd.common)?;

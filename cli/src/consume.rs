@@ -21,8 +21,10 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 
+/// `strom consume`: where to read from, how much, and how to print it.
 #[derive(clap::Args, Debug)]
 pub struct ConsumeArgs {
+    /// Brokers, output format and timeout.
     #[command(flatten)]
     pub common: Common,
     /// Topic to read.
@@ -81,6 +83,7 @@ fn bad_offset(s: &str) -> String {
     format!("bad --offset {s:?}: expected beginning, end, N, -N or @TIME")
 }
 
+/// Runs `strom consume`: fetches records (alone or as a group member) and prints them to stdout.
 pub fn run(args: ConsumeArgs) -> Result<(), String> {
     let start = match &args.from_timestamp {
         Some(t) => Start::Time(parse_datetime_ms(t)?),
@@ -495,7 +498,7 @@ impl Template {
                 Piece::Timestamp => write!(w, "{}", r.timestamp)?,
                 Piece::KeySize => write!(w, "{}", r.key.as_ref().map_or(-1, |k| k.len() as i64))?,
                 Piece::ValueSize => {
-                    write!(w, "{}", r.value.as_ref().map_or(-1, |v| v.len() as i64))?
+                    write!(w, "{}", r.value.as_ref().map_or(-1, |v| v.len() as i64))?;
                 }
                 Piece::Headers => {
                     for (i, (k, v)) in r.headers.iter().enumerate() {

@@ -24,31 +24,38 @@ const OFFSET_FETCH: (i16, i16) = (8, 8);
 const OFFSET_COMMIT: (i16, i16) = (2, 8);
 const DESCRIBE_GROUPS: (i16, i16) = (0, 5);
 
+/// `strom group`: options and the action to run.
 #[derive(clap::Args, Debug)]
 pub struct GroupCmd {
+    /// Brokers, output format and timeout.
     #[command(flatten)]
     pub common: Common,
+    /// What to do with consumer groups.
     #[command(subcommand)]
     pub action: GroupAction,
 }
 
+/// The `strom group` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum GroupAction {
     /// List consumer groups.
     List,
     /// Members, committed offsets and lag per partition.
     Describe {
+        /// Group ids.
         #[arg(required = true)]
         groups: Vec<String>,
     },
     /// Delete groups (they must have no members).
     Delete {
+        /// Group ids.
         #[arg(required = true)]
         groups: Vec<String>,
     },
     /// Move a group's committed offsets (the group must have no members).
     #[command(group(clap::ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_offset", "to_datetime", "shift_by"])))]
     ResetOffsets {
+        /// Group id.
         group: String,
         /// TOPIC or TOPIC:P1,P2; repeatable.
         #[arg(short, long = "topic", required_unless_present = "all_topics")]
@@ -77,6 +84,7 @@ pub enum GroupAction {
     },
 }
 
+/// Runs one `strom group` action against the group coordinators and prints its outcome.
 pub fn run(cmd: GroupCmd) -> Result<(), String> {
     let mut c = Client::connect(&cmd.common)?;
     let format = cmd.common.format;
@@ -271,7 +279,7 @@ fn describe(c: &mut Client, format: Format, groups: &[String]) -> Result<(), Str
         let d = describe_one(c, coordinator, group)?;
         let offsets = committed(c, coordinator, group)?;
         // Partitions to show: committed ones and assigned ones.
-        let mut rows: BTreeMap<(String, i32), PartitionRow> = BTreeMap::new();
+        let mut rows: BTreeMap<(String, i32), PartitionRow<'_>> = BTreeMap::new();
         for (t, parts) in &offsets {
             for (p, o) in parts {
                 rows.insert((t.clone(), *p), (Some(*o), None));

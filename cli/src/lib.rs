@@ -42,6 +42,7 @@ pub struct Common {
     pub timeout_ms: u64,
 }
 
+/// How a tool prints its results (`--format`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Aligned columns for people.
@@ -132,6 +133,7 @@ impl Progress {
         }
     }
 
+    /// Redraws the line with `msg()` if a second has passed; `msg` is not called otherwise.
     pub fn update(&mut self, msg: impl FnOnce() -> String) {
         if self.enabled && self.last.elapsed() >= std::time::Duration::from_secs(1) {
             self.last = std::time::Instant::now();
@@ -140,6 +142,7 @@ impl Progress {
         }
     }
 
+    /// Erases the line, so the tool's output starts on a clean line.
     pub fn finish(&mut self) {
         if self.drawn {
             eprint!("\r\x1b[2K");

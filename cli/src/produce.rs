@@ -24,8 +24,10 @@ const BATCH_RECORDS: usize = 10_000;
 const BATCH_BYTES: usize = 512 * 1024;
 const PRODUCE: (i16, i16) = (3, 9);
 
+/// `strom produce`: the topic, how lines become records, and how they are sent.
 #[derive(clap::Args, Debug)]
 pub struct ProduceArgs {
+    /// Brokers, output format and timeout.
     #[command(flatten)]
     pub common: Common,
     /// Topic to write to.
@@ -138,6 +140,7 @@ impl Producer<'_> {
     }
 }
 
+/// Runs `strom produce`: reads stdin line by line and produces one record per line.
 pub fn run(args: ProduceArgs) -> Result<(), String> {
     let acks: i16 = match args.acks.as_str() {
         "all" | "-1" => -1,

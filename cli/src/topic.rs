@@ -25,14 +25,18 @@ const RESOURCE_TOPIC: i8 = 2;
 /// DescribeConfigs' config_source for a value set on the topic itself.
 const SOURCE_TOPIC: i8 = 1;
 
+/// `strom topic`: options and the action to run.
 #[derive(clap::Args, Debug)]
 pub struct TopicCmd {
+    /// Brokers, output format and timeout.
     #[command(flatten)]
     pub common: Common,
+    /// What to do with topics.
     #[command(subcommand)]
     pub action: TopicAction,
 }
 
+/// The `strom topic` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum TopicAction {
     /// Create topics.
@@ -61,6 +65,7 @@ pub enum TopicAction {
     },
     /// Partitions, offsets, leaders and configs of a topic.
     Describe {
+        /// Topic to describe.
         topic: String,
         /// Show every config, not only those set on the topic.
         #[arg(short, long)]
@@ -68,11 +73,13 @@ pub enum TopicAction {
     },
     /// Delete topics.
     Delete {
+        /// Topic names.
         #[arg(required = true)]
         topics: Vec<String>,
     },
     /// Set or remove topic configs.
     AlterConfig {
+        /// Topic whose configs change.
         topic: String,
         /// Set KEY to VALUE; repeatable.
         #[arg(short, long = "set", value_name = "KEY=VALUE")]
@@ -83,6 +90,7 @@ pub enum TopicAction {
     },
     /// Add partitions to a topic.
     AddPartitions {
+        /// Topic to grow.
         topic: String,
         /// Partitions to add.
         #[arg(
@@ -98,6 +106,7 @@ pub enum TopicAction {
     },
 }
 
+/// Runs one `strom topic` action against the cluster and prints its outcome.
 pub fn run(cmd: TopicCmd) -> Result<(), String> {
     let mut c = Client::connect(&cmd.common)?;
     let format = cmd.common.format;

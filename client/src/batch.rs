@@ -13,8 +13,11 @@ const LOG_OVERHEAD: usize = 12;
 /// One record to send.
 #[derive(Debug, Clone, Default)]
 pub struct OutRecord {
+    /// The record key (partitioning and compaction); None is a null key.
     pub key: Option<Bytes>,
+    /// The record value; None is a null value (a tombstone on a compacted topic).
     pub value: Option<Bytes>,
+    /// Record headers in order, as (name, value); a None value is a null header value.
     pub headers: Vec<(String, Option<Bytes>)>,
     /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
@@ -23,13 +26,19 @@ pub struct OutRecord {
 /// One record read back.
 #[derive(Debug, Clone)]
 pub struct InRecord {
+    /// The record's offset in its partition.
     pub offset: i64,
+    /// Milliseconds since the Unix epoch (create or log-append time, as the topic says).
     pub timestamp: i64,
+    /// The record key; None is a null key.
     pub key: Option<Bytes>,
+    /// The record value; None is a null value.
     pub value: Option<Bytes>,
+    /// Record headers in order, as (name, value).
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
+/// Parses a codec name as the Kafka tools spell it (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
 pub fn compression_from_name(name: &str) -> Result<Compression, String> {
     Ok(match name {
         "none" => Compression::None,
@@ -118,7 +127,7 @@ pub fn decode(set: &Bytes) -> Result<Decoded, String> {
             let base = i64::from_be_bytes(set[pos..pos + 8].try_into().expect("8 bytes"));
             let at = pos + LAST_OFFSET_DELTA_AT;
             let delta = i32::from_be_bytes(set[at..at + 4].try_into().expect("4 bytes"));
-            next_offset = Some(base + delta as i64 + 1);
+            next_offset = Some(base + i64::from(delta) + 1);
         }
         let mut batch = set.slice(pos..end);
         let decoded = RecordBatchDecoder::decode(&mut batch)

@@ -47,11 +47,17 @@ const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 /// Kafka error codes the group client reacts to.
 pub mod code {
+    /// The coordinator is still loading the group's state: retry after a pause.
     pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    /// No coordinator is ready for the group: look it up again after a pause.
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    /// The member's generation is stale: rejoin the group.
     pub const ILLEGAL_GENERATION: i16 = 22;
+    /// The coordinator does not know the member id: rejoin with an empty id.
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    /// The group is rebalancing: rejoin to take part.
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    /// The first JoinGroup returned an assigned member id: join again with it.
     pub const MEMBER_ID_REQUIRED: i16 = 79;
 }
 
@@ -63,6 +69,7 @@ pub fn code_name(code: i16) -> String {
     }
 }
 
+/// One blocking connection to a broker; requests on it are answered in order.
 pub struct Conn {
     stream: TcpStream,
     next_id: i32,
@@ -74,28 +81,39 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// A topic name in the protocol crate's type, for building requests.
 pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
+/// A string in the protocol crate's type, for building requests.
 pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
 /// A FindCoordinator answer.
 pub struct Coordinator {
+    /// Kafka error code; 0 when the coordinator was found.
     pub error: i16,
+    /// Broker id of the coordinator.
     pub node_id: i32,
+    /// Host to connect to for the group's requests.
     pub host: String,
+    /// Port to connect to for the group's requests.
     pub port: i32,
 }
 
 /// One member's JoinGroup outcome.
 pub struct Joined {
+    /// Kafka error code; 0 when the member joined.
     pub error: i16,
+    /// Generation of the group this join belongs to; later requests must carry it.
     pub generation: i32,
+    /// The member id the coordinator assigned or confirmed.
     pub member_id: String,
+    /// Member id of the group leader, which computes the assignment.
     pub leader: String,
+    /// The protocol (assignor) the group chose; None if the broker sent none (e.g. on error).
     pub protocol_name: Option<String>,
     /// (member id, subscription metadata); only the leader receives them.
     pub members: Vec<(String, Bytes)>,
@@ -103,16 +121,24 @@ pub struct Joined {
 
 /// What a member sends to join: group, its id so far, timeouts and one protocol.
 pub struct JoinParams<'a> {
+    /// The group to join.
     pub group: &'a str,
+    /// The member id from an earlier join, or empty for a new member.
     pub member_id: &'a str,
+    /// How long the coordinator waits for a heartbeat before removing the member.
     pub session_timeout_ms: i32,
+    /// How long the coordinator waits for members to rejoin during a rebalance.
     pub rebalance_timeout_ms: i32,
+    /// The protocol type, `consumer` for consumer groups.
     pub protocol_type: &'a str,
+    /// The one assignor this member supports, e.g. `range`.
     pub protocol_name: &'a str,
+    /// The member's subscription, as the protocol encodes it.
     pub metadata: Bytes,
 }
 
 impl Conn {
+    /// Connects to `addr` without timeouts, with the client id `strom-bench`.
     pub fn connect(addr: &str) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
         Conn::from_stream(stream, "strom-bench")
@@ -176,6 +202,8 @@ impl Conn {
         self.stream.set_write_timeout(Some(timeout)).map_err(err)
     }
 
+    /// Writes `body` as one `api` request at `version` without waiting; returns its correlation
+    /// id for [`Conn::recv`].
     pub fn send<R: Encodable>(
         &mut self,
         api: ApiKey,
@@ -201,6 +229,7 @@ impl Conn {
         Ok(id)
     }
 
+    /// Reads the next response and checks it answers the request with correlation id `id`.
     pub fn recv<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> Result<R, String> {
         let timeout = self
             .stream
@@ -500,7 +529,7 @@ impl Conn {
     }
 
     /// JoinGroup; blocks until the coordinator completes the join phase.
-    pub fn join_group(&mut self, p: &JoinParams) -> Result<Joined, String> {
+    pub fn join_group(&mut self, p: &JoinParams<'_>) -> Result<Joined, String> {
         let mut protocol = JoinGroupRequestProtocol::default();
         protocol.name = str_bytes(p.protocol_name);
         protocol.metadata = p.metadata.clone();

@@ -25,17 +25,22 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// Timeouts a member announces in JoinGroup.
 #[derive(Clone, Copy)]
 pub struct GroupTimeouts {
+    /// Heartbeat silence after which the coordinator removes the member.
     pub session_ms: i32,
+    /// Time the coordinator gives members to rejoin during a rebalance.
     pub rebalance_ms: i32,
 }
 
 /// What a heartbeat told the member.
 #[derive(PartialEq, Eq)]
 pub enum Heartbeat {
+    /// The generation is current: keep consuming the assignment.
     Stable,
+    /// A rebalance began or the member was dropped: join again before consuming.
     Rejoin,
 }
 
+/// A group member consuming one topic, with its own connection to the coordinator.
 pub struct Member {
     conn: Conn,
     group: String,
@@ -99,25 +104,29 @@ impl Member {
                     ));
                 }
                 code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS => {
-                    std::thread::sleep(RETRY_BACKOFF)
+                    std::thread::sleep(RETRY_BACKOFF);
                 }
                 e => return Err(format!("FindCoordinator {}: {}", self.group, code_name(e))),
             }
         }
     }
 
+    /// The member's connection to the coordinator, for fetches and offset requests.
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
+    /// The group this member belongs to.
     pub fn group(&self) -> &str {
         &self.group
     }
 
+    /// The id the coordinator assigned; empty before the first join.
     pub fn member_id(&self) -> &str {
         &self.member_id
     }
 
+    /// The generation of the last successful join; -1 before it.
     pub fn generation(&self) -> i32 {
         self.generation
     }

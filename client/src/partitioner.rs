@@ -20,13 +20,13 @@ pub fn murmur2(data: &[u8]) -> i32 {
     }
     let rest = chunks.remainder();
     if rest.len() >= 3 {
-        h ^= (rest[2] as u32) << 16;
+        h ^= u32::from(rest[2]) << 16;
     }
     if rest.len() >= 2 {
-        h ^= (rest[1] as u32) << 8;
+        h ^= u32::from(rest[1]) << 8;
     }
     if !rest.is_empty() {
-        h ^= rest[0] as u32;
+        h ^= u32::from(rest[0]);
         h = h.wrapping_mul(M);
     }
     h ^= h >> 13;

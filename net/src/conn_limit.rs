@@ -29,7 +29,7 @@ impl Refused {
 struct Counts {
     total: usize,
     /// Open connections per client address; an address leaves the map with its last
-    /// connection, so the map never holds more than `max_total` entries.
+    /// connection, so the map never holds more than `total_max` entries.
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -60,6 +60,8 @@ impl Drop for ConnectionSlot {
 }
 
 impl ConnectionLimiter {
+    /// A limiter shared by every acceptor: at most `total_max` connections, `per_ip_max` from
+    /// one client address.
     pub fn new(total_max: usize, per_ip_max: usize) -> Arc<ConnectionLimiter> {
         Arc::new(ConnectionLimiter {
             total_max,

@@ -72,7 +72,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         if len as usize > self.frame_bytes_max {
             return Err(NetError::FrameTooLarge {
-                len: len as i64,
+                len: i64::from(len),
                 max: self.frame_bytes_max,
             });
         }

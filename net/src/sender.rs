@@ -22,13 +22,17 @@ pub enum OutChunk {
     Bytes(Bytes),
     /// A byte range of a file, sent with `sendfile(2)`.
     File {
+        /// The open file; shared so the descriptor stays valid until the range is sent.
         fd: Arc<dyn AsRawFd + Send + Sync>,
+        /// Byte offset of the range in the file.
         position: u64,
+        /// Length of the range in bytes.
         len: u32,
     },
 }
 
 impl OutChunk {
+    /// Bytes this chunk puts on the wire.
     pub fn len(&self) -> usize {
         match self {
             OutChunk::Bytes(b) => b.len(),
@@ -36,6 +40,7 @@ impl OutChunk {
         }
     }
 
+    /// True for a chunk that sends nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -85,12 +90,12 @@ impl ResponseSender {
         self.writable_waits
     }
 
-    /// Closes both directions now (after a protocol error), waking the connection's reader.
     /// The sender's own descriptor of the socket (to hand the connection to another thread).
     pub fn into_fd(self) -> OwnedFd {
         self.fd
     }
 
+    /// Closes both directions now (after a protocol error), waking the connection's reader.
     pub fn shutdown(&self) {
         sys::shutdown(self.fd.as_raw_fd());
     }
@@ -235,7 +240,7 @@ mod tests {
                 got.extend_from_slice(&buf[..n]);
                 reads += 1;
                 if reads % 16 == 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             }
             got

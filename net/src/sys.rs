@@ -28,8 +28,8 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (&one as *const libc::c_int).cast::<libc::c_void>(),
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if r < 0 {

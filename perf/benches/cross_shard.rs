@@ -10,6 +10,11 @@
 //! broker runs `ops::execute`), and the per-shard statistics counters are left out. The two
 //! executors are pinned to different CPUs with the broker's preemption timer (see `common`).
 
+#![allow(
+    missing_docs,
+    reason = "criterion_group! defines the group as a `pub fn` that cannot carry a doc comment"
+)]
+
 mod common;
 
 use std::cell::{Cell, RefCell};
@@ -214,11 +219,11 @@ fn cross_shard(c: &mut Criterion) {
     let peer = Worker::spawn(Placement::Fixed(cpus[1]), move || join(peer_builder));
     let mut g = c.benchmark_group("cross_shard");
     g.bench_function("round_trip", |b| {
-        b.iter_custom(|iters| caller.run(move |mesh| sequential(mesh, iters)))
+        b.iter_custom(|iters| caller.run(move |mesh| sequential(mesh, iters)));
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("pipelined_64", |b| {
-        b.iter_custom(|iters| caller.run(move |mesh| pipelined(mesh, iters)))
+        b.iter_custom(|iters| caller.run(move |mesh| pipelined(mesh, iters)));
     });
     g.finish();
     // The tail, which criterion's mean and median hide: a fixed number of timed round trips

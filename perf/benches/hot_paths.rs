@@ -18,6 +18,11 @@
 //! - `cross_shard.rs`: `cross_shard/round_trip` and `cross_shard/pipelined_64`, request/reply
 //!   between two pinned shard executors over the broker's mesh mechanism.
 
+#![allow(
+    missing_docs,
+    reason = "criterion_group! defines the group as a `pub fn` that cannot carry a doc comment"
+)]
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -44,7 +49,7 @@ fn crc(c: &mut Criterion) {
         let data = vec![7u8; size];
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
-            b.iter(|| crc32c::crc32c(d))
+            b.iter(|| crc32c::crc32c(d));
         });
     }
     g.finish();
@@ -74,7 +79,7 @@ fn header(c: &mut Criterion) {
     let original = batch(64, 1024);
     let mut g = c.benchmark_group("batch_header");
     g.bench_function("view_info", |b| {
-        b.iter(|| BatchHeader::view(black_box(&original)).map(BatchHeader::info))
+        b.iter(|| BatchHeader::view(black_box(&original)).map(BatchHeader::info));
     });
     let mut stamped = original.clone();
     let mut offset = 0i64;
@@ -82,7 +87,7 @@ fn header(c: &mut Criterion) {
         b.iter(|| {
             offset += 64;
             assign_offset_and_epoch(black_box(&mut stamped), offset, 7);
-        })
+        });
     });
     g.throughput(Throughput::Bytes(original.len() as u64));
     let mut now_ms = 1_700_000_000_000i64;
@@ -90,7 +95,7 @@ fn header(c: &mut Criterion) {
         b.iter(|| {
             now_ms += 1;
             set_log_append_time(black_box(&mut stamped), now_ms);
-        })
+        });
     });
     g.finish();
 }
@@ -149,7 +154,7 @@ fn lookups<T>(
         b.iter(|| {
             i = (i + 1) % keys.len();
             lookup(keys[i])
-        })
+        });
     });
 }
 

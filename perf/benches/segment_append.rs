@@ -3,6 +3,11 @@
 //! `flush.on.ack` off: appends land in the page cache and are flushed later by policy).
 //! Run with `cargo bench -p strom-perf --bench segment_append`.
 
+#![allow(
+    missing_docs,
+    reason = "criterion_group! defines the group as a `pub fn` that cannot carry a doc comment"
+)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -55,7 +60,7 @@ fn append(c: &mut Criterion) {
             let dir = root.path().join(format!("bench-{sample}"));
             let batch = Arc::clone(&batch);
             worker.run(move |()| timed_appends(dir, batch, iters))
-        })
+        });
     });
     g.finish();
     drop(worker);

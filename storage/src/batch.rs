@@ -64,7 +64,7 @@ pub struct BatchHeader {
     pub records_count: I32,
 }
 
-const _: () = assert!(std::mem::size_of::<BatchHeader>() == BATCH_HEADER_BYTES);
+const _: () = assert!(size_of::<BatchHeader>() == BATCH_HEADER_BYTES);
 
 impl BatchHeader {
     /// Views the first 61 bytes of `bytes` as a header; None if shorter.
@@ -566,7 +566,7 @@ mod tests {
         assert!(validate_batch(&txn).is_ok());
         // A transaction marker is a control batch first, as in Kafka's order of checks.
         let marker = edited(sample(), |h| {
-            h.attributes.set(ATTR_CONTROL | ATTR_TRANSACTIONAL)
+            h.attributes.set(ATTR_CONTROL | ATTR_TRANSACTIONAL);
         });
         assert_eq!(
             validate_client_batch(&marker),

@@ -6,8 +6,6 @@
 //! and `recovery`. Everything runs on one glommio executor thread; see `docs/on_disk_format.md`
 //! for the bytes on disk and the recovery rules.
 
-#![warn(missing_docs)]
-
 mod batch;
 mod checkpoint;
 mod codec;

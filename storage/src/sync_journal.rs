@@ -26,8 +26,9 @@ pub struct SyncJournal {
 
 /// (st_dev, st_ino, st_size) of an open descriptor.
 fn stat_fd(fd: RawFd) -> Option<(u64, u64, u64)> {
-    // SAFETY: fstat writes into the zeroed struct we own; `fd` is open for the call (FileRef).
+    // SAFETY: `libc::stat` is plain integers, for which all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the struct we own; `fd` is open for the call (FileRef).
     let rc = unsafe { libc::fstat(fd, &mut st) };
     (rc == 0).then_some((st.st_dev, st.st_ino, st.st_size as u64))
 }

@@ -53,8 +53,7 @@ impl GroupArgs {
 
 /// Fails with what was being waited for once `deadline` has passed.
 pub(crate) fn deadline_check(deadline: Instant, doing: &str) -> Result<(), String> {
-    strom_client::member::deadline_check(deadline, doing)
-        .map_err(|e| format!("{e} (raise --timeout-s?)"))
+    member::deadline_check(deadline, doing).map_err(|e| format!("{e} (raise --timeout-s?)"))
 }
 
 /// Runs both scenarios and prints the report.

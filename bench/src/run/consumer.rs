@@ -207,7 +207,7 @@ fn consume(
                     c.error(
                         0,
                         format!("fetch {}/{partition}: {}", plan.topic, code_name(error)),
-                    )
+                    );
                 });
                 continue;
             }

@@ -271,9 +271,9 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
             max_inflight: w.max_inflight,
             rate: match rate {
                 Rate::Max => Rate::Max,
-                Rate::Messages(r) => Rate::Messages(r / producers_total as f64),
+                Rate::Messages(r) => Rate::Messages(r / f64::from(producers_total)),
             },
-            max_messages: (w.max_messages / producers_total as u64).max(1),
+            max_messages: (w.max_messages / u64::from(producers_total)).max(1),
             end_ns: window.to_ns,
             window,
             payload: Arc::new(records::payload(w.message_bytes)),

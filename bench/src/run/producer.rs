@@ -117,8 +117,8 @@ impl Partitioner {
         Partitioner {
             keys,
             partitions,
-            next_key: seed as u64,
-            rng: 0x9e37_79b9_7f4a_7c15 ^ (seed as u64 + 1),
+            next_key: u64::from(seed),
+            rng: 0x9e37_79b9_7f4a_7c15 ^ (u64::from(seed) + 1),
             sticky: (seed as i32) % partitions,
             key_buf: Vec::new(),
         }
@@ -129,13 +129,13 @@ impl Partitioner {
             Keys::None => return (None, self.sticky),
             Keys::RoundRobin(n) => {
                 self.next_key += 1;
-                (self.next_key % n as u64) as u32
+                (self.next_key % u64::from(n)) as u32
             }
             Keys::Random(n) => {
                 self.rng ^= self.rng << 13;
                 self.rng ^= self.rng >> 7;
                 self.rng ^= self.rng << 17;
-                (self.rng % n as u64) as u32
+                (self.rng % u64::from(n)) as u32
             }
         };
         key_bytes(key, &mut self.key_buf);
@@ -205,7 +205,10 @@ impl<'a> Accumulator<'a> {
 
     /// The encoded batches of the next request, and the due times of their records: full
     /// batches first, then open ones that lingered long enough (all of them with `flush_all`).
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "a pair of plain vectors used by one caller; an alias would only hide them"
+    )]
     fn take_ready(
         &mut self,
         now: u64,

@@ -189,7 +189,7 @@ pub fn walk(records: &Bytes, mut stamp: impl FnMut(u64)) -> Result<Walked, Strin
         let attributes = u16::from_be_bytes(b[21..23].try_into().expect("2 bytes"));
         let last_delta = i32::from_be_bytes(b[23..27].try_into().expect("4 bytes"));
         let count = i32::from_be_bytes(b[57..61].try_into().expect("4 bytes")).max(0) as u64;
-        out.next_offset = Some(base + last_delta as i64 + 1);
+        out.next_offset = Some(base + i64::from(last_delta) + 1);
         if attributes & CONTROL == 0 {
             out.records += count;
             if attributes & 0x7 == 0 {
@@ -262,7 +262,7 @@ fn put_varint(buf: &mut BytesMut, v: i64) {
 fn get_varint(b: &[u8]) -> Option<(i64, usize)> {
     let mut z = 0u64;
     for (i, &byte) in b.iter().enumerate().take(10) {
-        z |= ((byte & 0x7f) as u64) << (7 * i);
+        z |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             return Some((((z >> 1) as i64) ^ -((z & 1) as i64), i + 1));
         }
@@ -290,13 +290,13 @@ fn murmur2(data: &[u8]) -> u32 {
     }
     let tail = chunks.remainder();
     if tail.len() >= 3 {
-        h ^= (tail[2] as u32) << 16;
+        h ^= u32::from(tail[2]) << 16;
     }
     if tail.len() >= 2 {
-        h ^= (tail[1] as u32) << 8;
+        h ^= u32::from(tail[1]) << 8;
     }
     if !tail.is_empty() {
-        h ^= tail[0] as u32;
+        h ^= u32::from(tail[0]);
         h = h.wrapping_mul(M);
     }
     h ^= h >> 13;

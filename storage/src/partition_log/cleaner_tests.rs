@@ -48,7 +48,7 @@ fn keyed(
         batch.truncate(BATCH_HEADER_BYTES);
         batch.extend_from_slice(&packed);
         let attributes = i16::from(codec);
-        crate::batch::BatchHeader::view_mut(&mut batch)
+        BatchHeader::view_mut(&mut batch)
             .expect("header")
             .attributes
             .set(attributes);

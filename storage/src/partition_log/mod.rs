@@ -456,7 +456,7 @@ impl PartitionLog {
         match write_recovery_point(&self.dir, point).await {
             Ok(()) => self.recovery_point.set(base),
             Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery point")
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery point");
             }
         }
         Ok(())
