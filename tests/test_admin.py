@@ -237,12 +237,38 @@ def test_bad_http_requests_get_4xx_and_broker_survives(broker):
     assert raw_request(broker, b"GET /metrics SPDY/3\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     big = b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
     assert raw_request(broker, big).startswith(b"HTTP/1.1 431 ")
+    # 200 short header lines fit in the size bound but not in the header count bound.
+    many = b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"\r\n"
+    assert len(many) < 8192
+    assert raw_request(broker, many).startswith(b"HTTP/1.1 431 ")
+    # A request head trickled in a few bytes at a time is answered like any other.
+    with socket.create_connection((HOST, broker.admin_port), timeout=10) as s:
+        head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+        for i in range(0, len(head), 5):
+            s.sendall(head[i:i + 5])
+            time.sleep(0.01)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
     # A client that closes mid-request, and one that sends binary noise.
     with socket.create_connection((HOST, broker.admin_port), timeout=5) as s:
         s.sendall(b"GET /v1/hea")
     assert raw_request(broker, bytes(range(256)) * 4 + b"\r\n\r\n")[:12] in (b"HTTP/1.1 400", b"")
     assert get(broker, "/v1/health")[0] == 200
     broker.assert_alive()
+
+
+def test_label_values_with_special_characters_parse(broker):
+    """Group ids may hold any character; the exposition escapes quotes, backslashes and line
+    feeds in label values so that a Prometheus text parser reads the id back unchanged."""
+    topic = unique("esc")
+    group = unique('g "quoted" \\ back\nline \u00fc')
+    with broker.conn() as c:
+        c.create_topic(topic, partitions=1)
+        assert c.produce(topic, 0, kr.simple_batch([b"x"] * 3), acks=-1)["error_code"] == 0
+    consume(broker, topic, 3, group=group, commit=True)
+    samples = scrape(broker)
+    key = ("strom_group_lag", frozenset({("group", group), ("topic", topic), ("partition", "0")}))
+    assert key in samples, [k for k in samples if k[0] == "strom_group_lag"]
+    assert samples[key] == 0
 
 
 def test_json_log_format(broker_factory):

@@ -3,7 +3,8 @@
 //! It starts before the shard opens its logs, so `/v1/ready` can say "not yet" during recovery.
 //! Connections are few (probes and scrapers): one request each, answered with
 //! `Connection: close`, at most [`CONNECTIONS_MAX`] at once, each bounded by
-//! [`http::REQUEST_HEAD_BYTES_MAX`] and [`REQUEST_READ_TIMEOUT_MS`].
+//! [`http::REQUEST_HEAD_BYTES_MAX`], [`http::REQUEST_HEADERS_MAX`] and
+//! [`REQUEST_READ_TIMEOUT_MS`].
 
 mod http;
 
@@ -13,13 +14,12 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::metrics;
 use crate::shard::stats;
 use crate::shard::Shard;
-use http::HeadError;
 
 /// Admin connections served at once; more are closed at accept. Probes and scrapers need a few.
 pub const CONNECTIONS_MAX: usize = 64;
@@ -98,45 +98,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
     stream
         .set_write_timeout(timeout)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head = loop {
-        if let Some(end) = http::head_end(&buf) {
-            break Ok(&buf[..end]);
+    let out = match http::read_head(&mut stream).await {
+        Ok(Some(Ok(req))) => route(shard, &req.method, &req.path).await,
+        Ok(Some(Err(refused))) => refused.response(),
+        Ok(None) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            http::response(408, "text/plain", b"request timeout\n", None)
         }
-        if buf.len() > http::REQUEST_HEAD_BYTES_MAX {
-            break Err(HeadError::TooLarge);
-        }
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) if buf.is_empty() => return Ok(()),
-            Ok(0) => break Err(HeadError::Malformed("connection closed mid-request")),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let _ = stream
-                    .write_all(&http::response(
-                        408,
-                        "text/plain",
-                        b"request timeout\n",
-                        None,
-                    ))
-                    .await;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let out = match head.map(|h| h.to_vec()).and_then(|h| http::parse_head(&h)) {
-        Ok(req) => route(shard, &req.method, &req.path).await,
-        Err(HeadError::TooLarge) => {
-            http::response(431, "text/plain", b"request head too large\n", None)
-        }
-        Err(HeadError::Malformed(why)) => http::response(
-            400,
-            "text/plain",
-            format!("bad request: {why}\n").as_bytes(),
-            None,
-        ),
+        Err(e) => return Err(e),
     };
     stream.write_all(&out).await?;
     stream.flush().await?;
