@@ -163,7 +163,7 @@ def test_status_lists_topics(broker_factory):
     topic = unique("st")
     with broker.conn() as c:
         c.create_topic(topic, partitions=3)
-        assert c.produce(topic, 1, kr.simple_batch([b"a", b"b"]), acks=1)["error_code"] == 0
+        assert c.produce(topic, 1, kr.simple_batch([b"a", b"b"]), acks=-1)["error_code"] == 0
     status, ctype, body = get(broker, "/v1/status")
     assert status == 200 and ctype == "application/json"
     doc = json.loads(body)

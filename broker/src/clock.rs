@@ -26,7 +26,10 @@ thread_local! {
 }
 
 /// Makes `clock` the time source of the calling thread (None: the system clocks again).
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "only tests install a clock so far")
+)]
 pub fn install(clock: Option<Rc<dyn Clock>>) {
     CLOCK.with(|c| *c.borrow_mut() = clock);
 }

@@ -155,12 +155,15 @@ pub struct MeshCounts {
     pub queued: u64,
 }
 
+/// Where the reply to a call goes, with when the peer ran it.
+type ReplySender<H> = oneshot::Sender<(<H as Handler>::Reply, OwnerTimes)>;
+
 /// One shard's end of the mesh.
 pub struct Mesh<H: Handler> {
     id: usize,
     senders: Rc<Senders<Msg<H>>>,
     outboxes: Vec<Rc<Outbox<Msg<H>>>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<(H::Reply, OwnerTimes)>>>,
+    pending: RefCell<HashMap<u64, ReplySender<H>>>,
     next_id: Cell<u64>,
     /// Cancellable requests from peers being executed here, by (peer, id).
     running: RefCell<HashMap<(usize, u64), JoinHandle<()>>>,
@@ -222,11 +225,19 @@ impl<H: Handler> Mesh<H> {
     }
 
     /// This shard's index in the mesh.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "the broker knows its id from the shard")
+    )]
     pub fn id(&self) -> usize {
         self.id
     }
 
     /// Shards in the mesh, this one included.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "the broker knows the count from its table")
+    )]
     pub fn peers(&self) -> usize {
         self.outboxes.len()
     }

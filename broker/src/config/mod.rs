@@ -169,7 +169,7 @@ pub struct ProducerSettings {
     /// `producer.id.max.per.partition`: idempotent producers whose state each partition keeps.
     pub ids_max_per_partition: usize,
     /// `transactional.id.expiration.ms`: accepted and reported; used once transactions exist.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "read once transactions exist")]
     pub transactional_id_expiration_ms: i64,
 }
 
@@ -608,7 +608,7 @@ impl BrokerConfig {
             warnings,
             listen,
             advertised_host: adv_host,
-            advertised_port: adv_port as i32,
+            advertised_port: i32::from(adv_port),
             data_dir,
             node_id: parse(&raw, "node.id")?,
             cores,

@@ -117,7 +117,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
     let v = value.trim();
     let ok = match kind {
         Kind::Long { min } => v.parse::<i64>().is_ok_and(|n| n >= *min),
-        Kind::Int { min } => v.parse::<i32>().is_ok_and(|n| n as i64 >= *min),
+        Kind::Int { min } => v.parse::<i32>().is_ok_and(|n| i64::from(n) >= *min),
         Kind::Double { min, max } => v.parse::<f64>().is_ok_and(|n| (*min..=*max).contains(&n)),
         Kind::Bool => matches!(v.to_ascii_lowercase().as_str(), "true" | "false"),
         Kind::TimestampType => matches!(v, "CreateTime" | "LogAppendTime"),
@@ -198,9 +198,9 @@ impl TopicDefaults {
         TopicConfig {
             segment_bytes: long("segment.bytes").max(14) as u64,
             segment_ms: long("segment.ms").max(1) as u64,
-            index_interval_bytes: long("index.interval.bytes").clamp(0, u32::MAX as i64) as u32,
+            index_interval_bytes: long("index.interval.bytes").clamp(0, i64::from(u32::MAX)) as u32,
             cleanup_policy: get("cleanup.policy").to_string(),
-            max_message_bytes: long("max.message.bytes").clamp(0, i32::MAX as i64) as usize,
+            max_message_bytes: long("max.message.bytes").clamp(0, i64::from(i32::MAX)) as usize,
             timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
                 TimestampType::LogAppendTime
             } else {

@@ -390,7 +390,7 @@ impl Group {
         }
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
-                self.prepare_rebalance(now, initial_delay_ms)
+                self.prepare_rebalance(now, initial_delay_ms);
             }
             _ => {}
         }

@@ -23,7 +23,8 @@ impl ShardTable {
 
     /// The shard to record for a new partition.
     pub fn assign(&self, topic: &str, partition: i32) -> u32 {
-        ((crc32c::crc32c(topic.as_bytes()) as u64 + partition as u64) % self.shards as u64) as u32
+        ((u64::from(crc32c::crc32c(topic.as_bytes())) + partition as u64) % self.shards as u64)
+            as u32
     }
 
     /// The shard that owns a partition whose recorded shard is `recorded`.

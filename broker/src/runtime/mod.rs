@@ -152,7 +152,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
 
 /// Installs the disk hooks `test.fault.sync.*` asks for on the calling thread (each thread that
 /// does storage I/O calls this).
-pub(crate) fn install_test_disk_hooks(config: &config::BrokerConfig) -> Result<(), String> {
+pub(crate) fn install_test_disk_hooks(config: &BrokerConfig) -> Result<(), String> {
     let hooks = config
         .faults
         .disk_hooks()

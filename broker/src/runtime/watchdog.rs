@@ -68,7 +68,7 @@ impl Watchdog {
             }
             Poll::<()>::Pending
         })
-        .await
+        .await;
     }
 
     fn wake(&self, id: usize) {

@@ -75,6 +75,9 @@ pub struct OffsetAnswer {
     pub leader_epoch: i32,
 }
 
+/// Takes a client connection over on the shard it moved to.
+pub type Adoption = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
 pub enum ShardOp {
     Produce(Vec<ProducePart>),
     Fetch(Vec<FetchPart>),
@@ -108,7 +111,7 @@ pub enum ShardOp {
     Metrics,
     /// Serve this client connection from now on (it moves to the shard its partitions live on).
     /// The closure takes the connection over; the shard does not need to know what it holds.
-    AdoptConnection(Box<dyn FnOnce(&Rc<Shard>) + Send>),
+    AdoptConnection(Adoption),
 }
 
 pub enum ShardReply {

@@ -164,7 +164,7 @@ impl GroupCoordinator {
     /// longer exist are dropped (and deleted from the log).
     pub async fn load(self: &Rc<Self>, owned: &[u32], meta: &ClusterMeta) -> Result<(), String> {
         let mut offsets: HashMap<String, HashMap<(Arc<str>, i32), Committed>> = HashMap::new();
-        let mut records: HashMap<String, super::store::GroupRecord> = HashMap::new();
+        let mut records: HashMap<String, store::GroupRecord> = HashMap::new();
         let count = self
             .store
             .replay(owned, |r| match r {
@@ -527,7 +527,10 @@ impl GroupCoordinator {
             .await
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "one tuple of the sync outcome, used once"
+    )]
     fn sync_step(
         self: &Rc<Self>,
         p: SyncParams,

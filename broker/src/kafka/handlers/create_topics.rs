@@ -73,7 +73,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     bad_config = Some(format!(
                         "Null value not supported for topic config {}",
                         c.name.as_str()
-                    ))
+                    ));
                 }
             }
         }

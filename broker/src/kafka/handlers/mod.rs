@@ -134,7 +134,7 @@ impl Ctx<'_> {
         match self.shard.call(0, ShardOp::Controller(op)).await {
             ShardReply::Controller(r) => r,
             _ => Err(ControllerError {
-                code: kafka_protocol::ResponseError::UnknownServerError.code(),
+                code: ResponseError::UnknownServerError.code(),
                 message: "controller unavailable".into(),
             }),
         }

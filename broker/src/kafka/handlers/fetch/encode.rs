@@ -79,7 +79,7 @@ impl Writer {
         let len = r.slice.as_ref().map_or(0, |s| s.len);
         // Never null: librdkafka rejects a null record set ("invalid MessageSetSize -1").
         if self.flexible {
-            self.uvarint(len as u64 + 1);
+            self.uvarint(u64::from(len) + 1);
         } else {
             self.buf.put_i32(len as i32);
         }
@@ -163,7 +163,7 @@ pub fn materialize(chunks: &[OutChunk]) -> bytes::Bytes {
             OutChunk::Bytes(b) => out.put_slice(b),
             OutChunk::File { fd, position, len } => {
                 let mut v = vec![0u8; *len as usize];
-                // SAFETY (test helper): the fd stays open while `fd` is alive; ManuallyDrop
+                // SAFETY: (test helper) the fd stays open while `fd` is alive; ManuallyDrop
                 // keeps this temporary File from closing it.
                 let f = std::mem::ManuallyDrop::new(unsafe {
                     <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd.as_raw_fd())

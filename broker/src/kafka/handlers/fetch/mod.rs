@@ -88,7 +88,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     for (w, r) in wanted.iter().zip(&results) {
         ctx.note_error(r.error);
         if let Some(s) = &r.slice {
-            ctx.shard.metrics.add_bytes_out(&w.topic, s.len as u64);
+            ctx.shard.metrics.add_bytes_out(&w.topic, u64::from(s.len));
         }
     }
     let mut it = wanted.iter().zip(results);
@@ -168,8 +168,8 @@ fn apply_response_limit(results: &mut [FetchResult], max_bytes: u32) -> u64 {
     let mut used: u64 = 0;
     for r in results.iter_mut() {
         let Some(s) = &r.slice else { continue };
-        let len = s.len as u64;
-        if used > 0 && used + len > max_bytes as u64 {
+        let len = u64::from(s.len);
+        if used > 0 && used + len > u64::from(max_bytes) {
             r.slice = None;
         } else {
             used += len;
