@@ -50,7 +50,10 @@ pub struct ServeArgs {
 /// code rather than a copy. Not a stable API.
 #[doc(hidden)]
 pub mod bench_api {
+    pub use crate::kafka::codec::frame_response;
     pub use crate::kafka::handlers::fetch::encode::{encode, FetchOut, PartitionOut, TopicOut};
+    pub use crate::mesh::{spawn_tasks, Handler, Mesh, MeshCounts, Msg, MESH_CHANNEL_CAPACITY};
+    pub use crate::metrics::stages::OwnerTimes;
     pub use crate::shard::ops::FetchResult;
 }
 

@@ -225,19 +225,11 @@ impl<H: Handler> Mesh<H> {
     }
 
     /// This shard's index in the mesh.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the broker knows its id from the shard")
-    )]
     pub fn id(&self) -> usize {
         self.id
     }
 
     /// Shards in the mesh, this one included.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the broker knows the count from its table")
-    )]
     pub fn peers(&self) -> usize {
         self.outboxes.len()
     }

@@ -1,11 +1,10 @@
 //! Microbenchmarks of Kafka wire decoding and encoding on the request paths. Run with
 //! `cargo bench -p strom-perf --bench codec`.
 //!
-//! The broker is a binary crate. Its hand-written FetchResponse encoder
-//! (broker/src/kafka/handlers/fetch/encode.rs) is compiled into this bench from its source
-//! file, so the bench measures the real code; `frame_response`, the few lines that frame a
-//! generated encoder's output (broker/src/kafka/codec.rs, used for Metadata and most APIs), is
-//! copied.
+//! The bench calls the broker's own code through `strom_broker::bench_api`: the hand-written
+//! FetchResponse encoder (broker/src/kafka/handlers/fetch/encode.rs) and `frame_response`, which
+//! frames a generated encoder's output (broker/src/kafka/codec.rs, used for Metadata and most
+//! APIs).
 
 #![allow(
     missing_docs,
@@ -83,18 +82,9 @@ fn decode_produce(c: &mut Criterion) {
         });
 }
 
-/// Copy of `frame_response` (broker/src/kafka/codec.rs): `[size][response header][body]`, without
-/// its special case for ApiVersions' header version.
+/// The broker's `frame_response`: `[size][response header][body]`.
 fn frame_response<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> Bytes {
-    let header_version = api.response_header_version(version);
-    let mut buf = BytesMut::with_capacity(64 + body.compute_size(version).expect("sizes"));
-    buf.put_i32(0);
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    header.encode(&mut buf, header_version).expect("encodes");
-    body.encode(&mut buf, version).expect("encodes");
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    buf.freeze()
+    strom_broker::bench_api::frame_response(api, version, correlation_id, body).expect("encodes")
 }
 
 /// A Metadata v12 response as the broker builds it (broker/src/kafka/handlers/metadata.rs):

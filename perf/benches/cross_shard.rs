@@ -1,14 +1,10 @@
 //! Microbenchmark of the cross-shard hop: a request from one shard executor to another and the
-//! reply back, over the same mechanism as the broker. Run with
-//! `cargo bench -p strom-perf --bench cross_shard`.
-//!
-//! The broker is a binary crate, so the `Mesh` below mirrors broker/src/shard/mesh.rs: a glommio
-//! `channel_mesh` full mesh of bounded channels (capacity `MESH_CHANNEL_CAPACITY`), a per-peer
-//! outbox drained in order by a pump task woken through an `event_listener::Event`, a receiver
-//! task per peer that runs each request in its own task, and a `futures` oneshot per call for
-//! the reply. The differences: ops and replies are a `u64` and executing an op echoes it (the
-//! broker runs `ops::execute`), and the per-shard statistics counters are left out. The two
-//! executors are pinned to different CPUs with the broker's preemption timer (see `common`).
+//! reply back, over the broker's own mesh (`strom_broker::bench_api::Mesh`, the code shards use:
+//! a glommio `channel_mesh` of bounded channels, an outbox per peer drained in order by a pump
+//! task, a receiver task per peer that runs each request in its own task, a oneshot per call).
+//! Operations and replies are a `u64` and executing one echoes it; the broker's handler runs
+//! `ShardOp`s instead. The two executors are pinned to different CPUs with the broker's
+//! preemption timer (see `common`). Run with `cargo bench -p strom-perf --bench cross_shard`.
 
 #![allow(
     missing_docs,
@@ -17,181 +13,90 @@
 
 mod common;
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use event_listener::Event;
-use futures::channel::oneshot;
 use futures::stream::{FuturesUnordered, StreamExt};
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use glommio::{CpuSet, GlommioError, Placement, ResourceType};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::{CpuSet, Placement};
+use strom_broker::bench_api::{spawn_tasks, Handler, Mesh, Msg, MESH_CHANNEL_CAPACITY};
 
 use common::Worker;
-
-/// Messages per direction between two shards before senders wait (as in mesh.rs).
-const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 /// Calls in flight in the pipelined benchmark.
 const PIPELINE_DEPTH: usize = 64;
 
-enum ShardMsg {
-    Request { id: u64, op: u64 },
-    Reply { id: u64, reply: u64 },
-}
+/// Executes an operation by echoing it.
+struct Echo;
 
-struct Outbox {
-    queue: RefCell<VecDeque<ShardMsg>>,
-    ready: Event,
-}
+impl Handler for Echo {
+    type Op = u64;
+    type Reply = u64;
 
-/// One shard's end of the mesh.
-struct Mesh {
-    id: usize,
-    senders: Rc<Senders<ShardMsg>>,
-    outboxes: Vec<Rc<Outbox>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<u64>>>,
-    next_id: Cell<u64>,
-}
-
-impl Mesh {
-    fn new(senders: Senders<ShardMsg>) -> Mesh {
-        let peers = senders.nr_consumers();
-        Mesh {
-            id: senders.peer_id(),
-            senders: Rc::new(senders),
-            outboxes: (0..peers)
-                .map(|_| {
-                    Rc::new(Outbox {
-                        queue: RefCell::new(VecDeque::new()),
-                        ready: Event::new(),
-                    })
-                })
-                .collect(),
-            pending: RefCell::new(HashMap::new()),
-            next_id: Cell::new(0),
-        }
+    fn cancellable(_: &u64) -> bool {
+        false
     }
 
-    fn enqueue(&self, to: usize, msg: ShardMsg) {
-        let outbox = &self.outboxes[to];
-        outbox.queue.borrow_mut().push_back(msg);
-        outbox.ready.notify(1);
+    fn unavailable() -> u64 {
+        u64::MAX
     }
 
-    async fn call(&self, to: usize, op: u64) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let (tx, rx) = oneshot::channel();
-        self.pending.borrow_mut().insert(id, tx);
-        self.enqueue(to, ShardMsg::Request { id, op });
-        rx.await.expect("the peer replies")
+    async fn execute(self: &Rc<Self>, op: u64) -> u64 {
+        op
     }
 }
 
-/// Moves one peer's outbox into its channel, in order.
-async fn pump(mesh: Rc<Mesh>, to: usize) {
-    let outbox = mesh.outboxes[to].clone();
-    let senders = mesh.senders.clone();
-    loop {
-        let next = outbox.queue.borrow_mut().pop_front();
-        let Some(msg) = next else {
-            let listener = outbox.ready.listen();
-            if outbox.queue.borrow().is_empty() {
-                listener.await;
-            }
-            continue;
-        };
-        let sent = match senders.try_send_to(to, msg) {
-            Ok(()) => Ok(()),
-            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                senders.send_to(to, msg).await.map_err(|_| ())
-            }
-            Err(_) => Err(()),
-        };
-        if sent.is_err() {
-            // The peer is gone (the benchmark is over).
-            mesh.pending.borrow_mut().clear();
-            return;
-        }
-    }
-}
-
-fn spawn_tasks(mesh: &Rc<Mesh>, mut receivers: Receivers<ShardMsg>) {
-    for to in 0..mesh.outboxes.len() {
-        if to != mesh.id {
-            glommio::spawn_local(pump(mesh.clone(), to)).detach();
-        }
-    }
-    for (peer, rx) in receivers.streams() {
-        let mesh = mesh.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                match msg {
-                    ShardMsg::Request { id, op } => {
-                        let mesh = mesh.clone();
-                        glommio::spawn_local(async move {
-                            mesh.enqueue(peer, ShardMsg::Reply { id, reply: op });
-                        })
-                        .detach();
-                    }
-                    ShardMsg::Reply { id, reply } => {
-                        if let Some(tx) = mesh.pending.borrow_mut().remove(&id) {
-                            let _ = tx.send(reply);
-                        }
-                    }
-                }
-            }
-        })
-        .detach();
-    }
+/// Calls `peer` with `op`; the echo must come back.
+async fn call(mesh: &Mesh<Echo>, peer: usize, op: u64) -> u64 {
+    let (reply, _) = mesh.call(peer, op).await;
+    assert_eq!(reply, op, "the peer echoes");
+    reply
 }
 
 /// Joins the mesh as the shard startup does and starts the mesh tasks.
-async fn join(builder: MeshBuilder<ShardMsg, Full>) -> Rc<Mesh> {
+async fn join(builder: MeshBuilder<Msg<Echo>, Full>) -> Rc<Mesh<Echo>> {
     let (senders, receivers) = builder.join().await.expect("join the mesh");
     let mesh = Rc::new(Mesh::new(senders));
-    spawn_tasks(&mesh, receivers);
+    spawn_tasks(&mesh, Rc::new(Echo), receivers);
     mesh
 }
 
 /// `iters` calls to the other shard, one at a time; returns the total time.
-async fn sequential(mesh: Rc<Mesh>, iters: u64) -> Duration {
-    let peer = 1 - mesh.id;
+async fn sequential(mesh: Rc<Mesh<Echo>>, iters: u64) -> Duration {
+    let peer = 1 - mesh.id();
     let start = Instant::now();
     for op in 0..iters {
-        assert_eq!(mesh.call(peer, op).await, op);
+        call(&mesh, peer, op).await;
     }
     start.elapsed()
 }
 
 /// `n` calls to the other shard, one at a time, each timed; microseconds per round trip.
-async fn timed(mesh: Rc<Mesh>, n: u64) -> hdrhistogram::Histogram<u64> {
-    let peer = 1 - mesh.id;
+async fn timed(mesh: Rc<Mesh<Echo>>, n: u64) -> hdrhistogram::Histogram<u64> {
+    let peer = 1 - mesh.id();
     let mut h = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     for op in 0..n {
         let start = Instant::now();
-        assert_eq!(mesh.call(peer, op).await, op);
+        call(&mesh, peer, op).await;
         h.saturating_record(start.elapsed().as_micros() as u64);
     }
     h
 }
 
 /// `iters` calls to the other shard with up to `PIPELINE_DEPTH` in flight; returns the total time.
-async fn pipelined(mesh: Rc<Mesh>, iters: u64) -> Duration {
-    let peer = 1 - mesh.id;
+async fn pipelined(mesh: Rc<Mesh<Echo>>, iters: u64) -> Duration {
+    let peer = 1 - mesh.id();
     let mut in_flight = FuturesUnordered::new();
     let mut issued = 0;
     let start = Instant::now();
     while issued < iters && in_flight.len() < PIPELINE_DEPTH {
-        in_flight.push(mesh.call(peer, issued));
+        in_flight.push(call(&mesh, peer, issued));
         issued += 1;
     }
     while in_flight.next().await.is_some() {
         if issued < iters {
-            in_flight.push(mesh.call(peer, issued));
+            in_flight.push(call(&mesh, peer, issued));
             issued += 1;
         }
     }

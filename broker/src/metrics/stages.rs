@@ -100,7 +100,9 @@ pub struct RequestTrace {
 /// When the owner of a partition ran an operation (for the hop stages).
 #[derive(Clone, Copy, Debug)]
 pub struct OwnerTimes {
+    /// When it started.
     pub start: Instant,
+    /// When it finished.
     pub end: Instant,
 }
 
