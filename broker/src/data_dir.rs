@@ -3,6 +3,8 @@
 //! against the metadata.)
 
 use std::io;
+
+use crate::error::BrokerError;
 use std::path::Path;
 
 /// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created, so
@@ -43,7 +45,7 @@ pub fn replace_file_durable(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<
 }
 
 /// One broker per data directory: an exclusive `flock` held for the process's life.
-pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
+pub fn lock(dir: &Path) -> Result<std::fs::File, BrokerError> {
     use std::os::fd::AsRawFd;
     let path = dir.join(".lock");
     let f = std::fs::OpenOptions::new()
@@ -51,13 +53,14 @@ pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        .map_err(|source| BrokerError::Io {
+            action: "opening",
+            path: path.clone(),
+            source,
+        })?;
     // SAFETY: flock on an fd we own, no memory effects.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
-            "{} is in use by another strom process",
-            dir.display()
-        ));
+        return Err(BrokerError::Locked(dir.to_path_buf()));
     }
     Ok(f)
 }

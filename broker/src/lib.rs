@@ -10,6 +10,7 @@ mod admin;
 mod clock;
 mod config;
 mod data_dir;
+mod error;
 mod group;
 mod kafka;
 mod limits;
@@ -22,6 +23,7 @@ mod shard;
 use std::path::PathBuf;
 
 pub use config::ConfigError;
+pub use error::{BrokerError, DataDirError, ShardError};
 
 /// What `strom serve` (and `strom` without a subcommand) takes on its command line.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -55,24 +57,6 @@ pub mod bench_api {
     pub use crate::mesh::{spawn_tasks, Handler, Mesh, MeshCounts, Msg, MESH_CHANNEL_CAPACITY};
     pub use crate::metrics::stages::OwnerTimes;
     pub use crate::shard::ops::FetchResult;
-}
-
-/// Why a broker could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BrokerError {
-    /// The settings (file, environment, flags) are invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Startup failed (data directory, port, metadata) or a shard failed.
-    #[error("{0}")]
-    Run(String),
-}
-
-impl From<String> for BrokerError {
-    fn from(msg: String) -> BrokerError {
-        BrokerError::Run(msg)
-    }
 }
 
 /// Runs a broker with `args` until SIGINT or SIGTERM, then shuts it down cleanly.

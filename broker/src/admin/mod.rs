@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
+use crate::error::{BrokerError, ShardError};
 use crate::metrics;
 use crate::shard::stats;
 use crate::shard::Shard;
@@ -28,11 +29,11 @@ pub const CONNECTIONS_MAX: usize = 64;
 pub const REQUEST_READ_TIMEOUT_MS: u64 = 5_000;
 
 /// How long "address in use" is retried at startup: a broker killed a moment ago can still hold
-/// its socket while the kernel tears its io_uring down (see `probe_port` in main.rs).
+/// its socket while the kernel tears its io_uring down (see `probe_port` in runtime/mod.rs).
 const PORT_BUSY_WAIT_MS: u64 = 5_000;
 
 /// Binds the admin listener (without `SO_REUSEPORT`, so a port in use is an error).
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BrokerError> {
     const RETRY_MS: u64 = 100;
     let mut waited = 0;
     loop {
@@ -42,19 +43,23 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
                 std::thread::sleep(Duration::from_millis(RETRY_MS));
                 waited += RETRY_MS;
             }
-            Err(e) => return Err(format!("cannot listen on {addr} (admin.listeners): {e}")),
+            Err(source) => {
+                return Err(BrokerError::Listen {
+                    addr,
+                    what: " (admin.listeners)",
+                    source,
+                })
+            }
         }
     }
 }
 
 /// Starts serving the listener `serve` bound, on this shard.
-pub fn spawn(shard: &Rc<Shard>, listener: &std::net::TcpListener) -> Result<(), String> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("admin listener: {e}"))?;
+pub fn spawn(shard: &Rc<Shard>, listener: &std::net::TcpListener) -> Result<(), ShardError> {
+    let addr = listener.local_addr().map_err(ShardError::Admin)?;
     let fd = listener
         .try_clone()
-        .map_err(|e| format!("admin listener: {e}"))?
+        .map_err(ShardError::Admin)?
         .into_raw_fd();
     // SAFETY: `fd` is a duplicate of a listening TCP socket that nothing else owns.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };

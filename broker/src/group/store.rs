@@ -90,6 +90,46 @@ impl StoreError {
     }
 }
 
+/// Why the offsets log could not be read back at startup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// A partition of the offsets log could not be opened.
+    #[error("opening {}: {source}", dir.display())]
+    Open {
+        /// The partition directory.
+        dir: PathBuf,
+        /// Why.
+        source: StorageError,
+    },
+    /// A read from it failed.
+    #[error("reading {}: {source}", dir.display())]
+    Read {
+        /// The partition directory.
+        dir: PathBuf,
+        /// Why.
+        source: StorageError,
+    },
+    /// Copying what was read out of the segment file failed.
+    #[error("reading {}: {source}", dir.display())]
+    ReadFile {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A batch does not decode.
+    #[error("{} at byte {position}: {source}", dir.display())]
+    Decode {
+        /// The partition directory.
+        dir: PathBuf,
+        /// Where in what was read.
+        position: usize,
+        /// Why.
+        source: strom_storage::records::DecodeError,
+    },
+}
+
 /// The outcome of a write queued with [`OffsetsStore::submit`] (an error if the writer stopped).
 pub async fn outcome(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
     rx.await
@@ -591,7 +631,7 @@ impl OffsetsStore {
         &self,
         owned: &[u32],
         mut apply: impl FnMut(LogRecord),
-    ) -> Result<usize, String> {
+    ) -> Result<usize, ReplayError> {
         let mut count = 0;
         for &p in owned {
             let dir = self.partition_dir(p);
@@ -600,20 +640,29 @@ impl OffsetsStore {
             }
             let log = PartitionLog::open(dir.clone(), self.config.clone(), now_ms())
                 .await
-                .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                .map_err(|source| ReplayError::Open {
+                    dir: dir.clone(),
+                    source,
+                })?;
             let mut offset = log.log_start_offset().0;
             while offset < log.high_watermark().0 {
                 let Some(slice) = log
                     .read(Offset(offset), REPLAY_READ_BYTES, true)
                     .await
-                    .map_err(|e| format!("reading {}: {e}", dir.display()))?
+                    .map_err(|source| ReplayError::Read {
+                        dir: dir.clone(),
+                        source,
+                    })?
                 else {
                     break;
                 };
                 // Startup only: a blocking read before the shard serves anything.
                 let bytes = slice
                     .read_blocking()
-                    .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+                    .map_err(|source| ReplayError::ReadFile {
+                        dir: dir.clone(),
+                        source,
+                    })?;
                 let mut pos = 0;
                 while pos + BATCH_HEADER_BYTES <= bytes.len() {
                     let len =
@@ -622,8 +671,11 @@ impl OffsetsStore {
                             + 12;
                     let end = (pos + len).min(bytes.len());
                     let batch = &bytes[pos..end];
-                    let records = decode_records(batch)
-                        .map_err(|e| format!("{} at byte {pos}: {e}", dir.display()))?;
+                    let records = decode_records(batch).map_err(|source| ReplayError::Decode {
+                        dir: dir.clone(),
+                        position: pos,
+                        source,
+                    })?;
                     // The batch's last offset, not its last record's: compaction may have
                     // removed records at the end of a batch.
                     let base = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{store, ClusterMeta};
+use crate::error::DataDirError;
 
 /// Partition directories named in the refusal message at most; the rest are counted.
 const ORPHANS_LISTED_MAX: usize = 10;
@@ -40,9 +41,12 @@ pub fn check_partition_dirs(
     data_dir: &Path,
     meta: &ClusterMeta,
     deleting: &[String],
-) -> Result<(), String> {
-    let dirs =
-        partition_dirs(data_dir).map_err(|e| format!("listing {}: {e}", data_dir.display()))?;
+) -> Result<(), DataDirError> {
+    let dirs = partition_dirs(data_dir).map_err(|source| DataDirError::Io {
+        action: "listing",
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
     let deleting: BTreeSet<&str> = deleting.iter().map(String::as_str).collect();
     let mut orphans = Vec::new();
     for (path, topic, p) in dirs {
@@ -51,8 +55,11 @@ pub fn check_partition_dirs(
         }
         if meta.topic(&topic).is_none() && deleting.contains(topic.as_str()) {
             tracing::warn!("removing {}: its topic was deleted", path.display());
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| format!("removing {} of a deleted topic: {e}", path.display()))?;
+            std::fs::remove_dir_all(&path).map_err(|source| DataDirError::Io {
+                action: "removing (its topic was deleted)",
+                path: path.clone(),
+                source,
+            })?;
         } else {
             orphans.push(path);
         }
@@ -66,7 +73,7 @@ pub fn check_partition_dirs(
         if orphans.len() > ORPHANS_LISTED_MAX {
             names.push(format!("and {} more", orphans.len() - ORPHANS_LISTED_MAX));
         }
-        return Err(format!(
+        let message = format!(
             "{} partition director{} in {} {} not in the topic metadata ({}): {}. Strom does not delete data \
              it cannot account for. If the metadata was lost, restore {}/{}/topics.snapshot from a backup; \
              if these directories are really unwanted, move them out of the data directory. \
@@ -79,10 +86,14 @@ pub fn check_partition_dirs(
             names.join(", "),
             data_dir.display(),
             store::META_DIR,
-        ));
+        );
+        return Err(DataDirError::Unaccounted {
+            count: orphans.len(),
+            message,
+        });
     }
     if !deleting.is_empty() {
-        store::save_deleting_blocking(data_dir, &[]).map_err(|e| e.to_string())?;
+        store::save_deleting_blocking(data_dir, &[])?;
     }
     Ok(())
 }

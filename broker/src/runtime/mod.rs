@@ -15,10 +15,11 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::{self, BrokerConfig, ConfigSources};
+use crate::error::BrokerError;
 use crate::mesh::MESH_CHANNEL_CAPACITY;
 use crate::metadata::table::ShardTable;
 use crate::metadata::{self, ClusterMeta};
-use crate::{admin, data_dir, group, BrokerError, ServeArgs};
+use crate::{admin, data_dir, group, ServeArgs};
 pub(crate) use shard_main::current_shard;
 use shard_main::ShardContext;
 
@@ -54,22 +55,28 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
     }
     let mut config = config;
     // Test-only disk hooks on this thread, for the files written before the shards start.
-    install_test_disk_hooks(&config)?;
+    install_test_disk_hooks(&config).map_err(BrokerError::DiskHooks)?;
 
-    data_dir::create_dir_durable(&config.data_dir)
-        .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+    data_dir::create_dir_durable(&config.data_dir).map_err(|source| BrokerError::Io {
+        action: "creating",
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let _lock = data_dir::lock(&config.data_dir)?;
     // The offsets log keeps the partition count it was created with.
     config.groups.offsets_partitions =
         group::store::load_partition_count(&config.data_dir, config.groups.offsets_partitions)
-            .map_err(|e| format!("reading the consumer-group log layout: {e}"))?;
+            .map_err(|source| BrokerError::Io {
+                action: "reading the consumer-group log layout in",
+                path: config.data_dir.clone(),
+                source,
+            })?;
     let config = Arc::new(config);
-    let snapshot = metadata::store::load(&config.data_dir).map_err(|e| e.to_string())?;
-    let producer_id_block_end =
-        metadata::producer_ids::load(&config.data_dir).map_err(|e| e.to_string())?;
+    let snapshot = metadata::store::load(&config.data_dir)?;
+    let producer_id_block_end = metadata::producer_ids::load(&config.data_dir)?;
     let table = ShardTable::new(config.cores);
     let meta = ClusterMeta::from_snapshot(&snapshot, &table, &config.topic_defaults);
-    let deleting = metadata::store::load_deleting(&config.data_dir).map_err(|e| e.to_string())?;
+    let deleting = metadata::store::load_deleting(&config.data_dir)?;
     metadata::dirs::check_partition_dirs(&config.data_dir, &meta, &deleting)?;
     probe_port(&config)?;
     let admin_listener = match config.admin_listen {
@@ -79,8 +86,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone())
-            .map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(BrokerError::Signals)?;
     }
     let watchdog = watchdog::Watchdog::new(config.cores, TICK_MS);
     let watchdog_stop = Arc::new(AtomicBool::new(false));
@@ -119,8 +125,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
         // core for glommio's default 100 ms.
         .preempt_timer(Duration::from_millis(5))
         .on_all_shards(move || shard_main::run(ctx))
-        .map_err(|e| format!("starting shards: {e}"))?;
-    let mut failed = false;
+        .map_err(|e| BrokerError::Start(e.into()))?;
+    let mut failed = 0;
     let results = handles.join_all();
     watchdog_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = watchdog_thread.join();
@@ -135,16 +141,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!("shard failed: {e}");
-                failed = true;
+                failed += 1;
             }
             Err(e) => {
                 tracing::error!("shard panicked: {e}");
-                failed = true;
+                failed += 1;
             }
         }
     }
-    if failed {
-        return Err(BrokerError::Run("a shard failed; see the log above".into()));
+    if failed > 0 {
+        return Err(BrokerError::ShardsFailed { failed });
     }
     tracing::info!("clean shutdown complete");
     Ok(())
@@ -152,11 +158,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
 
 /// Installs the disk hooks `test.fault.sync.*` asks for on the calling thread (each thread that
 /// does storage I/O calls this).
-pub(crate) fn install_test_disk_hooks(config: &BrokerConfig) -> Result<(), String> {
-    let hooks = config
-        .faults
-        .disk_hooks()
-        .map_err(|e| format!("opening the sync journal: {e}"))?;
+pub(crate) fn install_test_disk_hooks(config: &BrokerConfig) -> std::io::Result<()> {
+    let hooks = config.faults.disk_hooks()?;
     if let Some(hooks) = hooks {
         strom_storage::install_disk_hooks(Some(std::rc::Rc::new(hooks)));
     }
@@ -217,7 +220,7 @@ fn init_logging(log: &config::LogSettings) {
 /// A broker killed a moment ago can still hold its listening socket: io_uring tears a dead
 /// process's rings down asynchronously, and a pending accept keeps the socket open until then.
 /// So "in use" is retried for up to `PORT_BUSY_WAIT_MS` before it becomes an error.
-fn probe_port(config: &BrokerConfig) -> Result<(), String> {
+fn probe_port(config: &BrokerConfig) -> Result<(), BrokerError> {
     const PORT_BUSY_WAIT_MS: u64 = 5_000;
     const RETRY_MS: u64 = 100;
     let mut waited = 0;
@@ -228,7 +231,13 @@ fn probe_port(config: &BrokerConfig) -> Result<(), String> {
                 std::thread::sleep(Duration::from_millis(RETRY_MS));
                 waited += RETRY_MS;
             }
-            Err(e) => return Err(format!("cannot listen on {}: {e}", config.listen)),
+            Err(source) => {
+                return Err(BrokerError::Listen {
+                    addr: config.listen,
+                    what: "",
+                    source,
+                })
+            }
         }
     }
 }

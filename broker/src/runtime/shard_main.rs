@@ -20,6 +20,7 @@ use super::watchdog::Watchdog;
 use super::TICK_MS;
 use crate::clock::now_ms;
 use crate::config::BrokerConfig;
+use crate::error::ShardError;
 use crate::group::store::OffsetsStore;
 use crate::group::GroupCoordinator;
 use crate::mesh::{Mesh, Msg};
@@ -61,8 +62,8 @@ pub(crate) fn current_shard() -> Option<usize> {
 }
 
 /// The body of one shard's executor. Returns after a clean shutdown.
-pub(crate) async fn run(ctx: ShardContext) -> Result<(), String> {
-    super::install_test_disk_hooks(&ctx.config)?;
+pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
+    super::install_test_disk_hooks(&ctx.config).map_err(ShardError::DiskHooks)?;
     let slot = ctx.watchdog.register();
     glommio::spawn_local(ctx.watchdog.clone().wake_target(slot)).detach();
     let beats = ctx.watchdog.clone();
@@ -74,11 +75,7 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), String> {
         }
     })
     .detach();
-    let (senders, receivers) = ctx
-        .mesh
-        .join()
-        .await
-        .map_err(|_| "joining the shard mesh failed".to_string())?;
+    let (senders, receivers) = ctx.mesh.join().await.map_err(|_| ShardError::MeshJoin)?;
     let id = senders.peer_id();
     CURRENT_SHARD.with(|c| c.set(Some(id)));
     let table = ShardTable::new(senders.nr_consumers());
@@ -142,7 +139,7 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), String> {
         .groups
         .load(&owned, &shard.meta())
         .await
-        .map_err(|e| format!("loading consumer groups: {e}"))?;
+        .map_err(ShardError::LoadGroups)?;
     crate::mesh::spawn_tasks(&shard.mesh, shard.clone(), receivers);
     ctx.recovered_shards.fetch_add(1, Ordering::AcqRel);
     tracing::info!(shard = id, "recovery complete");
@@ -157,8 +154,11 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), String> {
         .detach();
     }
 
-    let fd = strom_net::listener::bind_shared(ctx.config.listen)
-        .map_err(|e| format!("binding {}: {e}", ctx.config.listen))?;
+    let fd =
+        strom_net::listener::bind_shared(ctx.config.listen).map_err(|source| ShardError::Bind {
+            addr: ctx.config.listen,
+            source,
+        })?;
     // SAFETY: `fd` is a listening TCP socket we own; the listener takes it over.
     let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
     tracing::info!(shard = id, "listening on {}", ctx.config.listen);
@@ -176,7 +176,10 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), String> {
     );
     let maintenance =
         glommio::spawn_local_into(maintain_logs(shard.clone(), ctx.shutdown.clone()), queue)
-            .map_err(|e| format!("starting the maintenance task: {e}"))?;
+            .map_err(|e| ShardError::Task {
+                what: "maintenance",
+                source: e.into(),
+            })?;
 
     // Checked once a minute, or twice per expiration time if that is shorter.
     let expiry_check_ms =
@@ -202,7 +205,7 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), String> {
     Ok(())
 }
 
-async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), String> {
+async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), ShardError> {
     let meta = shard.meta();
     let now = now_ms();
     for topic in meta.topics.values() {
@@ -212,7 +215,11 @@ async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), String> {
                     .logs
                     .open_or_create(&topic.name, p as i32, topic.config.log_config(), now)
                     .await
-                    .map_err(|e| format!("opening {}-{p}: {e}", topic.name))?;
+                    .map_err(|source| ShardError::OpenLog {
+                        topic: topic.name.to_string(),
+                        partition: p as i32,
+                        source,
+                    })?;
             }
         }
     }

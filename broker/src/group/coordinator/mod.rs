@@ -162,7 +162,11 @@ impl GroupCoordinator {
 
     /// Replays the owned partitions of the offsets log into memory. Offsets of topics that no
     /// longer exist are dropped (and deleted from the log).
-    pub async fn load(self: &Rc<Self>, owned: &[u32], meta: &ClusterMeta) -> Result<(), String> {
+    pub async fn load(
+        self: &Rc<Self>,
+        owned: &[u32],
+        meta: &ClusterMeta,
+    ) -> Result<(), store::ReplayError> {
         let mut offsets: HashMap<String, HashMap<(Arc<str>, i32), Committed>> = HashMap::new();
         let mut records: HashMap<String, store::GroupRecord> = HashMap::new();
         let count = self

@@ -1,0 +1,138 @@
+//! The broker's errors at startup and in a shard's life, one `thiserror` enum per layer.
+//! (Errors that become a Kafka error code in a response have their own types beside the code
+//! that answers: `ControllerError`, `StoreError`.)
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use strom_storage::StorageError;
+
+use crate::config::ConfigError;
+use crate::metadata::store::MetaStoreError;
+
+/// Why a broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The settings (file, environment, flags) are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file or directory of the data directory could not be created, opened or read.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("creating", "opening", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Another broker holds the data directory.
+    #[error("{} is in use by another strom process", .0.display())]
+    Locked(PathBuf),
+    /// The persisted metadata (topics, producer ids) could not be read.
+    #[error(transparent)]
+    Metadata(#[from] MetaStoreError),
+    /// The data directory holds partitions the metadata does not account for, or its check
+    /// failed.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener, for the message (empty for the Kafka listener).
+        what: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The signal handlers could not be installed.
+    #[error("installing signal handler: {0}")]
+    Signals(#[source] io::Error),
+    /// The test-only disk hooks (`test.fault.sync.*`) could not be set up.
+    #[error("opening the sync journal: {0}")]
+    DiskHooks(#[source] io::Error),
+    /// The executor pool could not be started.
+    #[error("starting shards: {0}")]
+    Start(#[source] io::Error),
+    /// A shard stopped with an error (the log names it and why).
+    #[error("{failed} shard(s) failed; see the log above")]
+    ShardsFailed {
+        /// How many shards failed or panicked.
+        failed: usize,
+    },
+}
+
+/// Why a shard stopped before a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// The mesh between the shards could not be joined.
+    #[error("joining the shard mesh failed")]
+    MeshJoin,
+    /// A partition log could not be opened at recovery.
+    #[error("opening {topic}-{partition}: {source}")]
+    OpenLog {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Why.
+        source: StorageError,
+    },
+    /// The consumer groups could not be read back from the offsets log.
+    #[error("loading consumer groups: {0}")]
+    LoadGroups(#[source] crate::group::store::ReplayError),
+    /// The Kafka listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The admin listener could not be served.
+    #[error("admin listener: {0}")]
+    Admin(#[source] io::Error),
+    /// A task queue or task could not be created.
+    #[error("starting the {what} task: {source}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// glommio's error.
+        source: io::Error,
+    },
+    /// The test-only disk hooks could not be set up.
+    #[error("opening the sync journal: {0}")]
+    DiskHooks(#[source] io::Error),
+}
+
+/// The data directory's partition directories do not match the metadata.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// Listing or removing directories failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Partition directories the metadata does not list (the message names them and says
+    /// what to do).
+    #[error("{message}")]
+    Unaccounted {
+        /// How many directories.
+        count: usize,
+        /// What the operator reads.
+        message: String,
+    },
+    /// Emptying the list of topics being deleted failed.
+    #[error(transparent)]
+    Metadata(#[from] MetaStoreError),
+}
