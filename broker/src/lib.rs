@@ -12,6 +12,7 @@ mod config;
 mod data_dir;
 mod error;
 mod group;
+mod ids;
 mod kafka;
 mod limits;
 mod mesh;

@@ -18,6 +18,8 @@ pub use coordinator::{
 };
 use state::{JoinResult, SyncResult};
 
+use crate::ids::ShardId;
+
 pub enum GroupOp {
     Join(JoinParams),
     Sync(SyncParams),
@@ -68,13 +70,13 @@ pub enum GroupReply {
 }
 
 /// The partitions of the offsets log that shard `shard` of `shards` owns.
-pub fn owned_partitions(partitions: u32, shard: usize, shards: usize) -> Vec<u32> {
+pub fn owned_partitions(partitions: u32, shard: ShardId, shards: usize) -> Vec<u32> {
     (0..partitions)
-        .filter(|p| *p as usize % shards == shard)
+        .filter(|p| *p as usize % shards == shard.0)
         .collect()
 }
 
 /// The shard that coordinates `group_id`.
-pub fn owner(group_id: &str, partitions: u32, shards: usize) -> usize {
-    store::partition_of(group_id, partitions) as usize % shards
+pub fn owner(group_id: &str, partitions: u32, shards: usize) -> ShardId {
+    ShardId(store::partition_of(group_id, partitions) as usize % shards)
 }

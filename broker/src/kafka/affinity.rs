@@ -13,6 +13,7 @@
 
 use std::cell::Cell;
 
+use crate::ids::ShardId;
 use crate::limits::{CONNECTION_MIGRATE_INTERVAL_MS, CONNECTION_MIGRATE_STREAK};
 
 /// What one request says about where its connection belongs.
@@ -22,14 +23,14 @@ pub enum Hint {
     #[default]
     None,
     /// Every partition of the request is owned by this shard.
-    Shard(usize),
+    Shard(ShardId),
     /// Partitions on several shards.
     Mixed,
 }
 
 impl Hint {
     /// Adds the owner of one more partition of the request.
-    pub fn with(self, owner: usize) -> Hint {
+    pub fn with(self, owner: ShardId) -> Hint {
         match self {
             Hint::None => Hint::Shard(owner),
             Hint::Shard(s) if s == owner => self,
@@ -42,15 +43,15 @@ impl Hint {
 #[derive(Debug)]
 pub struct Affinity {
     /// The shard serving the connection now.
-    home: usize,
+    home: ShardId,
     /// The other shard the last requests all went to, and how many in a row.
-    candidate: Cell<Option<(usize, u32)>>,
+    candidate: Cell<Option<(ShardId, u32)>>,
     /// When the connection last moved (ms), if it did.
     last_move_ms: Option<i64>,
 }
 
 impl Affinity {
-    pub fn new(home: usize, last_move_ms: Option<i64>) -> Affinity {
+    pub fn new(home: ShardId, last_move_ms: Option<i64>) -> Affinity {
         Affinity {
             home,
             candidate: Cell::new(None),
@@ -73,7 +74,7 @@ impl Affinity {
     }
 
     /// The shard to move to now, if the streak is long enough and the last move is old enough.
-    pub fn target(&self, now_ms: i64) -> Option<usize> {
+    pub fn target(&self, now_ms: i64) -> Option<ShardId> {
         let (shard, streak) = self.candidate.get()?;
         if streak < CONNECTION_MIGRATE_STREAK {
             return None;
@@ -93,45 +94,52 @@ mod tests {
 
     #[test]
     fn hint_combines_owners() {
-        assert_eq!(Hint::None.with(1), Hint::Shard(1));
-        assert_eq!(Hint::Shard(1).with(1), Hint::Shard(1));
-        assert_eq!(Hint::Shard(1).with(0), Hint::Mixed);
-        assert_eq!(Hint::Mixed.with(1), Hint::Mixed);
+        assert_eq!(Hint::None.with(ShardId(1)), Hint::Shard(ShardId(1)));
+        assert_eq!(
+            Hint::Shard(ShardId(1)).with(ShardId(1)),
+            Hint::Shard(ShardId(1))
+        );
+        assert_eq!(Hint::Shard(ShardId(1)).with(ShardId(0)), Hint::Mixed);
+        assert_eq!(Hint::Mixed.with(ShardId(1)), Hint::Mixed);
     }
 
     #[test]
     fn a_streak_to_one_other_shard_moves_the_connection() {
-        let a = Affinity::new(0, None);
+        let a = Affinity::new(ShardId(0), None);
         for _ in 0..CONNECTION_MIGRATE_STREAK - 1 {
-            a.observe(Hint::Shard(1));
+            a.observe(Hint::Shard(ShardId(1)));
             a.observe(Hint::None); // metadata, heartbeats: neutral
         }
         assert_eq!(a.target(0), None, "one request short");
-        a.observe(Hint::Shard(1));
-        assert_eq!(a.target(0), Some(1));
+        a.observe(Hint::Shard(ShardId(1)));
+        assert_eq!(a.target(0), Some(ShardId(1)));
     }
 
     #[test]
     fn local_or_mixed_requests_reset_the_streak() {
-        for reset in [Hint::Shard(0), Hint::Mixed, Hint::Shard(2)] {
-            let a = Affinity::new(0, None);
+        for reset in [
+            Hint::Shard(ShardId(0)),
+            Hint::Mixed,
+            Hint::Shard(ShardId(2)),
+        ] {
+            let a = Affinity::new(ShardId(0), None);
             for _ in 0..CONNECTION_MIGRATE_STREAK - 1 {
-                a.observe(Hint::Shard(1));
+                a.observe(Hint::Shard(ShardId(1)));
             }
             a.observe(reset);
-            a.observe(Hint::Shard(1));
+            a.observe(Hint::Shard(ShardId(1)));
             assert_eq!(a.target(0), None, "after {reset:?}");
         }
     }
 
     #[test]
     fn a_connection_that_just_moved_waits_before_moving_again() {
-        let a = Affinity::new(1, Some(10_000));
+        let a = Affinity::new(ShardId(1), Some(10_000));
         for _ in 0..CONNECTION_MIGRATE_STREAK {
-            a.observe(Hint::Shard(0));
+            a.observe(Hint::Shard(ShardId(0)));
         }
         let interval = CONNECTION_MIGRATE_INTERVAL_MS as i64;
         assert_eq!(a.target(10_000 + interval - 1), None);
-        assert_eq!(a.target(10_000 + interval), Some(0));
+        assert_eq!(a.target(10_000 + interval), Some(ShardId(0)));
     }
 }

@@ -37,6 +37,7 @@ use super::affinity::Affinity;
 use super::api;
 use super::handlers::{self, Outcome};
 use crate::clock::now_ms;
+use crate::ids::ShardId;
 use crate::limits::REQUEST_BODY_STALL_MS_MAX;
 use crate::metrics::stages::RequestTrace;
 use crate::shard::{Shard, ShardOp, ShardReply};
@@ -96,7 +97,7 @@ fn spawn_served(
                 // The target is shutting down or its queue is full: the handoff (and with it
                 // the socket) is dropped and the client reconnects.
                 _ => tracing::debug!(
-                    shard = shard.id,
+                    shard = shard.id.0,
                     "could not hand a connection to shard {to}; closed"
                 ),
             }
@@ -112,7 +113,7 @@ async fn serve(
     slot: ConnectionSlot,
     buffered: BytesMut,
     moved_at_ms: Option<i64>,
-) -> Option<(usize, Handoff)> {
+) -> Option<(ShardId, Handoff)> {
     let peer: Rc<str> = stream
         .peer_addr()
         .map(|a| a.to_string())

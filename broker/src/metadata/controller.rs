@@ -28,11 +28,15 @@ use super::table::ShardTable;
 use crate::clock::now_ms;
 use crate::config::topic::{self as topic_config, TopicDefaults};
 use crate::config::ControllerStep;
+use crate::ids::{PartitionId, ProducerId, ShardId};
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Partitions one topic may have (bounds metadata and per-request work).
 pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
+
+/// The shard the controller runs on.
+pub const CONTROLLER_SHARD: ShardId = ShardId(0);
 
 /// How the controller reaches the shards that own partitions.
 pub trait LogOwners {
@@ -41,23 +45,23 @@ pub trait LogOwners {
     /// name is removed first).
     fn open_logs(
         &self,
-        owner: usize,
+        owner: ShardId,
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
         config: LogConfig,
         fresh: bool,
     ) -> impl Future<Output = Result<(), StorageError>>;
     /// Closes partitions of `topic` on shard `owner` and deletes their directories.
     fn remove_logs(
         &self,
-        owner: usize,
+        owner: ShardId,
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
     ) -> impl Future<Output = Result<(), StorageError>>;
     /// Gives every open partition of `topic` on shard `owner` a new configuration.
     fn update_log_config(
         &self,
-        owner: usize,
+        owner: ShardId,
         topic: Arc<str>,
         config: LogConfig,
     ) -> impl Future<Output = ()>;
@@ -93,7 +97,12 @@ pub enum ControllerOutput {
     /// A metadata change was made (or validated).
     Done,
     /// InitProducerId: the producer's id and epoch.
-    ProducerId { id: i64, epoch: i16 },
+    ProducerId {
+        /// The producer's id.
+        id: ProducerId,
+        /// Its epoch.
+        epoch: i16,
+    },
 }
 
 pub type ControllerReply = Result<ControllerOutput, ControllerError>;
@@ -139,7 +148,7 @@ pub enum ControllerOp {
     /// A producer id for an idempotent producer; `current` is the id and epoch of a producer
     /// that already has one and asks for an epoch bump (KIP-360).
     InitProducerId {
-        current: Option<(i64, i16)>,
+        current: Option<(ProducerId, i16)>,
     },
 }
 
@@ -250,7 +259,7 @@ impl Controller {
         let mut next = current.clone();
         next.version += 1;
         // Log work to do on owners once the new snapshot is durable.
-        let mut after: Vec<(usize, LogWork)> = Vec::new();
+        let mut after: Vec<(ShardId, LogWork)> = Vec::new();
         match op {
             ControllerOp::CreateTopic {
                 name,
@@ -300,12 +309,12 @@ impl Controller {
                 };
                 let record = next.topics.remove(i);
                 let topic: Arc<str> = Arc::from(record.name.as_str());
-                let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+                let mut by_shard: BTreeMap<ShardId, Vec<PartitionId>> = BTreeMap::new();
                 for (p, &s) in record.partition_shards.iter().enumerate() {
                     by_shard
                         .entry(self.ctx.table.effective(s))
                         .or_default()
-                        .push(p as i32);
+                        .push(PartitionId(p as i32));
                 }
                 for (s, partitions) in by_shard {
                     after.push((
@@ -376,7 +385,7 @@ impl Controller {
                 t.overrides = overrides;
                 let config = self.ctx.topic_defaults.resolve(&t.overrides).log_config();
                 let topic: Arc<str> = Arc::from(t.name.as_str());
-                let owners: std::collections::BTreeSet<usize> = t
+                let owners: std::collections::BTreeSet<ShardId> = t
                     .partition_shards
                     .iter()
                     .map(|&s| self.ctx.table.effective(s))
@@ -481,7 +490,7 @@ impl Controller {
     async fn undo_opens(
         &self,
         owners: &impl LogOwners,
-        opens: &[(usize, LogWork)],
+        opens: &[(ShardId, LogWork)],
         previous: &MetadataSnapshot,
     ) {
         for (s, work) in opens {
@@ -519,15 +528,15 @@ impl Controller {
     }
 
     /// The log work that opens partitions `from..` of `t`, grouped by owner.
-    fn open_work(&self, t: &TopicRecord, from: usize) -> Vec<(usize, LogWork)> {
+    fn open_work(&self, t: &TopicRecord, from: usize) -> Vec<(ShardId, LogWork)> {
         let config = self.ctx.topic_defaults.resolve(&t.overrides).log_config();
         let topic: Arc<str> = Arc::from(t.name.as_str());
-        let mut by_shard: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<ShardId, Vec<PartitionId>> = BTreeMap::new();
         for (p, &s) in t.partition_shards.iter().enumerate().skip(from) {
             by_shard
                 .entry(self.ctx.table.effective(s))
                 .or_default()
-                .push(p as i32);
+                .push(PartitionId(p as i32));
         }
         by_shard
             .into_iter()
@@ -559,7 +568,7 @@ impl Controller {
                     name: t.name.to_string(),
                     id: t.id,
                     partition_shards: t.recorded_shards.clone(),
-                    partition_epochs: t.partitions.iter().map(|p| p.leader_epoch).collect(),
+                    partition_epochs: t.partitions.iter().map(|p| p.leader_epoch.0).collect(),
                     overrides: t.overrides.clone(),
                 })
                 .collect(),
@@ -571,12 +580,12 @@ impl Controller {
 enum LogWork {
     Open {
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
         config: LogConfig,
     },
     Remove {
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
     },
     UpdateConfig {
         topic: Arc<str>,
@@ -666,7 +675,7 @@ mod tests {
     /// every open on the shards listed in `failing`.
     struct FakeOwners {
         data_dir: PathBuf,
-        failing: RefCell<Vec<usize>>,
+        failing: RefCell<Vec<ShardId>>,
         calls: RefCell<Vec<String>>,
     }
 
@@ -685,9 +694,9 @@ mod tests {
     impl LogOwners for FakeOwners {
         async fn open_logs(
             &self,
-            owner: usize,
+            owner: ShardId,
             topic: Arc<str>,
-            partitions: Vec<i32>,
+            partitions: Vec<PartitionId>,
             _config: LogConfig,
             _fresh: bool,
         ) -> Result<(), StorageError> {
@@ -711,9 +720,9 @@ mod tests {
 
         async fn remove_logs(
             &self,
-            owner: usize,
+            owner: ShardId,
             topic: Arc<str>,
-            partitions: Vec<i32>,
+            partitions: Vec<PartitionId>,
         ) -> Result<(), StorageError> {
             self.calls
                 .borrow_mut()
@@ -724,7 +733,7 @@ mod tests {
             Ok(())
         }
 
-        async fn update_log_config(&self, owner: usize, topic: Arc<str>, _config: LogConfig) {
+        async fn update_log_config(&self, owner: ShardId, topic: Arc<str>, _config: LogConfig) {
             self.calls
                 .borrow_mut()
                 .push(format!("config {topic} on {owner}"));
@@ -822,7 +831,7 @@ mod tests {
     #[test]
     fn a_create_topic_whose_log_open_fails_on_one_shard_leaves_no_trace() {
         with_controller(async |c, owners| {
-            owners.failing.borrow_mut().push(1);
+            owners.failing.borrow_mut().push(ShardId(1));
             let e = c.apply(owners, create("orders", 4)).await.unwrap_err();
             assert_eq!(e.code, E::KafkaStorageError.code(), "{e:?}");
             assert!(e.message.contains("opening"), "{e:?}");
@@ -855,7 +864,7 @@ mod tests {
     fn a_create_partitions_whose_log_open_fails_keeps_the_old_partition_count() {
         with_controller(async |c, owners| {
             c.apply(owners, create("orders", 2)).await.unwrap();
-            owners.failing.borrow_mut().extend([0, 1]);
+            owners.failing.borrow_mut().extend([ShardId(0), ShardId(1)]);
             let grow = ControllerOp::CreatePartitions {
                 name: "orders".into(),
                 count: 5,

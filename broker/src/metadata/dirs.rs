@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{store, ClusterMeta};
 use crate::error::DataDirError;
+use crate::ids::PartitionId;
 
 /// Partition directories named in the refusal message at most; the rest are counted.
 const ORPHANS_LISTED_MAX: usize = 10;
@@ -50,7 +51,7 @@ pub fn check_partition_dirs(
     let deleting: BTreeSet<&str> = deleting.iter().map(String::as_str).collect();
     let mut orphans = Vec::new();
     for (path, topic, p) in dirs {
-        if meta.owner(&topic, p).is_some() {
+        if meta.owner(&topic, PartitionId(p)).is_some() {
             continue;
         }
         if meta.topic(&topic).is_none() && deleting.contains(topic.as_str()) {

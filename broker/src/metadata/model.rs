@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::table::ShardTable;
 use crate::config::topic::{TopicConfig, TopicDefaults};
+use crate::ids::{LeaderEpoch, PartitionId, ShardId};
 
 /// Persisted form of one topic (rkyv-archived inside the metadata snapshot).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq)]
@@ -29,8 +30,8 @@ pub struct MetadataSnapshot {
 #[derive(Clone, Debug)]
 pub struct PartitionMeta {
     /// The owning shard on this node.
-    pub shard: usize,
-    pub leader_epoch: i32,
+    pub shard: ShardId,
+    pub leader_epoch: LeaderEpoch,
 }
 
 #[derive(Clone, Debug)]
@@ -80,9 +81,9 @@ impl ClusterMeta {
     }
 
     /// The shard owning a partition, if the topic and partition exist.
-    pub fn owner(&self, topic: &str, partition: i32) -> Option<usize> {
+    pub fn owner(&self, topic: &str, partition: PartitionId) -> Option<ShardId> {
         let t = self.topics.get(topic)?;
-        usize::try_from(partition)
+        usize::try_from(partition.0)
             .ok()
             .and_then(|p| t.partitions.get(p))
             .map(|p| p.shard)
@@ -100,7 +101,7 @@ impl TopicMeta {
                 .zip(&t.partition_epochs)
                 .map(|(&s, &e)| PartitionMeta {
                     shard: table.effective(s),
-                    leader_epoch: e,
+                    leader_epoch: LeaderEpoch(e),
                 })
                 .collect(),
             recorded_shards: t.partition_shards.clone(),

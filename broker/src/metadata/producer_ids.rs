@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use glommio::sync::Semaphore;
 
 use super::store::{self, MetaStoreError};
+use crate::ids::ProducerId;
 
 const MAGIC: &[u8; 8] = b"STRMPIDS";
 const FORMAT_VERSION: u32 = 1;
@@ -222,13 +223,13 @@ impl ProducerIds {
     /// a new id with epoch 0.
     pub async fn init(
         &self,
-        current: Option<(i64, i16)>,
+        current: Option<(ProducerId, i16)>,
         now_ms: i64,
-    ) -> Result<(i64, i16), ProducerIdError> {
+    ) -> Result<(ProducerId, i16), ProducerIdError> {
         {
             let mut epochs = self.epochs.borrow_mut();
             epochs.expire(now_ms);
-            if let Some((id, given)) = current {
+            if let Some((ProducerId(id), given)) = current {
                 match epochs.get(id) {
                     Some(epoch) if epoch != given => {
                         return Err(ProducerIdError::Fenced {
@@ -239,7 +240,7 @@ impl ProducerIds {
                     }
                     Some(epoch) if epoch < i16::MAX - 1 => {
                         epochs.set(id, epoch + 1, now_ms);
-                        return Ok((id, epoch + 1));
+                        return Ok((ProducerId(id), epoch + 1));
                     }
                     // The next epoch would be i16::MAX: a new id instead.
                     Some(_) => epochs.remove(id),
@@ -249,7 +250,7 @@ impl ProducerIds {
         }
         let id = self.allocator.allocate().await?;
         self.epochs.borrow_mut().set(id, 0, now_ms);
-        Ok((id, 0))
+        Ok((ProducerId(id), 0))
     }
 }
 
@@ -412,33 +413,55 @@ mod tests {
         let (_t, data) = data_dir();
         run(move || async move {
             let p = ProducerIds::new(data, 0, 1000);
-            assert_eq!(p.init(None, 0).await.unwrap(), (0, 0));
-            assert_eq!(p.init(None, 0).await.unwrap(), (1, 0));
+            assert_eq!(p.init(None, 0).await.unwrap(), (ProducerId(0), 0));
+            assert_eq!(p.init(None, 0).await.unwrap(), (ProducerId(1), 0));
             // KIP-360 bump with the current epoch: same id, next epoch.
-            assert_eq!(p.init(Some((0, 0)), 1).await.unwrap(), (0, 1));
-            assert_eq!(p.init(Some((0, 1)), 2).await.unwrap(), (0, 2));
+            assert_eq!(
+                p.init(Some((ProducerId(0), 0)), 1).await.unwrap(),
+                (ProducerId(0), 1)
+            );
+            assert_eq!(
+                p.init(Some((ProducerId(0), 1)), 2).await.unwrap(),
+                (ProducerId(0), 2)
+            );
             // A stale epoch is fenced and changes nothing.
             assert!(matches!(
-                p.init(Some((0, 1)), 3).await,
+                p.init(Some((ProducerId(0), 1)), 3).await,
                 Err(ProducerIdError::Fenced {
                     id: 0,
                     given: 1,
                     current: 2
                 })
             ));
-            assert_eq!(p.init(Some((0, 2)), 4).await.unwrap(), (0, 3));
+            assert_eq!(
+                p.init(Some((ProducerId(0), 2)), 4).await.unwrap(),
+                (ProducerId(0), 3)
+            );
             // An id this broker does not know (e.g. from before a restart): a new id.
-            assert_eq!(p.init(Some((777, 5)), 5).await.unwrap(), (2, 0));
+            assert_eq!(
+                p.init(Some((ProducerId(777), 5)), 5).await.unwrap(),
+                (ProducerId(2), 0)
+            );
             // Exhausted epochs: a new id, and the old one is forgotten.
             p.epochs.borrow_mut().set(1, i16::MAX - 2, 6);
             assert_eq!(
-                p.init(Some((1, i16::MAX - 2)), 7).await.unwrap(),
-                (1, i16::MAX - 1)
+                p.init(Some((ProducerId(1), i16::MAX - 2)), 7)
+                    .await
+                    .unwrap(),
+                (ProducerId(1), i16::MAX - 1)
             );
-            assert_eq!(p.init(Some((1, i16::MAX - 1)), 8).await.unwrap(), (3, 0));
+            assert_eq!(
+                p.init(Some((ProducerId(1), i16::MAX - 1)), 8)
+                    .await
+                    .unwrap(),
+                (ProducerId(3), 0)
+            );
             assert_eq!(p.epochs.borrow().get(1), None);
             // Expired after 1000 ms unseen: treated as unknown.
-            assert_eq!(p.init(Some((0, 3)), 2000).await.unwrap(), (4, 0));
+            assert_eq!(
+                p.init(Some((ProducerId(0), 3)), 2000).await.unwrap(),
+                (ProducerId(4), 0)
+            );
         });
     }
 }

@@ -5,6 +5,8 @@
 //! same. If the broker restarts with fewer cores, the recorded shard is folded onto the ones
 //! that exist (`recorded % shards`): still deterministic, and every partition keeps one owner.
 
+use crate::ids::ShardId;
+
 #[derive(Clone, Copy, Debug)]
 pub struct ShardTable {
     shards: usize,
@@ -28,8 +30,13 @@ impl ShardTable {
     }
 
     /// The shard that owns a partition whose recorded shard is `recorded`.
-    pub fn effective(&self, recorded: u32) -> usize {
-        recorded as usize % self.shards
+    pub fn effective(&self, recorded: u32) -> ShardId {
+        ShardId(recorded as usize % self.shards)
+    }
+
+    /// Every shard.
+    pub fn all(&self) -> impl Iterator<Item = ShardId> {
+        (0..self.shards).map(ShardId)
     }
 }
 
@@ -46,6 +53,6 @@ mod tests {
         for s in 0..4 {
             assert_eq!(a.iter().filter(|&&x| x == s).count(), 2);
         }
-        assert_eq!(ShardTable::new(2).effective(3), 1);
+        assert_eq!(ShardTable::new(2).effective(3), ShardId(1));
     }
 }

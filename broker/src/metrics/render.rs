@@ -383,7 +383,7 @@ pub fn status_json(
                 .map(|(i, pm)| match by_partition.get(&(&*t.name, i as i32)) {
                     Some(p) => json!({
                         "partition": i,
-                        "shard": pm.shard,
+                        "shard": pm.shard.0,
                         "log_start_offset": p.log_start_offset,
                         "high_watermark": p.high_watermark,
                         "log_end_offset": p.log_end_offset,
@@ -393,7 +393,7 @@ pub fn status_json(
                     }),
                     None => json!({
                         "partition": i,
-                        "shard": pm.shard,
+                        "shard": pm.shard.0,
                         "log_start_offset": null,
                         "high_watermark": null,
                         "log_end_offset": null,

@@ -23,6 +23,7 @@ use crate::config::BrokerConfig;
 use crate::error::ShardError;
 use crate::group::store::OffsetsStore;
 use crate::group::GroupCoordinator;
+use crate::ids::ShardId;
 use crate::mesh::{Mesh, Msg};
 use crate::metadata::controller::{Controller, ControllerContext};
 use crate::metadata::producer_ids::ProducerIds;
@@ -90,7 +91,7 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
     );
     let groups = GroupCoordinator::new(settings, store);
     let shard = Rc::new(Shard {
-        id,
+        id: ShardId(id),
         table,
         config: ctx.config.clone(),
         meta: ctx.meta.clone(),
@@ -134,7 +135,8 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         glommio::timer::sleep(Duration::from_millis(ctx.config.faults.recovery_delay_ms)).await;
     }
     open_owned_logs(&shard).await?;
-    let owned = crate::group::owned_partitions(shard.groups.partitions(), id, shard.table.shards());
+    let owned =
+        crate::group::owned_partitions(shard.groups.partitions(), shard.id, shard.table.shards());
     shard
         .groups
         .load(&owned, &shard.meta())
@@ -238,7 +240,7 @@ async fn accept_loop(
                     Ok(addr) => addr.ip(),
                     Err(e) => {
                         tracing::debug!(
-                            shard = shard.id,
+                            shard = shard.id.0,
                             "dropping a connection without a peer address: {e}"
                         );
                         continue;
@@ -258,7 +260,7 @@ async fn accept_loop(
                 crate::kafka::connection::spawn(shard.clone(), stream, slot);
             }
             Err(e) => {
-                tracing::warn!(shard = shard.id, "accept failed: {e}");
+                tracing::warn!(shard = shard.id.0, "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -282,7 +284,7 @@ fn refuse_connection(shard: &Shard, ip: std::net::IpAddr, refused: strom_net::Re
             strom_net::Refused::PerIp => shard.config.connections_per_ip_max,
         };
         tracing::warn!(
-            shard = shard.id,
+            shard = shard.id.0,
             "refusing a connection from {ip}: {} = {limit} reached ({} refused on this shard so far)",
             refused.setting(),
             stats.connections_refused.get()

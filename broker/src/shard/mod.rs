@@ -22,6 +22,7 @@ use strom_storage::LogManager;
 
 use crate::config::BrokerConfig;
 use crate::group::{GroupCoordinator, GroupOp, GroupReply};
+use crate::ids::ShardId;
 use crate::mesh::{Handler, Mesh, MeshCounts};
 use crate::metadata::controller::Controller;
 use crate::metadata::table::ShardTable;
@@ -44,7 +45,7 @@ pub struct ShardStats {
 }
 
 pub struct Shard {
-    pub id: usize,
+    pub id: ShardId,
     pub table: ShardTable,
     pub config: Arc<BrokerConfig>,
     pub meta: Arc<ArcSwap<ClusterMeta>>,
@@ -75,14 +76,14 @@ impl Shard {
     }
 
     /// Runs `op` on shard `to`: directly if that is this shard, else over the mesh.
-    pub async fn call(self: &Rc<Self>, to: usize, op: ShardOp) -> ShardReply {
+    pub async fn call(self: &Rc<Self>, to: ShardId, op: ShardOp) -> ShardReply {
         self.call_timed(to, op).await.0
     }
 
     /// [`Shard::call`], also saying when the owner ran the operation (None if it never did).
     pub async fn call_timed(
         self: &Rc<Self>,
-        to: usize,
+        to: ShardId,
         op: ShardOp,
     ) -> (ShardReply, Option<OwnerTimes>) {
         if to == self.id {
@@ -96,7 +97,7 @@ impl Shard {
                 }),
             )
         } else {
-            self.mesh.call(to, op).await
+            self.mesh.call(to.0, op).await
         }
     }
 
@@ -110,7 +111,7 @@ impl Shard {
     }
 
     /// The shard that coordinates `group_id`.
-    pub fn group_owner(&self, group_id: &str) -> usize {
+    pub fn group_owner(&self, group_id: &str) -> ShardId {
         crate::group::owner(group_id, self.groups.partitions(), self.table.shards())
     }
 
@@ -127,7 +128,10 @@ impl Shard {
 
     /// Runs a group operation on every shard.
     pub async fn group_call_all(self: &Rc<Self>, make: impl Fn() -> GroupOp) -> Vec<GroupReply> {
-        let calls = (0..self.table.shards()).map(|s| self.call(s, ShardOp::Group(make())));
+        let calls = self
+            .table
+            .all()
+            .map(|s| self.call(s, ShardOp::Group(make())));
         futures::future::join_all(calls)
             .await
             .into_iter()

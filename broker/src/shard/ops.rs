@@ -16,6 +16,7 @@ use strom_storage::{
 use super::Shard;
 use crate::clock::now_ms;
 use crate::group::{GroupOp, GroupReply};
+use crate::ids::{PartitionId, ShardId};
 use crate::metadata::controller::LogOwners;
 use crate::metadata::controller::{ControllerOp, ControllerReply};
 
@@ -93,13 +94,13 @@ pub enum ShardOp {
     LogDirSizes(Option<Vec<(Arc<str>, Vec<i32>)>>),
     OpenLogs {
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
         config: LogConfig,
         fresh: bool,
     },
     RemoveLogs {
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
     },
     UpdateLogConfig {
         topic: Arc<str>,
@@ -183,7 +184,7 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
         ShardOp::RemoveLogs { topic, partitions } => {
             let mut res = Ok(());
             for p in partitions {
-                if let Err(e) = shard.logs.remove(&topic, p).await {
+                if let Err(e) = shard.logs.remove(&topic, p.0).await {
                     tracing::error!("removing {topic}-{p}: {e}");
                     res = Err(e);
                 }
@@ -215,11 +216,11 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
 async fn open_logs(
     shard: &Rc<Shard>,
     topic: &str,
-    partitions: &[i32],
+    partitions: &[PartitionId],
     config: LogConfig,
     fresh: bool,
 ) -> Result<(), StorageError> {
-    for &p in partitions {
+    for &PartitionId(p) in partitions {
         if fresh {
             // A directory left by a deleted topic of the same name must not leak its data into
             // the new topic.
@@ -315,8 +316,8 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
     let epoch = topic
         .partitions
         .get(p.partition as usize)
-        .map_or(0, |m| m.leader_epoch);
-    let info = match log.append(&records, LeaderEpoch(epoch), now_ms()).await {
+        .map_or(LeaderEpoch(0), |m| m.leader_epoch);
+    let info = match log.append(&records, epoch, now_ms()).await {
         Ok(info) => info,
         Err(e) => {
             let (code, msg) = produce_error(&e);
@@ -437,7 +438,7 @@ async fn list_offset(shard: &Rc<Shard>, q: OffsetQuery) -> OffsetAnswer {
     let epoch = meta
         .topic(&q.topic)
         .and_then(|t| t.partitions.get(q.partition as usize))
-        .map_or(-1, |m| m.leader_epoch);
+        .map_or(-1, |m| m.leader_epoch.0);
     let Some(log) = shard.logs.get(&q.topic, q.partition) else {
         return OffsetAnswer {
             error: E::UnknownTopicOrPartition.code(),
@@ -537,7 +538,7 @@ pub(crate) fn user_partition_logs(
         .into_iter()
         .filter_map(|((topic, p), log)| {
             let (name, _) = meta.topics.get_key_value(topic.as_str())?;
-            meta.owner(name, p)?;
+            meta.owner(name, PartitionId(p))?;
             Some((name.clone(), p, log))
         })
         .collect()
@@ -559,7 +560,7 @@ fn log_dir_sizes(
             .into_iter()
             .flat_map(|(topic, partitions)| partitions.into_iter().map(move |p| (topic.clone(), p)))
             .filter_map(|(topic, p)| {
-                meta.owner(&topic, p)?;
+                meta.owner(&topic, PartitionId(p))?;
                 let log = shard.logs.get(&topic, p)?;
                 Some((topic, p, log.size_bytes()))
             })
@@ -571,9 +572,9 @@ fn log_dir_sizes(
 impl LogOwners for Rc<Shard> {
     async fn open_logs(
         &self,
-        owner: usize,
+        owner: ShardId,
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
         config: LogConfig,
         fresh: bool,
     ) -> Result<(), StorageError> {
@@ -588,9 +589,9 @@ impl LogOwners for Rc<Shard> {
 
     async fn remove_logs(
         &self,
-        owner: usize,
+        owner: ShardId,
         topic: Arc<str>,
-        partitions: Vec<i32>,
+        partitions: Vec<PartitionId>,
     ) -> Result<(), StorageError> {
         done(
             self.call(owner, ShardOp::RemoveLogs { topic, partitions })
@@ -598,7 +599,7 @@ impl LogOwners for Rc<Shard> {
         )
     }
 
-    async fn update_log_config(&self, owner: usize, topic: Arc<str>, config: LogConfig) {
+    async fn update_log_config(&self, owner: ShardId, topic: Arc<str>, config: LogConfig) {
         let _ = self
             .call(owner, ShardOp::UpdateLogConfig { topic, config })
             .await;

@@ -33,7 +33,7 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
     let mesh = shard.mesh_counts();
     let queue_depth = m.requests_inflight.get() + mesh.running + mesh.queued;
     Snapshot {
-        shard: shard.id,
+        shard: shard.id.0,
         requests: counters.requests,
         topic_bytes: counters.topic_bytes,
         partitions,
@@ -70,7 +70,7 @@ pub async fn collect(shard: &Rc<Shard>) -> Vec<Snapshot> {
     if !ready(shard) {
         return vec![snapshot(shard)];
     }
-    let calls = (0..shard.table.shards()).map(|s| shard.call(s, ShardOp::Metrics));
+    let calls = shard.table.all().map(|s| shard.call(s, ShardOp::Metrics));
     futures::future::join_all(calls)
         .await
         .into_iter()

@@ -16,6 +16,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError as E;
 
 use super::{Ctx, HandlerResult};
+use crate::ids::{PartitionId, ShardId};
 use crate::shard::{ShardOp, ShardReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
@@ -25,12 +26,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let mut answers: Vec<Vec<(i16, i64)>> = Vec::with_capacity(req.topics.len());
     // Per owning shard: (topic index, partition index) of each partition, and what to delete.
     type Positioned = ((usize, usize), (Arc<str>, i32, i64));
-    let mut per_shard: BTreeMap<usize, Vec<Positioned>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<Positioned>> = BTreeMap::new();
     for (ti, t) in req.topics.iter().enumerate() {
         let name: Arc<str> = Arc::from(t.name.0.as_str());
         answers.push(vec![unknown; t.partitions.len()]);
         for (pi, p) in t.partitions.iter().enumerate() {
-            if let Some(owner) = meta.owner(&name, p.partition_index) {
+            if let Some(owner) = meta.owner(&name, PartitionId(p.partition_index)) {
                 per_shard
                     .entry(owner)
                     .or_default()

@@ -13,6 +13,7 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName};
 
 use super::{str_bytes, Ctx, HandlerResult};
+use crate::ids::{PartitionId, ShardId};
 use crate::shard::{ShardOp, ShardReply};
 
 /// Partitions by topic, as one shard is asked for them.
@@ -23,15 +24,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let shards = ctx.shard.table.shards();
     // Which shards to ask, and for what: every shard for all partitions, or each owner for its
     // own listed partitions (unknown ones are left out of the answer, as Kafka does).
-    let asks: Vec<(usize, Option<TopicPartitions>)> = match &req.topics {
-        None => (0..shards).map(|s| (s, None)).collect(),
+    let asks: Vec<(ShardId, Option<TopicPartitions>)> = match &req.topics {
+        None => (0..shards).map(|s| (ShardId(s), None)).collect(),
         Some(topics) => {
             let meta = ctx.shard.meta();
-            let mut per_shard: BTreeMap<usize, BTreeMap<Arc<str>, Vec<i32>>> = BTreeMap::new();
+            let mut per_shard: BTreeMap<ShardId, BTreeMap<Arc<str>, Vec<i32>>> = BTreeMap::new();
             for t in topics {
                 let name: Arc<str> = Arc::from(t.topic.0.as_str());
                 for &p in &t.partitions {
-                    if let Some(owner) = meta.owner(&name, p) {
+                    if let Some(owner) = meta.owner(&name, PartitionId(p)) {
                         per_shard
                             .entry(owner)
                             .or_default()

@@ -12,6 +12,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use kafka_protocol::ResponseError as E;
 
 use super::{Ctx, HandlerResult};
+use crate::ids;
 use crate::metadata::controller::{ControllerOp, ControllerOutput};
 
 /// Kafka's "no producer id" / "no epoch" values.
@@ -41,7 +42,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let mut resp = InitProducerIdResponse::default();
     match result {
         Ok((id, epoch)) => {
-            resp.producer_id = ProducerId(id);
+            resp.producer_id = ProducerId(id.0);
             resp.producer_epoch = epoch;
         }
         Err(code) => {
@@ -56,14 +57,17 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
 
 /// The id and epoch a producer sends to bump its epoch (v3+), or `None` for a new producer.
 /// Exactly one of the two being "none" is INVALID_REQUEST, as in Kafka.
-fn current_id(version: i16, req: &InitProducerIdRequest) -> Result<Option<(i64, i16)>, i16> {
+fn current_id(
+    version: i16,
+    req: &InitProducerIdRequest,
+) -> Result<Option<(ids::ProducerId, i16)>, i16> {
     if version < 3 {
         return Ok(None);
     }
     match (req.producer_id.0, req.producer_epoch) {
         (NO_PRODUCER_ID, NO_PRODUCER_EPOCH) => Ok(None),
         (id, epoch) if id < 0 || epoch < 0 => Err(E::InvalidRequest.code()),
-        (id, epoch) => Ok(Some((id, epoch))),
+        (id, epoch) => Ok(Some((ids::ProducerId(id), epoch))),
     }
 }
 
@@ -82,8 +86,8 @@ mod tests {
     fn current_id_is_read_from_v3() {
         assert_eq!(current_id(2, &req(5, 1)), Ok(None));
         assert_eq!(current_id(3, &req(-1, -1)), Ok(None));
-        assert_eq!(current_id(3, &req(5, 1)), Ok(Some((5, 1))));
-        assert_eq!(current_id(5, &req(0, 0)), Ok(Some((0, 0))));
+        assert_eq!(current_id(3, &req(5, 1)), Ok(Some((ids::ProducerId(5), 1))));
+        assert_eq!(current_id(5, &req(0, 0)), Ok(Some((ids::ProducerId(0), 0))));
         assert_eq!(current_id(4, &req(5, -1)), Err(E::InvalidRequest.code()));
         assert_eq!(current_id(4, &req(-1, 3)), Err(E::InvalidRequest.code()));
     }

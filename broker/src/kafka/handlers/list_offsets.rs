@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError as E;
 
 use super::{Ctx, HandlerResult};
+use crate::ids::{PartitionId, ShardId};
 use crate::shard::ops::{OffsetAnswer, OffsetQuery};
 use crate::shard::{ShardOp, ShardReply};
 
@@ -27,12 +28,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let mut answers: Vec<Vec<OffsetAnswer>> = Vec::new();
     // Per owning shard: (topic index, partition index) of each query, and the query.
     type Positioned = ((usize, usize), OffsetQuery);
-    let mut per_shard: BTreeMap<usize, Vec<Positioned>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<Positioned>> = BTreeMap::new();
     for (ti, t) in req.topics.iter().enumerate() {
         let name: Arc<str> = Arc::from(t.name.0.as_str());
         answers.push(vec![unknown.clone(); t.partitions.len()]);
         for (pi, p) in t.partitions.iter().enumerate() {
-            if let Some(owner) = meta.owner(&name, p.partition_index) {
+            if let Some(owner) = meta.owner(&name, PartitionId(p.partition_index)) {
                 per_shard.entry(owner).or_default().push((
                     (ti, pi),
                     OffsetQuery {

@@ -46,7 +46,7 @@ pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
             let mut e = MetadataResponsePartition::default();
             e.partition_index = i as i32;
             e.leader_id = node;
-            e.leader_epoch = p.leader_epoch;
+            e.leader_epoch = p.leader_epoch.0;
             e.replica_nodes = vec![node];
             e.isr_nodes = vec![node];
             e

@@ -40,8 +40,11 @@ use strom_net::OutChunk;
 
 use super::codec::frame_response;
 use crate::group::{input, GroupOp, GroupReply};
+use crate::ids::ShardId;
 use crate::kafka::affinity::Hint;
-use crate::metadata::controller::{ControllerError, ControllerOp, ControllerReply};
+use crate::metadata::controller::{
+    ControllerError, ControllerOp, ControllerReply, CONTROLLER_SHARD,
+};
 use crate::metrics::stages::RequestTrace;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
@@ -100,7 +103,7 @@ impl Ctx<'_> {
     }
 
     /// Runs `op` on the shard that owns its partitions, stamping the hop stages of the trace.
-    pub async fn call_owner(&self, to: usize, op: ShardOp) -> ShardReply {
+    pub async fn call_owner(&self, to: ShardId, op: ShardOp) -> ShardReply {
         self.hint.set(self.hint.get().with(to));
         let (reply, ran) = self.shard.call_timed(to, op).await;
         if let Some(ran) = ran {
@@ -131,7 +134,11 @@ impl Ctx<'_> {
 
     /// Runs an operation on the controller (shard 0) and returns what it produced.
     pub async fn controller_output(&self, op: ControllerOp) -> ControllerReply {
-        match self.shard.call(0, ShardOp::Controller(op)).await {
+        match self
+            .shard
+            .call(CONTROLLER_SHARD, ShardOp::Controller(op))
+            .await
+        {
             ShardReply::Controller(r) => r,
             _ => Err(ControllerError {
                 code: ResponseError::UnknownServerError.code(),
@@ -252,7 +259,7 @@ pub async fn per_group_owner<T>(
                 .code())
         })
         .collect();
-    let mut by_owner: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut by_owner: Vec<(ShardId, Vec<usize>)> = Vec::new();
     for (i, id) in ids
         .iter()
         .enumerate()

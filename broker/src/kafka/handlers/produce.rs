@@ -13,6 +13,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult, Outcome};
+use crate::ids::{PartitionId, ShardId};
 use crate::shard::ops::{ProducePart, ProduceResult};
 use crate::shard::{ShardOp, ShardReply};
 use kafka_protocol::messages::produce_response::BatchIndexAndErrorMessage;
@@ -23,7 +24,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let meta = ctx.shard.meta();
     // Position of every partition in the response, and the work per owning shard.
     let mut slots: Vec<(usize, Vec<ProduceResult>)> = Vec::new();
-    let mut per_shard: BTreeMap<usize, Vec<(usize, usize, ProducePart)>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<(usize, usize, ProducePart)>> = BTreeMap::new();
     for (ti, topic) in req.topic_data.iter().enumerate() {
         let name: Arc<str> = Arc::from(topic.name.0.as_str());
         let mut results = Vec::with_capacity(topic.partition_data.len());
@@ -36,7 +37,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             };
             if !(-1..=1).contains(&acks) {
                 pending.error = E::InvalidRequiredAcks.code();
-            } else if let Some(owner) = meta.owner(&name, part.index) {
+            } else if let Some(owner) = meta.owner(&name, PartitionId(part.index)) {
                 per_shard.entry(owner).or_default().push((
                     ti,
                     pi,

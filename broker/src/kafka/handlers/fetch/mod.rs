@@ -19,6 +19,7 @@ use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError as E;
 
 use super::{Ctx, HandlerResult, Outcome};
+use crate::ids::{PartitionId, ShardId};
 use crate::shard::ops::{FetchPart, FetchResult};
 use crate::shard::{ShardOp, ShardReply};
 use encode::{FetchOut, PartitionOut, TopicOut};
@@ -31,7 +32,7 @@ struct Wanted {
     partition: i32,
     offset: i64,
     max_bytes: u32,
-    owner: Option<usize>,
+    owner: Option<ShardId>,
 }
 
 fn error_result(code: E) -> FetchResult {
@@ -65,7 +66,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: (p.partition_max_bytes.max(0) as u32).min(response_max),
-                owner: meta.owner(&name, p.partition),
+                owner: meta.owner(&name, PartitionId(p.partition)),
             });
         }
     }
@@ -122,7 +123,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
 /// Reads every wanted partition once, on its owner, in parallel across shards.
 async fn read_round(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Vec<FetchResult> {
     let mut results: Vec<Option<FetchResult>> = vec![None; wanted.len()];
-    let mut per_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (i, w) in wanted.iter().enumerate() {
         match w.owner {
             Some(s) => per_shard.entry(s).or_default().push(i),
@@ -185,7 +186,7 @@ async fn wait_for_data(
     results: &[FetchResult],
     timeout: Duration,
 ) {
-    let mut per_shard: BTreeMap<usize, Vec<(Arc<str>, i32, i64)>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<(Arc<str>, i32, i64)>> = BTreeMap::new();
     for (w, r) in wanted.iter().zip(results) {
         if let (Some(s), None) = (w.owner, &r.slice) {
             per_shard
