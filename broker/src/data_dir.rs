@@ -3,9 +3,7 @@
 //! against the metadata.)
 
 use std::io;
-
-use crate::error::BrokerError;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created, so
 /// that the new directory entries survive a power loss (a data directory that vanishes after a
@@ -44,8 +42,25 @@ pub fn replace_file_durable(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<
     strom_storage::write_atomic_blocking(dir, name, bytes)
 }
 
+/// Why the data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock file could not be opened.
+    #[error("opening {}: {source}", path.display())]
+    Open {
+        /// The lock file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Another broker holds the lock.
+    #[error("{} is in use by another strom process", .0.display())]
+    InUse(PathBuf),
+}
+
 /// One broker per data directory: an exclusive `flock` held for the process's life.
-pub fn lock(dir: &Path) -> Result<std::fs::File, BrokerError> {
+pub fn lock(dir: &Path) -> Result<std::fs::File, LockError> {
     use std::os::fd::AsRawFd;
     let path = dir.join(".lock");
     let f = std::fs::OpenOptions::new()
@@ -53,14 +68,13 @@ pub fn lock(dir: &Path) -> Result<std::fs::File, BrokerError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| BrokerError::Io {
-            action: "opening",
+        .map_err(|source| LockError::Open {
             path: path.clone(),
             source,
         })?;
     // SAFETY: flock on an fd we own, no memory effects.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(BrokerError::Locked(dir.to_path_buf()));
+        return Err(LockError::InUse(dir.to_path_buf()));
     }
     Ok(f)
 }

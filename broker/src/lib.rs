@@ -10,7 +10,6 @@ mod admin;
 mod clock;
 mod config;
 mod data_dir;
-mod error;
 mod group;
 mod ids;
 mod kafka;
@@ -21,33 +20,12 @@ mod metrics;
 mod runtime;
 mod shard;
 
-use std::path::PathBuf;
-
-pub use config::ConfigError;
-pub use error::{BrokerError, DataDirError, ShardError};
-
-/// What `strom serve` (and `strom` without a subcommand) takes on its command line.
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct ServeArgs {
-    /// TOML file of settings with Kafka's names, e.g. `"num.partitions" = 3`.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Number of shards (pinned cores); default: all online cores.
-    #[arg(long, value_name = "N")]
-    pub cores: Option<usize>,
-    /// Data directory (Kafka's `log.dirs`).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Listen address (Kafka's `listeners`), e.g. 127.0.0.1:9092.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<String>,
-    /// Address given to clients (Kafka's `advertised.listeners`).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub advertise: Option<String>,
-    /// Any setting by its Kafka name; repeatable.
-    #[arg(short = 'o', long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-}
+pub use config::{ConfigError, ServeArgs};
+pub use data_dir::LockError;
+pub use group::store::ReplayError;
+pub use metadata::dirs::DataDirError;
+pub use metadata::store::MetaStoreError;
+pub use runtime::error::{BrokerError, ShardError};
 
 /// Internals that the microbenchmarks in `perf/` measure directly, so that they time the real
 /// code rather than a copy. Not a stable API.

@@ -17,7 +17,6 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::error::{BrokerError, ShardError};
 use crate::metrics;
 use crate::shard::stats;
 use crate::shard::Shard;
@@ -33,7 +32,7 @@ pub const REQUEST_READ_TIMEOUT_MS: u64 = 5_000;
 const PORT_BUSY_WAIT_MS: u64 = 5_000;
 
 /// Binds the admin listener (without `SO_REUSEPORT`, so a port in use is an error).
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BrokerError> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     const RETRY_MS: u64 = 100;
     let mut waited = 0;
     loop {
@@ -43,24 +42,15 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BrokerError> {
                 std::thread::sleep(Duration::from_millis(RETRY_MS));
                 waited += RETRY_MS;
             }
-            Err(source) => {
-                return Err(BrokerError::Listen {
-                    addr,
-                    what: " (admin.listeners)",
-                    source,
-                })
-            }
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// Starts serving the listener `serve` bound, on this shard.
-pub fn spawn(shard: &Rc<Shard>, listener: &std::net::TcpListener) -> Result<(), ShardError> {
-    let addr = listener.local_addr().map_err(ShardError::Admin)?;
-    let fd = listener
-        .try_clone()
-        .map_err(ShardError::Admin)?
-        .into_raw_fd();
+pub fn spawn(shard: &Rc<Shard>, listener: &std::net::TcpListener) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let fd = listener.try_clone()?.into_raw_fd();
     // SAFETY: `fd` is a duplicate of a listening TCP socket that nothing else owns.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     tracing::info!("admin HTTP server listening on {addr}");

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use strom_storage::CleanerStep;
 
+mod args;
 pub mod topic;
+
+pub use args::ServeArgs;
 
 use topic::TopicDefaults;
 

@@ -6,7 +6,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{store, ClusterMeta};
-use crate::error::DataDirError;
 use crate::ids::PartitionId;
 
 /// Partition directories named in the refusal message at most; the rest are counted.
@@ -97,4 +96,32 @@ pub fn check_partition_dirs(
         store::save_deleting_blocking(data_dir, &[])?;
     }
     Ok(())
+}
+
+/// The data directory's partition directories do not match the metadata.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// Listing or removing directories failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Partition directories the metadata does not list (the message names them and says
+    /// what to do).
+    #[error("{message}")]
+    Unaccounted {
+        /// How many directories.
+        count: usize,
+        /// What the operator reads.
+        message: String,
+    },
+    /// Emptying the list of topics being deleted failed.
+    #[error(transparent)]
+    Metadata(#[from] store::MetaStoreError),
 }

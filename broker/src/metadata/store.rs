@@ -25,17 +25,28 @@ const DELETING_FILE: &str = "deleting";
 const DELETING_MAGIC: &[u8; 8] = b"STRMDELS";
 const DELETING_FORMAT_VERSION: u32 = 1;
 
+/// Why a metadata file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetaStoreError {
+    /// A file system operation failed.
     #[error("metadata {op} {path}: {source}")]
     Io {
+        /// What was being done.
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// A metadata file does not pass its checks (magic, version, length, CRC).
     #[error("metadata file {path} is corrupt: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Which check failed.
+        why: String,
+    },
 }
 
 pub fn meta_dir(data_dir: &Path) -> PathBuf {

@@ -2,6 +2,7 @@
 //! core), and what each shard runs beside request handling (acceptor, admin server, maintenance,
 //! the watchdog). Everything above the shards starts here; nothing below imports it.
 
+pub(crate) mod error;
 mod maintenance;
 mod shard_main;
 pub(crate) mod watchdog;
@@ -14,12 +15,13 @@ use arc_swap::ArcSwap;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
+use crate::config::ServeArgs;
 use crate::config::{self, BrokerConfig, ConfigSources};
-use crate::error::BrokerError;
 use crate::mesh::MESH_CHANNEL_CAPACITY;
 use crate::metadata::table::ShardTable;
 use crate::metadata::{self, ClusterMeta};
-use crate::{admin, data_dir, group, ServeArgs};
+use crate::{admin, data_dir, group};
+use error::BrokerError;
 pub(crate) use shard_main::current_shard;
 use shard_main::ShardContext;
 
@@ -80,7 +82,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
     metadata::dirs::check_partition_dirs(&config.data_dir, &meta, &deleting)?;
     probe_port(&config)?;
     let admin_listener = match config.admin_listen {
-        Some(addr) => Some(Arc::new(admin::bind(addr)?)),
+        Some(addr) => Some(Arc::new(admin::bind(addr).map_err(|source| {
+            BrokerError::Listen {
+                addr,
+                what: " (admin.listeners)",
+                source,
+            }
+        })?)),
         None => None,
     };
 

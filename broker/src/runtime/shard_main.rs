@@ -13,6 +13,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use strom_storage::LogManager;
 
+use super::error::ShardError;
 use super::maintenance::{
     expire_producers, flush_due_logs, maintain_logs, MAINTENANCE_SHARES, PRODUCER_EXPIRY_CHECK_MS,
 };
@@ -20,7 +21,6 @@ use super::watchdog::Watchdog;
 use super::TICK_MS;
 use crate::clock::now_ms;
 use crate::config::BrokerConfig;
-use crate::error::ShardError;
 use crate::group::store::OffsetsStore;
 use crate::group::GroupCoordinator;
 use crate::ids::ShardId;
@@ -129,7 +129,7 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
     });
     // Before recovery, so that readiness can be asked while the logs are being opened.
     if let (0, Some(listener)) = (id, &ctx.admin_listener) {
-        crate::admin::spawn(&shard, listener)?;
+        crate::admin::spawn(&shard, listener).map_err(ShardError::Admin)?;
     }
     if ctx.config.faults.recovery_delay_ms > 0 {
         glommio::timer::sleep(Duration::from_millis(ctx.config.faults.recovery_delay_ms)).await;

@@ -1,6 +1,7 @@
-//! The broker's errors at startup and in a shard's life, one `thiserror` enum per layer.
-//! (Errors that become a Kafka error code in a response have their own types beside the code
-//! that answers: `ControllerError`, `StoreError`.)
+//! The broker's errors at startup and in a shard's life. Each layer below has its own
+//! `thiserror` enums (`LockError`, `DataDirError`, `MetaStoreError`, `ReplayError`, ...), which
+//! these wrap; errors that become a Kafka error code in a response stay beside the code that
+//! answers (`ControllerError`, `StoreError`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,6 +10,8 @@ use std::path::PathBuf;
 use strom_storage::StorageError;
 
 use crate::config::ConfigError;
+use crate::data_dir::LockError;
+use crate::metadata::dirs::DataDirError;
 use crate::metadata::store::MetaStoreError;
 
 /// Why a broker could not start or stopped with an error.
@@ -28,9 +31,9 @@ pub enum BrokerError {
         /// The operating system's error.
         source: io::Error,
     },
-    /// Another broker holds the data directory.
-    #[error("{} is in use by another strom process", .0.display())]
-    Locked(PathBuf),
+    /// The data directory could not be locked (another broker holds it).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The persisted metadata (topics, producer ids) could not be read.
     #[error(transparent)]
     Metadata(#[from] MetaStoreError),
@@ -107,32 +110,4 @@ pub enum ShardError {
     /// The test-only disk hooks could not be set up.
     #[error("opening the sync journal: {0}")]
     DiskHooks(#[source] io::Error),
-}
-
-/// The data directory's partition directories do not match the metadata.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DataDirError {
-    /// Listing or removing directories failed.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The directory.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
-    /// Partition directories the metadata does not list (the message names them and says
-    /// what to do).
-    #[error("{message}")]
-    Unaccounted {
-        /// How many directories.
-        count: usize,
-        /// What the operator reads.
-        message: String,
-    },
-    /// Emptying the list of topics being deleted failed.
-    #[error(transparent)]
-    Metadata(#[from] MetaStoreError),
 }
