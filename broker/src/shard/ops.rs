@@ -622,3 +622,99 @@ fn done(reply: ShardReply) -> Result<(), StorageError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn io_error() -> StorageError {
+        StorageError::Io {
+            op: "fdatasync",
+            path: PathBuf::from("t-0/00000000000000000000.log"),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }
+    }
+
+    #[test]
+    fn each_append_failure_gets_the_code_kafka_clients_act_on() {
+        let stale = StorageError::Producer(ProducerError::StaleEpoch {
+            producer_id: 7,
+            epoch: 0,
+            current: 1,
+        });
+        let gap = StorageError::Producer(ProducerError::OutOfOrder {
+            producer_id: 7,
+            epoch: 1,
+            first_seq: 5,
+            expected_after: 2,
+        });
+        let crc = StorageError::InvalidBatch(BatchError::CrcMismatch {
+            expected: 1,
+            actual: 2,
+        });
+        let txn = StorageError::InvalidBatch(BatchError::NoOngoingTransaction);
+        let keyless = StorageError::InvalidBatch(BatchError::KeylessRecords { indexes: vec![0] });
+        let cases = [
+            (stale, E::InvalidProducerEpoch),
+            (gap, E::OutOfOrderSequenceNumber),
+            (crc, E::CorruptMessage),
+            (txn, E::InvalidTxnState),
+            (keyless, E::InvalidRecord),
+            (io_error(), E::KafkaStorageError),
+        ];
+        for (e, code) in cases {
+            let (got, message) = produce_error(&e);
+            assert_eq!(got, code.code(), "{e}");
+            assert_eq!(
+                message,
+                e.to_string(),
+                "the client sees the storage error's text"
+            );
+        }
+    }
+
+    #[test]
+    fn read_and_delete_failures_tell_out_of_range_from_storage_errors() {
+        let range = StorageError::OffsetOutOfRange {
+            requested: 10,
+            log_start: 0,
+            log_end: 5,
+        };
+        assert_eq!(read_error(&range), E::OffsetOutOfRange.code());
+        assert_eq!(read_error(&io_error()), E::KafkaStorageError.code());
+        assert_eq!(delete_records_error(&range), E::OffsetOutOfRange.code());
+        assert_eq!(
+            delete_records_error(&io_error()),
+            E::KafkaStorageError.code()
+        );
+    }
+
+    #[test]
+    fn a_refused_produce_carries_no_offsets() {
+        let r = fail(E::NotEnoughReplicas, "isr");
+        assert_eq!(r.error, E::NotEnoughReplicas.code());
+        assert_eq!(
+            (r.base_offset, r.log_append_time_ms, r.log_start_offset),
+            (-1, -1, -1)
+        );
+        assert_eq!(r.message.as_deref(), Some("isr"));
+        assert!(r.record_errors.is_empty());
+    }
+
+    #[test]
+    fn only_waits_may_be_cancelled() {
+        let wait = ShardOp::WaitForData {
+            parts: Vec::new(),
+            wait_ms: 1,
+        };
+        assert!(wait.cancellable());
+        assert!(!ShardOp::Produce(Vec::new()).cancellable());
+        assert!(!ShardOp::RemoveLogs {
+            topic: Arc::from("t"),
+            partitions: Vec::new(),
+        }
+        .cancellable());
+    }
+}
