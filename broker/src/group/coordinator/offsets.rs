@@ -7,11 +7,11 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError as E;
 
 use super::{CommitParams, FetchedOffset, GroupCoordinator};
+use crate::clock::{mono_ms, now_ms};
 use crate::group::input;
 use crate::group::state::{Committed, Group, GroupState};
 use crate::group::store::{self, LogRecord};
 use crate::metadata::ClusterMeta;
-use crate::clock::{mono_ms, now_ms};
 
 impl GroupCoordinator {
     /// Commits offsets; one error code per entry of `p.offsets`, in order.
