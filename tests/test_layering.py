@@ -22,6 +22,17 @@ def test_broker_layering_holds():
     assert "layering ok" in r.stdout
 
 
+def test_the_readme_command_prints_the_layers():
+    # As the README has it, from the checkout.
+    r = subprocess.run(["python3", "scripts/check-layers.py", "--graph"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "python3 scripts/check-layers.py --graph" in (REPO / "README.md").read_text()
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("6 lib") and any(l.startswith("3 shard") for l in lines)
+    assert lines[-1].startswith("layering ok")
+
+
 def test_a_subsystem_that_reaches_shard_is_caught(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO / "broker" / "src", src)
