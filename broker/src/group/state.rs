@@ -117,9 +117,11 @@ pub struct Member {
     pub assignment: Bytes,
     pub join_waiter: Option<oneshot::Sender<JoinResult>>,
     pub sync_waiter: Option<oneshot::Sender<SyncResult>>,
-    /// Monotonic ms of the last sign of life (heartbeat, join, sync, commit).
+    /// Monotonic ms of the last sign of life (heartbeat, join, sync, commit) or of the answer to
+    /// a waiting join or sync (each starts a new session).
     pub last_seen_ms: i64,
-    /// Join order; the first member to join leads when the leader must be replaced.
+    /// Join order; the earliest member (the earliest that rejoined, when a join phase ends)
+    /// leads when the leader must be replaced.
     pub order: u64,
 }
 
@@ -352,7 +354,8 @@ impl Group {
         if self.leader.is_none() {
             self.leader = Some(member.id.clone());
         }
-        if self.protocol_type.is_none() {
+        if self.members.is_empty() {
+            // As Kafka: the first member of a group without members sets its protocol type.
             self.protocol_type = Some(member.protocol_type.clone());
         }
         if let Some(init) = self.rebalance.as_mut().and_then(|r| r.initial.as_mut()) {
@@ -397,13 +400,15 @@ impl Group {
         self.poll_rebalance(now, wall_ms);
     }
 
-    /// Enters PreparingRebalance. Members waiting in SyncGroup get REBALANCE_IN_PROGRESS.
+    /// Enters PreparingRebalance. Members waiting in SyncGroup get REBALANCE_IN_PROGRESS (and,
+    /// as in Kafka, a new session from now).
     pub fn prepare_rebalance(&mut self, now: i64, initial_delay_ms: i64) {
         if self.is(GroupState::CompletingRebalance) {
             for m in self.members.values_mut() {
                 m.assignment = Bytes::new();
                 if let Some(w) = m.sync_waiter.take() {
                     let _ = w.send(SyncResult::error(E::RebalanceInProgress));
+                    m.last_seen_ms = now;
                 }
             }
         }
@@ -432,7 +437,7 @@ impl Group {
     }
 
     /// Completes the join phase when it is due: every member has rejoined, or the deadline
-    /// passed. Returns true if it completed.
+    /// passed. Returns true if it completed (false also when it was postponed).
     pub fn poll_rebalance(&mut self, now: i64, wall_ms: i64) -> bool {
         if !self.is(GroupState::PreparingRebalance) {
             return false;
@@ -456,13 +461,15 @@ impl Group {
         } else if !self.all_joined() && now < rb.deadline_ms {
             return false;
         }
-        self.complete_join(now, wall_ms);
-        true
+        self.complete_join(now, wall_ms)
     }
 
     /// Ends the join phase: members that did not rejoin are dropped (static members are kept),
-    /// the generation moves on, and every waiting member learns the result.
-    fn complete_join(&mut self, now: i64, wall_ms: i64) {
+    /// the generation moves on, and every waiting member learns the result. A leader that did
+    /// not rejoin hands over to the earliest member that did; if no member rejoined (only
+    /// static members that did not are left), the join phase starts again at the same
+    /// generation, as in Kafka, and false is returned.
+    fn complete_join(&mut self, now: i64, wall_ms: i64) -> bool {
         let missing: Vec<String> = self
             .members
             .values()
@@ -473,6 +480,20 @@ impl Group {
             tracing::info!(group = %self.id, member = %id, "member did not rejoin in time; removing it");
             self.remove_member(&id, E::UnknownMemberId);
         }
+        let rejoined_first = self
+            .members
+            .values()
+            .filter(|m| m.join_waiter.is_some())
+            .min_by_key(|m| m.order)
+            .map(|m| m.id.clone());
+        if rejoined_first.is_none() && !self.members.is_empty() {
+            tracing::warn!(group = %self.id, "no member rejoined; waiting another rebalance timeout");
+            self.rebalance = Some(Rebalance {
+                deadline_ms: now + self.max_rebalance_timeout(),
+                initial: None,
+            });
+            return false;
+        }
         self.rebalance = None;
         self.generation += 1;
         if self.members.is_empty() {
@@ -482,15 +503,16 @@ impl Group {
             self.empty_since_ms = wall_ms;
             self.dirty = true;
             tracing::info!(group = %self.id, generation = self.generation, "group is empty");
-            return;
+            return true;
         }
         self.protocol = self.select_protocol();
-        if self
+        let leader_rejoined = self
             .leader
             .as_ref()
-            .is_none_or(|l| !self.members.contains_key(l))
-        {
-            self.leader = self.first_member();
+            .and_then(|l| self.members.get(l))
+            .is_some_and(|m| m.join_waiter.is_some());
+        if !leader_rejoined {
+            self.leader = rejoined_first;
         }
         self.state = GroupState::CompletingRebalance;
         tracing::info!(group = %self.id, generation = self.generation, members = self.members.len(), protocol = ?self.protocol, "rebalance: join phase complete");
@@ -515,6 +537,7 @@ impl Group {
                 });
             }
         }
+        true
     }
 
     /// Every member with its metadata for the selected protocol, in join order.

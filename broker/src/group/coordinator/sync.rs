@@ -120,8 +120,10 @@ impl GroupCoordinator {
     }
 
     /// After the leader's assignment is stored: hand every member its part (or, if storing
-    /// failed, make them rejoin).
+    /// failed, make them rejoin). As in Kafka, every member answered here starts a new session:
+    /// its wait may have outlasted its session timeout.
     fn finish_sync(&self, group_id: &str, generation: i32, stored: Result<(), StoreError>) {
+        let now = mono_ms();
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
             return;
@@ -142,6 +144,7 @@ impl GroupCoordinator {
                             protocol: protocol.clone(),
                             assignment: m.assignment.clone(),
                         });
+                        m.last_seen_ms = now;
                     }
                 }
                 tracing::info!(group = %group.id, generation, "group is stable");
@@ -155,9 +158,10 @@ impl GroupCoordinator {
                             error: e.code(),
                             ..Default::default()
                         });
+                        m.last_seen_ms = now;
                     }
                 }
-                group.prepare_rebalance(mono_ms(), self.settings.initial_rebalance_delay_ms);
+                group.prepare_rebalance(now, self.settings.initial_rebalance_delay_ms);
                 if let Some(rb) = group.rebalance {
                     self.lower_next_due(rb.deadline_ms);
                 }

@@ -1,6 +1,6 @@
 //! Named scenarios of the group coordinator on a manual clock, the test fixture they share with
-//! the model test (`model_tests.rs`), and ignored tests of where the coordinator differs from
-//! Kafka in ways that are bugs (each fails today; un-ignore it with the fix).
+//! the model test (`model_tests.rs`), and tests of places where the coordinator once differed
+//! from Kafka in ways that were bugs.
 
 use std::future::Future;
 use std::rc::Rc;
@@ -20,8 +20,8 @@ use crate::group::store::{LogRecord, OffsetsStore};
 const SESSION_MS_MIN: i32 = 1_000;
 
 // A session is never shorter than the tick's longest pause between scans, so a session that
-// starts between ticks (when a rebalance completes) ends after the next scan: the tests can
-// expect its expiry to the millisecond.
+// starts between ticks (when a join phase completes or a waiting SyncGroup is answered) ends
+// after the next scan: the tests (and the model test) can expect its expiry to the millisecond.
 const _: () = assert!(super::timers::SCAN_INTERVAL_MS_MAX <= SESSION_MS_MIN as i64);
 
 /// Group settings of the tests: sessions of 1 to 60 s, offsets kept for a week.
@@ -357,17 +357,16 @@ fn rebalance_timeout_removes_members_that_did_not_rejoin() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Where the coordinator differs from Kafka in ways that are bugs. Each test shows what Kafka
-// does and fails today; the model test (`model_tests/reference.rs`) follows the coordinator at
-// the lines marked "Kafka:" and changes with the fix.
+// Where the coordinator differed from Kafka in ways that were bugs. Each test shows what Kafka
+// does (and failed before the fix); the reference model (`model_tests/reference.rs`) does the
+// same.
 
 /// Kafka's `onCompleteJoin` (`maybeElectNewJoinedLeader`): a leader that did not rejoin (a
 /// static member kept through the rebalance) is replaced by a member that did, so that someone
-/// receives the member list and assigns. The coordinator keeps the absent leader: nobody
-/// assigns, and the group waits in CompletingRebalance until that member returns or its
-/// session expires (static members usually have long sessions).
+/// receives the member list and assigns. Keeping the absent leader would leave nobody to
+/// assign: the group would wait in CompletingRebalance until that member returned or its
+/// session expired (static members usually have long sessions).
 #[test]
-#[ignore = "coordinator bug: a static leader that did not rejoin stays leader"]
 fn a_leader_that_did_not_rejoin_is_replaced_by_a_member_that_did() {
     run(|| async {
         let f = Fixture::new(settings(0));
@@ -387,12 +386,44 @@ fn a_leader_that_did_not_rejoin_is_replaced_by_a_member_that_did() {
     });
 }
 
-/// Kafka's `propagateAssignment` restarts the session of every member whose waiting SyncGroup
-/// it answers (the assignment, or REBALANCE_IN_PROGRESS). The coordinator does not: a follower
-/// that waited in SyncGroup longer than its session timeout (a slow leader) is removed right
-/// after receiving its assignment, and a new rebalance starts.
+/// Kafka's `onCompleteJoin`: when no member rejoined (only static members that did not are
+/// left), the join phase does not complete but starts again at the same generation, until a
+/// member rejoins or the static members' sessions expire.
 #[test]
-#[ignore = "coordinator bug: answering a waiting SyncGroup does not restart the session"]
+fn a_join_phase_that_no_member_rejoined_starts_again() {
+    run(|| async {
+        let f = Fixture::new(settings(0));
+        let s = f.stable_alone(Some("s")).await;
+        let mut d = f.join("", None, "d");
+        let d_id = f.group(|g| {
+            let mut others = g.members.keys().filter(|id| **id != s.member_id);
+            others.next().cloned().expect("d is a member")
+        });
+        assert_eq!(f.coordinator.leave("g", &[(d_id, None)]), [0]);
+        assert_eq!(d.now().expect("answered").error, UNKNOWN);
+        // The static member is restarting and misses the rebalance (5 s).
+        f.advance(5_000);
+        f.group(|g| {
+            assert!(g.is(GroupState::PreparingRebalance) && g.generation == 1);
+            assert!(g.members.contains_key(&s.member_id), "static members stay");
+        });
+        assert_eq!(f.heartbeat(&s, Some("s")), REBALANCING);
+        f.advance(4_000);
+        let s = f
+            .join(&s.member_id, Some("s"), "m")
+            .now()
+            .expect("everyone joined");
+        assert_eq!((s.error, s.generation), (0, 2));
+        assert_eq!(s.leader, s.member_id);
+        f.close().await;
+    });
+}
+
+/// Kafka's `propagateAssignment` restarts the session of every member whose waiting SyncGroup
+/// it answers (the assignment, or REBALANCE_IN_PROGRESS). Without that, a follower that waited
+/// in SyncGroup longer than its session timeout (a slow leader) would be removed right after
+/// receiving its assignment, and a new rebalance would start.
+#[test]
 fn answering_a_waiting_sync_group_restarts_the_session() {
     run(|| async {
         let f = Fixture::new(settings(0));
@@ -420,11 +451,10 @@ fn answering_a_waiting_sync_group_restarts_the_session() {
 }
 
 /// Kafka's `GroupMetadata.add`: the first member of a group without members sets the group's
-/// protocol type. The coordinator keeps the type of the group's first member ever, so a group
-/// id used by consumers and later (empty) by another kind of client reports the old type and
-/// refuses that client's second member with INCONSISTENT_GROUP_PROTOCOL.
+/// protocol type. Keeping the type of the group's first member ever would make a group id used
+/// by consumers and later (empty) by another kind of client report the old type and refuse
+/// that client's second member with INCONSISTENT_GROUP_PROTOCOL.
 #[test]
-#[ignore = "coordinator bug: an emptied group keeps its old protocol type"]
 fn an_emptied_group_takes_the_protocol_type_of_its_next_first_member() {
     run(|| async {
         let f = Fixture::new(settings(0));

@@ -5,13 +5,13 @@
 //!
 //! Waiting requests are named by the driver's request ids; every answer the group gives during
 //! one step is collected in [`Model::answers`] and compared with the futures that completed.
-//! Where the coordinator's timing may legitimately vary (members that expire in the same tick,
-//! a member whose session restarts late), [`Model::tick`] returns every allowed outcome and the
-//! driver keeps those that match what the coordinator did.
+//! Where the coordinator's timing may legitimately vary (members that expire in the same tick),
+//! [`Model::tick`] returns every allowed outcome and the driver keeps those that match what the
+//! coordinator did.
 //!
 //! Where Strom differs from Kafka, the model follows Strom and says so in a comment starting
-//! with "Kafka:". The differences that are bugs have an ignored test in `coordinator/tests.rs`
-//! showing what Kafka does; fixing one means changing the marked lines here too.
+//! with "Kafka:". A difference found to be a bug is fixed in both places, with a named test of
+//! Kafka's behaviour in `coordinator/tests.rs` (its last section).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +22,6 @@ use super::answers::{
     Answer, JoinAnswer, Observed, ObservedMember, ReqId, Settings, State, SyncAnswer, SyncReq,
     PROTOCOL_ORDER,
 };
-use crate::group::coordinator::timers::SCAN_INTERVAL_MS_MAX;
 
 mod join;
 
@@ -38,11 +37,6 @@ struct Member {
     assignment: Bytes,
     /// Join order: the earliest member leads when a leader must be chosen.
     order: u64,
-    /// When the member's waiting SyncGroup was answered without its session being restarted.
-    /// Its session may then already be over, and the coordinator's tick (which scans only when
-    /// a deadline it knows of is due, or `SCAN_INTERVAL_MS_MAX` after its last scan) may see
-    /// that up to one scan interval late.
-    sync_answered_ms: Option<i64>,
 }
 
 impl Member {
@@ -58,7 +52,6 @@ impl Member {
 
     fn heard(&mut self, now: i64) {
         self.last_heard_ms = now;
-        self.sync_answered_ms = None;
     }
 }
 
@@ -310,10 +303,8 @@ impl Model {
                 .map(|a| (*a).clone())
                 .unwrap_or_default();
             if let Some(w) = m.sync_waiter.take() {
-                // Kafka: restarts the session of every member it answers here.
-                if m.last_heard_ms < now {
-                    m.sync_answered_ms = Some(now);
-                }
+                // As Kafka: every member answered here starts a new session.
+                m.heard(now);
                 let answer = SyncAnswer {
                     error: 0,
                     protocol_type: protocol_type.clone(),
@@ -396,44 +387,10 @@ impl Model {
     // -----------------------------------------------------------------------------------------
     // Time
 
-    /// Every outcome the coordinator's tick may have at `now`. The tick scans the groups only
-    /// when a deadline it knows of is due, and at least every `SCAN_INTERVAL_MS_MAX`; the
-    /// deadlines it may not know of are those of members whose waiting SyncGroup was answered
-    /// (`Member::sync_answered_ms`), so while only such sessions are over it may not look.
+    /// Every outcome the coordinator's tick may have at `now`: pending member ids and sessions
+    /// expire (those members in every order: the coordinator removes them in hash-map order,
+    /// and the order can matter), then a rebalance whose time is up completes.
     pub fn tick(&self, now: i64) -> Vec<Model> {
-        let late_allowed = |m: &Member| {
-            m.sync_answered_ms.is_some_and(|answered| {
-                let over_since = answered.max(m.last_heard_ms + m.session_ms + 1);
-                now < over_since + SCAN_INTERVAL_MS_MAX
-            })
-        };
-        let mut due = self.pending.values().any(|expiry| *expiry <= now)
-            || self
-                .rebalance
-                .is_some_and(|r| self.state == State::PreparingRebalance && r.deadline_ms <= now);
-        let mut late = false;
-        for m in self.members.values().filter(|m| m.session_over(now)) {
-            if late_allowed(m) {
-                late = true;
-            } else {
-                due = true;
-            }
-        }
-        let mut outcomes = Vec::new();
-        if late && !due {
-            // Only sessions that may be seen late are over: the tick may not have looked.
-            outcomes.push(self.clone());
-        }
-        for outcome in self.scan(now) {
-            push_new(&mut outcomes, outcome);
-        }
-        outcomes
-    }
-
-    /// A tick that looks at the group: pending member ids and sessions expire (those members
-    /// in every order: the coordinator removes them in hash-map order, and the order can
-    /// matter), then a rebalance whose time is up completes.
-    fn scan(&self, now: i64) -> Vec<Model> {
         let mut start = self.clone();
         start.pending.retain(|_, expiry| *expiry > now);
         let over: Vec<String> = start
@@ -499,10 +456,8 @@ impl Model {
             for m in self.members.values_mut() {
                 m.assignment = Bytes::new();
                 if let Some(w) = m.sync_waiter.take() {
-                    // Kafka: restarts the session of every member it answers here.
-                    if m.last_heard_ms < now {
-                        m.sync_answered_ms = Some(now);
-                    }
+                    // As Kafka: every member answered here starts a new session.
+                    m.heard(now);
                     answered.push(w);
                 }
             }
@@ -574,9 +529,23 @@ impl Model {
         for id in missing {
             self.remove_member(&id, E::UnknownMemberId);
         }
+        let rejoined_first = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.join_waiter.is_some())
+            .min_by_key(|(_, m)| m.order)
+            .map(|(id, _)| id.clone());
+        if rejoined_first.is_none() && !self.members.is_empty() {
+            // As Kafka: when only static members that did not rejoin are left, the join phase
+            // starts again (for the longest rebalance timeout), at the same generation.
+            let timeout = self.members.values().map(|m| m.rebalance_ms).max();
+            self.rebalance = Some(Rebalance {
+                deadline_ms: now + timeout.unwrap_or(0),
+                initial: None,
+            });
+            return;
+        }
         self.rebalance = None;
-        // Kafka: when only static members that did not rejoin are left, the join phase is
-        // started again instead, at the same generation.
         self.generation += 1;
         if self.members.is_empty() {
             self.state = State::Empty;
@@ -585,13 +554,11 @@ impl Model {
             return;
         }
         self.protocol = self.common_protocols().first().map(|p| p.to_string());
-        // Kafka: a leader that did not rejoin is replaced by a member that did.
-        if self
-            .leader
-            .as_ref()
-            .is_none_or(|l| !self.members.contains_key(l))
-        {
-            self.leader = self.first_member();
+        // As Kafka: a leader that did not rejoin is replaced by a member that did (here the
+        // earliest; Kafka takes any).
+        let leader = self.leader.as_ref().and_then(|l| self.members.get(l));
+        if leader.is_none_or(|m| m.join_waiter.is_none()) {
+            self.leader = rejoined_first;
         }
         self.state = State::CompletingRebalance;
         let everyone = self.member_list();

@@ -164,9 +164,9 @@ impl Model {
         if self.leader.is_none() {
             self.leader = Some(id.clone());
         }
-        if self.protocol_type.is_none() {
-            // Kafka: the protocol type of the first member of a group without members (an
-            // emptied group takes its next first member's type). The model sends one type.
+        if self.members.is_empty() {
+            // As Kafka: the first member of a group without members sets the protocol type
+            // (an emptied group takes its next first member's). The model sends one type.
             self.protocol_type = Some("consumer".into());
         }
         if let Some(initial) = self.rebalance.as_mut().and_then(|r| r.initial.as_mut()) {
@@ -183,7 +183,6 @@ impl Model {
             sync_waiter: None,
             assignment: Bytes::new(),
             order: self.next_order,
-            sync_answered_ms: None,
         };
         self.members.insert(id, member);
         if self.state != State::PreparingRebalance {
