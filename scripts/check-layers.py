@@ -3,7 +3,7 @@
 
 Reads every source file, collects which top-level modules each module uses (`use crate::x`,
 `crate::x::...` paths, and `super::` paths that leave the module), leaving out `#[cfg(test)]`
-code, and checks two rules:
+code and test modules in their own files (`tests.rs`, `*_tests.rs`), and checks two rules:
 
 1. Each module uses only modules of its own layer or the layers below it (LAYERS, bottom
    first). So group, metadata (the controller) and metrics never reach shard, kafka, admin or
@@ -41,6 +41,11 @@ def module_path(root, path):
     if parts[-1] in ("mod", "lib", "main"):
         parts = parts[:-1]
     return parts
+
+
+def is_test_module(parts):
+    """Test modules kept in their own files (`tests.rs`, `model_tests.rs` and below)."""
+    return any(p == "tests" or p.endswith("_tests") for p in parts)
 
 
 def strip_tests(src):
@@ -84,6 +89,8 @@ def edges(root):
                 continue
             path = os.path.join(d, name)
             me = module_path(root, path)
+            if is_test_module(me):
+                continue
             src = strip_comments(strip_tests(open(path, encoding="utf-8").read()))
 
             def add(target, pos):

@@ -59,4 +59,6 @@ def test_test_code_is_not_counted(tmp_path):
     shutil.copytree(REPO / "broker" / "src", src)
     group = src / "group" / "mod.rs"
     group.write_text(group.read_text() + "\n#[cfg(test)]\nmod t {\n    use crate::shard::Shard;\n}\n")
+    tests = src / "group" / "store" / "tests.rs"
+    tests.write_text(tests.read_text() + "\nuse crate::shard::Shard as _S;\n")
     assert check(src).returncode == 0
