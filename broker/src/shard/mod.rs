@@ -30,7 +30,7 @@ use crate::metadata::ClusterMeta;
 use crate::metrics::stages::OwnerTimes;
 pub use ops::{ShardOp, ShardReply};
 
-/// Per-shard counters of the mesh and the acceptor (exported by the metrics endpoint).
+/// Per-shard counters of the acceptor and its connections (exported by the metrics endpoint).
 #[derive(Default)]
 pub struct ShardStats {
     pub connections: Cell<u64>,
