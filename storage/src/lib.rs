@@ -10,6 +10,7 @@ mod batch;
 mod checkpoint;
 mod codec;
 mod config;
+pub mod epoch_cache;
 mod error;
 mod fifo_lock;
 mod file_io;
