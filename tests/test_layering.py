@@ -16,6 +16,13 @@ def check(src: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+def copy_src(tmp_path: Path) -> Path:
+    """A copy of broker/src to break on purpose."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "broker" / "src", src)
+    return src
+
+
 def test_broker_layering_holds():
     r = check(REPO / "broker" / "src")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -34,8 +41,7 @@ def test_the_readme_command_prints_the_layers():
 
 
 def test_a_subsystem_that_reaches_shard_is_caught(tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(REPO / "broker" / "src", src)
+    src = copy_src(tmp_path)
     group = src / "group" / "mod.rs"
     group.write_text(group.read_text() + "\nfn _router() -> Option<crate::shard::Shard> { None }\n")
     r = check(src)
@@ -45,8 +51,7 @@ def test_a_subsystem_that_reaches_shard_is_caught(tmp_path):
 
 
 def test_a_cycle_inside_one_layer_is_caught(tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(REPO / "broker" / "src", src)
+    src = copy_src(tmp_path)
     metrics = src / "metrics" / "mod.rs"
     metrics.write_text(metrics.read_text() + "\nuse crate::mesh::MeshCounts as _Counts;\n")
     r = check(src)
@@ -55,8 +60,7 @@ def test_a_cycle_inside_one_layer_is_caught(tmp_path):
 
 
 def test_test_code_is_not_counted(tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(REPO / "broker" / "src", src)
+    src = copy_src(tmp_path)
     group = src / "group" / "mod.rs"
     group.write_text(group.read_text() + "\n#[cfg(test)]\nmod t {\n    use crate::shard::Shard;\n}\n")
     tests = src / "group" / "store" / "tests.rs"

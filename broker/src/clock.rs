@@ -34,24 +34,22 @@ pub fn install(clock: Option<Rc<dyn Clock>>) {
     CLOCK.with(|c| *c.borrow_mut() = clock);
 }
 
-fn installed() -> Option<Rc<dyn Clock>> {
-    CLOCK.with(|c| c.borrow().clone())
+/// `read` of the installed clock, or `system` without one (no reference count is touched).
+fn read(read: impl Fn(&dyn Clock) -> i64, system: fn() -> i64) -> i64 {
+    CLOCK.with(|c| match &*c.borrow() {
+        Some(clock) => read(clock.as_ref()),
+        None => system(),
+    })
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    match installed() {
-        Some(c) => c.wall_ms(),
-        None => system_wall_ms(),
-    }
+    read(|c| c.wall_ms(), system_wall_ms)
 }
 
 /// Milliseconds on a monotonic clock (since its first use in the process).
 pub fn mono_ms() -> i64 {
-    match installed() {
-        Some(c) => c.mono_ms(),
-        None => system_mono_ms(),
-    }
+    read(|c| c.mono_ms(), system_mono_ms)
 }
 
 fn system_wall_ms() -> i64 {

@@ -87,7 +87,7 @@ impl JoinResult {
 }
 
 /// What a SyncGroup request gets back.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncResult {
     pub error: i16,
     pub protocol_type: Option<String>,

@@ -17,8 +17,8 @@ use super::Shard;
 use crate::clock::now_ms;
 use crate::group::{GroupOp, GroupReply};
 use crate::ids::{PartitionId, ShardId};
-use crate::metadata::controller::LogOwners;
 use crate::metadata::controller::{ControllerOp, ControllerReply};
+use crate::metadata::controller::{LogOwners, OwnerError};
 
 pub struct ProducePart {
     pub topic: Arc<str>,
@@ -577,14 +577,14 @@ impl LogOwners for Rc<Shard> {
         partitions: Vec<PartitionId>,
         config: LogConfig,
         fresh: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), OwnerError> {
         let op = ShardOp::OpenLogs {
             topic,
             partitions,
             config,
             fresh,
         };
-        done(self.call(owner, op).await)
+        done(owner, self.call(owner, op).await)
     }
 
     async fn remove_logs(
@@ -592,11 +592,9 @@ impl LogOwners for Rc<Shard> {
         owner: ShardId,
         topic: Arc<str>,
         partitions: Vec<PartitionId>,
-    ) -> Result<(), StorageError> {
-        done(
-            self.call(owner, ShardOp::RemoveLogs { topic, partitions })
-                .await,
-        )
+    ) -> Result<(), OwnerError> {
+        let op = ShardOp::RemoveLogs { topic, partitions };
+        done(owner, self.call(owner, op).await)
     }
 
     async fn update_log_config(&self, owner: ShardId, topic: Arc<str>, config: LogConfig) {
@@ -614,12 +612,10 @@ impl LogOwners for Rc<Shard> {
 }
 
 /// The outcome of an operation answered with [`ShardReply::Done`].
-fn done(reply: ShardReply) -> Result<(), StorageError> {
+fn done(owner: ShardId, reply: ShardReply) -> Result<(), OwnerError> {
     match reply {
-        ShardReply::Done(r) => r,
-        _ => Err(StorageError::Closed {
-            dir: std::path::PathBuf::from("(a shard that is shutting down)"),
-        }),
+        ShardReply::Done(r) => Ok(r?),
+        _ => Err(OwnerError::Unavailable(owner)),
     }
 }
 

@@ -327,7 +327,7 @@ impl Driver {
                     assignments: r.assignments.clone(),
                 };
                 let c = coordinator.clone();
-                let fut = Box::pin(async move { Answer::Sync(c.sync(params).await.into()) });
+                let fut = Box::pin(async move { Answer::Sync(c.sync(params).await) });
                 self.start(*client, r.id, fut, &mut answers, false, completes)
                     .await;
             }

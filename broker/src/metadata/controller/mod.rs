@@ -38,6 +38,18 @@ pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 /// The shard the controller runs on.
 pub const CONTROLLER_SHARD: ShardId = ShardId(0);
 
+/// Why work on a partition owner failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OwnerError {
+    /// The owner's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The owner could not be reached (shutting down, or its queue is full).
+    #[error("shard {0} is unavailable")]
+    Unavailable(ShardId),
+}
+
 /// How the controller reaches the shards that own partitions.
 pub trait LogOwners {
     /// Opens partitions of `topic` on shard `owner`, creating them if they do not exist
@@ -50,14 +62,14 @@ pub trait LogOwners {
         partitions: Vec<PartitionId>,
         config: LogConfig,
         fresh: bool,
-    ) -> impl Future<Output = Result<(), StorageError>>;
+    ) -> impl Future<Output = Result<(), OwnerError>>;
     /// Closes partitions of `topic` on shard `owner` and deletes their directories.
     fn remove_logs(
         &self,
         owner: ShardId,
         topic: Arc<str>,
         partitions: Vec<PartitionId>,
-    ) -> impl Future<Output = Result<(), StorageError>>;
+    ) -> impl Future<Output = Result<(), OwnerError>>;
     /// Gives every open partition of `topic` on shard `owner` a new configuration.
     fn update_log_config(
         &self,
@@ -106,6 +118,13 @@ pub enum ControllerOutput {
 }
 
 pub type ControllerReply = Result<ControllerOutput, ControllerError>;
+
+fn unknown_topic(name: &str) -> ControllerError {
+    err(
+        E::UnknownTopicOrPartition,
+        format!("Topic '{name}' does not exist"),
+    )
+}
 
 fn err(code: E, message: impl Into<String>) -> ControllerError {
     ControllerError {
@@ -302,10 +321,7 @@ impl Controller {
             }
             ControllerOp::DeleteTopic { name } => {
                 let Some(i) = current.topics.iter().position(|t| t.name == name) else {
-                    return Err(err(
-                        E::UnknownTopicOrPartition,
-                        format!("Topic '{name}' does not exist"),
-                    ));
+                    return Err(unknown_topic(&name));
                 };
                 let record = next.topics.remove(i);
                 let topic: Arc<str> = Arc::from(record.name.as_str());
@@ -332,10 +348,7 @@ impl Controller {
                 validate_only,
             } => {
                 let Some(t) = next.topics.iter_mut().find(|t| t.name == name) else {
-                    return Err(err(
-                        E::UnknownTopicOrPartition,
-                        format!("Topic '{name}' does not exist"),
-                    ));
+                    return Err(unknown_topic(&name));
                 };
                 let have = t.partition_shards.len() as i32;
                 if count <= have {
@@ -363,10 +376,7 @@ impl Controller {
                 validate_only,
             } => {
                 let Some(t) = next.topics.iter_mut().find(|t| t.name == name) else {
-                    return Err(err(
-                        E::UnknownTopicOrPartition,
-                        format!("Topic '{name}' does not exist"),
-                    ));
+                    return Err(unknown_topic(&name));
                 };
                 let mut overrides = if replace {
                     BTreeMap::new()

@@ -44,7 +44,7 @@ impl LogOwners for FakeOwners {
         partitions: Vec<PartitionId>,
         _config: LogConfig,
         _fresh: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), OwnerError> {
         self.calls
             .borrow_mut()
             .push(format!("open {topic} {partitions:?} on {owner}"));
@@ -53,11 +53,11 @@ impl LogOwners for FakeOwners {
             // A failing open may leave a directory behind, as a real one can.
             std::fs::create_dir_all(&dir).unwrap();
             if self.failing.borrow().contains(&owner) {
-                return Err(StorageError::Io {
+                return Err(OwnerError::Storage(StorageError::Io {
                     op: "create",
                     path: dir,
                     source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-                });
+                }));
             }
         }
         Ok(())
@@ -68,7 +68,7 @@ impl LogOwners for FakeOwners {
         owner: ShardId,
         topic: Arc<str>,
         partitions: Vec<PartitionId>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), OwnerError> {
         self.calls
             .borrow_mut()
             .push(format!("remove {topic} {partitions:?} on {owner}"));

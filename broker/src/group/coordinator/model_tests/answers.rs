@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use kafka_protocol::ResponseError as E;
 
-use crate::group::state::{JoinResult, SyncResult};
+use crate::group::state::JoinResult;
 
 /// A request id of the driver.
 pub type ReqId = u64;
@@ -71,36 +71,8 @@ impl From<JoinResult> for JoinAnswer {
     }
 }
 
-/// A SyncGroup answer, as compared.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncAnswer {
-    pub error: i16,
-    pub protocol_type: Option<String>,
-    pub protocol: Option<String>,
-    pub assignment: Bytes,
-}
-
-impl SyncAnswer {
-    pub fn error(code: E) -> SyncAnswer {
-        SyncAnswer {
-            error: code.code(),
-            protocol_type: None,
-            protocol: None,
-            assignment: Bytes::new(),
-        }
-    }
-}
-
-impl From<SyncResult> for SyncAnswer {
-    fn from(r: SyncResult) -> SyncAnswer {
-        SyncAnswer {
-            error: r.error,
-            protocol_type: r.protocol_type,
-            protocol: r.protocol,
-            assignment: r.assignment,
-        }
-    }
-}
+/// A SyncGroup answer, as compared: the coordinator's own result type.
+pub use crate::group::state::SyncResult as SyncAnswer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
