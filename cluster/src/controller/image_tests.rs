@@ -1,0 +1,227 @@
+//! The rules of `MetadataImage::apply`, one test each.
+
+use std::collections::BTreeMap;
+
+use super::image::errors::*;
+use super::image::*;
+use crate::types::NodeId;
+
+fn broker(node_id: i32, incarnation: u64) -> Command {
+    Command::RegisterBroker(BrokerRecord {
+        node_id,
+        incarnation,
+        endpoints: vec![EndpointRecord {
+            listener: "PLAINTEXT".into(),
+            host: "127.0.1.1".into(),
+            port: 9092,
+        }],
+        rack: None,
+        fenced: false,
+    })
+}
+
+fn cluster() -> MetadataImage {
+    let mut image = MetadataImage::default();
+    for n in 0..3 {
+        assert_eq!(image.apply(&broker(n, 7)), Applied::Ok);
+    }
+    let topic = TopicRecord {
+        topic_id: [1; 16],
+        partitions: vec![PartitionRecord::new(&[NodeId(0), NodeId(1), NodeId(2)])],
+        configs: BTreeMap::new(),
+    };
+    let create = Command::CreateTopic(CreateTopic {
+        name: "t".into(),
+        topic,
+    });
+    assert_eq!(image.apply(&create), Applied::Ok);
+    image
+}
+
+fn alter(leader: i32, leader_epoch: i32, partition_epoch: i32, new_isr: &[i32]) -> Command {
+    Command::AlterIsr(AlterIsr {
+        topic: "t".into(),
+        partition: 0,
+        leader,
+        leader_epoch,
+        partition_epoch,
+        new_isr: new_isr.to_vec(),
+    })
+}
+
+#[test]
+fn a_new_partition_is_led_by_its_first_replica_with_every_replica_in_sync() {
+    let image = cluster();
+    let p = image.partition("t", 0).unwrap().assignment();
+    assert_eq!(p.leader, Some(NodeId(0)));
+    assert_eq!(p.isr, p.replicas);
+    assert_eq!((p.leader_epoch.0, p.partition_epoch), (0, 0));
+}
+
+#[test]
+fn an_isr_change_applies_once_and_bumps_the_partition_epoch() {
+    let mut image = cluster();
+    let shrink = alter(0, 0, 0, &[0, 2]);
+    let Applied::Partition(p) = image.apply(&shrink) else {
+        panic!("refused");
+    };
+    assert_eq!(
+        (p.isr.clone(), p.partition_epoch, p.leader_epoch),
+        (vec![0, 2], 1, 0)
+    );
+    // The same request again is based on a stale partition epoch.
+    assert_eq!(
+        image.apply(&shrink),
+        Applied::Refused(INVALID_UPDATE_VERSION)
+    );
+    assert_eq!(image.partition("t", 0).unwrap().isr, vec![0, 2]);
+}
+
+#[test]
+fn an_isr_change_from_anyone_but_the_current_leader_is_refused() {
+    let mut image = cluster();
+    assert_eq!(
+        image.apply(&alter(1, 0, 0, &[0, 1])),
+        Applied::Refused(NOT_LEADER_OR_FOLLOWER)
+    );
+    assert_eq!(
+        image.apply(&alter(0, 3, 0, &[0, 1])),
+        Applied::Refused(FENCED_LEADER_EPOCH)
+    );
+    assert_eq!(
+        image.apply(&alter(0, 0, 0, &[1, 2])),
+        Applied::Refused(INELIGIBLE_REPLICA)
+    );
+    assert_eq!(
+        image.apply(&alter(0, 0, 0, &[0, 5])),
+        Applied::Refused(INELIGIBLE_REPLICA)
+    );
+    let unknown = Command::AlterIsr(AlterIsr {
+        topic: "nope".into(),
+        partition: 0,
+        leader: 0,
+        leader_epoch: 0,
+        partition_epoch: 0,
+        new_isr: vec![0],
+    });
+    assert_eq!(
+        image.apply(&unknown),
+        Applied::Refused(UNKNOWN_TOPIC_OR_PARTITION)
+    );
+    assert_eq!(image, cluster(), "refused commands change nothing");
+}
+
+#[test]
+fn topics_are_created_once_and_only_on_registered_brokers() {
+    let mut image = cluster();
+    let again = Command::CreateTopic(CreateTopic {
+        name: "t".into(),
+        topic: TopicRecord {
+            topic_id: [2; 16],
+            partitions: vec![PartitionRecord::new(&[NodeId(0)])],
+            configs: BTreeMap::new(),
+        },
+    });
+    assert_eq!(image.apply(&again), Applied::Refused(TOPIC_ALREADY_EXISTS));
+    let on_unknown = Command::CreateTopic(CreateTopic {
+        name: "u".into(),
+        topic: TopicRecord {
+            topic_id: [3; 16],
+            partitions: vec![PartitionRecord::new(&[NodeId(0), NodeId(9)])],
+            configs: BTreeMap::new(),
+        },
+    });
+    assert_eq!(
+        image.apply(&on_unknown),
+        Applied::Refused(INVALID_REPLICA_ASSIGNMENT)
+    );
+    let twice = Command::CreatePartitions(CreatePartitions {
+        name: "t".into(),
+        partitions: vec![PartitionRecord::new(&[NodeId(1), NodeId(1)])],
+    });
+    assert_eq!(
+        image.apply(&twice),
+        Applied::Refused(INVALID_REPLICA_ASSIGNMENT)
+    );
+    let more = Command::CreatePartitions(CreatePartitions {
+        name: "t".into(),
+        partitions: vec![PartitionRecord::new(&[NodeId(1), NodeId(2)])],
+    });
+    assert_eq!(image.apply(&more), Applied::Ok);
+    assert_eq!(image.partition("t", 1).unwrap().leader, 1);
+    assert_eq!(image.apply(&Command::DeleteTopic("t".into())), Applied::Ok);
+    assert_eq!(
+        image.apply(&Command::DeleteTopic("t".into())),
+        Applied::Refused(UNKNOWN_TOPIC_OR_PARTITION)
+    );
+}
+
+#[test]
+fn a_fence_for_an_older_incarnation_is_stale() {
+    let mut image = cluster();
+    let fence = |incarnation| {
+        Command::FenceBroker(BrokerFence {
+            node_id: 1,
+            incarnation,
+        })
+    };
+    assert_eq!(image.apply(&fence(6)), Applied::Refused(STALE_BROKER_EPOCH));
+    assert!(!image.brokers[&1].fenced);
+    assert_eq!(image.apply(&fence(7)), Applied::Ok);
+    assert!(image.brokers[&1].fenced);
+    // A restart registers a new incarnation, unfenced.
+    assert_eq!(image.apply(&broker(1, 8)), Applied::Ok);
+    assert!(!image.brokers[&1].fenced);
+    let unknown = Command::UnfenceBroker(BrokerFence {
+        node_id: 9,
+        incarnation: 1,
+    });
+    assert_eq!(
+        image.apply(&unknown),
+        Applied::Refused(BROKER_ID_NOT_REGISTERED)
+    );
+}
+
+#[test]
+fn producer_id_blocks_are_consecutive_and_never_reused() {
+    let mut image = cluster();
+    let ask = |node_id, count| Command::AllocateProducerIds(AllocateProducerIds { node_id, count });
+    assert_eq!(
+        image.apply(&ask(0, 1000)),
+        Applied::ProducerIds {
+            start: 0,
+            count: 1000
+        }
+    );
+    assert_eq!(
+        image.apply(&ask(1, 10)),
+        Applied::ProducerIds {
+            start: 1000,
+            count: 10
+        }
+    );
+    assert_eq!(
+        image.apply(&ask(2, 0)),
+        Applied::ProducerIds {
+            start: 1010,
+            count: 1
+        }
+    );
+    assert_eq!(
+        image.apply(&ask(5, 10)),
+        Applied::Refused(BROKER_ID_NOT_REGISTERED)
+    );
+    // The image (and so a snapshot) carries where the next block starts.
+    let restored = MetadataImage::decode(&image.encode()).unwrap();
+    assert_eq!(restored.next_producer_id, 1011);
+}
+
+#[test]
+fn commands_and_images_round_trip_and_garbage_is_an_error() {
+    let image = cluster();
+    assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
+    let command = alter(0, 0, 0, &[0, 1]);
+    assert_eq!(Command::decode(&command.encode()).unwrap(), command);
+    assert!(Command::decode(b"not an archive").is_err());
+    assert!(MetadataImage::decode(&[0xff; 64]).is_err());
+}

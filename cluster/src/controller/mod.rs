@@ -1,0 +1,25 @@
+//! The controller: the cluster metadata replicated by Raft over the nodes' shard 0.
+//!
+//! - [`image`]: the metadata ([`MetadataImage`]) and the commands that change it.
+//! - [`store`]: the Raft log as Raft reads it, and the batches the driver makes durable.
+//! - [`node`]: one node, tikv's Raft `RawNode` driven without I/O.
+//! - [`placement`]: which brokers hold a new partition's replicas.
+
+pub mod image;
+pub mod node;
+pub mod placement;
+pub mod store;
+
+#[cfg(test)]
+mod image_tests;
+#[cfg(test)]
+mod sim_tests;
+
+pub use image::{
+    AllocateProducerIds, AlterConfigs, AlterIsr, Applied, BrokerFence, BrokerRecord, Command,
+    CreatePartitions, CreateTopic, EndpointRecord, MetadataImage, PartitionRecord, TopicRecord,
+};
+pub use node::{
+    AppliedEntry, ControllerConfig, ControllerError, ControllerNode, NotLeader, Outbound, ReadyStep,
+};
+pub use store::{PersistBatch, RaftLogStore};
