@@ -2,10 +2,12 @@
 //!
 //! - [`image`]: the metadata ([`MetadataImage`]) and the commands that change it.
 //! - [`store`]: the Raft log as Raft reads it, and the batches the driver makes durable.
+//! - [`log_file`]: those batches as bytes in an append-only file, and its replay.
 //! - [`node`]: one node, tikv's Raft `RawNode` driven without I/O.
 //! - [`placement`]: which brokers hold a new partition's replicas.
 
 pub mod image;
+pub mod log_file;
 pub mod node;
 pub mod placement;
 pub mod store;

@@ -21,6 +21,7 @@ use super::image::{
     AllocateProducerIds, AlterIsr, Applied, BrokerFence, BrokerRecord, Command, CreateTopic,
     MetadataImage, PartitionRecord, TopicRecord,
 };
+use super::log_file;
 use super::node::{AppliedEntry, ControllerConfig, ControllerNode, Outbound};
 use super::store::{PersistBatch, RaftLogStore};
 use crate::types::NodeId;
@@ -31,6 +32,8 @@ struct SimNode {
     config: ControllerConfig,
     node: Option<ControllerNode>,
     durable: RaftLogStore,
+    /// The same durable state as the bytes of the log file (`log_file`'s format).
+    file: Vec<u8>,
     /// Batches handed out by `poll_ready` and not yet durable, oldest first.
     unsynced: VecDeque<(u64, PersistBatch)>,
     down_until: u64,
@@ -76,6 +79,7 @@ impl Sim {
                     config,
                     node: Some(node),
                     durable,
+                    file: Vec::new(),
                     unsynced: VecDeque::new(),
                     down_until: 0,
                 }
@@ -200,7 +204,14 @@ impl Sim {
             let Some((number, batch)) = self.nodes[i].unsynced.pop_front() else {
                 break;
             };
-            self.nodes[i].durable.persist(&batch);
+            let node = &mut self.nodes[i];
+            node.durable.persist(&batch);
+            if batch.snapshot.as_ref().is_some_and(|s| !s.data.is_empty()) {
+                // What the driver does after a compaction: rewrite the file as one record.
+                node.file = log_file::encode_store(&node.durable);
+            } else {
+                node.file.extend_from_slice(&log_file::encode_batch(&batch));
+            }
             synced = Some(number);
         }
         if let Some(number) = synced {
@@ -209,6 +220,22 @@ impl Sim {
                 self.send(id, send);
             }
         }
+    }
+
+    /// Restarts a node from its log file, as the broker will.
+    fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let replayed = log_file::replay(node.config.initial_store(), &node.file)
+            .unwrap_or_else(|e| panic!("seed {}: {e}", self.seed));
+        node.file.truncate(replayed.valid_bytes);
+        if replayed.store != node.durable {
+            let id = node.config.node_id;
+            self.fail(&format!(
+                "node {id}: the replayed log file differs from what was persisted"
+            ));
+        }
+        let started = ControllerNode::start(node.config.clone(), replayed.store);
+        node.node = Some(started.unwrap_or_else(|e| panic!("seed {}: {e}", self.seed)));
     }
 
     fn check_leaders(&mut self) {
@@ -294,11 +321,7 @@ impl Sim {
                 self.now += 1;
                 for i in 0..self.nodes.len() {
                     if self.nodes[i].node.is_none() && self.nodes[i].down_until <= self.now {
-                        let node = &mut self.nodes[i];
-                        node.node = Some(
-                            ControllerNode::start(node.config.clone(), node.durable.clone())
-                                .unwrap(),
-                        );
+                        self.restart(i);
                     }
                     // Seeded jitter in place of Raft's random election timeout.
                     let skip = self.rng.gen_bool(0.3);
@@ -353,9 +376,16 @@ impl Sim {
                 if self.nodes[i].node.is_some() && live >= self.nodes.len() - 1 {
                     self.crashes += 1;
                     let down = self.rng.gen_range(5..60);
+                    let torn = self.rng.gen_bool(0.5);
                     let node = &mut self.nodes[i];
                     node.node = None;
-                    node.unsynced.clear(); // what was not durable is gone
+                    // What was not durable is gone; part of its first record may have reached
+                    // the file (a torn write), which the restart must cut.
+                    if let Some((_, batch)) = node.unsynced.front().filter(|_| torn) {
+                        let record = log_file::encode_batch(batch);
+                        node.file.extend_from_slice(&record[..record.len() / 2]);
+                    }
+                    node.unsynced.clear();
                     node.down_until = self.now + down;
                 }
             }
