@@ -6,6 +6,7 @@
 //! and `recovery`. Everything runs on one glommio executor thread; see `docs/on_disk_format.md`
 //! for the bytes on disk and the recovery rules.
 
+mod append_file;
 mod batch;
 mod checkpoint;
 mod codec;
@@ -35,6 +36,7 @@ mod test_support;
 pub mod testing;
 mod types;
 
+pub use append_file::AppendFile;
 pub use batch::{
     validate_batch, validate_client_batch, BatchError, BatchHeader, BatchHeaderInfo,
     BATCH_HEADER_BYTES,
