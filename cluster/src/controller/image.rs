@@ -203,18 +203,22 @@ pub enum Command {
     AllocateProducerIds(AllocateProducerIds),
 }
 
+/// A block of producer ids `[start, start + count)`.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdBlock {
+    /// First id of the block.
+    pub start: i64,
+    /// Ids in the block.
+    pub count: i64,
+}
+
 /// What applying a command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// The command took effect.
     Ok,
-    /// A block of producer ids `[start, start + count)` now belongs to the asking broker.
-    ProducerIds {
-        /// First id of the block.
-        start: i64,
-        /// Ids in the block.
-        count: i64,
-    },
+    /// This block of producer ids now belongs to the asking broker.
+    ProducerIds(IdBlock),
     /// An ISR change took effect: the partition's new record.
     Partition(PartitionRecord),
     /// The command was refused with this Kafka error code; the image is unchanged.
@@ -292,7 +296,7 @@ impl MetadataImage {
                 let count = (*count).max(1);
                 let start = self.next_producer_id;
                 self.next_producer_id = start.saturating_add(count);
-                Applied::ProducerIds { start, count }
+                Applied::ProducerIds(IdBlock { start, count })
             }
         }
     }
@@ -405,7 +409,7 @@ impl Command {
 #[error("controller record does not decode: {0}")]
 pub struct CodecError(String);
 
-fn decode_archived<T>(bytes: &[u8]) -> Result<T, CodecError>
+pub(crate) fn decode_archived<T>(bytes: &[u8]) -> Result<T, CodecError>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>

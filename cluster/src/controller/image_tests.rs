@@ -188,24 +188,24 @@ fn producer_id_blocks_are_consecutive_and_never_reused() {
     let ask = |node_id, count| Command::AllocateProducerIds(AllocateProducerIds { node_id, count });
     assert_eq!(
         image.apply(&ask(0, 1000)),
-        Applied::ProducerIds {
+        Applied::ProducerIds(IdBlock {
             start: 0,
             count: 1000
-        }
+        })
     );
     assert_eq!(
         image.apply(&ask(1, 10)),
-        Applied::ProducerIds {
+        Applied::ProducerIds(IdBlock {
             start: 1000,
             count: 10
-        }
+        })
     );
     assert_eq!(
         image.apply(&ask(2, 0)),
-        Applied::ProducerIds {
+        Applied::ProducerIds(IdBlock {
             start: 1010,
             count: 1
-        }
+        })
     );
     assert_eq!(
         image.apply(&ask(5, 10)),

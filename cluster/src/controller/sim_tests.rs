@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use super::image::{
     AllocateProducerIds, AlterIsr, Applied, BrokerFence, BrokerRecord, Command, CreateTopic,
-    MetadataImage, PartitionRecord, TopicRecord,
+    IdBlock, MetadataImage, PartitionRecord, TopicRecord,
 };
 use super::log_file;
 use super::node::{AppliedEntry, ControllerConfig, ControllerNode, Outbound};
@@ -149,7 +149,7 @@ impl Sim {
                 )),
                 Some(_) => {}
                 None => {
-                    if let Applied::ProducerIds { start, count } = entry.result {
+                    if let Applied::ProducerIds(IdBlock { start, count }) = entry.result {
                         let overlaps = self
                             .id_blocks
                             .range(..start + count)
@@ -562,8 +562,14 @@ fn a_single_voter_elects_itself_and_commits() {
         Applied::Refused(super::image::errors::BROKER_ID_NOT_REGISTERED)
     );
     assert_eq!(result(register), Applied::Ok);
-    assert_eq!(result(first), Applied::ProducerIds { start: 0, count: 5 });
-    assert_eq!(result(second), Applied::ProducerIds { start: 5, count: 5 });
+    assert_eq!(
+        result(first),
+        Applied::ProducerIds(IdBlock { start: 0, count: 5 })
+    );
+    assert_eq!(
+        result(second),
+        Applied::ProducerIds(IdBlock { start: 5, count: 5 })
+    );
     assert!(!node.image().brokers[&0].fenced, "registering unfences");
 
     // A restart from the durable log replays to the same image.

@@ -1,0 +1,152 @@
+//! Broker liveness as the active controller sees it: heartbeats in, fence and unfence commands
+//! out (Kafka's `BrokerHeartbeatManager`).
+//!
+//! A registered, unfenced broker whose last heartbeat is older than `broker.session.timeout.ms`
+//! is fenced; a fenced broker that heartbeats again (same incarnation) is unfenced. A controller
+//! that just took over has seen no heartbeats yet, so every broker gets one full session
+//! timeout from that moment before it can be fenced. A command already proposed for a broker is
+//! not proposed again for one session timeout (it may be committing).
+
+use std::collections::BTreeMap;
+
+use super::image::{BrokerFence, Command, MetadataImage};
+
+/// Heartbeat bookkeeping of the active controller.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    session_timeout_ms: i64,
+    /// node -> (incarnation, time of its last heartbeat).
+    last_seen: BTreeMap<i32, (u64, i64)>,
+    /// When this node became the active controller; `None` while it is not.
+    leader_since_ms: Option<i64>,
+    /// node -> time before which no new command is proposed for it.
+    quiet_until: BTreeMap<i32, i64>,
+}
+
+impl Liveness {
+    /// Bookkeeping for `broker.session.timeout.ms` = `session_timeout_ms`.
+    pub fn new(session_timeout_ms: i64) -> Liveness {
+        Liveness {
+            session_timeout_ms: session_timeout_ms.max(1),
+            last_seen: BTreeMap::new(),
+            leader_since_ms: None,
+            quiet_until: BTreeMap::new(),
+        }
+    }
+
+    /// Records a heartbeat.
+    pub fn on_heartbeat(&mut self, node_id: i32, incarnation: u64, now_ms: i64) {
+        self.last_seen.insert(node_id, (incarnation, now_ms));
+    }
+
+    /// Called on every tick with whether this node is the active controller; returns the fence
+    /// and unfence commands to propose now.
+    pub fn due(&mut self, is_leader: bool, image: &MetadataImage, now_ms: i64) -> Vec<Command> {
+        if !is_leader {
+            self.leader_since_ms = None;
+            return Vec::new();
+        }
+        let since = *self.leader_since_ms.get_or_insert(now_ms);
+        let mut out = Vec::new();
+        for (&node_id, broker) in &image.brokers {
+            if self.quiet_until.get(&node_id).is_some_and(|&t| now_ms < t) {
+                continue;
+            }
+            let heard = self
+                .last_seen
+                .get(&node_id)
+                .filter(|(incarnation, _)| *incarnation == broker.incarnation)
+                .map(|&(_, at)| at);
+            let last = heard.unwrap_or(since).max(since);
+            let expired = now_ms - last > self.session_timeout_ms;
+            let fence = BrokerFence {
+                node_id,
+                incarnation: broker.incarnation,
+            };
+            let command = match (broker.fenced, expired) {
+                (false, true) => Command::FenceBroker(fence),
+                (true, false) if heard.is_some() => Command::UnfenceBroker(fence),
+                _ => continue,
+            };
+            self.quiet_until
+                .insert(node_id, now_ms + self.session_timeout_ms);
+            out.push(command);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::image::{Applied, BrokerRecord};
+
+    fn image_with(nodes: &[i32]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for &node_id in nodes {
+            let register = Command::RegisterBroker(BrokerRecord {
+                node_id,
+                incarnation: 5,
+                endpoints: Vec::new(),
+                rack: None,
+                fenced: false,
+            });
+            assert_eq!(image.apply(&register), Applied::Ok);
+        }
+        image
+    }
+
+    #[test]
+    fn a_silent_broker_is_fenced_after_the_session_timeout_and_unfenced_when_it_returns() {
+        let mut image = image_with(&[0, 1]);
+        let mut l = Liveness::new(1000);
+        assert!(
+            l.due(true, &image, 0).is_empty(),
+            "a new controller gives everyone a session"
+        );
+        for t in (0..=1000).step_by(100) {
+            l.on_heartbeat(0, 5, t);
+            assert!(l.due(true, &image, t).is_empty(), "t={t}");
+        }
+        l.on_heartbeat(0, 5, 1100);
+        let fence = Command::FenceBroker(BrokerFence {
+            node_id: 1,
+            incarnation: 5,
+        });
+        assert_eq!(l.due(true, &image, 1001), vec![fence.clone()]);
+        assert!(
+            l.due(true, &image, 1500).is_empty(),
+            "not proposed twice while it commits"
+        );
+        assert_eq!(image.apply(&fence), Applied::Ok);
+        // Node 1 comes back.
+        l.on_heartbeat(0, 5, 2050);
+        l.on_heartbeat(1, 5, 2050);
+        assert_eq!(
+            l.due(true, &image, 2100),
+            vec![Command::UnfenceBroker(BrokerFence {
+                node_id: 1,
+                incarnation: 5
+            })]
+        );
+    }
+
+    #[test]
+    fn heartbeats_of_an_old_incarnation_do_not_keep_a_broker_alive() {
+        let image = image_with(&[0]);
+        let mut l = Liveness::new(1000);
+        l.due(true, &image, 0);
+        l.on_heartbeat(0, 4, 900);
+        assert_eq!(l.due(true, &image, 1001).len(), 1);
+    }
+
+    #[test]
+    fn only_the_active_controller_fences_and_a_new_one_waits_a_session() {
+        let image = image_with(&[0]);
+        let mut l = Liveness::new(1000);
+        assert!(l.due(false, &image, 5000).is_empty());
+        assert!(l.due(true, &image, 6000).is_empty());
+        assert!(l.due(true, &image, 7000).is_empty());
+        assert_eq!(l.due(true, &image, 7001).len(), 1);
+    }
+}
