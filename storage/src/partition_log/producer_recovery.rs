@@ -2,6 +2,7 @@
 //! rebuild when a log opens (the newest intact snapshot, then the batch headers after it).
 
 use std::path::Path;
+use std::rc::Rc;
 
 use super::PartitionLog;
 use crate::error::StorageError;
@@ -9,10 +10,21 @@ use crate::file_io::{remove_file, write_atomic};
 use crate::producer_state::{
     last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SNAPSHOTS_KEPT,
 };
+use crate::segment::Segment;
 use crate::segment_reader::{BatchWalker, WalkStep};
-use crate::segment_set::SegmentSet;
 
 impl PartitionLog {
+    /// Forgets idempotent producers whose last append is older than `max_age_ms`
+    /// (`producer.id.expiration.ms`). Returns how many.
+    pub fn expire_producers(&self, now_ms: i64, max_age_ms: i64) -> usize {
+        self.producers.borrow_mut().expire(now_ms, max_age_ms)
+    }
+
+    /// Idempotent producers tracked.
+    pub fn producer_count(&self) -> usize {
+        self.producers.borrow().len()
+    }
+
     /// Writes the producer-state snapshot at `offset` and removes older ones beyond the few
     /// kept. A failure is logged, not returned: without the snapshot, reopening scans further.
     pub(super) async fn write_producer_snapshot(&self, offset: i64) {
@@ -57,7 +69,7 @@ const PRODUCER_SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// by recovery) are deleted.
 pub(super) async fn load_producer_state(
     dir: &Path,
-    segments: &SegmentSet,
+    segments: &[Rc<Segment>],
     log_start: i64,
     log_end: i64,
     producer_ids_max: usize,
@@ -92,9 +104,8 @@ pub(super) async fn load_producer_state(
     if from >= log_end {
         return Ok(state);
     }
-    let all = segments.all();
-    for (i, segment) in all.iter().enumerate() {
-        let next_base = all.get(i + 1).map_or(i64::MAX, |s| s.base_offset());
+    for (i, segment) in segments.iter().enumerate() {
+        let next_base = segments.get(i + 1).map_or(i64::MAX, |s| s.base_offset());
         if next_base <= from {
             continue;
         }
