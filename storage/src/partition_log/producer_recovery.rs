@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use super::PartitionLog;
 use crate::error::StorageError;
-use crate::file_io::{remove_file, write_atomic};
+use crate::file_io::{remove_file, sync_dir, write_atomic};
 use crate::producer_state::{
     last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SNAPSHOTS_KEPT,
 };
@@ -66,7 +66,7 @@ const PRODUCER_SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Rebuilds the idempotent producers' state of a freshly opened (recovered) log: the newest
 /// intact snapshot at or below the log end offset, then the batch headers after it, keeping at
 /// most `producer_ids_max` producers. Snapshots above the log end offset (the log was cut back
-/// by recovery) are deleted.
+/// by recovery or a truncation) are deleted, durably.
 pub(super) async fn load_producer_state(
     dir: &Path,
     segments: &[Rc<Segment>],
@@ -77,10 +77,12 @@ pub(super) async fn load_producer_state(
 ) -> Result<ProducerState, StorageError> {
     let mut state = ProducerState::with_max(producer_ids_max);
     let mut from = log_start;
+    let mut removed = false;
     for offset in list_snapshots(dir).into_iter().rev() {
         let path = dir.join(snapshot_name(offset));
         if offset > log_end {
             remove_file(&path).await?;
+            removed = true;
             continue;
         }
         // A small file read once per open.
@@ -100,6 +102,11 @@ pub(super) async fn load_producer_state(
             }
             _ => tracing::warn!(path = %path.display(), "ignoring damaged producer-state snapshot"),
         }
+    }
+    if removed {
+        // Durably: a snapshot of records that are gone must not come back after a power loss,
+        // once the log has grown past its offset again.
+        sync_dir(dir).await?;
     }
     if from >= log_end {
         return Ok(state);
