@@ -52,6 +52,14 @@ pub enum StorageError {
         /// The log end offset at the time.
         log_end: i64,
     },
+    /// A replicated batch does not continue the log: its base offset is not the next offset.
+    #[error("replicated batch starts at offset {got}, but the log expects {expected}")]
+    OffsetMismatch {
+        /// The offset the log expected (its end offset, or the end of the previous batch).
+        expected: i64,
+        /// The batch's base offset.
+        got: i64,
+    },
     /// A test hook stopped a compaction pass at a step, as if the process had died there.
     #[error("injected fault: the cleaner stopped after step {step}")]
     InjectedFault {

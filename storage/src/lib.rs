@@ -5,6 +5,12 @@
 //! -> `Segment` (with its appender, reader and `SegmentIndex`), plus `batch` (header view, CRC)
 //! and `recovery`. Everything runs on one glommio executor thread; see `docs/on_disk_format.md`
 //! for the bytes on disk and the recovery rules.
+//!
+//! For replication a `PartitionLog` keeps the leader-epoch cache (`epoch_cache`, persisted as
+//! `leader-epoch-checkpoint`) and answers where an epoch ends (`epoch_end_offset`); a follower
+//! copies the leader's batches byte for byte (`append_replicated`) and cuts what the leader
+//! does not have (`truncate_to`). The storage layer knows nothing of who leads: the broker
+//! decides which of these to call.
 
 mod append_file;
 mod batch;

@@ -267,6 +267,18 @@ impl Segment {
         }
     }
 
+    /// Opens the index files again when a closed segment becomes the active one (a truncation
+    /// removed the segments after it).
+    pub(crate) async fn reopen_index_files(&self) -> Result<(), StorageError> {
+        if self.index_files.borrow().is_some() {
+            return Ok(());
+        }
+        let offsets = open_rw(&self.paths.index).await?;
+        let times = open_rw(&self.paths.time_index).await?;
+        *self.index_files.borrow_mut() = Some(Rc::new(IndexFiles { offsets, times }));
+        Ok(())
+    }
+
     /// Closes all files, reporting the first error.
     pub async fn close(self) -> Result<(), StorageError> {
         let Segment {

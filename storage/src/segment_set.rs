@@ -94,3 +94,19 @@ impl SegmentSet {
         std::mem::take(&mut self.segments).into_values().collect()
     }
 }
+
+/// Largest batch maxTimestamp of `segments` with the offset of the first batch carrying it.
+pub(crate) fn max_timestamp_of(segments: &[Rc<Segment>]) -> Option<(i64, i64)> {
+    let mut max_timestamp: Option<(i64, i64)> = None;
+    for segment in segments {
+        if let Some(entry) = segment.index.borrow().max_timestamp() {
+            if max_timestamp.is_none_or(|(_, ts)| entry.timestamp > ts) {
+                max_timestamp = Some((
+                    segment.base_offset() + i64::from(entry.rel_offset),
+                    entry.timestamp,
+                ));
+            }
+        }
+    }
+    max_timestamp
+}

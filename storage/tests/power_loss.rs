@@ -6,6 +6,8 @@
 //!   scrambling the unsynced writes of the `.log`, the index files, the producer snapshots and
 //!   the checkpoint files). After each power loss every flushed batch is served, and everything
 //!   served is exactly a prefix of what was appended: never a corrupt or foreign batch;
+//!   Follower truncations (`truncate_to`) are among the operations: what they cut never comes
+//!   back, and what they keep is durable;
 //! - a failed fdatasync fails every waiting flush and makes the log refuse writes;
 //! - a hole in the middle of the unsynced part of a segment (later batches and index entries
 //!   survived it) is cut at the hole; damage to durable bytes that the recovery scan reads is
@@ -273,6 +275,7 @@ struct SeedStats {
     batches_lost_unacked: u64,
     writes_damaged: u64,
     failed_syncs: u64,
+    truncations: u64,
 }
 
 async fn run_seed(seed: u64, root: &Path) -> SeedStats {
@@ -290,7 +293,7 @@ async fn run_seed(seed: u64, root: &Path) -> SeedStats {
     let mut power_losses = 0;
     for op in 0..OPS_PER_SEED {
         let context = format!("seed {seed} op {op}");
-        match rng.gen_range(0..100) {
+        match rng.gen_range(0..106) {
             0..=44 => {
                 tag += 1;
                 let producer = match rng.gen_range(0..3) {
@@ -389,6 +392,25 @@ async fn run_seed(seed: u64, root: &Path) -> SeedStats {
                 stats.batches_lost_unacked += (before - model.appended.len()) as u64;
                 check_producers(&log, &model, &context).await;
             }
+            100..=105 => {
+                // A follower's truncation: the batch holding the offset goes whole, and what
+                // is kept is durable when it returns.
+                let (start, end) = (log.log_start_offset().0, model.log_end());
+                if end == start {
+                    continue;
+                }
+                let at = rng.gen_range(start..end);
+                let new_end = log
+                    .truncate_to(Offset(at), 0)
+                    .await
+                    .unwrap_or_else(|e| panic!("{context}: truncate_to({at}): {e}"));
+                let kept = model.appended.iter().take_while(|b| b.last < at).count();
+                model.appended.truncate(kept);
+                model.acked = kept;
+                assert_eq!(new_end.0, model.log_end(), "{context}: truncate_to({at})");
+                assert_eq!(log.durable_end_offset(), new_end, "{context}: durable end");
+                stats.truncations += 1;
+            }
             _ => {
                 if model.acked == model.appended.len() {
                     continue;
@@ -462,6 +484,7 @@ fn power_loss_at_random_points_keeps_every_flushed_batch() {
             total.batches_lost_unacked += stats.batches_lost_unacked;
             total.writes_damaged += stats.writes_damaged;
             total.failed_syncs += stats.failed_syncs;
+            total.truncations += stats.truncations;
             ran += 1;
         }
         (ran, total)

@@ -59,8 +59,11 @@ impl PartitionLog {
         // Every batch below this offset is written to this segment (or to an earlier one,
         // synced when it rolled), so the sync covers it.
         let (covered, position) = (active.next_offset(), active.size());
+        let truncations = self.truncations.get();
         let result = active.sync_log().await;
         match &result {
+            // A truncation during the sync may have removed what it covered.
+            Ok(()) if self.truncations.get() != truncations => {}
             Ok(()) => self.mark_durable(covered, active.base_offset(), position),
             Err(e) => self.on_sync_failed(e).await,
         }

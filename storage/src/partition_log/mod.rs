@@ -1,5 +1,6 @@
 //! `PartitionLog`: one partition's log — append with offset assignment, reads bounded by the
-//! high watermark, timestamp lookups, group-commit flush, roll, clean close.
+//! high watermark, timestamp lookups, group-commit flush, roll, clean close. The follower's
+//! append and truncation are in `follower.rs`, the leader-epoch cache in `epochs.rs`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -12,10 +13,12 @@ use std::sync::Arc;
 use event_listener::{Event, EventListener};
 
 use crate::batch::{
-    assign_offset_and_epoch, parse_single, set_log_append_time, BatchHeader, BATCH_HEADER_BYTES,
+    assign_offset_and_epoch, parse_single, set_log_append_time, BatchHeader, BatchHeaderInfo,
+    BATCH_HEADER_BYTES,
 };
 use crate::checkpoint::{write_clean_shutdown, write_recovery_point, CleanShutdown, RecoveryPoint};
 use crate::config::{LogConfig, TimestampType};
+use crate::epoch_cache::EpochCache;
 use crate::error::StorageError;
 use crate::fifo_lock::FifoLock;
 use crate::file_io::{remove_file, std_io_err, sync_dir};
@@ -28,7 +31,7 @@ use crate::producer_state::{last_sequence, BatchMeta, ProducerState, SequenceVer
 use crate::recovery::open_log;
 use crate::segment::Segment;
 use crate::segment_reader::RangeRead;
-use crate::segment_set::SegmentSet;
+use crate::segment_set::{max_timestamp_of, SegmentSet};
 use crate::types::{LeaderEpoch, Offset};
 
 pub use crate::segment_fd::SegmentFd;
@@ -131,6 +134,13 @@ pub struct PartitionLog {
     tombstone_due_ms: Cell<Option<i64>>,
     /// Test hook: where a compaction pass stops as if the process died (see `cleaner`).
     cleaner_fault: Cell<Option<CleanerFault>>,
+    /// Where each leader epoch starts (see `epochs`).
+    epochs: RefCell<EpochCache>,
+    /// Serializes writes of the leader-epoch checkpoint.
+    epoch_file_lock: FifoLock,
+    /// Counts truncations (`truncate_to`): a sync that started before one must not move the
+    /// durable end afterwards.
+    truncations: Cell<u64>,
 }
 
 impl fmt::Debug for PartitionLog {
@@ -168,26 +178,17 @@ impl PartitionLog {
             .active()
             .expect("open_log leaves at least one segment");
         let log_end = active.next_offset();
-        let mut max_timestamp: Option<(i64, i64)> = None;
-        for segment in segments.all() {
-            if let Some(entry) = segment.index.borrow().max_timestamp() {
-                if max_timestamp.is_none_or(|(_, ts)| entry.timestamp > ts) {
-                    max_timestamp = Some((
-                        segment.base_offset() + i64::from(entry.rel_offset),
-                        entry.timestamp,
-                    ));
-                }
-            }
-        }
+        let max_timestamp = max_timestamp_of(&segments.all());
         let producers = load_producer_state(
             &dir,
-            &segments,
+            &segments.all(),
             opened.log_start,
             log_end,
             producer_ids_max,
             now_ms,
         )
         .await?;
+        let epochs = load_epoch_cache(&dir, &segments.all(), opened.log_start, log_end).await?;
         let log = PartitionLog {
             dir,
             config: RefCell::new(config),
@@ -218,6 +219,9 @@ impl PartitionLog {
             first_dirty: Cell::new(opened.first_dirty.max(opened.log_start)),
             tombstone_due_ms: Cell::new(None),
             cleaner_fault: Cell::new(None),
+            epochs: RefCell::new(epochs),
+            epoch_file_lock: FifoLock::default(),
+            truncations: Cell::new(0),
         };
         // A crash between persisting a new log start and deleting the segments below it leaves
         // them behind; they go now.
@@ -330,6 +334,9 @@ impl PartitionLog {
         }
         let base_offset = self.log_end.get();
         let last_offset = base_offset + i64::from(header.last_offset_delta);
+        // Before the batch, so that the checkpoint is never behind the log.
+        self.assign_epochs(std::iter::once((leader_epoch.0, base_offset)))
+            .await?;
         self.maybe_roll(len, last_offset, &config, now_ms).await?;
         let active = self.active()?;
 
@@ -357,12 +364,32 @@ impl PartitionLog {
         active
             .append_batch(first, &rest, &stamped, config.index_interval_clamped())
             .await?;
+        self.record_appended(&active, &stamped, now_ms);
+        self.hw_follows_appends.set(advance_high_watermark);
+        // With `reads_durable_only` the high watermark follows the durable end instead.
+        if advance_high_watermark && !config.reads_durable_only {
+            self.advance_high_watermark(last_offset + 1);
+        }
+        Ok(AppendInfo {
+            base_offset: Offset(base_offset),
+            last_offset: Offset(last_offset),
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            log_start_offset: Offset(self.log_start.get()),
+            duplicate: false,
+        })
+    }
 
+    /// Bookkeeping after `stamped` (as stored) was written to `active`: log end offset, size,
+    /// group-commit counters, maximum timestamp, batch ends above the high watermark, and the
+    /// idempotent producer's state.
+    fn record_appended(&self, active: &Segment, stamped: &BatchHeaderInfo, now_ms: i64) {
+        let (base_offset, last_offset) = (stamped.base_offset, stamped.last_offset());
         assert!(last_offset + 1 > self.log_end.get(), "offsets only grow");
         self.log_end.set(last_offset + 1);
-        self.size_bytes.set(self.size_bytes.get() + len);
+        self.size_bytes
+            .set(self.size_bytes.get() + stamped.total_bytes());
         self.commit
-            .on_append(u64::try_from(header.records_count).unwrap_or(1), now_ms);
+            .on_append(u64::try_from(stamped.records_count).unwrap_or(1), now_ms);
         if self
             .max_timestamp
             .get()
@@ -376,33 +403,26 @@ impl PartitionLog {
             segment_base: active.base_offset(),
             position: active.size(),
         });
-        if let Some((id, epoch, first_seq, last_seq)) = producer {
+        if stamped.producer_id >= 0
+            && stamped.producer_epoch >= 0
+            && stamped.base_sequence >= 0
+            && !stamped.is_control()
+        {
             let stored = BatchMeta {
-                first_seq,
-                last_seq,
+                first_seq: stamped.base_sequence,
+                last_seq: last_sequence(stamped.base_sequence, stamped.last_offset_delta),
                 first_offset: base_offset,
                 last_offset,
             };
-            if let Some(evicted) = self
-                .producers
-                .borrow_mut()
-                .record(id, epoch, stored, now_ms)
+            let id = stamped.producer_id;
+            if let Some(evicted) =
+                self.producers
+                    .borrow_mut()
+                    .record(id, stamped.producer_epoch, stored, now_ms)
             {
                 tracing::debug!(dir = %self.dir.display(), evicted, producer = id, "producer state full: evicted the oldest producer");
             }
         }
-        self.hw_follows_appends.set(advance_high_watermark);
-        // With `reads_durable_only` the high watermark follows the durable end instead.
-        if advance_high_watermark && !config.reads_durable_only {
-            self.advance_high_watermark(last_offset + 1);
-        }
-        Ok(AppendInfo {
-            base_offset: Offset(base_offset),
-            last_offset: Offset(last_offset),
-            log_append_time_ms: if log_append_time { now_ms } else { -1 },
-            log_start_offset: Offset(self.log_start.get()),
-            duplicate: false,
-        })
     }
 
     /// Starts a new segment at the log end offset if the active one is non-empty and the batch
@@ -460,17 +480,6 @@ impl PartitionLog {
             }
         }
         Ok(())
-    }
-
-    /// Forgets idempotent producers whose last append is older than `max_age_ms`
-    /// (`producer.id.expiration.ms`). Returns how many.
-    pub fn expire_producers(&self, now_ms: i64, max_age_ms: i64) -> usize {
-        self.producers.borrow_mut().expire(now_ms, max_age_ms)
-    }
-
-    /// Idempotent producers tracked.
-    pub fn producer_count(&self) -> usize {
-        self.producers.borrow().len()
     }
 
     /// First offset of the log.
@@ -767,6 +776,9 @@ impl PartitionLog {
 }
 
 mod durability;
+mod epochs;
+use epochs::load_epoch_cache;
+mod follower;
 mod producer_recovery;
 use producer_recovery::load_producer_state;
 
@@ -787,3 +799,9 @@ mod retention_tests;
 
 #[cfg(test)]
 mod cleaner_tests;
+
+#[cfg(test)]
+mod epoch_tests;
+
+#[cfg(test)]
+mod follower_tests;

@@ -2,17 +2,29 @@
 //! rebuild when a log opens (the newest intact snapshot, then the batch headers after it).
 
 use std::path::Path;
+use std::rc::Rc;
 
 use super::PartitionLog;
 use crate::error::StorageError;
-use crate::file_io::{remove_file, write_atomic};
+use crate::file_io::{remove_file, sync_dir, write_atomic};
 use crate::producer_state::{
     last_sequence, parse_snapshot_name, snapshot_name, BatchMeta, ProducerState, SNAPSHOTS_KEPT,
 };
+use crate::segment::Segment;
 use crate::segment_reader::{BatchWalker, WalkStep};
-use crate::segment_set::SegmentSet;
 
 impl PartitionLog {
+    /// Forgets idempotent producers whose last append is older than `max_age_ms`
+    /// (`producer.id.expiration.ms`). Returns how many.
+    pub fn expire_producers(&self, now_ms: i64, max_age_ms: i64) -> usize {
+        self.producers.borrow_mut().expire(now_ms, max_age_ms)
+    }
+
+    /// Idempotent producers tracked.
+    pub fn producer_count(&self) -> usize {
+        self.producers.borrow().len()
+    }
+
     /// Writes the producer-state snapshot at `offset` and removes older ones beyond the few
     /// kept. A failure is logged, not returned: without the snapshot, reopening scans further.
     pub(super) async fn write_producer_snapshot(&self, offset: i64) {
@@ -54,10 +66,10 @@ const PRODUCER_SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Rebuilds the idempotent producers' state of a freshly opened (recovered) log: the newest
 /// intact snapshot at or below the log end offset, then the batch headers after it, keeping at
 /// most `producer_ids_max` producers. Snapshots above the log end offset (the log was cut back
-/// by recovery) are deleted.
+/// by recovery or a truncation) are deleted, durably.
 pub(super) async fn load_producer_state(
     dir: &Path,
-    segments: &SegmentSet,
+    segments: &[Rc<Segment>],
     log_start: i64,
     log_end: i64,
     producer_ids_max: usize,
@@ -65,10 +77,12 @@ pub(super) async fn load_producer_state(
 ) -> Result<ProducerState, StorageError> {
     let mut state = ProducerState::with_max(producer_ids_max);
     let mut from = log_start;
+    let mut removed = false;
     for offset in list_snapshots(dir).into_iter().rev() {
         let path = dir.join(snapshot_name(offset));
         if offset > log_end {
             remove_file(&path).await?;
+            removed = true;
             continue;
         }
         // A small file read once per open.
@@ -89,12 +103,16 @@ pub(super) async fn load_producer_state(
             _ => tracing::warn!(path = %path.display(), "ignoring damaged producer-state snapshot"),
         }
     }
+    if removed {
+        // Durably: a snapshot of records that are gone must not come back after a power loss,
+        // once the log has grown past its offset again.
+        sync_dir(dir).await?;
+    }
     if from >= log_end {
         return Ok(state);
     }
-    let all = segments.all();
-    for (i, segment) in all.iter().enumerate() {
-        let next_base = all.get(i + 1).map_or(i64::MAX, |s| s.base_offset());
+    for (i, segment) in segments.iter().enumerate() {
+        let next_base = segments.get(i + 1).map_or(i64::MAX, |s| s.base_offset());
         if next_base <= from {
             continue;
         }

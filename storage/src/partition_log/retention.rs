@@ -90,6 +90,13 @@ impl PartitionLog {
         if self.first_dirty.get() < start {
             self.first_dirty.set(start);
         }
+        // After the log start: a checkpoint left with older entries is cut at the next open.
+        if let Err(e) = self
+            .edit_epochs(|epochs| epochs.truncate_from_start(Offset(start)))
+            .await
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "writing the leader-epoch checkpoint");
+        }
         Ok(())
     }
 

@@ -379,6 +379,45 @@ pub(crate) fn recovery_point_of(segment: &Segment) -> RecoveryPoint {
     }
 }
 
+/// Cuts `segment` (whose index files are open) at `position`, a batch boundary, for a
+/// truncation of the log: the `.log` is truncated, the index is cut to the entries of the
+/// batches kept and replayed from the last one (the segment maximum of the kept batches is not
+/// in the sparse time index), both index files are rewritten, and all three are fdatasynced.
+/// Sets the segment's size and next offset (the end of the last batch kept).
+pub(crate) async fn cut_segment(
+    segment: &Segment,
+    position: u64,
+    interval: u32,
+) -> Result<(), StorageError> {
+    let base = segment.base_offset();
+    let mut index = segment.index.borrow().clone();
+    let keep = index
+        .offsets()
+        .partition_point(|e| u64::from(e.position) < position);
+    index.truncate_for_replay(keep);
+    let start = index.offsets().last().map_or((0, base), |e| {
+        (u64::from(e.position), base + i64::from(e.rel_offset))
+    });
+    segment.set_size(position);
+    if segment.writeback_from() > position {
+        segment.set_writeback_from(position);
+    }
+    truncate(&segment.log, &segment.paths.log, position).await?;
+    segment.set_dirty_tail(false);
+    let end = replay(segment, &mut index, start.0, start.1, interval, false, true).await?;
+    if let Some(reason) = end.cut {
+        return Err(StorageError::Corrupt {
+            path: segment.paths.log.clone(),
+            position: end.position,
+            reason,
+        });
+    }
+    segment.set_next_offset(end.next_offset);
+    *segment.index.borrow_mut() = index;
+    write_index_files(segment).await?;
+    segment.sync_all().await
+}
+
 /// Opens the active segment: trusts it after a matching clean-shutdown marker, recovers it
 /// otherwise (returning true). Then sets its creation time for `segment.ms` from its first
 /// batch.
