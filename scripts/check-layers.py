@@ -21,7 +21,7 @@ import sys
 # Bottom first. A module may use modules of its own layer and of the layers below.
 LAYERS = [
     ["clock", "ids", "limits", "data_dir", "config"],
-    ["metrics", "mesh", "metadata"],
+    ["metrics", "mesh", "metadata", "quorum"],
     ["group"],
     ["shard"],
     ["kafka", "admin"],

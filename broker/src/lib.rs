@@ -15,6 +15,7 @@ mod ids;
 mod kafka;
 mod limits;
 mod mesh;
+mod quorum;
 mod metadata;
 mod metrics;
 mod runtime;

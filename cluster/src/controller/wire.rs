@@ -1,7 +1,8 @@
 //! Messages between the controller nodes, and their frames on a peer connection.
 //!
 //! ```text
-//! frame := length:u32le  body            (length = body bytes, at most PEER_FRAME_BYTES_MAX)
+//! frame := length:u32be  body            (length = body bytes, at most PEER_FRAME_BYTES_MAX;
+//!                                        Kafka's framing, so the same frame reader serves both)
 //! body  := rkyv archive of PeerMessage
 //! ```
 //!
@@ -75,7 +76,7 @@ impl PeerMessage {
             .map(|b| b.to_vec())
             .unwrap_or_default();
         let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
         frame.extend_from_slice(&body);
         frame
     }
@@ -118,7 +119,7 @@ mod tests {
         ];
         for m in messages {
             let frame = m.to_frame();
-            let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+            let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
             assert_eq!(len, frame.len() - 4);
             assert_eq!(PeerMessage::from_body(&frame[4..]).unwrap(), m);
         }

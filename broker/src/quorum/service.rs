@@ -1,0 +1,379 @@
+//! The controller's event loop on shard 0: drives the Raft node, writes its log, talks to the
+//! peers, answers proposals, fences silent brokers, and publishes the committed metadata.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use strom_cluster::controller::{
+    log_file, AppliedEntry, Command, ControllerConfig, ControllerNode, Forward, ForwardReply,
+    Heartbeat, Liveness, Outbound, PeerMessage, ProposalOutcome,
+};
+use strom_cluster::NodeId;
+use strom_storage::AppendFile;
+
+use super::transport::PeerLink;
+use super::{QuorumError, QuorumSetup, QuorumState, QuorumView};
+use crate::clock::now_ms;
+
+/// Events queued for the loop; beyond it peer messages are dropped and proposals refused.
+pub const QUORUM_EVENTS_MAX: usize = 8192;
+/// Proposals waiting for their commit (local and forwarded together).
+pub const PROPOSALS_PENDING_MAX: usize = 4096;
+/// How long a proposal may wait for its commit before it is answered `TimedOut`.
+pub const PROPOSAL_TIMEOUT_MS: i64 = 5_000;
+/// The controller log's file name in its directory.
+pub const LOG_FILE_NAME: &str = "raft.log";
+
+/// An input of the loop.
+pub enum Event {
+    /// Advance Raft's clock.
+    Tick,
+    /// A message from a peer.
+    Peer(NodeId, PeerMessage),
+    /// Propose a command here (forwarded to the leader when this node is not it).
+    Propose(Command, oneshot::Sender<ProposalOutcome>),
+    /// This node's own broker heartbeat.
+    Heartbeat(Heartbeat),
+}
+
+/// Queues events for the loop.
+#[derive(Clone)]
+pub struct QuorumHandle {
+    events: mpsc::Sender<Event>,
+}
+
+impl QuorumHandle {
+    /// Proposes a command and waits for what becomes of it.
+    pub async fn propose(&self, command: Command) -> ProposalOutcome {
+        let (tx, rx) = oneshot::channel();
+        if self.events.clone().try_send(Event::Propose(command, tx)).is_err() {
+            return ProposalOutcome::TimedOut;
+        }
+        rx.await.unwrap_or(ProposalOutcome::TimedOut)
+    }
+
+    /// Queues an event (dropped when the queue is full).
+    pub fn send(&self, event: Event) {
+        let _ = self.events.clone().try_send(event);
+    }
+}
+
+struct Pending {
+    answer: Answer,
+    deadline_ms: i64,
+}
+
+enum Answer {
+    Local(oneshot::Sender<ProposalOutcome>),
+    Remote { node: NodeId, request_id: u64 },
+}
+
+impl Answer {
+    fn give(self, outcome: ProposalOutcome, links: &HashMap<NodeId, Rc<PeerLink>>) {
+        match self {
+            Answer::Local(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Answer::Remote { node, request_id } => {
+                if let Some(link) = links.get(&node) {
+                    link.send(&PeerMessage::ForwardReply(ForwardReply {
+                        request_id,
+                        outcome,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+struct Service {
+    setup: QuorumSetup,
+    node: ControllerNode,
+    file: AppendFile,
+    links: HashMap<NodeId, Rc<PeerLink>>,
+    /// Proposals of this node's Raft, by proposal id.
+    proposed: HashMap<u64, Pending>,
+    /// Proposals forwarded to the leader, by request id.
+    forwarded: HashMap<u64, Pending>,
+    next_request: u64,
+    liveness: Liveness,
+    view: Arc<QuorumView>,
+    published: (u64, Option<NodeId>, u64),
+}
+
+/// A handle and the loop's end of its queue.
+pub fn channel() -> (QuorumHandle, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(QUORUM_EVENTS_MAX);
+    (QuorumHandle { events: tx }, rx)
+}
+
+/// Opens the controller log, starts the Raft node, the peer links and the ticker, and runs the
+/// loop until the executor stops. Runs on shard 0.
+pub async fn run(
+    setup: QuorumSetup,
+    view: Arc<QuorumView>,
+    handle: QuorumHandle,
+    mut events: mpsc::Receiver<Event>,
+) -> Result<(), QuorumError> {
+    let config = ControllerConfig {
+        election_ticks: setup.election_ticks,
+        election_ticks_max: setup.election_ticks * 2,
+        heartbeat_ticks: setup.heartbeat_ticks,
+        ..ControllerConfig::new(setup.node_id, setup.voters.iter().map(|v| v.0).collect())
+    };
+    let (mut file, contents) = AppendFile::open(&setup.log_dir, LOG_FILE_NAME)
+        .await
+        .map_err(QuorumError::Storage)?;
+    let replayed = log_file::replay(config.initial_store(), &contents)
+        .map_err(|e| QuorumError::Log(e.to_string()))?;
+    if (replayed.valid_bytes as u64) < file.len() {
+        tracing::warn!(
+            "controller log {}: cutting {} bytes of a torn last record",
+            setup.log_dir.join(LOG_FILE_NAME).display(),
+            file.len() - replayed.valid_bytes as u64
+        );
+        file.truncate(replayed.valid_bytes as u64)
+            .await
+            .map_err(QuorumError::Storage)?;
+    }
+    tracing::info!(
+        "controller node {} starting: {} record(s) replayed, voters {:?}",
+        setup.node_id,
+        replayed.records,
+        setup.voters.iter().map(|v| v.0 .0).collect::<Vec<_>>()
+    );
+    let node = ControllerNode::start(config, replayed.store)
+        .map_err(|e| QuorumError::Log(e.to_string()))?;
+    let links = setup
+        .voters
+        .iter()
+        .filter(|(id, _)| *id != setup.node_id)
+        .map(|&(id, addr)| (id, PeerLink::spawn(setup.node_id, id, addr)))
+        .collect();
+    let tick_ms = setup.tick_ms;
+    let ticker = handle.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+            ticker.send(Event::Tick);
+        }
+    })
+    .detach();
+    let mut service = Service {
+        liveness: Liveness::new(setup.session_timeout_ms as i64),
+        setup,
+        node,
+        file,
+        links,
+        proposed: HashMap::new(),
+        forwarded: HashMap::new(),
+        next_request: 1,
+        view,
+        published: (u64::MAX, None, 0),
+    };
+    service.publish();
+    while let Some(event) = events.next().await {
+        service.handle(event);
+        // Everything else already queued goes into the same write.
+        while let Ok(event) = events.try_recv() {
+            service.handle(event);
+        }
+        service.drain().await?;
+        service.publish();
+    }
+    Ok(())
+}
+
+impl Service {
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick => self.tick(),
+            Event::Peer(from, message) => self.on_peer(from, message),
+            Event::Propose(command, tx) => self.propose(command, Answer::Local(tx)),
+            Event::Heartbeat(hb) => self.heartbeat(hb),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.node.tick();
+        let now = now_ms();
+        for map in [&mut self.proposed, &mut self.forwarded] {
+            let expired: Vec<u64> = map
+                .iter()
+                .filter(|(_, p)| p.deadline_ms <= now)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in expired {
+                if let Some(p) = map.remove(&id) {
+                    p.answer.give(ProposalOutcome::TimedOut, &self.links);
+                }
+            }
+        }
+        let due = self
+            .liveness
+            .due(self.node.is_leader(), self.node.image(), now);
+        for command in due {
+            tracing::info!("controller: {command:?}");
+            let _ = self.node.propose(&command);
+        }
+    }
+
+    fn on_peer(&mut self, from: NodeId, message: PeerMessage) {
+        match message {
+            PeerMessage::Hello(_) => {}
+            PeerMessage::Raft(bytes) => {
+                if let Err(e) = self.node.step(&bytes) {
+                    tracing::warn!("controller: message from node {from}: {e}");
+                }
+            }
+            PeerMessage::Forward(Forward {
+                request_id,
+                command,
+            }) => self.propose(
+                command,
+                Answer::Remote {
+                    node: from,
+                    request_id,
+                },
+            ),
+            PeerMessage::ForwardReply(reply) => {
+                if let Some(p) = self.forwarded.remove(&reply.request_id) {
+                    p.answer.give(reply.outcome, &self.links);
+                }
+            }
+            PeerMessage::Heartbeat(hb) => self.heartbeat(hb),
+        }
+    }
+
+    fn heartbeat(&mut self, hb: Heartbeat) {
+        if self.node.is_leader() {
+            self.liveness.on_heartbeat(hb.node_id, hb.incarnation, now_ms());
+        } else if let Some(link) = self.node.leader().and_then(|l| self.links.get(&l)) {
+            link.send(&PeerMessage::Heartbeat(hb));
+        }
+    }
+
+    fn propose(&mut self, command: Command, answer: Answer) {
+        if self.proposed.len() + self.forwarded.len() >= PROPOSALS_PENDING_MAX {
+            answer.give(ProposalOutcome::TimedOut, &self.links);
+            return;
+        }
+        let deadline_ms = now_ms() + PROPOSAL_TIMEOUT_MS;
+        if self.node.is_leader() {
+            match self.node.propose(&command) {
+                Ok(id) => {
+                    self.proposed.insert(id, Pending { answer, deadline_ms });
+                }
+                Err(e) => answer.give(
+                    ProposalOutcome::NotLeader(e.leader.map_or(-1, |l| l.0)),
+                    &self.links,
+                ),
+            }
+            return;
+        }
+        let leader = self.node.leader();
+        // Only a proposal from this node's own broker is forwarded; a forwarded one that
+        // reached a node that is no longer the leader goes back with the leader it knows.
+        let link = match (&answer, leader) {
+            (Answer::Local(_), Some(l)) => self.links.get(&l).cloned(),
+            _ => None,
+        };
+        let Some(link) = link else {
+            answer.give(
+                ProposalOutcome::NotLeader(leader.map_or(-1, |l| l.0)),
+                &self.links,
+            );
+            return;
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        link.send(&PeerMessage::Forward(Forward {
+            request_id,
+            command,
+        }));
+        self.forwarded
+            .insert(request_id, Pending { answer, deadline_ms });
+    }
+
+    fn send(&self, messages: Vec<Outbound>) {
+        for m in messages {
+            if let Some(link) = self.links.get(&m.to) {
+                link.send(&PeerMessage::Raft(m.bytes));
+            }
+        }
+    }
+
+    fn applied(&mut self, applied: Vec<AppliedEntry>) {
+        for entry in applied {
+            tracing::debug!("controller applied #{}: {:?}", entry.index, entry.result);
+            if let Some(p) = entry.proposal.and_then(|id| self.proposed.remove(&id)) {
+                p.answer
+                    .give(ProposalOutcome::Applied(entry.result), &self.links);
+            }
+        }
+    }
+
+    /// Hands out everything Raft has ready, writes it with one fdatasync, then sends what
+    /// waited for it; again until Raft has nothing more.
+    async fn drain(&mut self) -> Result<(), QuorumError> {
+        loop {
+            let mut last = None;
+            let mut records = Vec::new();
+            let mut rewrite = false;
+            while let Some(step) = self
+                .node
+                .poll_ready()
+                .map_err(|e| QuorumError::Log(e.to_string()))?
+            {
+                self.send(step.send);
+                self.applied(step.applied);
+                if !step.persist.is_empty() {
+                    rewrite |= step
+                        .persist
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|s| !s.data.is_empty());
+                    records.extend(log_file::encode_batch(&step.persist));
+                }
+                last = Some(step.number);
+            }
+            let Some(number) = last else {
+                return Ok(());
+            };
+            if rewrite {
+                // After a compaction: the file becomes the in-memory log, which holds every
+                // batch handed out above.
+                let whole = log_file::encode_store(self.node.store());
+                self.file.rewrite(&whole).await.map_err(QuorumError::Storage)?;
+            } else if !records.is_empty() {
+                self.file.append(&records).await.map_err(QuorumError::Storage)?;
+                self.file.sync().await.map_err(QuorumError::Storage)?;
+            }
+            let after = self.node.on_persisted(number);
+            self.send(after);
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = (
+            self.node.applied_index(),
+            self.node.leader(),
+            self.node.term(),
+        );
+        if now == self.published {
+            return;
+        }
+        self.published = now;
+        self.view.state.store(Arc::new(QuorumState {
+            image: Arc::new(self.node.image().clone()),
+            leader: now.1,
+            term: now.2,
+            applied: now.0,
+            node_id: self.setup.node_id,
+        }));
+    }
+}

@@ -1,0 +1,166 @@
+//! Connections between controller nodes: one outgoing connection per peer, on which this node
+//! only sends, and the peers' connections to this node, on which it only receives.
+//!
+//! Sending never waits: a frame goes into the peer's queue, which holds at most
+//! `PEER_QUEUE_FRAMES_MAX` frames and drops the oldest beyond that (Raft resends what matters),
+//! and a writer task per peer connects, says `Hello`, and writes the queue out, reconnecting
+//! after a failure. Receiving accepts at most `PEER_CONNECTIONS_MAX` connections at a time, each
+//! of which must start with a `Hello` naming a voter.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use strom_cluster::controller::{PeerMessage, PEER_FRAME_BYTES_MAX};
+use strom_cluster::NodeId;
+
+/// Frames queued for one peer; older ones are dropped beyond it.
+pub const PEER_QUEUE_FRAMES_MAX: usize = 4096;
+/// Incoming peer connections open at once.
+pub const PEER_CONNECTIONS_MAX: usize = 32;
+/// How long a connection attempt to a peer may take.
+const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Pause before connecting again after a failure.
+const PEER_RECONNECT_MS: u64 = 100;
+
+/// The sending side of one peer.
+pub struct PeerLink {
+    peer: NodeId,
+    queue: RefCell<VecDeque<Vec<u8>>>,
+    wake: event_listener::Event,
+    /// Frames dropped because the queue was full.
+    pub dropped: Cell<u64>,
+    /// Whether the writer is connected now.
+    pub connected: Cell<bool>,
+}
+
+impl PeerLink {
+    /// A link to `peer` at `addr`; its writer task runs until the executor stops.
+    pub fn spawn(me: NodeId, peer: NodeId, addr: SocketAddr) -> Rc<PeerLink> {
+        let link = Rc::new(PeerLink {
+            peer,
+            queue: RefCell::new(VecDeque::new()),
+            wake: event_listener::Event::new(),
+            dropped: Cell::new(0),
+            connected: Cell::new(false),
+        });
+        glommio::spawn_local(writer(link.clone(), me, addr)).detach();
+        link
+    }
+
+    /// Queues a message for the peer.
+    pub fn send(&self, message: &PeerMessage) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.len() >= PEER_QUEUE_FRAMES_MAX {
+            queue.pop_front();
+            self.dropped.set(self.dropped.get() + 1);
+        }
+        queue.push_back(message.to_frame());
+        drop(queue);
+        self.wake.notify(1);
+    }
+
+    async fn next_frame(&self) -> Vec<u8> {
+        loop {
+            if let Some(frame) = self.queue.borrow_mut().pop_front() {
+                return frame;
+            }
+            let listener = self.wake.listen();
+            if !self.queue.borrow().is_empty() {
+                continue;
+            }
+            listener.await;
+        }
+    }
+}
+
+async fn writer(link: Rc<PeerLink>, me: NodeId, addr: SocketAddr) {
+    let hello = PeerMessage::Hello(me.0).to_frame();
+    loop {
+        let connected =
+            TcpStream::connect_timeout(addr, Duration::from_millis(PEER_CONNECT_TIMEOUT_MS)).await;
+        let mut stream = match connected {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!("controller peer {} at {addr}: connect: {e}", link.peer);
+                glommio::timer::sleep(Duration::from_millis(PEER_RECONNECT_MS)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if stream.write_all(&hello).await.is_err() {
+            continue;
+        }
+        link.connected.set(true);
+        tracing::info!("controller peer {} connected at {addr}", link.peer);
+        loop {
+            let frame = link.next_frame().await;
+            if let Err(e) = stream.write_all(&frame).await {
+                tracing::info!("controller peer {} at {addr}: {e}; reconnecting", link.peer);
+                break;
+            }
+        }
+        link.connected.set(false);
+        glommio::timer::sleep(Duration::from_millis(PEER_RECONNECT_MS)).await;
+    }
+}
+
+/// Accepts peer connections on `listener` and hands every message, with its sender, to
+/// `deliver`. Connections from nodes that are not `voters` are closed.
+pub async fn accept_loop(
+    listener: TcpListener,
+    voters: Vec<NodeId>,
+    deliver: Rc<dyn Fn(NodeId, PeerMessage)>,
+) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("controller listener: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= PEER_CONNECTIONS_MAX {
+            tracing::warn!(
+                "controller listener: {PEER_CONNECTIONS_MAX} peer connections open; closing a new one"
+            );
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (open, voters, deliver) = (open.clone(), voters.clone(), deliver.clone());
+        glommio::spawn_local(async move {
+            if let Err(e) = read_peer(stream, &voters, &*deliver).await {
+                tracing::info!("controller peer connection closed: {e}");
+            }
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn read_peer(
+    stream: TcpStream,
+    voters: &[NodeId],
+    deliver: &dyn Fn(NodeId, PeerMessage),
+) -> Result<(), String> {
+    let mut frames = strom_net::frame::FrameReader::new(stream, PEER_FRAME_BYTES_MAX);
+    let first = frames.next_frame().await.map_err(|e| e.to_string())?;
+    let from = match first.as_deref().map(PeerMessage::from_body) {
+        Some(Ok(PeerMessage::Hello(id))) if voters.contains(&NodeId(id)) => NodeId(id),
+        Some(Ok(PeerMessage::Hello(id))) => return Err(format!("node {id} is not a voter")),
+        Some(_) => return Err("the first message is not a hello".into()),
+        None => return Ok(()),
+    };
+    while let Some(frame) = frames.next_frame().await.map_err(|e| e.to_string())? {
+        let message =
+            PeerMessage::from_body(&frame).map_err(|e| format!("from node {from}: {e}"))?;
+        deliver(from, message);
+    }
+    Ok(())
+}
