@@ -12,6 +12,7 @@
 //! - [`controller`]: the cluster metadata (brokers, topics, partition assignments with leader,
 //!   leader epoch and ISR, producer-id blocks) replicated by Raft (tikv's `raft` crate).
 
+pub mod replication;
 pub mod types;
 
 pub use types::{LeaderEpoch, NodeId, Offset, PartitionAssignment, TopicPartition};

@@ -1,0 +1,1 @@
+//! Unit tests of the leader's rules, one per rule.
