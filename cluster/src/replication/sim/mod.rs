@@ -21,17 +21,22 @@
 //! and the step. At the end the faults stop and the run must converge: all replicas identical,
 //! all in the ISR, every acknowledged batch on every replica.
 
+mod invariants;
+mod log;
+mod oracle;
+mod tests;
+
 use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use strom_storage::epoch_cache::EpochCache;
 
 use crate::replication::{
-    AckStatus, FetchDecision, FetchRequest, FollowerAction, FollowerPartition, FollowerUpdate,
-    IsrChangeRequest, LeaderPartition, LeaderUpdate, LogEpochs, ReplicationConfig,
+    FetchDecision, FetchRequest, FollowerAction, FollowerPartition, FollowerUpdate,
+    IsrChangeRequest, LeaderPartition, LeaderUpdate, ReplicationConfig,
 };
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionAssignment};
+use log::{Batch, Log};
 
 /// Replicas of the simulated partition.
 const NODES: usize = 3;
@@ -56,101 +61,6 @@ const CONFIG: ReplicationConfig = ReplicationConfig {
     replica_lag_time_max_ms: 100,
     isr_change_retry_ms: 50,
 };
-
-/// One record batch of a simulated log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Batch {
-    base: i64,
-    count: i64,
-    epoch: i32,
-    payload: u64,
-}
-
-impl Batch {
-    fn end(&self) -> i64 {
-        self.base + self.count
-    }
-}
-
-/// A node's log: batches from offset 0, a durable prefix and the leader-epoch cache.
-#[derive(Debug, Default)]
-struct Log {
-    batches: Vec<Batch>,
-    /// Batches that survive a crash.
-    durable_len: usize,
-    epochs: EpochCache,
-    /// Bumped on every truncation and crash, so an fsync issued before one completes nothing.
-    generation: u64,
-}
-
-impl Log {
-    fn end(&self) -> Offset {
-        Offset(self.batches.last().map_or(0, Batch::end))
-    }
-
-    fn durable_end(&self) -> Offset {
-        Offset(match self.durable_len {
-            0 => 0,
-            n => self.batches[n - 1].end(),
-        })
-    }
-
-    fn last_epoch(&self) -> Option<LeaderEpoch> {
-        self.batches.last().map(|b| LeaderEpoch(b.epoch))
-    }
-
-    fn lookup(&self) -> LogEpochs<'_> {
-        LogEpochs {
-            cache: &self.epochs,
-            log_end: self.end(),
-        }
-    }
-
-    /// Appends `batch`, which must start at the log end with an epoch no older than the last.
-    fn append(&mut self, batch: Batch) -> Result<(), String> {
-        if Offset(batch.base) != self.end() {
-            return Err(format!("append of {batch:?} at log end {}", self.end()));
-        }
-        if self.last_epoch().is_some_and(|e| e.0 > batch.epoch) {
-            return Err(format!(
-                "epoch goes back: {batch:?} after {:?}",
-                self.last_epoch()
-            ));
-        }
-        self.epochs
-            .assign(LeaderEpoch(batch.epoch), Offset(batch.base));
-        self.batches.push(batch);
-        Ok(())
-    }
-
-    /// Drops every batch that does not end at or before `to`.
-    fn truncate_to(&mut self, to: Offset) {
-        let keep = self.batches.partition_point(|b| b.end() <= to.0);
-        self.batches.truncate(keep);
-        self.durable_len = self.durable_len.min(keep);
-        self.epochs.truncate_from_end(self.end());
-        self.generation += 1;
-    }
-
-    /// A crash: the non-durable suffix is gone; the epoch cache is rebuilt from the batches.
-    fn crash(&mut self) {
-        self.batches.truncate(self.durable_len);
-        self.epochs = EpochCache::new();
-        for b in &self.batches {
-            self.epochs.assign(LeaderEpoch(b.epoch), Offset(b.base));
-        }
-        self.generation += 1;
-    }
-
-    /// Index of the batch starting at `offset`, or the batch count if it is the log end.
-    fn index_of(&self, offset: Offset) -> Option<usize> {
-        if offset == self.end() {
-            return Some(self.batches.len());
-        }
-        let i = self.batches.partition_point(|b| b.base < offset.0);
-        (i < self.batches.len() && self.batches[i].base == offset.0).then_some(i)
-    }
-}
 
 /// What a node is for the partition.
 #[derive(Debug)]
@@ -244,23 +154,46 @@ enum Event {
     Produce,
     Nemesis,
     ControllerTimer,
+    MoveLeader(NodeId),
 }
 
 /// Counts of what happened, to check that the runs exercise what they should.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct SimStats {
-    pub acked: u64,
-    pub refused_produces: u64,
-    pub after_append_errors: u64,
-    pub crashes: u64,
-    pub leader_moves: u64,
-    pub elections: u64,
-    pub isr_shrinks: u64,
-    pub isr_expands: u64,
-    pub truncations: u64,
-    pub diverging: u64,
-    pub fenced: u64,
-    pub zombie_acks: u64,
+    acked: u64,
+    refused_produces: u64,
+    after_append_errors: u64,
+    crashes: u64,
+    leader_moves: u64,
+    elections: u64,
+    isr_shrinks: u64,
+    isr_expands: u64,
+    truncations: u64,
+    diverging: u64,
+    fenced: u64,
+    unknown_epoch: u64,
+    zombie_acks: u64,
+}
+
+impl SimStats {
+    /// Each count with its name.
+    pub(crate) fn counts(&self) -> [(&'static str, u64); 13] {
+        [
+            ("acked", self.acked),
+            ("refused_produces", self.refused_produces),
+            ("after_append_errors", self.after_append_errors),
+            ("crashes", self.crashes),
+            ("leader_moves", self.leader_moves),
+            ("elections", self.elections),
+            ("isr_shrinks", self.isr_shrinks),
+            ("isr_expands", self.isr_expands),
+            ("truncations", self.truncations),
+            ("diverging", self.diverging),
+            ("fenced", self.fenced),
+            ("unknown_epoch", self.unknown_epoch),
+            ("zombie_acks", self.zombie_acks),
+        ]
+    }
 }
 
 /// The simulated world.
@@ -475,6 +408,11 @@ impl Sim {
                 self.controller_timer();
                 self.schedule(CONTROLLER_TIMER_MS, Event::ControllerTimer);
             }
+            Event::MoveLeader(to) => {
+                if !self.healing {
+                    self.move_leader(to);
+                }
+            }
         }
         self.observe();
     }
@@ -569,6 +507,7 @@ impl Sim {
         match decision {
             FetchDecision::Diverging { .. } => self.stats.diverging += 1,
             FetchDecision::FencedLeaderEpoch => self.stats.fenced += 1,
+            FetchDecision::UnknownLeaderEpoch => self.stats.unknown_epoch += 1,
             _ => {}
         }
         self.send(Msg::FetchAnswer {
@@ -795,125 +734,6 @@ impl Sim {
         self.send_fetch(id);
     }
 
-    // ---- controller --------------------------------------------------------------------------
-
-    fn commit(&mut self, mut next: PartitionAssignment) {
-        assert!(next.leader_epoch >= self.controller.leader_epoch);
-        next.partition_epoch = self.controller.partition_epoch + 1;
-        if let Some(l) = next.leader {
-            if !self.committed_prefix_in(l) {
-                self.fail(&format!("new leader {l} lacks the committed prefix"));
-            }
-        }
-        self.controller = next;
-        self.broadcast();
-    }
-
-    fn broadcast(&mut self) {
-        for i in 0..NODES {
-            self.send(Msg::Assignment {
-                to: NodeId(i as i32),
-                assignment: self.controller.clone(),
-            });
-        }
-    }
-
-    fn on_isr_change(&mut self, request: IsrChangeRequest) {
-        let current = &self.controller;
-        if current.leader != Some(request.leader)
-            || current.leader_epoch != request.leader_epoch
-            || current.partition_epoch != request.partition_epoch
-        {
-            // Kafka answers INVALID_UPDATE_VERSION / FENCED_LEADER_EPOCH; the leader learns the
-            // current assignment.
-            let answer = Msg::Assignment {
-                to: request.leader,
-                assignment: current.clone(),
-            };
-            self.send(answer);
-            return;
-        }
-        assert!(request.new_isr.contains(&request.leader));
-        if request.new_isr.len() < current.isr.len() {
-            self.stats.isr_shrinks += 1;
-        } else {
-            self.stats.isr_expands += 1;
-        }
-        let mut next = current.clone();
-        next.isr = request.new_isr;
-        self.commit(next);
-    }
-
-    /// The controller notices a crashed node (Kafka fences it): out of the ISR unless it is the
-    /// last member, and a new leader from the live ISR if it led.
-    fn fence(&mut self, id: NodeId) {
-        let mut next = self.controller.clone();
-        if next.isr.len() > 1 {
-            next.isr.retain(|&n| n != id);
-        }
-        if next.leader == Some(id) {
-            next.leader = self.pick_leader(&next.isr, Some(id));
-            next.leader_epoch = LeaderEpoch(next.leader_epoch.0 + 1);
-        }
-        if next != self.controller {
-            self.commit(next);
-        }
-    }
-
-    /// A live ISR member other than `except`, chosen at random.
-    fn pick_leader(&mut self, isr: &[NodeId], except: Option<NodeId>) -> Option<NodeId> {
-        let candidates: Vec<NodeId> = isr
-            .iter()
-            .copied()
-            .filter(|&n| Some(n) != except && self.node(n).up)
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        Some(candidates[self.rng.gen_range(0..candidates.len())])
-    }
-
-    fn controller_timer(&mut self) {
-        if self.controller.leader.is_none() {
-            let isr = self.controller.isr.clone();
-            if let Some(l) = self.pick_leader(&isr, None) {
-                self.stats.elections += 1;
-                let mut next = self.controller.clone();
-                next.leader = Some(l);
-                next.leader_epoch = LeaderEpoch(next.leader_epoch.0 + 1);
-                self.commit(next);
-                return;
-            }
-        }
-        self.broadcast();
-    }
-
-    // ---- faults ------------------------------------------------------------------------------
-
-    fn nemesis(&mut self) {
-        let roll = self.rng.gen_range(0..1000);
-        let id = NodeId(self.rng.gen_range(0..NODES as i32));
-        match roll {
-            0..=14 if self.node(id).up => self.crash(id),
-            15..=29 => {
-                let isr = self.controller.isr.clone();
-                let current = self.controller.leader;
-                if let Some(l) = self.pick_leader(&isr, current) {
-                    self.stats.leader_moves += 1;
-                    let mut next = self.controller.clone();
-                    next.leader = Some(l);
-                    next.leader_epoch = LeaderEpoch(next.leader_epoch.0 + 1);
-                    self.commit(next);
-                }
-            }
-            30..=44 => {
-                let until = self.now_ms + self.rng.gen_range(20..300);
-                self.node_mut(id).isolated_until_ms = until;
-            }
-            _ => {}
-        }
-    }
-
     fn heal(&mut self) {
         self.healing = true;
         self.loss = 0.0;
@@ -926,228 +746,4 @@ impl Sim {
             }
         }
     }
-
-    // ---- invariants --------------------------------------------------------------------------
-
-    /// Extends the verified prefix of a node's log against the committed prefix, up to `len`
-    /// batches; returns whether the log holds those `len` committed batches.
-    fn verify(&mut self, id: NodeId, len: usize) -> bool {
-        let node = &mut self.nodes[id.0 as usize];
-        while node.verified < len {
-            let i = node.verified;
-            if i >= node.log.batches.len()
-                || i >= self.committed.len()
-                || node.log.batches[i] != self.committed[i]
-            {
-                return false;
-            }
-            node.verified += 1;
-        }
-        true
-    }
-
-    /// Whether the node's durable log holds the whole committed prefix.
-    fn committed_prefix_in(&mut self, id: NodeId) -> bool {
-        let len = self.committed.len();
-        self.node(id).log.durable_len >= len && self.verify(id, len)
-    }
-
-    /// After every step: leaders' high watermarks, the committed prefix, acknowledgements.
-    fn observe(&mut self) {
-        for i in 0..NODES {
-            let id = NodeId(i as i32);
-            let node = self.node(id);
-            if !node.up {
-                continue;
-            }
-            let epoch = node.role.assignment().leader_epoch;
-            if epoch < node.epoch_seen {
-                self.fail(&format!("node {id} went back to leader epoch {epoch}"));
-            }
-            let Role::Leader(leader) = &node.role else {
-                let node = self.node_mut(id);
-                node.epoch_seen = epoch;
-                continue;
-            };
-            let hw = leader.high_watermark();
-            if epoch == node.epoch_seen && hw < node.tenure_hw {
-                self.fail(&format!(
-                    "leader {id} moved its high watermark back to {hw}"
-                ));
-            }
-            if hw > node.log.durable_end() {
-                self.fail(&format!(
-                    "leader {id} high watermark {hw} past its durable end"
-                ));
-            }
-            for &m in &self.controller.isr {
-                let durable = self.node(m).log.durable_end();
-                if hw > durable {
-                    self.fail(&format!(
-                        "leader {id} high watermark {hw} past the durable end {durable} of ISR \
-                         member {m}"
-                    ));
-                }
-            }
-            let node = self.node_mut(id);
-            node.epoch_seen = epoch;
-            node.tenure_hw = hw;
-            self.extend_committed(id, hw);
-        }
-        let isr = self.controller.isr.clone();
-        for m in isr {
-            if !self.committed_prefix_in(m) {
-                self.fail(&format!(
-                    "ISR member {m} lacks the committed prefix of {} batches",
-                    self.committed.len()
-                ));
-            }
-        }
-        if let Some(l) = self.controller.leader {
-            if !self.committed_prefix_in(l) {
-                self.fail(&format!("leader {l} lacks the committed prefix"));
-            }
-        }
-        self.answer_produces();
-    }
-
-    /// A leader exposes `hw`: its log below it must agree with the committed prefix, and what
-    /// it adds must be durable on at least min.insync.replicas nodes.
-    fn extend_committed(&mut self, id: NodeId, hw: Offset) {
-        let log_batches = self.node(id).log.batches.len();
-        let below = self
-            .node(id)
-            .log
-            .batches
-            .partition_point(|b| b.end() <= hw.0);
-        if below < log_batches && self.node(id).log.batches[below].base < hw.0 {
-            self.fail(&format!("leader {id} high watermark {hw} inside a batch"));
-        }
-        let known = self.committed.len().min(below);
-        if !self.verify(id, known) {
-            self.fail(&format!(
-                "leader {id} exposes a high watermark {hw} over a log that differs from the \
-                 committed prefix"
-            ));
-        }
-        for i in self.committed.len()..below {
-            let batch = self.node(id).log.batches[i];
-            let holders = self
-                .nodes
-                .iter()
-                .filter(|n| i < n.log.durable_len && n.log.batches[i] == batch)
-                .count();
-            if holders < MIN_INSYNC {
-                self.fail(&format!(
-                    "leader {id} commits {batch:?} durable on {holders} node(s) only"
-                ));
-            }
-            self.committed.push(batch);
-        }
-    }
-
-    /// Answers the waiting acks=all produces of every acting leader.
-    fn answer_produces(&mut self) {
-        for i in 0..NODES {
-            let node = &mut self.nodes[i];
-            if !node.up {
-                continue;
-            }
-            let Role::Leader(leader) = &node.role else {
-                continue;
-            };
-            let zombie = self.controller.leader != Some(node.id);
-            let mut acked = Vec::new();
-            let mut after_append = 0;
-            node.waiting_produces
-                .retain(|b| match leader.ack_status(Offset(b.end())) {
-                    AckStatus::Done => {
-                        acked.push(*b);
-                        false
-                    }
-                    AckStatus::NotEnoughReplicasAfterAppend => {
-                        after_append += 1;
-                        false
-                    }
-                    AckStatus::Wait => true,
-                });
-            self.stats.after_append_errors += after_append;
-            for b in acked {
-                self.stats.acked += 1;
-                if zombie {
-                    self.stats.zombie_acks += 1;
-                }
-                let at = self.committed.partition_point(|c| c.base < b.base);
-                if self.committed.get(at) != Some(&b) {
-                    self.fail(&format!(
-                        "acknowledged {b:?} is not in the committed prefix"
-                    ));
-                }
-            }
-        }
-    }
-
-    fn converged(&self) -> bool {
-        let Some(l) = self.controller.leader else {
-            return false;
-        };
-        let leader = self.node(l);
-        let Role::Leader(lp) = &leader.role else {
-            return false;
-        };
-        lp.leader_epoch() == self.controller.leader_epoch
-            && self.controller.isr.len() == NODES
-            && lp.high_watermark() == leader.log.end()
-            && self.nodes.iter().all(|n| {
-                n.up && n.log.batches == leader.log.batches
-                    && n.log.durable_len == n.log.batches.len()
-            })
-    }
-
-    fn check_final(&mut self) {
-        let l = self.controller.leader.expect("converged with a leader");
-        let reference = self.node(l).log.batches.clone();
-        for i in 0..NODES {
-            if !self.committed_prefix_in(NodeId(i as i32)) {
-                self.fail(&format!("node {i} lacks the committed prefix at the end"));
-            }
-            if self.nodes[i].log.batches != reference {
-                self.fail(&format!("node {i} differs from the leader at the end"));
-            }
-        }
-    }
-}
-
-/// Seeds and steps from `STROM_REPL_SIM_SEED` / `STROM_REPL_SIM_STEPS`, or the defaults.
-fn seeds_and_steps(default_seeds: u64, default_steps: u64) -> (Vec<u64>, u64) {
-    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    let seeds = match env("STROM_REPL_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..default_seeds).collect(),
-    };
-    (seeds, env("STROM_REPL_SIM_STEPS").unwrap_or(default_steps))
-}
-
-#[test]
-fn seeded_runs_keep_every_invariant() {
-    let (seeds, steps) = seeds_and_steps(200, 2_000);
-    let mut total = SimStats::default();
-    for seed in seeds {
-        let mut sim = Sim::new(seed);
-        sim.run(steps);
-        let s = sim.stats;
-        total.acked += s.acked;
-        total.refused_produces += s.refused_produces;
-        total.after_append_errors += s.after_append_errors;
-        total.crashes += s.crashes;
-        total.leader_moves += s.leader_moves;
-        total.elections += s.elections;
-        total.isr_shrinks += s.isr_shrinks;
-        total.isr_expands += s.isr_expands;
-        total.truncations += s.truncations;
-        total.diverging += s.diverging;
-        total.fenced += s.fenced;
-        total.zombie_acks += s.zombie_acks;
-    }
-    println!("{total:?}");
 }
