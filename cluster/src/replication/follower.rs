@@ -1,7 +1,17 @@
 //! The follower's side of one partition: what to fetch next and what to do with the answer.
 //!
 //! A follower fetches only from its durable log end and only when everything it appended is
-//! durable, so the offset the leader records for it is data that survives a crash. After a
+//! durable, so the offset the leader records for it is data that survives a crash.
+//!
+//! The last fetched epoch it sends is the latest epoch of its epoch cache, as Kafka's follower
+//! sends `log.latestEpoch`, not the epoch of its last batch. They differ on a node that took
+//! over as leader (which records its new epoch at its log end) and lost the leadership before
+//! appending anything: sending the older batch epoch would let the new leader accept the
+//! fetch, the follower would then append older-epoch batches after a newer cache entry, and
+//! the cache's rule for non-monotonic entries would erase the start of that older epoch,
+//! leaving a cache that misplaces epoch boundaries and answers later divergence checks wrongly.
+//! Sending the cache's epoch gets a divergence answer that truncates the empty entry away
+//! first. After a
 //! `Read` with records it waits for the broker's append ([`FollowerPartition::on_local_append`])
 //! and sync ([`FollowerPartition::on_local_durable`]); after a divergence it waits for the
 //! truncation ([`FollowerPartition::on_truncated`]). Answers that do not match the current
@@ -64,8 +74,9 @@ pub struct FollowerPartition {
     assignment: PartitionAssignment,
     /// The local log end, durable or not.
     log_end: Offset,
-    /// Epoch of the last batch in the local log.
-    log_last_epoch: Option<LeaderEpoch>,
+    /// The latest epoch of the local epoch cache (Kafka's `log.latestEpoch`), sent as the last
+    /// fetched epoch.
+    latest_epoch: Option<LeaderEpoch>,
     /// The local durable log end: the fetch offset.
     durable_end: Offset,
     /// The leader's high watermark as last heard, capped to the local log end.
@@ -75,20 +86,20 @@ pub struct FollowerPartition {
 
 impl FollowerPartition {
     /// Follows `assignment` with the local log as it stands: `log_end` (all appended),
-    /// `durable_end` (synced) and the epoch of its last batch.
+    /// `durable_end` (synced) and the latest epoch of its epoch cache.
     pub fn new(
         me: NodeId,
         assignment: PartitionAssignment,
         log_end: Offset,
         durable_end: Offset,
-        log_last_epoch: Option<LeaderEpoch>,
+        latest_epoch: Option<LeaderEpoch>,
     ) -> FollowerPartition {
         assert!(durable_end <= log_end, "durable end past the log end");
         FollowerPartition {
             me,
             assignment,
             log_end,
-            log_last_epoch,
+            latest_epoch,
             durable_end,
             high_watermark: Offset(0),
             waiting: None,
@@ -119,7 +130,7 @@ impl FollowerPartition {
         }
         Some(FetchRequest {
             offset: self.durable_end,
-            last_fetched_epoch: self.log_last_epoch,
+            last_fetched_epoch: self.latest_epoch,
             current_leader_epoch: Some(self.assignment.leader_epoch),
         })
     }
@@ -175,14 +186,14 @@ impl FollowerPartition {
     }
 
     /// The broker appended the records of the last answer: the log now ends at `log_end` and
-    /// its last batch has `last_epoch`.
-    pub fn on_local_append(&mut self, log_end: Offset, last_epoch: LeaderEpoch) {
+    /// the latest epoch of its epoch cache is `latest_epoch`.
+    pub fn on_local_append(&mut self, log_end: Offset, latest_epoch: LeaderEpoch) {
         assert!(log_end >= self.log_end, "an append never shrinks the log");
         if self.waiting == Some(Waiting::Append) {
             self.waiting = None;
         }
         self.log_end = log_end;
-        self.log_last_epoch = Some(last_epoch);
+        self.latest_epoch = Some(latest_epoch);
     }
 
     /// The local log is durable up to `durable_end`.
@@ -191,14 +202,15 @@ impl FollowerPartition {
     }
 
     /// The broker truncated the log: it now ends at `log_end` (at or before the offset asked
-    /// for) and its last batch has `last_epoch` (`None` if empty). The cut is durable.
-    pub fn on_truncated(&mut self, log_end: Offset, last_epoch: Option<LeaderEpoch>) {
+    /// for) and the latest epoch of its epoch cache is `latest_epoch` (`None` if empty). The
+    /// cut is durable.
+    pub fn on_truncated(&mut self, log_end: Offset, latest_epoch: Option<LeaderEpoch>) {
         if let Some(Waiting::Truncate(to)) = self.waiting {
             assert!(log_end <= to, "truncated less than asked");
             self.waiting = None;
         }
         self.log_end = log_end;
-        self.log_last_epoch = last_epoch;
+        self.latest_epoch = latest_epoch;
         self.durable_end = self.durable_end.min(log_end);
         self.high_watermark = self.high_watermark.min(log_end);
     }

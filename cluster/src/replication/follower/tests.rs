@@ -3,7 +3,7 @@
 use strom_storage::epoch_cache::EpochCache;
 
 use super::*;
-use crate::replication::LogEpochs;
+use crate::replication::{LeaderPartition, LogEpochs, ReplicationConfig};
 
 const ME: NodeId = NodeId(2);
 const LEADER: NodeId = NodeId(1);
@@ -211,4 +211,72 @@ fn assignments_apply_in_order_and_name_the_new_leader() {
         FollowerUpdate::BecomeLeader
     );
     assert_eq!(f.next_fetch(), None, "no fetching from itself");
+}
+
+/// A node took over as leader in epoch 3 at offset 11 (its cache says so), appended nothing and
+/// lost the leadership to a node that leads epoch 4. It fetches with its cache's epoch, 3, so the
+/// new leader answers with a divergence and the empty epoch-3 entry is cut before any epoch-2
+/// batch is appended after it (which would make the cache erase where epoch 2 starts).
+#[test]
+fn a_former_leader_that_appended_nothing_fetches_with_its_cache_epoch() {
+    let mut local = EpochCache::new();
+    for (epoch, start) in [(0, 0), (2, 7), (3, 11)] {
+        local.assign(e(epoch), o(start));
+    }
+    let mut f = FollowerPartition::new(ME, assignment(LEADER, 4, 9), o(11), o(11), Some(e(3)));
+    let mut remote = EpochCache::new();
+    for (epoch, start) in [(0, 0), (2, 7), (4, 23)] {
+        remote.assign(e(epoch), o(start));
+    }
+    let config = ReplicationConfig {
+        min_insync_replicas: 2,
+        replica_lag_time_max_ms: 100,
+        isr_change_retry_ms: 50,
+    };
+    let mut leader_assignment = assignment(LEADER, 4, 9);
+    leader_assignment.isr = vec![LEADER, ME];
+    let mut l = LeaderPartition::new(LEADER, leader_assignment, config, o(30), o(30), o(0), 0);
+    let remote_epochs = LogEpochs {
+        cache: &remote,
+        log_end: o(30),
+    };
+    let ask = |l: &mut LeaderPartition, r: FetchRequest| {
+        l.on_follower_fetch(
+            ME,
+            r.offset,
+            r.last_fetched_epoch,
+            r.current_leader_epoch,
+            0,
+            &remote_epochs,
+        )
+    };
+
+    let first = f.next_fetch().expect("idle");
+    assert_eq!(first.last_fetched_epoch, Some(e(3)));
+    let answer = ask(&mut l, first);
+    assert_eq!(
+        answer,
+        FetchDecision::Diverging {
+            epoch: e(2),
+            end_offset: o(23)
+        }
+    );
+    let local_epochs = LogEpochs {
+        cache: &local,
+        log_end: o(11),
+    };
+    let action = f.on_fetch_response(&first, &answer, false, &local_epochs);
+    assert_eq!(
+        action,
+        FollowerAction::Truncate { to: o(11) },
+        "no data lost"
+    );
+    local.truncate_from_end(o(11));
+    assert_eq!(local.latest_epoch(), Some(e(2)), "the empty entry is gone");
+    f.on_truncated(o(11), local.latest_epoch());
+    let second = f.next_fetch().expect("truncated");
+    assert_eq!(ask(&mut l, second), read(11, 11));
+    // Epoch-2 batches from 11 on now extend the epoch-2 entry instead of replacing it.
+    assert!(!local.assign(e(2), o(11)));
+    assert_eq!(local.entries(), vec![(e(0), o(0)), (e(2), o(7))]);
 }

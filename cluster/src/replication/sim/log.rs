@@ -29,6 +29,10 @@ pub(super) struct Log {
     pub(super) epochs: EpochCache,
     /// Bumped on every truncation and crash, so an fsync issued before one completes nothing.
     pub(super) generation: u64,
+    /// Runs of batches of one epoch, and where the last run starts: the epoch cache must hold
+    /// exactly one entry per run.
+    epoch_runs: usize,
+    last_run_start: i64,
 }
 
 impl Log {
@@ -45,6 +49,12 @@ impl Log {
 
     pub(super) fn last_epoch(&self) -> Option<LeaderEpoch> {
         self.batches.last().map(|b| LeaderEpoch(b.epoch))
+    }
+
+    /// The latest epoch of the epoch cache (Kafka's `log.latestEpoch`): newer than the last
+    /// batch's after this node took over as leader and appended nothing yet.
+    pub(super) fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.epochs.latest_epoch()
     }
 
     pub(super) fn lookup(&self) -> LogEpochs<'_> {
@@ -65,10 +75,35 @@ impl Log {
                 self.last_epoch()
             ));
         }
+        if self.last_epoch() != Some(LeaderEpoch(batch.epoch)) {
+            self.epoch_runs += 1;
+            self.last_run_start = batch.base;
+        }
         self.epochs
             .assign(LeaderEpoch(batch.epoch), Offset(batch.base));
         self.batches.push(batch);
+        // The cache must say where each epoch of the log starts, nothing else.
+        let entries = self.epochs.entries();
+        let last_run = (LeaderEpoch(batch.epoch), Offset(self.last_run_start));
+        if entries.len() != self.epoch_runs || entries.last() != Some(&last_run) {
+            return Err(format!(
+                "epoch cache {entries:?} disagrees with the log after appending {batch:?}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Recounts the epoch runs after the log was cut.
+    fn recount_runs(&mut self) {
+        self.epoch_runs = 0;
+        let mut last = None;
+        for b in &self.batches {
+            if last != Some(b.epoch) {
+                self.epoch_runs += 1;
+                self.last_run_start = b.base;
+                last = Some(b.epoch);
+            }
+        }
     }
 
     /// Drops every batch that does not end at or before `to`.
@@ -78,6 +113,7 @@ impl Log {
         self.durable_len = self.durable_len.min(keep);
         self.epochs.truncate_from_end(self.end());
         self.generation += 1;
+        self.recount_runs();
     }
 
     /// A crash: the non-durable suffix is gone; the epoch cache is rebuilt from the batches.
@@ -88,6 +124,7 @@ impl Log {
             self.epochs.assign(LeaderEpoch(b.epoch), Offset(b.base));
         }
         self.generation += 1;
+        self.recount_runs();
     }
 
     /// Index of the batch starting at `offset`, or the batch count if it is the log end.

@@ -215,6 +215,8 @@ pub(crate) struct Sim {
     committed: Vec<Batch>,
     next_payload: u64,
     pub(crate) stats: SimStats,
+    /// Print every event (`STROM_REPL_SIM_TRACE=1`), to follow a failing seed.
+    pub(crate) trace: bool,
 }
 
 impl Sim {
@@ -283,6 +285,7 @@ impl Sim {
             committed: Vec::new(),
             next_payload: 1,
             stats: SimStats::default(),
+            trace: false,
         };
         for i in 0..NODES {
             let at = sim.rng.gen_range(0..NODE_TIMER_MS);
@@ -319,9 +322,28 @@ impl Sim {
     }
 
     fn fail(&self, why: &str) -> ! {
+        if self.trace {
+            for n in &self.nodes {
+                let batches: Vec<String> = n
+                    .log
+                    .batches
+                    .iter()
+                    .map(|b| format!("{}+{}@{}#{}", b.base, b.count, b.epoch, b.payload))
+                    .collect();
+                eprintln!(
+                    "node {} up={} durable={} epochs={:?} role={:?}\n  log={}",
+                    n.id,
+                    n.up,
+                    n.log.durable_len,
+                    n.log.epochs.entries(),
+                    n.role,
+                    batches.join(" ")
+                );
+            }
+        }
         panic!(
             "replication simulation: seed {} step {} (t={} ms): {why}\n\
-             rerun with STROM_REPL_SIM_SEED={}",
+             rerun with STROM_REPL_SIM_SEED={} (STROM_REPL_SIM_TRACE=1 prints every event)",
             self.seed, self.step, self.now_ms, self.seed
         );
     }
@@ -362,8 +384,15 @@ impl Sim {
         } else {
             1
         };
+        // Nodes learn of assignments at quite different times (as brokers replaying the
+        // metadata log do), which keeps deposed leaders and stale followers around.
+        let slow = if matches!(msg, Msg::Assignment { .. }) {
+            5
+        } else {
+            50
+        };
         for _ in 0..copies {
-            let delay = if self.rng.gen_ratio(1, 50) {
+            let delay = if self.rng.gen_ratio(1, slow) {
                 self.rng.gen_range(20..120)
             } else {
                 self.rng.gen_range(1..8)
@@ -379,6 +408,9 @@ impl Sim {
         debug_assert!(at >= self.now_ms, "virtual time goes forward");
         self.now_ms = at;
         self.step += 1;
+        if self.trace {
+            eprintln!("{} t={at} {event:?}", self.step);
+        }
         match event {
             Event::Deliver(msg) => self.deliver(msg),
             Event::Synced {
@@ -550,15 +582,15 @@ impl Sim {
                         self.fail(&why);
                     }
                 }
-                let last = LeaderEpoch(batches.last().expect("has records").epoch);
-                follower.on_local_append(node.log.end(), last);
+                let latest = node.log.latest_epoch().expect("has records");
+                follower.on_local_append(node.log.end(), latest);
                 self.schedule_sync(id);
             }
             FollowerAction::Truncate { to } => {
                 self.stats.truncations += 1;
                 node.log.truncate_to(to);
                 node.verified = node.verified.min(node.log.batches.len());
-                follower.on_truncated(node.log.end(), node.log.last_epoch());
+                follower.on_truncated(node.log.end(), node.log.latest_epoch());
                 self.send_fetch(id);
             }
             FollowerAction::Backoff | FollowerAction::AwaitAssignment | FollowerAction::Stale => {}
@@ -631,7 +663,7 @@ impl Sim {
                     assignment,
                     node.log.end(),
                     node.log.durable_end(),
-                    node.log.last_epoch(),
+                    node.log.latest_epoch(),
                 ));
                 self.send_fetch(id);
             }
@@ -729,7 +761,7 @@ impl Sim {
             assignment,
             node.log.end(),
             node.log.durable_end(),
-            node.log.last_epoch(),
+            node.log.latest_epoch(),
         ));
         self.send_fetch(id);
     }
