@@ -1,4 +1,22 @@
 //! The invariants, checked after every step of the simulation and at its end.
+//!
+//! The committed prefix is the list of batches below the highest high watermark any leader
+//! (a deposed one included) ever exposed; it only grows. After every step:
+//! - every acting leader's high watermark is at most its own durable end and the real durable
+//!   end of every member of the controller's committed ISR, never goes back within its epoch,
+//!   and sits on a batch boundary of a log that agrees with the committed prefix;
+//! - a batch entering the committed prefix is durable, with the same payload at the same
+//!   offset, on at least min.insync.replicas nodes;
+//! - every committed ISR member and the controller's leader hold the whole committed prefix in
+//!   their durable logs (so a leader elected from the ISR holds it too; the controller also
+//!   checks that when it elects);
+//! - every acknowledged batch is in the committed prefix at its offset (so, by the above, on
+//!   every ISR member, now and later);
+//! - leader epochs only grow: on every node, at the controller, and along every log, whose
+//!   epoch cache must name exactly where each of its epochs starts (checked on every append).
+//!
+//! At the end, after healing: a leader with the full ISR, all logs durable and identical, the
+//! high watermark at the log end, the committed prefix on every node.
 
 use crate::replication::sim::{Role, Sim, MIN_INSYNC, NODES};
 use crate::replication::AckStatus;
