@@ -13,6 +13,7 @@
 //!   leader epoch and ISR, producer-id blocks) replicated by Raft (tikv's `raft` crate).
 
 pub mod controller;
+pub mod replication;
 pub mod types;
 
 pub use types::{LeaderEpoch, NodeId, Offset, PartitionAssignment, TopicPartition};
