@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use strom_storage::CleanerStep;
 
 mod args;
+pub mod cluster;
+mod listeners;
 pub mod topic;
 
 pub use args::ServeArgs;
+pub use cluster::ClusterSettings;
 
 use topic::TopicDefaults;
 
@@ -44,13 +47,66 @@ pub enum ConfigError {
 /// Every broker setting Strom understands, with its default. `STROM_` + the key upper-cased
 /// with dots as underscores is its environment variable.
 const BROKER_KEYS: &[(&str, &str)] = &[
+    // `NAME://host:port,...`; an entry without `NAME://` is the PLAINTEXT listener. Clients use
+    // the listener named PLAINTEXT, or else the first that is neither the controller's nor the
+    // replication listener. The default serves one node on loopback.
     ("listeners", "PLAINTEXT://127.0.0.1:9092"),
+    // Same syntax: the endpoint given to clients and peers for each listener; a listener not
+    // listed is advertised at its listen address. Empty by default: advertise what is listened on.
     ("advertised.listeners", ""),
+    // Listener name -> security protocol, as in Kafka. Only PLAINTEXT is supported, so any other
+    // protocol is refused rather than silently served as plaintext. The default covers the
+    // default names of the client, controller and replication listeners.
+    (
+        "listener.security.protocol.map",
+        "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,REPLICATION:PLAINTEXT",
+    ),
+    // The listener that serves the controller's Raft traffic (the first name if several);
+    // Kafka's usual name.
+    ("controller.listener.names", "CONTROLLER"),
+    // The listener replication uses (Kafka's name; Kafka's default is the client listener, but
+    // here replication has its own ports). Shard i of the node listens on its port + i: a
+    // partition's replicas use the same shard on every node, so shard i of each node talks only
+    // to shard i of its peers, each on its own port.
+    ("inter.broker.listener.name", "REPLICATION"),
+    // The controller quorum, `id@host:port,...` (Kafka's static voter syntax; host:port is the
+    // voter's controller listener). Every node of a cluster is a voter. Empty: single-node mode,
+    // where none of the cluster settings is used.
+    ("controller.quorum.voters", ""),
+    // Kafka 4's dynamic quorum membership; accepted as a key, but a non-empty value is refused
+    // (only static membership through `controller.quorum.voters` is supported).
+    ("controller.quorum.bootstrap.servers", ""),
+    // Rack (or zone) of this node, for rack-aware replica placement. Empty: none.
+    ("broker.rack", ""),
     ("log.dirs", "./strom-data"),
     ("node.id", "0"),
     ("broker.id", ""),
     ("num.partitions", "1"),
+    // Replicas of a topic created without a factor. 1 as in Kafka, so a topic can be created on
+    // any cluster; at most the number of voters.
     ("default.replication.factor", "1"),
+    // Replicas of the consumer-offsets log, as in Kafka. In a cluster the factor used is
+    // min(this, number of voters), so a smaller cluster still starts; single-node mode ignores it.
+    ("offsets.topic.replication.factor", "3"),
+    // A follower that has not caught up with the leader for this long leaves the ISR. Kafka's
+    // default is 30000; Strom's is shorter because a dead follower stalls every acks=all produce
+    // to its partitions until it leaves the ISR.
+    ("replica.lag.time.max.ms", "10000"),
+    // Longest wait of a follower's fetch for new records (Kafka's default); must be less than
+    // `replica.lag.time.max.ms`.
+    ("replica.fetch.wait.max.ms", "500"),
+    // Record bytes a follower asks for per partition and fetch (Kafka's default); the first batch
+    // is returned whole even when larger.
+    ("replica.fetch.max.bytes", "1048576"),
+    // How often a node heartbeats to the controller. Kafka's default is 2000; Strom's is shorter
+    // so that a dead node is fenced, and its partitions get new leaders, within a second.
+    ("broker.heartbeat.interval.ms", "100"),
+    // A node without a heartbeat for this long is fenced (Kafka: 9000). Ten heartbeats, so a few
+    // late ones do not fence a live node; must be greater than the heartbeat interval.
+    ("broker.session.timeout.ms", "1000"),
+    // Electing a leader outside the ISR can lose acknowledged records: only false is accepted,
+    // here and as a topic config.
+    ("unclean.leader.election.enable", "false"),
     ("auto.create.topics.enable", "true"),
     ("socket.request.max.bytes", "104857600"),
     ("message.max.bytes", "1048588"),
@@ -277,6 +333,13 @@ pub struct BrokerConfig {
     /// listens.
     pub admin_listen: Option<SocketAddr>,
     pub log: LogSettings,
+    /// The node's place in a multi-node cluster; `None` in single-node mode (an empty
+    /// `controller.quorum.voters`).
+    #[allow(
+        dead_code,
+        reason = "read once the node runs replication and the controller quorum"
+    )]
+    pub cluster: Option<ClusterSettings>,
     /// Warnings found while loading (unknown keys, test faults on), logged once logging is up.
     pub warnings: Vec<String>,
     /// The raw key/value pairs, for DescribeConfigs on the broker resource.
@@ -328,56 +391,23 @@ where
     Ok(v)
 }
 
-/// `PLAINTEXT://host:port`, `host:port` or a list of them (the first is used).
-fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
-    let invalid = |msg: &str| ConfigError::Invalid {
-        key: key.into(),
-        value: value.into(),
-        msg: msg.into(),
-    };
+/// A single-address listener setting (`admin.listeners`): `PLAINTEXT://host:port`, `host:port`
+/// or a list of them (the first is used), resolved to one socket address.
+fn resolve(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let first = value.split(',').next().unwrap_or("").trim();
     let addr = match first.split_once("://") {
         Some((proto, rest)) if proto.eq_ignore_ascii_case("PLAINTEXT") => rest,
         Some((proto, _)) => {
-            return Err(invalid(&format!(
-                "listener protocol {proto} is not supported (only PLAINTEXT)"
-            )))
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                value: value.into(),
+                msg: format!("listener protocol {proto} is not supported (only PLAINTEXT)"),
+            })
         }
         None => first,
     };
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("expected host:port"))?;
-    let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((
-        if host.is_empty() {
-            "0.0.0.0".to_string()
-        } else {
-            host.to_string()
-        },
-        port,
-    ))
-}
-
-/// A listener setting (see [`parse_listener`]) resolved to one socket address.
-fn resolve(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    let (host, port) = parse_listener(key, value)?;
-    format!("{host}:{port}")
-        .parse()
-        .or_else(|_| {
-            use std::net::ToSocketAddrs;
-            format!("{host}:{port}")
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or(())
-        })
-        .map_err(|_| ConfigError::Invalid {
-            key: key.into(),
-            value: value.into(),
-            msg: "cannot resolve host".into(),
-        })
+    let (host, port) = listeners::host_port(key, value, addr)?;
+    listeners::resolve(key, value, &host, port)
 }
 
 impl BrokerConfig {
@@ -421,18 +451,37 @@ impl BrokerConfig {
             let id = raw["broker.id"].clone();
             raw.insert("node.id".into(), id);
         }
-        let (_, port) = parse_listener("listeners", &raw["listeners"])?;
-        let listen = resolve("listeners", &raw["listeners"])?;
-        let (adv_host, adv_port) = match raw["advertised.listeners"].as_str() {
-            "" => {
+        let node_id: i32 = parse(&raw, "node.id")?;
+        let names = cluster::ListenerNames::parse(&raw);
+        let protocols = listeners::protocol_map(&raw["listener.security.protocol.map"])?;
+        let all_listeners =
+            listeners::Listeners::parse(&raw["listeners"], &protocols, &names.not_client())?;
+        let client = &all_listeners.client;
+        let listen = listeners::resolve("listeners", &raw["listeners"], &client.host, client.port)?;
+        let advertised = match raw["advertised.listeners"].trim() {
+            "" => Vec::new(),
+            v => listeners::parse_list("advertised.listeners", v, &client.name)?,
+        };
+        if let Some(e) = advertised
+            .iter()
+            .find(|e| all_listeners.get(&e.name).is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "advertised.listeners".into(),
+                value: raw["advertised.listeners"].clone(),
+                msg: format!("listener {} is not in listeners", e.name),
+            });
+        }
+        let (adv_host, adv_port) = match advertised.iter().find(|e| e.name == client.name) {
+            Some(e) => (e.host.clone(), e.port),
+            None => {
                 let h = if listen.ip().is_unspecified() {
                     "127.0.0.1".to_string()
                 } else {
                     listen.ip().to_string()
                 };
-                (h, port)
+                (h, client.port)
             }
-            v => parse_listener("advertised.listeners", v)?,
         };
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cores = sources.cores.unwrap_or(online).max(1);
@@ -554,6 +603,19 @@ impl BrokerConfig {
             (false, _) | (true, "") => None,
             (true, v) => Some(resolve("admin.listeners", v)?),
         };
+        let cluster = cluster::load(
+            &cluster::Context {
+                raw: &raw,
+                names: &names,
+                listeners: &all_listeners,
+                client_listen: listen,
+                advertised: &advertised,
+                node_id,
+                cores,
+                admin_listen,
+            },
+            &mut warnings,
+        )?;
         let format = match raw["log.format"].trim() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -613,7 +675,7 @@ impl BrokerConfig {
             advertised_host: adv_host,
             advertised_port: i32::from(adv_port),
             data_dir,
-            node_id: parse(&raw, "node.id")?,
+            node_id,
             cores,
             num_partitions,
             auto_create_topics: parse(&raw, "auto.create.topics.enable")?,
@@ -632,6 +694,7 @@ impl BrokerConfig {
             producers,
             faults,
             maintenance,
+            cluster,
             raw,
         })
     }

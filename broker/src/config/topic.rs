@@ -103,11 +103,24 @@ const STORED_ONLY_KEYS: &[(&str, &str)] = &[
     ("remote.storage.enable", "false"),
     ("segment.index.bytes", "10485760"),
     ("segment.jitter.ms", "0"),
+    // Only `false` is accepted (see `validate`): with one replica nothing is unclean, and with
+    // more, electing a replica outside the ISR would lose acknowledged records.
     ("unclean.leader.election.enable", "false"),
 ];
 
+/// Why `unclean.leader.election.enable=true` is refused, at broker and at topic level.
+pub(crate) const UNCLEAN_ELECTION_REFUSED: &str =
+    "unclean leader election can lose acknowledged records and is not supported";
+
 /// Checks one topic-level setting; the error text is returned to clients as is.
 pub fn validate(key: &str, value: &str) -> Result<(), String> {
+    if key == "unclean.leader.election.enable" {
+        return match value.trim().to_ascii_lowercase().as_str() {
+            "false" => Ok(()),
+            "true" => Err(UNCLEAN_ELECTION_REFUSED.to_string()),
+            _ => Err(format!("Invalid value {value} for configuration {key}")),
+        };
+    }
     if STORED_ONLY_KEYS.iter().any(|(k, _)| *k == key) {
         return Ok(());
     }
