@@ -15,9 +15,9 @@ mod ids;
 mod kafka;
 mod limits;
 mod mesh;
-mod quorum;
 mod metadata;
 mod metrics;
+mod quorum;
 mod runtime;
 mod shard;
 

@@ -18,7 +18,10 @@ pub(super) async fn run(handle: QuorumHandle, setup: QuorumSetup, view: Arc<Quor
     let node_id = record.node_id;
     let incarnation = record.incarnation;
     loop {
-        match handle.propose(Command::RegisterBroker(record.clone())).await {
+        match handle
+            .propose(Command::RegisterBroker(record.clone()))
+            .await
+        {
             ProposalOutcome::Applied(Applied::Ok) => break,
             outcome => {
                 tracing::debug!("broker {node_id}: registration: {outcome:?}; retrying");

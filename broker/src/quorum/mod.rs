@@ -13,12 +13,15 @@ pub mod transport;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use strom_cluster::controller::{BrokerRecord, MetadataImage};
+use strom_cluster::controller::{BrokerRecord, Hello, MetadataImage, PeerMessage};
 use strom_cluster::NodeId;
 
 pub use service::{Event, QuorumHandle};
@@ -101,28 +104,78 @@ impl QuorumView {
     }
 }
 
-/// Starts the controller quorum on this executor (shard 0): the listener, the Raft loop and
-/// this broker's registration and heartbeats. Returns once the listener is bound.
-pub fn spawn(setup: QuorumSetup, view: Arc<QuorumView>) -> Result<QuorumHandle, QuorumError> {
-    let listener = glommio::net::TcpListener::bind(setup.listen).map_err(|e| QuorumError::Listen {
-        addr: setup.listen,
-        source: std::io::Error::other(e.to_string()),
-    })?;
+/// The running quorum of this node: its handle and its tasks.
+pub struct Quorum {
+    /// Proposals and events go here.
+    pub handle: QuorumHandle,
+    tasks: Vec<glommio::Task<()>>,
+}
+
+impl Quorum {
+    /// Stops every task of the quorum (listener, peer writers, ticker, loop, agent); the
+    /// listener's socket is closed. Connections peers opened to this node end when they close
+    /// them.
+    pub async fn stop(self) {
+        for task in self.tasks {
+            task.cancel().await;
+        }
+    }
+}
+
+/// Starts the controller quorum on this executor (shard 0): the listener, the peer links, the
+/// ticker, the Raft loop and this broker's registration and heartbeats. Returns once the
+/// listener is bound.
+pub fn spawn(setup: QuorumSetup, view: Arc<QuorumView>) -> Result<Quorum, QuorumError> {
+    // Not glommio's bind: it sets SO_REUSEPORT, which would let a second node bind the same
+    // controller port silently and take half of the connections meant for this one.
+    let std_listener =
+        std::net::TcpListener::bind(setup.listen).map_err(|source| QuorumError::Listen {
+            addr: setup.listen,
+            source,
+        })?;
+    // SAFETY: the fd is a listening TCP socket we own; the listener takes it over.
+    let listener = unsafe {
+        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
+            std::os::fd::IntoRawFd::into_raw_fd(std_listener),
+        )
+    };
     let (handle, events) = service::channel();
+    let mut tasks = Vec::new();
+    let me = Hello {
+        node_id: setup.node_id.0,
+        session: rand::random(),
+    };
+    let mut links = HashMap::new();
+    for &(id, addr) in setup.voters.iter().filter(|(id, _)| *id != setup.node_id) {
+        let (link, writer) = transport::PeerLink::spawn(me, id, addr);
+        links.insert(id, link);
+        tasks.push(writer);
+    }
     let voters: Vec<NodeId> = setup.voters.iter().map(|v| v.0).collect();
     let deliver_to = handle.clone();
-    let deliver: std::rc::Rc<dyn Fn(NodeId, strom_cluster::controller::PeerMessage)> =
-        std::rc::Rc::new(move |from, message| deliver_to.send(Event::Peer(from, message)));
-    glommio::spawn_local(transport::accept_loop(listener, voters, deliver)).detach();
-    glommio::spawn_local(agent::run(handle.clone(), setup.clone(), view.clone())).detach();
-    let loop_handle = handle.clone();
-    glommio::spawn_local(async move {
-        if let Err(e) = service::run(setup, view, loop_handle, events).await {
+    let deliver: Rc<dyn Fn(NodeId, PeerMessage)> =
+        Rc::new(move |from, message| deliver_to.send(Event::Peer(from, message)));
+    tasks.push(glommio::spawn_local(transport::accept_loop(
+        listener, voters, deliver,
+    )));
+    let (tick_ms, ticker) = (setup.tick_ms, handle.clone());
+    tasks.push(glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+            ticker.send(Event::Tick);
+        }
+    }));
+    tasks.push(glommio::spawn_local(agent::run(
+        handle.clone(),
+        setup.clone(),
+        view.clone(),
+    )));
+    tasks.push(glommio::spawn_local(async move {
+        if let Err(e) = service::run(setup, view, links, events).await {
             // The metadata can no longer be kept safely on this node: stop it, like a failed
             // shard, rather than serve stale metadata.
             panic!("controller stopped: {e}");
         }
-    })
-    .detach();
-    Ok(handle)
+    }));
+    Ok(Quorum { handle, tasks })
 }

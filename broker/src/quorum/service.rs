@@ -50,7 +50,12 @@ impl QuorumHandle {
     /// Proposes a command and waits for what becomes of it.
     pub async fn propose(&self, command: Command) -> ProposalOutcome {
         let (tx, rx) = oneshot::channel();
-        if self.events.clone().try_send(Event::Propose(command, tx)).is_err() {
+        if self
+            .events
+            .clone()
+            .try_send(Event::Propose(command, tx))
+            .is_err()
+        {
             return ProposalOutcome::TimedOut;
         }
         rx.await.unwrap_or(ProposalOutcome::TimedOut)
@@ -111,12 +116,12 @@ pub fn channel() -> (QuorumHandle, mpsc::Receiver<Event>) {
     (QuorumHandle { events: tx }, rx)
 }
 
-/// Opens the controller log, starts the Raft node, the peer links and the ticker, and runs the
-/// loop until the executor stops. Runs on shard 0.
+/// Opens the controller log, starts the Raft node and runs the loop until the queue closes or
+/// the task is cancelled. Runs on shard 0.
 pub async fn run(
     setup: QuorumSetup,
     view: Arc<QuorumView>,
-    handle: QuorumHandle,
+    links: HashMap<NodeId, Rc<PeerLink>>,
     mut events: mpsc::Receiver<Event>,
 ) -> Result<(), QuorumError> {
     let config = ControllerConfig {
@@ -148,21 +153,6 @@ pub async fn run(
     );
     let node = ControllerNode::start(config, replayed.store)
         .map_err(|e| QuorumError::Log(e.to_string()))?;
-    let links = setup
-        .voters
-        .iter()
-        .filter(|(id, _)| *id != setup.node_id)
-        .map(|&(id, addr)| (id, PeerLink::spawn(setup.node_id, id, addr)))
-        .collect();
-    let tick_ms = setup.tick_ms;
-    let ticker = handle.clone();
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
-            ticker.send(Event::Tick);
-        }
-    })
-    .detach();
     let mut service = Service {
         liveness: Liveness::new(setup.session_timeout_ms as i64),
         setup,
@@ -224,7 +214,11 @@ impl Service {
 
     fn on_peer(&mut self, from: NodeId, message: PeerMessage) {
         match message {
-            PeerMessage::Hello(_) => {}
+            PeerMessage::Hello(hello) => {
+                if let Some(link) = self.links.get(&from) {
+                    link.peer_hello(hello.session);
+                }
+            }
             PeerMessage::Raft(bytes) => {
                 if let Err(e) = self.node.step(&bytes) {
                     tracing::warn!("controller: message from node {from}: {e}");
@@ -251,7 +245,8 @@ impl Service {
 
     fn heartbeat(&mut self, hb: Heartbeat) {
         if self.node.is_leader() {
-            self.liveness.on_heartbeat(hb.node_id, hb.incarnation, now_ms());
+            self.liveness
+                .on_heartbeat(hb.node_id, hb.incarnation, now_ms());
         } else if let Some(link) = self.node.leader().and_then(|l| self.links.get(&l)) {
             link.send(&PeerMessage::Heartbeat(hb));
         }
@@ -266,7 +261,13 @@ impl Service {
         if self.node.is_leader() {
             match self.node.propose(&command) {
                 Ok(id) => {
-                    self.proposed.insert(id, Pending { answer, deadline_ms });
+                    self.proposed.insert(
+                        id,
+                        Pending {
+                            answer,
+                            deadline_ms,
+                        },
+                    );
                 }
                 Err(e) => answer.give(
                     ProposalOutcome::NotLeader(e.leader.map_or(-1, |l| l.0)),
@@ -295,8 +296,13 @@ impl Service {
             request_id,
             command,
         }));
-        self.forwarded
-            .insert(request_id, Pending { answer, deadline_ms });
+        self.forwarded.insert(
+            request_id,
+            Pending {
+                answer,
+                deadline_ms,
+            },
+        );
     }
 
     fn send(&self, messages: Vec<Outbound>) {
@@ -348,9 +354,15 @@ impl Service {
                 // After a compaction: the file becomes the in-memory log, which holds every
                 // batch handed out above.
                 let whole = log_file::encode_store(self.node.store());
-                self.file.rewrite(&whole).await.map_err(QuorumError::Storage)?;
+                self.file
+                    .rewrite(&whole)
+                    .await
+                    .map_err(QuorumError::Storage)?;
             } else if !records.is_empty() {
-                self.file.append(&records).await.map_err(QuorumError::Storage)?;
+                self.file
+                    .append(&records)
+                    .await
+                    .map_err(QuorumError::Storage)?;
                 self.file.sync().await.map_err(QuorumError::Storage)?;
             }
             let after = self.node.on_persisted(number);

@@ -63,7 +63,8 @@ fn start(setup: QuorumSetup) -> Node {
     let (v, s, p) = (view.clone(), stop.clone(), proposals.clone());
     let thread = std::thread::spawn(move || {
         strom_storage::testing::run_local(move || async move {
-            let handle = super::spawn(setup, v).unwrap();
+            let quorum = super::spawn(setup, v).unwrap();
+            let handle = quorum.handle.clone();
             while !s.load(Ordering::Relaxed) {
                 let work: Vec<_> = std::mem::take(&mut *p.lock().unwrap());
                 for (command, tx) in work {
@@ -75,6 +76,7 @@ fn start(setup: QuorumSetup) -> Node {
                 }
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
+            quorum.stop().await;
         });
     });
     Node {
@@ -114,7 +116,29 @@ fn wait_for(nodes: &[&Node], what: &str, check: impl Fn(&[Arc<super::QuorumState
         if check(&states) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {states:#?}");
+        if Instant::now() > deadline {
+            let brief: Vec<String> = states
+                .iter()
+                .map(|s| {
+                    let fenced: Vec<i32> = s
+                        .image
+                        .brokers
+                        .values()
+                        .filter(|b| b.fenced)
+                        .map(|b| b.node_id)
+                        .collect();
+                    format!(
+                        "node {}: leader {:?} term {} applied {} topics {:?} fenced {fenced:?}",
+                        s.node_id,
+                        s.leader,
+                        s.term,
+                        s.applied,
+                        s.image.topics.keys().collect::<Vec<_>>()
+                    )
+                })
+                .collect();
+            panic!("timed out waiting for {what}: {brief:#?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -122,9 +146,9 @@ fn wait_for(nodes: &[&Node], what: &str, check: impl Fn(&[Arc<super::QuorumState
 fn agreed(states: &[Arc<super::QuorumState>]) -> bool {
     let first = &states[0];
     first.leader.is_some()
-        && states
-            .iter()
-            .all(|s| s.leader == first.leader && s.applied == first.applied && s.image == first.image)
+        && states.iter().all(|s| {
+            s.leader == first.leader && s.applied == first.applied && s.image == first.image
+        })
 }
 
 fn topic(name: &str) -> Command {
@@ -140,15 +164,23 @@ fn topic(name: &str) -> Command {
 
 #[test]
 fn three_nodes_elect_register_commit_and_a_restarted_node_catches_up() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let voters: Vec<(NodeId, SocketAddr)> = (0..3)
         .map(|i| (NodeId(i), SocketAddr::from(([127, 0, 0, 1], free_port()))))
         .collect();
-    let mut nodes: Vec<Node> = (0..3).map(|i| start(setup(i, &voters, dir.path()))).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| start(setup(i, &voters, dir.path())))
+        .collect();
     {
         let refs: Vec<&Node> = nodes.iter().collect();
         wait_for(&refs, "a leader and three registered brokers", |s| {
-            agreed(s) && s[0].image.brokers.len() == 3 && s[0].image.brokers.values().all(|b| !b.fenced)
+            agreed(s)
+                && s[0].image.brokers.len() == 3
+                && s[0].image.brokers.values().all(|b| !b.fenced)
         });
     }
     // A proposal made on a follower is forwarded to the leader and commits everywhere.
@@ -160,14 +192,19 @@ fn three_nodes_elect_register_commit_and_a_restarted_node_catches_up() {
     );
     {
         let refs: Vec<&Node> = nodes.iter().collect();
-        wait_for(&refs, "t1 everywhere", |s| agreed(s) && s[0].image.topics.contains_key("t1"));
+        wait_for(&refs, "t1 everywhere", |s| {
+            agreed(s) && s[0].image.topics.contains_key("t1")
+        });
     }
 
     // Stop a follower: the other two still commit, and after its session timeout it is fenced.
     let stopped = usize::try_from(follower).unwrap();
     nodes[stopped].halt();
     let live: Vec<usize> = (0..3).filter(|&i| i != stopped).collect();
-    assert_eq!(nodes[live[0]].propose(topic("t2")), ProposalOutcome::Applied(Applied::Ok));
+    assert_eq!(
+        nodes[live[0]].propose(topic("t2")),
+        ProposalOutcome::Applied(Applied::Ok)
+    );
     {
         let refs: Vec<&Node> = live.iter().map(|&i| &nodes[i]).collect();
         wait_for(&refs, "the stopped broker fenced", |s| {

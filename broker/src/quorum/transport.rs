@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
-use strom_cluster::controller::{PeerMessage, PEER_FRAME_BYTES_MAX};
+use strom_cluster::controller::{Hello, PeerMessage, PEER_FRAME_BYTES_MAX};
 use strom_cluster::NodeId;
 
 /// Frames queued for one peer; older ones are dropped beyond it.
@@ -24,6 +24,8 @@ pub const PEER_QUEUE_FRAMES_MAX: usize = 4096;
 pub const PEER_CONNECTIONS_MAX: usize = 32;
 /// How long a connection attempt to a peer may take.
 const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long one write to a peer may block before the connection is given up.
+const PEER_WRITE_TIMEOUT_MS: u64 = 2_000;
 /// Pause before connecting again after a failure.
 const PEER_RECONNECT_MS: u64 = 100;
 
@@ -36,20 +38,27 @@ pub struct PeerLink {
     pub dropped: Cell<u64>,
     /// Whether the writer is connected now.
     pub connected: Cell<bool>,
+    /// Set when the peer opened a new connection to us: it restarted (or a partition healed),
+    /// so our connection to it is probably stale and is replaced before the next write.
+    reconnect: Cell<bool>,
+    /// The session of the peer's last hello.
+    peer_session: Cell<Option<u64>>,
 }
 
 impl PeerLink {
-    /// A link to `peer` at `addr`; its writer task runs until the executor stops.
-    pub fn spawn(me: NodeId, peer: NodeId, addr: SocketAddr) -> Rc<PeerLink> {
+    /// A link to `peer` at `addr`, and its writer task (runs until cancelled).
+    pub fn spawn(me: Hello, peer: NodeId, addr: SocketAddr) -> (Rc<PeerLink>, glommio::Task<()>) {
         let link = Rc::new(PeerLink {
             peer,
             queue: RefCell::new(VecDeque::new()),
             wake: event_listener::Event::new(),
             dropped: Cell::new(0),
             connected: Cell::new(false),
+            reconnect: Cell::new(false),
+            peer_session: Cell::new(None),
         });
-        glommio::spawn_local(writer(link.clone(), me, addr)).detach();
-        link
+        let task = glommio::spawn_local(writer(link.clone(), me, addr));
+        (link, task)
     }
 
     /// Queues a message for the peer.
@@ -62,6 +71,15 @@ impl PeerLink {
         queue.push_back(message.to_frame());
         drop(queue);
         self.wake.notify(1);
+    }
+
+    /// The peer said hello with `session`: if that is a new start of the peer, replace our
+    /// connection to it before the next write (it may be a leftover of the old process).
+    pub fn peer_hello(&self, session: u64) {
+        let known = self.peer_session.replace(Some(session));
+        if known.is_some_and(|k| k != session) && self.connected.get() {
+            self.reconnect.set(true);
+        }
     }
 
     async fn next_frame(&self) -> Vec<u8> {
@@ -78,8 +96,8 @@ impl PeerLink {
     }
 }
 
-async fn writer(link: Rc<PeerLink>, me: NodeId, addr: SocketAddr) {
-    let hello = PeerMessage::Hello(me.0).to_frame();
+async fn writer(link: Rc<PeerLink>, me: Hello, addr: SocketAddr) {
+    let hello = PeerMessage::Hello(me).to_frame();
     loop {
         let connected =
             TcpStream::connect_timeout(addr, Duration::from_millis(PEER_CONNECT_TIMEOUT_MS)).await;
@@ -92,13 +110,26 @@ async fn writer(link: Rc<PeerLink>, me: NodeId, addr: SocketAddr) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // A peer that stopped reading (paused, or gone without a reset) must not hold the
+        // writer forever: the write fails, the connection is replaced, the queue drops the
+        // oldest frames meanwhile.
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_TIMEOUT_MS)));
         if stream.write_all(&hello).await.is_err() {
             continue;
         }
         link.connected.set(true);
         tracing::info!("controller peer {} connected at {addr}", link.peer);
+        link.reconnect.set(false);
         loop {
             let frame = link.next_frame().await;
+            if link.reconnect.replace(false) {
+                tracing::info!(
+                    "controller peer {} restarted; replacing our connection to it",
+                    link.peer
+                );
+                link.queue.borrow_mut().push_front(frame);
+                break;
+            }
             if let Err(e) = stream.write_all(&frame).await {
                 tracing::info!("controller peer {} at {addr}: {e}; reconnecting", link.peer);
                 break;
@@ -152,8 +183,13 @@ async fn read_peer(
     let mut frames = strom_net::frame::FrameReader::new(stream, PEER_FRAME_BYTES_MAX);
     let first = frames.next_frame().await.map_err(|e| e.to_string())?;
     let from = match first.as_deref().map(PeerMessage::from_body) {
-        Some(Ok(PeerMessage::Hello(id))) if voters.contains(&NodeId(id)) => NodeId(id),
-        Some(Ok(PeerMessage::Hello(id))) => return Err(format!("node {id} is not a voter")),
+        Some(Ok(PeerMessage::Hello(hello))) if voters.contains(&NodeId(hello.node_id)) => {
+            deliver(NodeId(hello.node_id), PeerMessage::Hello(hello));
+            NodeId(hello.node_id)
+        }
+        Some(Ok(PeerMessage::Hello(hello))) => {
+            return Err(format!("node {} is not a voter", hello.node_id))
+        }
         Some(_) => return Err("the first message is not a hello".into()),
         None => return Ok(()),
     };

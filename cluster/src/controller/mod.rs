@@ -32,5 +32,5 @@ pub use node::{
 };
 pub use store::{PersistBatch, RaftLogStore};
 pub use wire::{
-    Forward, ForwardReply, Heartbeat, PeerMessage, ProposalOutcome, PEER_FRAME_BYTES_MAX,
+    Forward, ForwardReply, Heartbeat, Hello, PeerMessage, ProposalOutcome, PEER_FRAME_BYTES_MAX,
 };

@@ -42,6 +42,16 @@ pub struct Heartbeat {
     pub incarnation: u64,
 }
 
+/// The first message on a connection: who is sending, and which start of that node.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's node id.
+    pub node_id: i32,
+    /// Random per start of the sender's process: a new value means the peer restarted, so a
+    /// connection to it opened before is stale.
+    pub session: u64,
+}
+
 /// What became of a proposal.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ProposalOutcome {
@@ -57,8 +67,8 @@ pub enum ProposalOutcome {
 /// One message between controller nodes.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum PeerMessage {
-    /// The sender's node id; first on every connection.
-    Hello(i32),
+    /// First on every connection.
+    Hello(Hello),
     /// An encoded Raft message.
     Raft(Vec<u8>),
     /// A proposal for the active controller.
@@ -95,7 +105,10 @@ mod tests {
     #[test]
     fn messages_round_trip_through_frames() {
         let messages = vec![
-            PeerMessage::Hello(3),
+            PeerMessage::Hello(Hello {
+                node_id: 3,
+                session: 12,
+            }),
             PeerMessage::Raft(vec![1, 2, 3]),
             PeerMessage::Forward(Forward {
                 request_id: 9,
