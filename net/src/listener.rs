@@ -42,6 +42,25 @@ pub fn check_free(addr: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// A listening socket only this process has (no `SO_REUSEPORT`, so a port in use is an error),
+/// for the listeners one shard serves (admin, controller). "In use" is retried for up to
+/// `busy_wait_ms`: a broker killed a moment ago can still hold its socket while the kernel tears
+/// its io_uring down.
+pub fn bind_exclusive(addr: SocketAddr, busy_wait_ms: u64) -> io::Result<std::net::TcpListener> {
+    const RETRY_MS: u64 = 100;
+    let mut waited = 0;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && waited < busy_wait_ms => {
+                std::thread::sleep(std::time::Duration::from_millis(RETRY_MS));
+                waited += RETRY_MS;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,18 +33,7 @@ const PORT_BUSY_WAIT_MS: u64 = 5_000;
 
 /// Binds the admin listener (without `SO_REUSEPORT`, so a port in use is an error).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    const RETRY_MS: u64 = 100;
-    let mut waited = 0;
-    loop {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => return Ok(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && waited < PORT_BUSY_WAIT_MS => {
-                std::thread::sleep(Duration::from_millis(RETRY_MS));
-                waited += RETRY_MS;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    strom_net::listener::bind_exclusive(addr, PORT_BUSY_WAIT_MS)
 }
 
 /// Starts serving the listener `serve` bound, on this shard.
@@ -124,7 +113,11 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str) -> Vec<u8> {
         "/v1/ready" => http::response(503, JSON, br#"{"ready":false}"#, None),
         "/v1/status" => {
             let snaps = stats::collect(shard).await;
-            let body = metrics::status_json(&process, &shard.meta(), &snaps).to_string();
+            let mut status = metrics::status_json(&process, &shard.meta(), &snaps);
+            if let Some(view) = &shard.quorum {
+                status["cluster"] = cluster_json(&view.load());
+            }
+            let body = status.to_string();
             http::response(200, JSON, body.as_bytes(), None)
         }
         _ => {
@@ -133,4 +126,35 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str) -> Vec<u8> {
             http::response(200, "text/plain; version=0.0.4", body.as_bytes(), None)
         }
     }
+}
+
+/// The `cluster` part of `/v1/status` in cluster mode: the controller's view of the brokers and
+/// who leads the quorum.
+fn cluster_json(state: &crate::quorum::QuorumState) -> serde_json::Value {
+    use serde_json::json;
+    let brokers: Vec<serde_json::Value> = state
+        .image
+        .brokers
+        .values()
+        .map(|b| {
+            let endpoints: Vec<serde_json::Value> = b
+                .endpoints
+                .iter()
+                .map(|e| json!({ "listener": e.listener, "host": e.host, "port": e.port }))
+                .collect();
+            json!({
+                "node_id": b.node_id,
+                "fenced": b.fenced,
+                "rack": b.rack,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({
+        "node_id": state.node_id.0,
+        "controller_id": state.controller_id(),
+        "term": state.term,
+        "applied_index": state.applied,
+        "brokers": brokers,
+    })
 }

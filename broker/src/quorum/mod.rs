@@ -104,9 +104,103 @@ impl QuorumView {
     }
 }
 
+/// A broker as clients see it: where its client listener is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    /// `node.id`.
+    pub node_id: i32,
+    /// Advertised host of the client listener.
+    pub host: String,
+    /// Advertised port of the client listener.
+    pub port: u16,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+}
+
+impl QuorumState {
+    /// The unfenced registered brokers with an endpoint on `listener`, by node id.
+    pub fn live_brokers(&self, listener: &str) -> Vec<BrokerEndpoint> {
+        self.image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .filter_map(|b| {
+                let e = b.endpoints.iter().find(|e| e.listener == listener)?;
+                Some(BrokerEndpoint {
+                    node_id: b.node_id,
+                    host: e.host.clone(),
+                    port: e.port,
+                    rack: b.rack.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The active controller's node id, or -1 while none is known (Kafka's value).
+    pub fn controller_id(&self) -> i32 {
+        self.leader.map_or(-1, |l| l.0)
+    }
+}
+
+impl QuorumSetup {
+    /// The setup of this node from its cluster settings. Looks voter host names up with the
+    /// blocking resolver: call it at startup, before the shards run.
+    pub fn from_settings(
+        settings: &crate::config::ClusterSettings,
+        data_dir: &std::path::Path,
+    ) -> std::io::Result<QuorumSetup> {
+        let voters = settings
+            .voters
+            .iter()
+            .map(|v| Ok((NodeId(v.id), v.socket_addr()?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let endpoints = settings
+            .advertised
+            .iter()
+            .map(|a| strom_cluster::controller::EndpointRecord {
+                listener: a.name.clone(),
+                host: a.host.clone(),
+                port: a.port,
+            })
+            .collect();
+        Ok(QuorumSetup {
+            node_id: NodeId(settings.node_id),
+            voters,
+            listen: settings.controller_listen,
+            log_dir: data_dir.join("__strom_meta").join("controller"),
+            tick_ms: QUORUM_TICK_MS,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            heartbeat_interval_ms: settings.heartbeat_interval_ms,
+            session_timeout_ms: settings.session_timeout_ms,
+            registration: BrokerRecord {
+                node_id: settings.node_id,
+                incarnation: 0,
+                endpoints,
+                rack: settings.rack.clone(),
+                fenced: false,
+            },
+        })
+    }
+}
+
+/// How long a controller port in use is retried at startup (see
+/// `strom_net::listener::bind_exclusive`).
+pub const PORT_BUSY_WAIT_MS: u64 = 5_000;
+
+/// Binds the controller listener: without `SO_REUSEPORT`, which would let a second node bind
+/// the same port silently and take half of the connections meant for this one.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    strom_net::listener::bind_exclusive(addr, PORT_BUSY_WAIT_MS)
+}
+
 /// The running quorum of this node: its handle and its tasks.
 pub struct Quorum {
     /// Proposals and events go here.
+    #[allow(
+        dead_code,
+        reason = "the shards propose through it once topics live in the quorum; tests use it now"
+    )]
     pub handle: QuorumHandle,
     tasks: Vec<glommio::Task<()>>,
 }
@@ -122,21 +216,23 @@ impl Quorum {
     }
 }
 
-/// Starts the controller quorum on this executor (shard 0): the listener, the peer links, the
-/// ticker, the Raft loop and this broker's registration and heartbeats. Returns once the
-/// listener is bound.
-pub fn spawn(setup: QuorumSetup, view: Arc<QuorumView>) -> Result<Quorum, QuorumError> {
-    // Not glommio's bind: it sets SO_REUSEPORT, which would let a second node bind the same
-    // controller port silently and take half of the connections meant for this one.
-    let std_listener =
-        std::net::TcpListener::bind(setup.listen).map_err(|source| QuorumError::Listen {
-            addr: setup.listen,
-            source,
-        })?;
-    // SAFETY: the fd is a listening TCP socket we own; the listener takes it over.
+/// Starts the controller quorum on this executor (shard 0): serving `listener` (bound at
+/// startup with [`bind`], so that "in use" is a startup error), the peer links, the ticker, the
+/// Raft loop and this broker's registration and heartbeats.
+pub fn spawn(
+    setup: QuorumSetup,
+    view: Arc<QuorumView>,
+    listener: &std::net::TcpListener,
+) -> Result<Quorum, QuorumError> {
+    let listen_error = |source| QuorumError::Listen {
+        addr: setup.listen,
+        source,
+    };
+    let fd = listener.try_clone().map_err(listen_error)?;
+    // SAFETY: the fd is a duplicate of a listening TCP socket that nothing else uses.
     let listener = unsafe {
         <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
-            std::os::fd::IntoRawFd::into_raw_fd(std_listener),
+            std::os::fd::IntoRawFd::into_raw_fd(fd),
         )
     };
     let (handle, events) = service::channel();

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;

@@ -63,7 +63,8 @@ fn start(setup: QuorumSetup) -> Node {
     let (v, s, p) = (view.clone(), stop.clone(), proposals.clone());
     let thread = std::thread::spawn(move || {
         strom_storage::testing::run_local(move || async move {
-            let quorum = super::spawn(setup, v).unwrap();
+            let listener = super::bind(setup.listen).unwrap();
+            let quorum = super::spawn(setup, v, &listener).unwrap();
             let handle = quorum.handle.clone();
             while !s.load(Ordering::Relaxed) {
                 let work: Vec<_> = std::mem::take(&mut *p.lock().unwrap());

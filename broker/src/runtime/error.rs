@@ -51,6 +51,19 @@ pub enum BrokerError {
         /// The operating system's error.
         source: io::Error,
     },
+    /// Cluster mode was asked for on a data directory that holds single-node topics, which
+    /// the cluster cannot serve yet.
+    #[error(
+        "{} holds {topics} topic(s) of a single node; cluster mode (controller.quorum.voters) \
+         cannot take them over yet: start it on an empty data directory, or run without \
+         controller.quorum.voters", path.display()
+    )]
+    SingleNodeTopics {
+        /// The data directory.
+        path: PathBuf,
+        /// How many topics it holds.
+        topics: usize,
+    },
     /// The signal handlers could not be installed.
     #[error("installing signal handler: {0}")]
     Signals(#[source] io::Error),
@@ -99,6 +112,9 @@ pub enum ShardError {
     /// The admin listener could not be served.
     #[error("admin listener: {0}")]
     Admin(#[source] io::Error),
+    /// The controller quorum could not start (its listener or its log).
+    #[error("controller quorum: {0}")]
+    Quorum(#[source] crate::quorum::QuorumError),
     /// A task queue or task could not be created.
     #[error("starting the {what} task: {source}")]
     Task {

@@ -23,7 +23,7 @@ use crate::metadata::{self, ClusterMeta};
 use crate::{admin, data_dir, group};
 use error::BrokerError;
 pub(crate) use shard_main::current_shard;
-use shard_main::ShardContext;
+use shard_main::{QuorumStart, ShardContext};
 
 /// How often a shard checks the shutdown flag and the flush policy of its logs.
 ///
@@ -81,6 +81,40 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
     let deleting = metadata::store::load_deleting(&config.data_dir)?;
     metadata::dirs::check_partition_dirs(&config.data_dir, &meta, &deleting)?;
     probe_port(&config)?;
+    let quorum = match &config.cluster {
+        Some(_) if !snapshot.topics.is_empty() => {
+            return Err(BrokerError::SingleNodeTopics {
+                path: config.data_dir.clone(),
+                topics: snapshot.topics.len(),
+            })
+        }
+        Some(settings) => {
+            let setup = crate::quorum::QuorumSetup::from_settings(settings, &config.data_dir)
+                .map_err(|source| BrokerError::Io {
+                    action: "resolving the controller quorum voters for",
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+            tracing::info!(
+                "cluster mode: node {} of voters {:?}; controller listener {}",
+                settings.node_id,
+                settings.voters.iter().map(|v| v.id).collect::<Vec<_>>(),
+                settings.controller_listen
+            );
+            let listener =
+                crate::quorum::bind(setup.listen).map_err(|source| BrokerError::Listen {
+                    addr: setup.listen,
+                    what: " (the controller listener)",
+                    source,
+                })?;
+            Some(QuorumStart {
+                view: Arc::new(crate::quorum::QuorumView::default()),
+                setup,
+                listener: Arc::new(listener),
+            })
+        }
+        None => None,
+    };
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(Arc::new(admin::bind(addr).map_err(|source| {
             BrokerError::Listen {
@@ -113,6 +147,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
             config.connections_max,
             config.connections_per_ip_max,
         ),
+        quorum,
     };
     tracing::info!(
         "strom {} starting: {} shard(s), data in {}, {} topic(s)",

@@ -29,6 +29,7 @@ use crate::metadata::controller::{Controller, ControllerContext};
 use crate::metadata::producer_ids::ProducerIds;
 use crate::metadata::table::ShardTable;
 use crate::metadata::ClusterMeta;
+use crate::quorum::{QuorumSetup, QuorumView};
 use crate::shard::{Shard, ShardStats};
 
 /// Everything a shard needs to start; cloned into each executor.
@@ -50,6 +51,20 @@ pub(crate) struct ShardContext {
     pub(crate) started: std::time::Instant,
     /// Client connections of the whole broker (`max.connections`, `max.connections.per.ip`).
     pub(crate) connection_limiter: Arc<strom_net::ConnectionLimiter>,
+    /// In cluster mode: the published controller state every shard reads, and what shard 0
+    /// needs to run the controller quorum.
+    pub(crate) quorum: Option<QuorumStart>,
+}
+
+/// What the controller quorum starts from (cluster mode only).
+#[derive(Clone)]
+pub(crate) struct QuorumStart {
+    /// The committed metadata every shard reads.
+    pub(crate) view: Arc<QuorumView>,
+    /// Shard 0's settings for the controller node.
+    pub(crate) setup: QuorumSetup,
+    /// The controller listener, bound at startup.
+    pub(crate) listener: Arc<std::net::TcpListener>,
 }
 
 thread_local! {
@@ -105,6 +120,7 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
                 abort_at: ctx.config.faults.controller_abort_at,
                 table,
                 meta: ctx.meta.clone(),
+                cluster_mode: ctx.config.cluster.is_some(),
             };
             Controller::new(
                 context,
@@ -126,7 +142,17 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
             crate::limits::REQUEST_SMALL_BYTES_MAX,
         ),
         mesh: Rc::new(Mesh::new(senders)),
+        quorum: ctx.quorum.as_ref().map(|q| q.view.clone()),
     });
+    // The controller quorum runs on shard 0 from the start: the other nodes may be waiting
+    // for this one to form a majority.
+    let quorum = match (&ctx.quorum, id) {
+        (Some(q), 0) => Some(
+            crate::quorum::spawn(q.setup.clone(), q.view.clone(), &q.listener)
+                .map_err(ShardError::Quorum)?,
+        ),
+        _ => None,
+    };
     // Before recovery, so that readiness can be asked while the logs are being opened.
     if let (0, Some(listener)) = (id, &ctx.admin_listener) {
         crate::admin::spawn(&shard, listener).map_err(ShardError::Admin)?;
@@ -197,6 +223,9 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         }
     }
     drop(acceptor);
+    if let Some(quorum) = quorum {
+        quorum.stop().await;
+    }
     tracing::info!(shard = id, "shutting down: flushing and closing logs");
     if let Err(e) = shard.logs.close_all().await {
         tracing::error!(shard = id, "closing logs: {e}");

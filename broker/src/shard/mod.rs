@@ -65,6 +65,8 @@ pub struct Shard {
     /// is read.
     pub request_budget: Rc<strom_net::ByteBudget>,
     pub(crate) mesh: Rc<Mesh<Shard>>,
+    /// In cluster mode, the controller's committed metadata (`None` on a single node).
+    pub quorum: Option<Arc<crate::quorum::QuorumView>>,
 }
 
 impl Shard {

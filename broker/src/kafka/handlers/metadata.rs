@@ -13,14 +13,46 @@ use kafka_protocol::ResponseError as E;
 use super::{str_bytes, Ctx, HandlerResult};
 use crate::metadata::controller::{validate_topic_name, ControllerOp};
 use crate::metadata::TopicMeta;
+use crate::quorum::BrokerEndpoint;
 
-pub fn broker(ctx: &Ctx<'_>) -> MetadataResponseBroker {
+/// The brokers clients may use: on a single node, this one; in a cluster, every registered and
+/// unfenced broker with its client listener (this one alone until the controller's view has
+/// any, so a client always gets somewhere to connect).
+pub fn brokers(ctx: &Ctx<'_>) -> Vec<BrokerEndpoint> {
     let c = &ctx.shard.config;
-    let mut b = MetadataResponseBroker::default();
-    b.node_id = BrokerId(c.node_id);
-    b.host = str_bytes(&c.advertised_host);
-    b.port = c.advertised_port;
-    b
+    let this = BrokerEndpoint {
+        node_id: c.node_id,
+        host: c.advertised_host.clone(),
+        port: u16::try_from(c.advertised_port).unwrap_or(0),
+        rack: c.cluster.as_ref().and_then(|s| s.rack.clone()),
+    };
+    let (Some(view), Some(settings)) = (&ctx.shard.quorum, &c.cluster) else {
+        return vec![this];
+    };
+    let live = view.load().live_brokers(&settings.client_listener);
+    if live.is_empty() {
+        vec![this]
+    } else {
+        live
+    }
+}
+
+/// The node id Metadata and DescribeCluster give as the controller: this node on a single
+/// node; in a cluster the active controller, or -1 while there is none.
+pub fn controller_id(ctx: &Ctx<'_>) -> i32 {
+    match &ctx.shard.quorum {
+        Some(view) => view.load().controller_id(),
+        None => ctx.shard.config.node_id,
+    }
+}
+
+fn broker_entry(b: &BrokerEndpoint) -> MetadataResponseBroker {
+    let mut out = MetadataResponseBroker::default();
+    out.node_id = BrokerId(b.node_id);
+    out.host = str_bytes(&b.host);
+    out.port = i32::from(b.port);
+    out.rack = b.rack.as_deref().map(str_bytes);
+    out
 }
 
 /// With no authorizer, every operation a resource supports is allowed; Kafka reports them as
@@ -117,9 +149,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     if (8..=10).contains(&ctx.version) && req.include_cluster_authorized_operations {
         resp.cluster_authorized_operations = CLUSTER_OPERATIONS_ALL;
     }
-    resp.brokers = vec![broker(ctx)];
+    resp.brokers = brokers(ctx).iter().map(broker_entry).collect();
     resp.cluster_id = Some(str_bytes(&config.cluster_id));
-    resp.controller_id = BrokerId(config.node_id);
+    resp.controller_id = BrokerId(controller_id(ctx));
     for t in &topics {
         ctx.note_error(t.error_code);
     }
@@ -134,7 +166,8 @@ async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> Meta
     if validate_topic_name(name).is_err() {
         return error_entry(name, E::InvalidTopicException);
     }
-    if !allow_create {
+    // In cluster mode topics are not served yet, so none is created behind the client's back.
+    if !allow_create || ctx.shard.config.cluster.is_some() {
         return error_entry(name, E::UnknownTopicOrPartition);
     }
     let op = ControllerOp::CreateTopic {

@@ -94,7 +94,16 @@ pub struct ControllerContext {
     pub table: ShardTable,
     /// The metadata every shard reads.
     pub meta: Arc<ArcSwap<ClusterMeta>>,
+    /// In cluster mode topics are the controller quorum's, and they are not served yet: topic
+    /// changes are refused (see `CLUSTER_TOPICS_UNAVAILABLE`).
+    pub cluster_mode: bool,
 }
+
+/// The answer to a topic change in cluster mode, until partitions are replicated.
+pub const CLUSTER_TOPICS_UNAVAILABLE: &str = "this node runs in cluster mode \
+     (controller.quorum.voters is set), where topics are not available yet: the cluster \
+     forms its controller quorum and lists its brokers, and topics arrive with partition \
+     replication. Run without controller.quorum.voters for a single node that serves topics.";
 
 /// A refused or failed controller operation, with the Kafka error code the client gets.
 #[derive(Debug, Clone)]
@@ -257,6 +266,7 @@ impl Controller {
                     }
                 }
             }
+            _ if self.ctx.cluster_mode => Err(err(E::InvalidRequest, CLUSTER_TOPICS_UNAVAILABLE)),
             op => self
                 .change_metadata(owners, op)
                 .await

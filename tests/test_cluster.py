@@ -1,0 +1,235 @@
+"""Three real `strom` processes as a cluster on loopback (127.0.1.1-3), started the way a user
+does: `scripts/cluster.sh up 3`. The controller quorum forms, every broker registers, clients
+(confluent-kafka, kafka-python, kcat) see every broker and the active controller; a killed
+controller is replaced and a killed broker is fenced, then rejoins from its controller log.
+
+Topics are not served in cluster mode yet: topic changes are refused with a clear error.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka.admin import KafkaAdminClient
+
+from conftest import REPO, strom_bin
+
+SCRIPT = REPO / "scripts" / "cluster.sh"
+NODES = 3
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+
+
+def ip(i: int) -> str:
+    return f"127.0.1.{i + 1}"
+
+
+class Cluster:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.dir = workdir / "strom-cluster"
+        self.env = dict(os.environ, STROM_BIN=str(strom_bin()), NO_COLOR="1")
+
+    def script(self, *args, timeout=60) -> str:
+        res = subprocess.run(["bash", str(SCRIPT), *args], cwd=self.workdir, env=self.env,
+                             capture_output=True, text=True, timeout=timeout)
+        assert res.returncode == 0, f"cluster.sh {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+        return res.stdout
+
+    def pid(self, i: int) -> int:
+        return int((self.dir / f"node-{i}" / "pid").read_text())
+
+    def log(self, i: int) -> str:
+        return (self.dir / f"node-{i}" / "strom.log").read_text(errors="replace")
+
+    def status(self, i: int):
+        with urllib.request.urlopen(f"http://{ip(i)}:9644/v1/status", timeout=2) as r:
+            return json.load(r)["cluster"]
+
+    def views(self, nodes):
+        out = {}
+        for i in nodes:
+            try:
+                out[i] = self.status(i)
+            except OSError:
+                out[i] = None
+        return out
+
+    def wait_for(self, nodes, what, check, timeout=20.0):
+        """Polls the nodes' /v1/status until `check(views)` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            views = self.views(nodes)
+            if all(v is not None for v in views.values()) and check(views):
+                return views
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}: {json.dumps(views, indent=1)[:3000]}")
+            time.sleep(0.05)
+
+    def kill(self, i: int):
+        pid = self.pid(i)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def teardown(self):
+        subprocess.run(["bash", str(SCRIPT), "down"], cwd=self.workdir, env=self.env,
+                       capture_output=True, timeout=60)
+        for i in range(NODES):
+            try:
+                os.kill(self.pid(i), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.teardown()
+
+
+def live(view):
+    return sorted(b["node_id"] for b in view["brokers"] if not b["fenced"])
+
+
+def test_up_forms_a_cluster_every_client_sees(cluster):
+    out = cluster.script("up", str(NODES))
+    bootstrap = ",".join(f"{ip(i)}:9092" for i in range(NODES))
+    assert f"bootstrap: {bootstrap}" in out, out
+    views = cluster.wait_for(range(NODES), "one controller and three live brokers",
+                             lambda v: len({x["controller_id"] for x in v.values()}) == 1
+                             and all(live(x) == [0, 1, 2] for x in v.values()))
+    controller = views[0]["controller_id"]
+    assert controller in (0, 1, 2)
+
+    # confluent-kafka (librdkafka 2.x) through any node.
+    for i in range(NODES):
+        md = AdminClient({"bootstrap.servers": f"{ip(i)}:9092"}).list_topics(timeout=10)
+        assert sorted(md.brokers) == [0, 1, 2]
+        assert {b.host for b in md.brokers.values()} == {ip(n) for n in range(NODES)}
+        assert md.controller_id == controller
+    # kafka-python: DescribeCluster.
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        described = admin.describe_cluster()
+        assert sorted(b["broker_id"] for b in described["brokers"]) == [0, 1, 2]
+        assert described["controller_id"] == controller
+    finally:
+        admin.close()
+    # Debian's kcat (librdkafka 2.0).
+    if KCAT:
+        res = subprocess.run([KCAT, "-L", "-b", f"{ip(2)}:9092"], capture_output=True, text=True,
+                             timeout=30)
+        assert " 3 brokers:" in res.stdout, res.stdout + res.stderr
+        assert f"broker {controller} at {ip(controller)}:9092 (controller)" in res.stdout
+
+    status = cluster.script("status")
+    assert status.count("running") == NODES, status
+    assert cluster.script("down").startswith("cluster down: 3 node(s) stopped")
+
+
+def test_a_killed_controller_is_replaced_and_rejoins_from_its_log(cluster):
+    cluster.script("up", str(NODES))
+    views = cluster.wait_for(range(NODES), "a controller",
+                             lambda v: all(x["controller_id"] >= 0 for x in v.values()))
+    old = views[0]["controller_id"]
+    others = [i for i in range(NODES) if i != old]
+    killed_at = time.monotonic()
+    cluster.kill(old)
+    views = cluster.wait_for(others, "a new controller and the old one fenced",
+                             lambda v: all(x["controller_id"] not in (-1, old) for x in v.values())
+                             and len({x["controller_id"] for x in v.values()}) == 1
+                             and all(live(x) == others for x in v.values()))
+    print(f"new controller {views[others[0]]['controller_id']} after "
+          f"{time.monotonic() - killed_at:.2f} s (broker.session.timeout.ms 1000)")
+    # Clients no longer get the dead broker.
+    md = AdminClient({"bootstrap.servers": f"{ip(others[0])}:9092"}).list_topics(timeout=10)
+    assert sorted(md.brokers) == others
+
+    # `up` again starts the missing node; it replays its controller log and is unfenced.
+    cluster.script("up", str(NODES))
+    cluster.wait_for(range(NODES), "the restarted node back",
+                     lambda v: all(live(x) == [0, 1, 2] for x in v.values())
+                     and len({x["applied_index"] for x in v.values()}) == 1)
+    replayed = re.findall(r"controller node \d+ starting: (\d+) record\(s\) replayed", cluster.log(old))
+    assert len(replayed) == 2 and int(replayed[1]) > 0, replayed
+
+
+def test_a_killed_follower_is_fenced_and_the_controller_stays(cluster):
+    cluster.script("up", str(NODES))
+    views = cluster.wait_for(range(NODES), "a controller",
+                             lambda v: all(x["controller_id"] >= 0 for x in v.values()))
+    controller = views[0]["controller_id"]
+    follower = next(i for i in range(NODES) if i != controller)
+    cluster.kill(follower)
+    rest = [i for i in range(NODES) if i != follower]
+    views = cluster.wait_for(rest, "the follower fenced",
+                             lambda v: all(live(x) == rest for x in v.values()))
+    assert all(x["controller_id"] == controller for x in views.values())
+    # The whole cluster stopped and started again keeps its registrations (from the log).
+    cluster.script("down")
+    cluster.script("up", str(NODES))
+    cluster.wait_for(range(NODES), "all back", lambda v: all(live(x) == [0, 1, 2] for x in v.values()))
+
+
+def test_topic_changes_are_refused_with_a_clear_error(cluster):
+    cluster.script("up", str(NODES))
+    admin = AdminClient({"bootstrap.servers": f"{ip(1)}:9092"})
+    fut = admin.create_topics([NewTopic("orders", 3, 1)], operation_timeout=10)["orders"]
+    with pytest.raises(Exception) as err:
+        fut.result(timeout=20)
+    assert "INVALID_REQUEST" in str(err.value) and "cluster mode" in str(err.value), str(err.value)
+    # No auto-creation behind the client's back either.
+    p = Producer({"bootstrap.servers": f"{ip(0)}:9092", "message.timeout.ms": 3000})
+    errors = []
+    p.produce("orders", b"x", on_delivery=lambda e, m: errors.append(e))
+    p.flush(15)
+    assert errors and errors[0] is not None and errors[0].code() != 0, errors
+    assert AdminClient({"bootstrap.servers": f"{ip(2)}:9092"}).list_topics(timeout=10).topics == {}
+
+
+def run_strom(tmp_path, *args, timeout=30):
+    return subprocess.run([str(strom_bin()), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, NO_COLOR="1"))
+
+
+def test_cluster_settings_are_checked_at_startup(tmp_path):
+    voters = "0@127.0.1.1:9093,1@127.0.1.2:9093,2@127.0.1.3:9093"
+    listeners = "PLAINTEXT://127.0.1.1:9092,CONTROLLER://127.0.1.1:9093,REPLICATION://127.0.1.1:9094"
+    res = run_strom(tmp_path, "-o", "node.id=7", "-o", f"controller.quorum.voters={voters}",
+                    "-o", f"listeners={listeners}")
+    assert res.returncode != 0 and "node.id" in res.stderr, res.stderr
+    res = run_strom(tmp_path, "-o", "node.id=0", "-o", f"controller.quorum.voters={voters}",
+                    "-o", "listeners=PLAINTEXT://127.0.1.1:9092")
+    assert res.returncode != 0 and "CONTROLLER" in res.stderr, res.stderr
+    res = run_strom(tmp_path, "-o", "unclean.leader.election.enable=true")
+    assert res.returncode != 0 and "unclean" in res.stderr, res.stderr
+
+
+def test_cluster_mode_refuses_a_single_node_data_directory(broker_factory, tmp_path):
+    single = broker_factory()
+    admin = AdminClient({"bootstrap.servers": single.bootstrap})
+    admin.create_topics([NewTopic("kept", 1, 1)])["kept"].result(timeout=20)
+    single.stop()
+    voters = "0@127.0.1.1:9093"
+    res = run_strom(tmp_path, "--data-dir", str(single.data_dir), "-o", "node.id=0",
+                    "-o", f"controller.quorum.voters={voters}",
+                    "-o", "listeners=PLAINTEXT://127.0.1.1:9092,CONTROLLER://127.0.1.1:9093,"
+                          "REPLICATION://127.0.1.1:9094",
+                    "-o", "admin.listeners=127.0.1.1:9644")
+    assert res.returncode != 0, res.stderr
+    assert "1 topic(s) of a single node" in res.stderr, res.stderr
+    # The data is untouched: the single node still serves it.
+    single.start()
+    md = AdminClient({"bootstrap.servers": single.bootstrap}).list_topics(timeout=10)
+    assert "kept" in md.topics
