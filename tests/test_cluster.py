@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.admin import KafkaAdminClient
 
+import kafka_raw
 from conftest import REPO, strom_bin
 
 SCRIPT = REPO / "scripts" / "cluster.sh"
@@ -196,6 +197,28 @@ def test_topic_changes_are_refused_with_a_clear_error(cluster):
     p.flush(15)
     assert errors and errors[0] is not None and errors[0].code() != 0, errors
     assert AdminClient({"bootstrap.servers": f"{ip(2)}:9092"}).list_topics(timeout=10).topics == {}
+
+
+def test_producer_ids_are_unique_across_the_cluster(cluster):
+    """InitProducerId on any node takes ids from blocks the controller quorum hands out, so no
+    two nodes ever give the same id, also after a node restarts."""
+    cluster.script("up", str(NODES))
+    cluster.wait_for(range(NODES), "a controller",
+                     lambda v: all(x["controller_id"] >= 0 for x in v.values()))
+
+    def ids_from(i, n=3):
+        with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
+            return [c.new_producer()[0] for _ in range(n)]
+
+    seen = []
+    for i in range(NODES):
+        seen += ids_from(i)
+    cluster.kill(1)
+    cluster.script("up", str(NODES))
+    seen += ids_from(1)
+    assert len(set(seen)) == len(seen), seen
+    # Blocks of 1000: each node's ids come from its own block.
+    assert len({pid // 1000 for pid in seen}) == NODES + 1, seen
 
 
 def run_strom(tmp_path, *args, timeout=30):

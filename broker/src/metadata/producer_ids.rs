@@ -38,6 +38,10 @@ pub enum ProducerIdError {
     Exhausted,
     #[error("the controller is shutting down")]
     ShuttingDown,
+    /// Cluster mode: the controller quorum did not hand out a block (no active controller, or
+    /// the proposal timed out). Retriable.
+    #[error("no producer id block from the controller quorum: {0}")]
+    QuorumUnavailable(String),
     #[error("producer {id} has epoch {current}; epoch {given} is fenced")]
     Fenced { id: i64, given: i16, current: i16 },
 }
@@ -91,9 +95,23 @@ impl Block {
     }
 }
 
+/// Where blocks of ids come from.
+pub enum BlockSource {
+    /// A single node: reserved by persisting the block's end in `<data>/__strom_meta`.
+    Local(PathBuf),
+    /// Cluster mode: allocated by the controller quorum (`AllocateProducerIds`), so ids are
+    /// unique across the nodes; the quorum's log makes the reservation durable.
+    Quorum {
+        /// This node.
+        node_id: i32,
+        /// Proposals go here.
+        handle: crate::quorum::QuorumHandle,
+    },
+}
+
 /// Hands out producer ids, reserving (persisting) a block before using it.
 pub struct ProducerIdAllocator {
-    data_dir: PathBuf,
+    source: BlockSource,
     block: RefCell<Block>,
     /// Serializes block reservations.
     reserving: Semaphore,
@@ -101,9 +119,9 @@ pub struct ProducerIdAllocator {
 
 impl ProducerIdAllocator {
     /// `persisted_end`: what [`load`] returned. Nothing is reserved until the first allocation.
-    pub fn new(data_dir: PathBuf, persisted_end: i64) -> ProducerIdAllocator {
+    pub fn new(source: BlockSource, persisted_end: i64) -> ProducerIdAllocator {
         ProducerIdAllocator {
-            data_dir,
+            source,
             block: RefCell::new(Block {
                 next: persisted_end,
                 end: persisted_end,
@@ -125,16 +143,58 @@ impl ProducerIdAllocator {
         if let Some(id) = self.block.borrow_mut().take() {
             return Ok(id);
         }
-        let end = self
-            .block
-            .borrow()
-            .end
-            .checked_add(PRODUCER_ID_BLOCK)
-            .ok_or(ProducerIdError::Exhausted)?;
-        save(&self.data_dir, end).await?;
+        let reserved = match &self.source {
+            BlockSource::Local(data_dir) => {
+                let next = self.block.borrow().end;
+                let end = next
+                    .checked_add(PRODUCER_ID_BLOCK)
+                    .ok_or(ProducerIdError::Exhausted)?;
+                save(data_dir, end).await?;
+                Block { next, end }
+            }
+            BlockSource::Quorum { node_id, handle } => quorum_block(*node_id, handle).await?,
+        };
         let mut block = self.block.borrow_mut();
-        block.end = end;
+        *block = reserved;
         block.take().ok_or(ProducerIdError::Exhausted)
+    }
+}
+
+/// A block of [`PRODUCER_ID_BLOCK`] ids from the controller quorum. A proposal that meets no
+/// active controller is tried again for up to `QUORUM_BLOCK_WAIT_MS` (an election takes about a
+/// second).
+async fn quorum_block(
+    node_id: i32,
+    handle: &crate::quorum::QuorumHandle,
+) -> Result<Block, ProducerIdError> {
+    use strom_cluster::controller::{AllocateProducerIds, Applied, Command, ProposalOutcome};
+    const QUORUM_BLOCK_WAIT_MS: u64 = 5_000;
+    const RETRY_MS: u64 = 100;
+    let command = Command::AllocateProducerIds(AllocateProducerIds {
+        node_id,
+        count: PRODUCER_ID_BLOCK,
+    });
+    let mut waited = 0;
+    loop {
+        let outcome = handle.propose(command.clone()).await;
+        match outcome {
+            ProposalOutcome::Applied(Applied::ProducerIds(b)) => {
+                return Ok(Block {
+                    next: b.start,
+                    end: b.start.saturating_add(b.count),
+                })
+            }
+            ProposalOutcome::Applied(other) => {
+                return Err(ProducerIdError::QuorumUnavailable(format!("{other:?}")))
+            }
+            other if waited >= QUORUM_BLOCK_WAIT_MS => {
+                return Err(ProducerIdError::QuorumUnavailable(format!("{other:?}")))
+            }
+            _ => {
+                glommio::timer::sleep(std::time::Duration::from_millis(RETRY_MS)).await;
+                waited += RETRY_MS;
+            }
+        }
     }
 }
 
@@ -209,9 +269,15 @@ pub struct ProducerIds {
 }
 
 impl ProducerIds {
+    #[cfg(test)]
     pub fn new(data_dir: PathBuf, persisted_end: i64, expiration_ms: i64) -> ProducerIds {
+        ProducerIds::with_source(BlockSource::Local(data_dir), persisted_end, expiration_ms)
+    }
+
+    /// Ids from `source` (the quorum in cluster mode).
+    pub fn with_source(source: BlockSource, persisted_end: i64, expiration_ms: i64) -> ProducerIds {
         ProducerIds {
-            allocator: ProducerIdAllocator::new(data_dir, persisted_end),
+            allocator: ProducerIdAllocator::new(source, persisted_end),
             epochs: RefCell::new(ProducerEpochs::new(expiration_ms, PRODUCER_EPOCHS_MAX)),
         }
     }
@@ -305,7 +371,7 @@ mod tests {
         assert_eq!(load(&data).unwrap(), 0);
         let d = data.clone();
         let ids = run(move || async move {
-            let a = ProducerIdAllocator::new(d.clone(), 0);
+            let a = ProducerIdAllocator::new(BlockSource::Local(d.clone()), 0);
             let mut ids = Vec::new();
             for _ in 0..3 {
                 ids.push(a.allocate().await.unwrap());
@@ -333,7 +399,7 @@ mod tests {
             );
             let d = data.clone();
             let ids = run(move || async move {
-                let a = ProducerIdAllocator::new(d, start);
+                let a = ProducerIdAllocator::new(BlockSource::Local(d), start);
                 let mut ids = Vec::new();
                 for _ in 0..count {
                     ids.push(a.allocate().await.unwrap());
@@ -358,7 +424,7 @@ mod tests {
         let (_t, data) = data_dir();
         let d = data.clone();
         let mut ids = run(move || async move {
-            let a = std::rc::Rc::new(ProducerIdAllocator::new(d, 0));
+            let a = std::rc::Rc::new(ProducerIdAllocator::new(BlockSource::Local(d), 0));
             let tasks = (0..1500).map(|_| {
                 let a = a.clone();
                 async move { a.allocate().await.unwrap() }
@@ -383,8 +449,12 @@ mod tests {
         .unwrap();
         assert_eq!(load(&data).unwrap(), 4000);
         let d = data.clone();
-        let id =
-            run(move || async move { ProducerIdAllocator::new(d, 4000).allocate().await.unwrap() });
+        let id = run(move || async move {
+            ProducerIdAllocator::new(BlockSource::Local(d), 4000)
+                .allocate()
+                .await
+                .unwrap()
+        });
         assert_eq!(id, 4000);
         assert_eq!(load(&data).unwrap(), 5000);
     }

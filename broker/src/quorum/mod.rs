@@ -197,10 +197,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// The running quorum of this node: its handle and its tasks.
 pub struct Quorum {
     /// Proposals and events go here.
-    #[allow(
-        dead_code,
-        reason = "the shards propose through it once topics live in the quorum; tests use it now"
-    )]
     pub handle: QuorumHandle,
     tasks: Vec<glommio::Task<()>>,
 }

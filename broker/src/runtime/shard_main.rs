@@ -26,7 +26,7 @@ use crate::group::GroupCoordinator;
 use crate::ids::ShardId;
 use crate::mesh::{Mesh, Msg};
 use crate::metadata::controller::{Controller, ControllerContext};
-use crate::metadata::producer_ids::ProducerIds;
+use crate::metadata::producer_ids::{BlockSource, ProducerIds};
 use crate::metadata::table::ShardTable;
 use crate::metadata::ClusterMeta;
 use crate::quorum::{QuorumSetup, QuorumView};
@@ -105,6 +105,15 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         defaults.flush_on_ack,
     );
     let groups = GroupCoordinator::new(settings, store);
+    // The controller quorum runs on shard 0 from the start: the other nodes may be waiting
+    // for this one to form a majority.
+    let quorum = match (&ctx.quorum, id) {
+        (Some(q), 0) => Some(
+            crate::quorum::spawn(q.setup.clone(), q.view.clone(), &q.listener)
+                .map_err(ShardError::Quorum)?,
+        ),
+        _ => None,
+    };
     let shard = Rc::new(Shard {
         id: ShardId(id),
         table,
@@ -122,13 +131,18 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
                 meta: ctx.meta.clone(),
                 cluster_mode: ctx.config.cluster.is_some(),
             };
+            // Producer ids are unique per cluster: in cluster mode their blocks come from the
+            // controller quorum.
+            let source = match (&quorum, &ctx.config.cluster) {
+                (Some(q), Some(settings)) => BlockSource::Quorum {
+                    node_id: settings.node_id,
+                    handle: q.handle.clone(),
+                },
+                _ => BlockSource::Local(ctx.config.data_dir.clone()),
+            };
             Controller::new(
                 context,
-                ProducerIds::new(
-                    ctx.config.data_dir.clone(),
-                    ctx.producer_id_block_end,
-                    expiration_ms,
-                ),
+                ProducerIds::with_source(source, ctx.producer_id_block_end, expiration_ms),
             )
         }),
         groups,
@@ -144,15 +158,6 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         mesh: Rc::new(Mesh::new(senders)),
         quorum: ctx.quorum.as_ref().map(|q| q.view.clone()),
     });
-    // The controller quorum runs on shard 0 from the start: the other nodes may be waiting
-    // for this one to form a majority.
-    let quorum = match (&ctx.quorum, id) {
-        (Some(q), 0) => Some(
-            crate::quorum::spawn(q.setup.clone(), q.view.clone(), &q.listener)
-                .map_err(ShardError::Quorum)?,
-        ),
-        _ => None,
-    };
     // Before recovery, so that readiness can be asked while the logs are being opened.
     if let (0, Some(listener)) = (id, &ctx.admin_listener) {
         crate::admin::spawn(&shard, listener).map_err(ShardError::Admin)?;

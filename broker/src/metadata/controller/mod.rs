@@ -260,6 +260,10 @@ impl Controller {
                     Err(e @ ProducerIdError::Fenced { .. }) => {
                         Err(err(E::ProducerFenced, e.to_string()))
                     }
+                    // Retriable: clients ask again once the quorum has a leader.
+                    Err(e @ ProducerIdError::QuorumUnavailable(_)) => {
+                        Err(err(E::CoordinatorNotAvailable, e.to_string()))
+                    }
                     Err(e) => {
                         tracing::error!("allocating a producer id: {e}");
                         Err(err(E::KafkaStorageError, e.to_string()))
