@@ -3,7 +3,9 @@ does: `scripts/cluster.sh up 3`. The controller quorum forms, every broker regis
 (confluent-kafka, kafka-python, kcat) see every broker and the active controller; a killed
 controller is replaced and a killed broker is fenced, then rejoins from its controller log.
 
-Topics are not served in cluster mode yet: topic changes are refused with a clear error.
+Topics live in the controller quorum: created on any node, their partitions are spread over the
+brokers (one replica each until partitions replicate), clients produce to and consume from the
+leaders, and a node that restarts keeps its partitions.
 """
 
 import json
@@ -17,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.admin import KafkaAdminClient
 
@@ -183,20 +185,108 @@ def test_a_killed_follower_is_fenced_and_the_controller_stays(cluster):
     cluster.wait_for(range(NODES), "all back", lambda v: all(live(x) == [0, 1, 2] for x in v.values()))
 
 
-def test_topic_changes_are_refused_with_a_clear_error(cluster):
+def leaders(bootstrap, topic):
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return {p.id: (p.leader, list(p.replicas), list(p.isrs))
+            for p in md.topics[topic].partitions.values()}
+
+
+def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
     cluster.script("up", str(NODES))
+    bootstrap = ",".join(f"{ip(i)}:9092" for i in range(NODES))
     admin = AdminClient({"bootstrap.servers": f"{ip(1)}:9092"})
-    fut = admin.create_topics([NewTopic("orders", 3, 1)], operation_timeout=10)["orders"]
+    admin.create_topics([NewTopic("orders", 6, 1)])["orders"].result(timeout=20)
+    # Replication is not there yet: more than one replica is refused, saying so.
+    fut = admin.create_topics([NewTopic("replicated", 1, 3)])["replicated"]
     with pytest.raises(Exception) as err:
         fut.result(timeout=20)
-    assert "INVALID_REQUEST" in str(err.value) and "cluster mode" in str(err.value), str(err.value)
-    # No auto-creation behind the client's back either.
-    p = Producer({"bootstrap.servers": f"{ip(0)}:9092", "message.timeout.ms": 3000})
-    errors = []
-    p.produce("orders", b"x", on_delivery=lambda e, m: errors.append(e))
-    p.flush(15)
-    assert errors and errors[0] is not None and errors[0].code() != 0, errors
-    assert AdminClient({"bootstrap.servers": f"{ip(2)}:9092"}).list_topics(timeout=10).topics == {}
+    assert "INVALID_REPLICATION_FACTOR" in str(err.value) and "cluster mode" in str(err.value)
+    # Every node answers with the same layout: each broker leads two of the six partitions.
+    layouts = [leaders(f"{ip(i)}:9092", "orders") for i in range(NODES)]
+    assert layouts[0] == layouts[1] == layouts[2], layouts
+    per_node = {}
+    for leader, replicas, isr in layouts[0].values():
+        assert replicas == [leader] and isr == [leader]
+        per_node[leader] = per_node.get(leader, 0) + 1
+    assert per_node == {0: 2, 1: 2, 2: 2}, layouts[0]
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    acked = []
+    for n in range(300):
+        p.produce("orders", key=b"k%d" % (n % 17), value=b"v%d" % n,
+                  on_delivery=lambda e, m: acked.append((e, m.partition(), m.offset(), m.value())))
+    assert p.flush(30) == 0
+    assert all(e is None for e, *_ in acked), [e for e, *_ in acked if e][:3]
+    assert {part for _, part, _, _ in acked} == set(range(6))
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cluster-readers",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe(["orders"])
+    got = {}
+    deadline = time.monotonic() + 60
+    while len(got) < 300 and time.monotonic() < deadline:
+        m = c.poll(1.0)
+        if m is not None and m.error() is None:
+            got[(m.partition(), m.offset())] = m.value()
+    c.commit(asynchronous=False)
+    c.close()
+    assert got == {(part, off): v for _, part, off, v in acked}
+
+    # Debian's kcat reads a partition from its leader, whichever broker it bootstraps from.
+    if KCAT:
+        res = subprocess.run([KCAT, "-C", "-b", f"{ip(0)}:9092", "-t", "orders", "-p", "1",
+                              "-o", "beginning", "-e", "-q", "-f", "%s\n"],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert sorted(res.stdout.split()) == sorted(
+            v.decode() for _, part, _, v in acked if part == 1)
+
+    # A broker asked for a partition it does not lead says so (NOT_LEADER_OR_FOLLOWER, 6).
+    led, (leader, _, _) = next(iter(layouts[0].items()))
+    other = next(i for i in range(NODES) if i != leader)
+    with kafka_raw.KafkaConn(ip(other), 9092, timeout=15) as conn:
+        res = conn.produce("orders", led, kafka_raw.simple_batch([b"x"]), acks=-1)
+    assert res["error_code"] == 6, res
+
+
+def test_partitions_stay_with_their_node_across_restarts_and_deletion(cluster):
+    cluster.script("up", str(NODES))
+    bootstrap = ",".join(f"{ip(i)}:9092" for i in range(NODES))
+    # Auto-creation through Metadata works too (num.partitions = 1).
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p.produce("auto", b"first")
+    assert p.flush(30) == 0
+    (leader, _, _), = leaders(f"{ip(0)}:9092", "auto").values()
+    cluster.kill(leader)
+    rest = [i for i in range(NODES) if i != leader]
+    cluster.wait_for(rest, "the leader fenced", lambda v: all(live(x) == rest for x in v.values()))
+    md = AdminClient({"bootstrap.servers": f"{ip(rest[0])}:9092"}).list_topics("auto", timeout=10)
+    part = md.topics["auto"].partitions[0]
+    assert part.leader == -1 and part.error is not None, part
+    cluster.script("up", str(NODES))
+    cluster.wait_for(range(NODES), "all back", lambda v: all(live(x) == [0, 1, 2] for x in v.values()))
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "auto-readers",
+                  "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition("auto", 0, 0)])
+    m = None
+    deadline = time.monotonic() + 30
+    while m is None and time.monotonic() < deadline:
+        m = c.poll(1.0)
+        if m is not None and m.error() is not None:
+            m = None
+    c.close()
+    assert m is not None and m.value() == b"first"
+
+    admin = AdminClient({"bootstrap.servers": f"{ip(2)}:9092"})
+    admin.delete_topics(["auto"])["auto"].result(timeout=20)
+    directory = cluster.dir / f"node-{leader}" / "data" / "auto-0"
+    deadline = time.monotonic() + 20
+    while directory.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not directory.exists()
+    for i in range(NODES):
+        assert "auto" not in AdminClient({"bootstrap.servers": f"{ip(i)}:9092"}).list_topics(
+            timeout=10).topics
 
 
 def test_producer_ids_are_unique_across_the_cluster(cluster):
@@ -256,3 +346,13 @@ def test_cluster_mode_refuses_a_single_node_data_directory(broker_factory, tmp_p
     single.start()
     md = AdminClient({"bootstrap.servers": single.bootstrap}).list_topics(timeout=10)
     assert "kept" in md.topics
+
+
+def test_a_cluster_data_directory_is_refused_by_a_single_node(cluster, tmp_path):
+    cluster.script("up", "1")
+    cluster.script("down")
+    data = cluster.dir / "node-0" / "data"
+    res = run_strom(tmp_path, "--data-dir", str(data), "--listen", "127.0.1.1:9092",
+                    "-o", "admin.listeners=127.0.1.1:9644")
+    assert res.returncode != 0, res.stderr
+    assert "data directory of a cluster node" in res.stderr, res.stderr

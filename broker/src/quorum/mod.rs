@@ -95,6 +95,8 @@ pub struct QuorumState {
 pub struct QuorumView {
     /// The latest state.
     pub state: ArcSwap<QuorumState>,
+    /// Notified after every new state.
+    pub changed: event_listener::Event,
 }
 
 impl QuorumView {
@@ -102,6 +104,21 @@ impl QuorumView {
     pub fn load(&self) -> Arc<QuorumState> {
         self.state.load_full()
     }
+
+    /// Replaces the state and wakes whoever waits for a change.
+    pub fn publish(&self, state: QuorumState) {
+        self.state.store(Arc::new(state));
+        self.changed.notify(usize::MAX);
+    }
+}
+
+/// The controller log's path in a data directory; its presence marks a directory used by a
+/// cluster node.
+pub fn log_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir
+        .join("__strom_meta")
+        .join("controller")
+        .join(service::LOG_FILE_NAME)
 }
 
 /// A broker as clients see it: where its client listener is.

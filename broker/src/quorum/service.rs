@@ -379,12 +379,12 @@ impl Service {
             return;
         }
         self.published = now;
-        self.view.state.store(Arc::new(QuorumState {
+        self.view.publish(QuorumState {
             image: Arc::new(self.node.image().clone()),
             leader: now.1,
             term: now.2,
             applied: now.0,
             node_id: self.setup.node_id,
-        }));
+        });
     }
 }

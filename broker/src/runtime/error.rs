@@ -64,6 +64,16 @@ pub enum BrokerError {
         /// How many topics it holds.
         topics: usize,
     },
+    /// A single node was started on the data directory of a cluster node.
+    #[error(
+        "{} is the data directory of a cluster node (it has a controller log); start it with \
+         its controller.quorum.voters, or use another directory for a single node",
+        path.display()
+    )]
+    ClusterDataDir {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The signal handlers could not be installed.
     #[error("installing signal handler: {0}")]
     Signals(#[source] io::Error),

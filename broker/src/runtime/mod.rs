@@ -81,11 +81,19 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
     let deleting = metadata::store::load_deleting(&config.data_dir)?;
     metadata::dirs::check_partition_dirs(&config.data_dir, &meta, &deleting)?;
     probe_port(&config)?;
+    // A data directory belongs to a single node or to a cluster node (which has a controller
+    // log); its topics cannot be taken from one to the other.
+    let cluster_dir = crate::quorum::log_path(&config.data_dir).exists();
     let quorum = match &config.cluster {
-        Some(_) if !snapshot.topics.is_empty() => {
+        Some(_) if !cluster_dir && !snapshot.topics.is_empty() => {
             return Err(BrokerError::SingleNodeTopics {
                 path: config.data_dir.clone(),
                 topics: snapshot.topics.len(),
+            })
+        }
+        None if cluster_dir => {
+            return Err(BrokerError::ClusterDataDir {
+                path: config.data_dir.clone(),
             })
         }
         Some(settings) => {

@@ -25,7 +25,7 @@ use crate::group::store::OffsetsStore;
 use crate::group::GroupCoordinator;
 use crate::ids::ShardId;
 use crate::mesh::{Mesh, Msg};
-use crate::metadata::controller::{Controller, ControllerContext};
+use crate::metadata::controller::{Controller, ControllerContext, QuorumLink};
 use crate::metadata::producer_ids::{BlockSource, ProducerIds};
 use crate::metadata::table::ShardTable;
 use crate::metadata::ClusterMeta;
@@ -129,7 +129,14 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
                 abort_at: ctx.config.faults.controller_abort_at,
                 table,
                 meta: ctx.meta.clone(),
-                cluster_mode: ctx.config.cluster.is_some(),
+                quorum: match (&quorum, &ctx.quorum) {
+                    (Some(q), Some(start)) => Some(QuorumLink {
+                        node_id: start.setup.node_id,
+                        view: start.view.clone(),
+                        handle: q.handle.clone(),
+                    }),
+                    _ => None,
+                },
             };
             // Producer ids are unique per cluster: in cluster mode their blocks come from the
             // controller quorum.
@@ -176,6 +183,9 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
     crate::mesh::spawn_tasks(&shard.mesh, shard.clone(), receivers);
     ctx.recovered_shards.fetch_add(1, Ordering::AcqRel);
     tracing::info!(shard = id, "recovery complete");
+    if let (0, Some(link)) = (id, shard.controller.as_ref().and_then(|c| c.quorum_link())) {
+        glommio::spawn_local(follow_quorum(shard.clone(), link)).detach();
+    }
     let panic_after_ms = ctx.config.faults.shard_panic_after_ms;
     if panic_after_ms > 0 && id + 1 == shard.table.shards() {
         glommio::spawn_local(async move {
@@ -241,12 +251,50 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
     Ok(())
 }
 
+/// Cluster mode, shard 0: makes the local metadata and logs follow every new image of the
+/// controller quorum (`Controller::adopt`), from the first one after recovery on.
+async fn follow_quorum(shard: Rc<Shard>, link: QuorumLink) {
+    const RETRY_MS: u64 = 1_000;
+    let mut adopted = u64::MAX;
+    loop {
+        let listener = link.view.changed.listen();
+        let state = link.view.load();
+        if state.applied == adopted || state.applied == 0 {
+            listener.await;
+            continue;
+        }
+        let Some(controller) = shard.controller.as_ref() else {
+            return;
+        };
+        match controller.adopt(&shard, link.node_id, &state.image).await {
+            Ok(()) => adopted = state.applied,
+            Err(e) => {
+                tracing::warn!(
+                    "following the cluster metadata (applied index {}): {}; retrying",
+                    state.applied,
+                    e.message
+                );
+                glommio::timer::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+    }
+}
+
 async fn open_owned_logs(shard: &Rc<Shard>) -> Result<(), ShardError> {
     let meta = shard.meta();
     let now = now_ms();
+    // In cluster mode a node holds only the partitions it is a replica of: those whose
+    // directory it created. Replicas it still lacks are opened by `follow_quorum`.
+    let cluster = shard.config.cluster.is_some();
     for topic in meta.topics.values() {
         for (p, pm) in topic.partitions.iter().enumerate() {
-            if pm.shard == shard.id {
+            let held = !cluster
+                || shard
+                    .config
+                    .data_dir
+                    .join(format!("{}-{p}", topic.name))
+                    .is_dir();
+            if pm.shard == shard.id && held {
                 shard
                     .logs
                     .open_or_create(&topic.name, p as i32, topic.config.log_config(), now)

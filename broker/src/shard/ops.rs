@@ -37,6 +37,8 @@ pub struct ProduceResult {
     /// Positions in the batch of the records that made it fail (ProduceResponse v8+
     /// `record_errors`): keyless records for a compacted topic.
     pub record_errors: Vec<i32>,
+    /// Cluster mode, NOT_LEADER_OR_FOLLOWER: the leader and its epoch (KIP-951 hint).
+    pub current_leader: Option<(i32, i32)>,
 }
 
 pub struct FetchPart {
@@ -275,6 +277,7 @@ fn refused(code: i16, msg: String, record_errors: Vec<i32>) -> ProduceResult {
         log_append_time_ms: -1,
         log_start_offset: -1,
         record_errors,
+        current_leader: None,
     }
 }
 
@@ -363,6 +366,7 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         log_append_time_ms: info.log_append_time_ms,
         log_start_offset: info.log_start_offset.0,
         record_errors: Vec::new(),
+        current_leader: None,
     }
 }
 

@@ -31,14 +31,29 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&msg));
         };
+        let cluster = ctx.shard.config.cluster.is_some();
         if t.replication_factor > 1 {
-            fail(
-                &mut r,
-                E::InvalidReplicationFactor,
+            let msg = if cluster {
+                format!(
+                    "Replication factor {}: partitions are not replicated in cluster mode yet \
+                     (each has one replica); use 1",
+                    t.replication_factor
+                )
+            } else {
                 format!(
                     "Replication factor {} is larger than the 1 available broker",
                     t.replication_factor
-                ),
+                )
+            };
+            fail(&mut r, E::InvalidReplicationFactor, msg);
+            resp.topics.push(r);
+            continue;
+        }
+        if cluster && !t.assignments.is_empty() {
+            fail(
+                &mut r,
+                E::InvalidReplicaAssignment,
+                "manual replica assignments are not supported in cluster mode yet".into(),
             );
             resp.topics.push(r);
             continue;

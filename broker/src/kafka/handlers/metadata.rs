@@ -13,7 +13,7 @@ use kafka_protocol::ResponseError as E;
 use super::{str_bytes, Ctx, HandlerResult};
 use crate::metadata::controller::{validate_topic_name, ControllerOp};
 use crate::metadata::TopicMeta;
-use crate::quorum::BrokerEndpoint;
+use crate::quorum::{BrokerEndpoint, QuorumState};
 
 /// The brokers clients may use: on a single node, this one; in a cluster, every registered and
 /// unfenced broker with its client listener (this one alone until the controller's view has
@@ -70,6 +70,10 @@ pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
     r.topic_id = uuid::Uuid::from_bytes(t.id);
     r.is_internal = t.name.starts_with("__");
     r.topic_authorized_operations = i32::MIN;
+    if let Some(view) = &ctx.shard.quorum {
+        r.partitions = cluster_partitions(&view.load(), t);
+        return r;
+    }
     r.partitions = t
         .partitions
         .iter()
@@ -85,6 +89,47 @@ pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
         })
         .collect();
     r
+}
+
+/// A topic's partitions as the controller quorum committed them: leader (none: -1 with
+/// LEADER_NOT_AVAILABLE), leader epoch, replicas, ISR, and the replicas on fenced brokers as
+/// offline.
+fn cluster_partitions(state: &QuorumState, t: &TopicMeta) -> Vec<MetadataResponsePartition> {
+    let record = state
+        .image
+        .topics
+        .get(&*t.name)
+        .filter(|r| r.topic_id == t.id);
+    (0..t.partitions.len())
+        .map(|i| {
+            let mut e = MetadataResponsePartition::default();
+            e.partition_index = i as i32;
+            let Some(p) = record.and_then(|r| r.partitions.get(i)) else {
+                e.error_code = E::LeaderNotAvailable.code();
+                e.leader_id = BrokerId(-1);
+                return e;
+            };
+            let live = |n: &i32| state.image.brokers.get(n).is_some_and(|b| !b.fenced);
+            e.leader_id = BrokerId(if p.leader >= 0 && live(&p.leader) {
+                p.leader
+            } else {
+                -1
+            });
+            if e.leader_id.0 < 0 {
+                e.error_code = E::LeaderNotAvailable.code();
+            }
+            e.leader_epoch = p.leader_epoch;
+            e.replica_nodes = p.replicas.iter().map(|&n| BrokerId(n)).collect();
+            e.isr_nodes = p.isr.iter().map(|&n| BrokerId(n)).collect();
+            e.offline_replicas = p
+                .replicas
+                .iter()
+                .filter(|n| !live(n))
+                .map(|&n| BrokerId(n))
+                .collect();
+            e
+        })
+        .collect()
 }
 
 fn error_entry(name: &str, code: E) -> MetadataResponseTopic {
@@ -166,8 +211,7 @@ async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> Meta
     if validate_topic_name(name).is_err() {
         return error_entry(name, E::InvalidTopicException);
     }
-    // In cluster mode topics are not served yet, so none is created behind the client's back.
-    if !allow_create || ctx.shard.config.cluster.is_some() {
+    if !allow_create {
         return error_entry(name, E::UnknownTopicOrPartition);
     }
     let op = ControllerOp::CreateTopic {

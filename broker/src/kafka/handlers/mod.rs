@@ -148,6 +148,23 @@ impl Ctx<'_> {
     }
 }
 
+/// Who leads a partition this node does not lead, in cluster mode: `(leader, leader_epoch)`,
+/// leader -1 when there is none (or the topic is not in the committed metadata). `None` when
+/// this node leads it, and always on a single node.
+pub fn led_elsewhere(ctx: &Ctx<'_>, topic: &str, partition: i32) -> Option<(i32, i32)> {
+    let view = ctx.shard.quorum.as_ref()?;
+    let state = view.load();
+    let me = ctx.shard.config.node_id;
+    let record = usize::try_from(partition)
+        .ok()
+        .and_then(|p| state.image.topics.get(topic)?.partitions.get(p));
+    match record {
+        Some(p) if p.leader == me => None,
+        Some(p) => Some((p.leader, p.leader_epoch)),
+        None => Some((-1, -1)),
+    }
+}
+
 pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }

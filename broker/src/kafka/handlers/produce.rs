@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult, Outcome};
@@ -37,6 +39,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             };
             if !(-1..=1).contains(&acks) {
                 pending.error = E::InvalidRequiredAcks.code();
+            } else if let Some(leader) = super::led_elsewhere(ctx, &name, part.index) {
+                pending.error = E::NotLeaderOrFollower.code();
+                pending.current_leader = Some(leader);
             } else if let Some(owner) = meta.owner(&name, PartitionId(part.index)) {
                 per_shard.entry(owner).or_default().push((
                     ti,
@@ -73,7 +78,8 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     log_append_time_ms: -1,
                     log_start_offset: -1,
                     message: None,
-                    record_errors: Vec::new()
+                    record_errors: Vec::new(),
+                    current_leader: None,
                 };
                 positions.len()
             ],
@@ -100,6 +106,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         )));
     }
     let mut resp = ProduceResponse::default();
+    let mut hinted = std::collections::BTreeSet::new();
     resp.responses = req
         .topic_data
         .iter()
@@ -119,6 +126,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     p.log_append_time_ms = r.log_append_time_ms;
                     p.log_start_offset = r.log_start_offset;
                     p.error_message = r.message.as_deref().map(str_bytes);
+                    // KIP-951: a client sent to the wrong broker learns the leader at once.
+                    if let Some((leader, epoch)) = r.current_leader.filter(|_| ctx.version >= 10) {
+                        p.current_leader.leader_id = BrokerId(leader);
+                        p.current_leader.leader_epoch = epoch;
+                        hinted.insert(leader);
+                    }
                     if ctx.version >= 8 {
                         p.record_errors = r
                             .record_errors
@@ -139,6 +152,20 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             t
         })
         .collect();
+    if !hinted.is_empty() {
+        resp.node_endpoints = super::metadata::brokers(ctx)
+            .into_iter()
+            .filter(|b| hinted.contains(&b.node_id))
+            .map(|b| {
+                let mut e = NodeEndpoint::default();
+                e.node_id = BrokerId(b.node_id);
+                e.host = str_bytes(&b.host);
+                e.port = i32::from(b.port);
+                e.rack = b.rack.as_deref().map(str_bytes);
+                e
+            })
+            .collect();
+    }
     Ok(ctx.respond(&resp))
 }
 

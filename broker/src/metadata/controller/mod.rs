@@ -30,6 +30,9 @@ use crate::config::topic::{self as topic_config, TopicDefaults};
 use crate::config::ControllerStep;
 use crate::ids::{PartitionId, ProducerId, ShardId};
 
+mod cluster;
+pub use cluster::QuorumLink;
+
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Partitions one topic may have (bounds metadata and per-request work).
@@ -94,16 +97,10 @@ pub struct ControllerContext {
     pub table: ShardTable,
     /// The metadata every shard reads.
     pub meta: Arc<ArcSwap<ClusterMeta>>,
-    /// In cluster mode topics are the controller quorum's, and they are not served yet: topic
-    /// changes are refused (see `CLUSTER_TOPICS_UNAVAILABLE`).
-    pub cluster_mode: bool,
+    /// In cluster mode, the controller quorum: topic changes become its commands, and
+    /// [`Controller::adopt`] makes the local metadata follow its image.
+    pub quorum: Option<QuorumLink>,
 }
-
-/// The answer to a topic change in cluster mode, until partitions are replicated.
-pub const CLUSTER_TOPICS_UNAVAILABLE: &str = "this node runs in cluster mode \
-     (controller.quorum.voters is set), where topics are not available yet: the cluster \
-     forms its controller quorum and lists its brokers, and topics arrive with partition \
-     replication. Run without controller.quorum.voters for a single node that serves topics.";
 
 /// A refused or failed controller operation, with the Kafka error code the client gets.
 #[derive(Debug, Clone)]
@@ -227,6 +224,11 @@ impl Controller {
         }
     }
 
+    /// In cluster mode, the controller quorum it follows.
+    pub fn quorum_link(&self) -> Option<QuorumLink> {
+        self.ctx.quorum.clone()
+    }
+
     /// Persists the list of topics being deleted.
     async fn save_deleting(&self) -> Result<(), ControllerError> {
         let topics = self.deleting.borrow().clone();
@@ -270,11 +272,16 @@ impl Controller {
                     }
                 }
             }
-            _ if self.ctx.cluster_mode => Err(err(E::InvalidRequest, CLUSTER_TOPICS_UNAVAILABLE)),
-            op => self
-                .change_metadata(owners, op)
-                .await
-                .map(|()| ControllerOutput::Done),
+            op => match &self.ctx.quorum {
+                Some(link) => self
+                    .cluster_change(link, op)
+                    .await
+                    .map(|()| ControllerOutput::Done),
+                None => self
+                    .change_metadata(owners, op)
+                    .await
+                    .map(|()| ControllerOutput::Done),
+            },
         }
     }
 
@@ -431,6 +438,19 @@ impl Controller {
                 ));
             }
         }
+        self.commit(owners, &current, next, after).await
+    }
+
+    /// Makes `next` the metadata: records deletions, persists it, opens new logs (undoing all
+    /// of it if an open fails), publishes it, then updates configs and removes deleted logs.
+    /// The caller holds the metadata permit.
+    async fn commit(
+        &self,
+        owners: &impl LogOwners,
+        current: &MetadataSnapshot,
+        next: MetadataSnapshot,
+        after: Vec<(ShardId, LogWork)>,
+    ) -> Result<(), ControllerError> {
         // A deletion is recorded before the snapshot that drops the topic, so that the startup
         // check can tell the directories it leaves from data whose metadata was lost.
         let deleting: Vec<String> = after
@@ -470,7 +490,7 @@ impl Controller {
         .await;
         if let Some(e) = opened.iter().find_map(|r| r.as_ref().err()) {
             let message = format!("opening the new partitions: {e}");
-            self.undo_opens(owners, &opens, &current).await;
+            self.undo_opens(owners, &opens, current).await;
             return Err(err(E::KafkaStorageError, message));
         }
         for (s, work) in rest.iter() {

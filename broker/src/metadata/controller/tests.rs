@@ -103,7 +103,7 @@ fn with_controller(test: impl AsyncFnOnce(&Controller, &FakeOwners) + Send + 'st
                 abort_at: None,
                 table: ShardTable::new(2),
                 meta: Arc::new(ArcSwap::from_pointee(ClusterMeta::default())),
-                cluster_mode: false,
+                quorum: None,
             };
             let controller = Controller::new(ctx, ProducerIds::new(data_dir.clone(), 0, 60_000));
             let owners = FakeOwners {

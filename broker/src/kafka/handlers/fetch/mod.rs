@@ -33,6 +33,8 @@ struct Wanted {
     offset: i64,
     max_bytes: u32,
     owner: Option<ShardId>,
+    /// Cluster mode: the partition is led by another node (NOT_LEADER_OR_FOLLOWER).
+    elsewhere: bool,
 }
 
 fn error_result(code: E) -> FetchResult {
@@ -67,6 +69,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 offset: p.fetch_offset,
                 max_bytes: (p.partition_max_bytes.max(0) as u32).min(response_max),
                 owner: meta.owner(&name, PartitionId(p.partition)),
+                elsewhere: super::led_elsewhere(ctx, &name, p.partition).is_some(),
             });
         }
     }
@@ -126,6 +129,7 @@ async fn read_round(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Vec<FetchResult> {
     let mut per_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (i, w) in wanted.iter().enumerate() {
         match w.owner {
+            _ if w.elsewhere => results[i] = Some(error_result(E::NotLeaderOrFollower)),
             Some(s) => per_shard.entry(s).or_default().push(i),
             None => results[i] = Some(error_result(E::UnknownTopicOrPartition)),
         }
@@ -188,7 +192,7 @@ async fn wait_for_data(
 ) {
     let mut per_shard: BTreeMap<ShardId, Vec<(Arc<str>, i32, i64)>> = BTreeMap::new();
     for (w, r) in wanted.iter().zip(results) {
-        if let (Some(s), None) = (w.owner, &r.slice) {
+        if let (Some(s), None, false) = (w.owner, &r.slice, w.elsewhere) {
             per_shard
                 .entry(s)
                 .or_default()
