@@ -14,6 +14,7 @@ use super::{str_bytes, Ctx, HandlerResult};
 use crate::metadata::controller::{validate_topic_name, ControllerOp};
 use crate::metadata::TopicMeta;
 use crate::quorum::{BrokerEndpoint, QuorumState};
+use strom_cluster::controller::TopicRecord as ClusterTopic;
 
 /// The brokers clients may use: on a single node, this one; in a cluster, every registered and
 /// unfenced broker with its client listener (this one alone until the controller's view has
@@ -70,10 +71,6 @@ pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
     r.topic_id = uuid::Uuid::from_bytes(t.id);
     r.is_internal = t.name.starts_with("__");
     r.topic_authorized_operations = i32::MIN;
-    if let Some(view) = &ctx.shard.quorum {
-        r.partitions = cluster_partitions(&view.load(), t);
-        return r;
-    }
     r.partitions = t
         .partitions
         .iter()
@@ -91,25 +88,30 @@ pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
     r
 }
 
-/// A topic's partitions as the controller quorum committed them: leader (none: -1 with
-/// LEADER_NOT_AVAILABLE), leader epoch, replicas, ISR, and the replicas on fenced brokers as
-/// offline.
-fn cluster_partitions(state: &QuorumState, t: &TopicMeta) -> Vec<MetadataResponsePartition> {
-    let record = state
-        .image
-        .topics
-        .get(&*t.name)
-        .filter(|r| r.topic_id == t.id);
-    (0..t.partitions.len())
-        .map(|i| {
+/// In cluster mode, a topic as the controller quorum committed it (whether or not this node has
+/// adopted it yet): its id, and every partition's leader (none: -1 with LEADER_NOT_AVAILABLE),
+/// leader epoch, replicas, ISR, and the replicas on fenced brokers as offline. `None` when the
+/// quorum has no such topic, and on a single node.
+fn cluster_entry(ctx: &Ctx<'_>, name: &str) -> Option<MetadataResponseTopic> {
+    let state = ctx.shard.quorum.as_ref()?.load();
+    let record = state.image.topics.get(name)?;
+    Some(cluster_topic(&state, name, record))
+}
+
+fn cluster_topic(state: &QuorumState, name: &str, record: &ClusterTopic) -> MetadataResponseTopic {
+    let mut r = MetadataResponseTopic::default();
+    r.name = Some(TopicName(str_bytes(name)));
+    r.topic_id = uuid::Uuid::from_bytes(record.topic_id);
+    r.is_internal = name.starts_with("__");
+    r.topic_authorized_operations = i32::MIN;
+    let live = |n: &i32| state.image.brokers.get(n).is_some_and(|b| !b.fenced);
+    r.partitions = record
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
             let mut e = MetadataResponsePartition::default();
             e.partition_index = i as i32;
-            let Some(p) = record.and_then(|r| r.partitions.get(i)) else {
-                e.error_code = E::LeaderNotAvailable.code();
-                e.leader_id = BrokerId(-1);
-                return e;
-            };
-            let live = |n: &i32| state.image.brokers.get(n).is_some_and(|b| !b.fenced);
             e.leader_id = BrokerId(if p.leader >= 0 && live(&p.leader) {
                 p.leader
             } else {
@@ -129,7 +131,8 @@ fn cluster_partitions(state: &QuorumState, t: &TopicMeta) -> Vec<MetadataRespons
                 .collect();
             e
         })
-        .collect()
+        .collect();
+    r
 }
 
 fn error_entry(name: &str, code: E) -> MetadataResponseTopic {
@@ -158,17 +161,29 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         config.auto_create_topics && (ctx.version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match wanted {
-        None => {
-            let meta = ctx.shard.meta();
-            topics.extend(meta.topics.values().map(|t| topic_entry(ctx, t)));
-        }
+        None => match &ctx.shard.quorum {
+            Some(view) => {
+                let state = view.load();
+                topics.extend(
+                    state
+                        .image
+                        .topics
+                        .iter()
+                        .map(|(name, t)| cluster_topic(&state, name, t)),
+                );
+            }
+            None => {
+                let meta = ctx.shard.meta();
+                topics.extend(meta.topics.values().map(|t| topic_entry(ctx, t)));
+            }
+        },
         Some(list) => {
             let mut seen = BTreeMap::new();
             for (name, id) in list {
                 let name = match name {
                     Some(n) => n,
-                    None => match ctx.shard.meta().topic_by_id(id.as_bytes()) {
-                        Some(t) => t.name.to_string(),
+                    None => match topic_name_by_id(ctx, id.as_bytes()) {
+                        Some(t) => t,
                         None => {
                             let mut e = error_entry("", E::UnknownTopicId);
                             e.name = None;
@@ -205,7 +220,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
 }
 
 async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> MetadataResponseTopic {
-    if let Some(t) = ctx.shard.meta().topic(name) {
+    if ctx.shard.quorum.is_some() {
+        if let Some(entry) = cluster_entry(ctx, name) {
+            return entry;
+        }
+    } else if let Some(t) = ctx.shard.meta().topic(name) {
         return topic_entry(ctx, t);
     }
     if validate_topic_name(name).is_err() {
@@ -232,8 +251,25 @@ async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> Meta
             return entry;
         }
     }
+    if let Some(entry) = cluster_entry(ctx, name) {
+        return entry;
+    }
     match ctx.shard.meta().topic(name) {
         Some(t) => topic_entry(ctx, t),
         None => error_entry(name, E::LeaderNotAvailable),
+    }
+}
+
+/// The name of the topic with this id: from the committed cluster metadata in cluster mode.
+fn topic_name_by_id(ctx: &Ctx<'_>, id: &[u8; 16]) -> Option<String> {
+    match &ctx.shard.quorum {
+        Some(view) => view
+            .load()
+            .image
+            .topics
+            .iter()
+            .find(|(_, t)| &t.topic_id == id)
+            .map(|(name, _)| name.clone()),
+        None => ctx.shard.meta().topic_by_id(id).map(|t| t.name.to_string()),
     }
 }
