@@ -136,6 +136,12 @@ def test_up_forms_a_cluster_every_client_sees(cluster):
         assert " 3 brokers:" in res.stdout, res.stdout + res.stderr
         assert f"broker {controller} at {ip(controller)}:9092 (controller)" in res.stdout
 
+    # /metrics of the active controller.
+    with urllib.request.urlopen(f"http://{ip(controller)}:9644/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "strom_cluster_controller_active 1" in text, text[-2000:]
+    assert 'strom_cluster_brokers{state="live"} 3' in text, text[-2000:]
+
     status = cluster.script("status")
     assert status.count("running") == NODES, status
     assert cluster.script("down").startswith("cluster down: 3 node(s) stopped")
@@ -240,6 +246,22 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
         assert res.returncode == 0, res.stderr
         assert sorted(res.stdout.split()) == sorted(
             v.decode() for _, part, _, v in acked if part == 1)
+
+    # The command-line tools follow the leaders too.
+    res = subprocess.run([str(strom_bin()), "topic", "describe", "orders", "-b", f"{ip(2)}:9092",
+                          "--format", "json"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    described = json.loads(res.stdout)
+    for part in described["partitions"]:
+        leader, replicas, isr = layouts[0][part["partition"]]
+        assert (part["leader"], part["replicas"], part["isr"]) == (leader, replicas, isr), part
+    assert sum(part["high_watermark"] for part in described["partitions"]) == 300, described
+    res = subprocess.run([str(strom_bin()), "cluster", "info", "-b", f"{ip(0)}:9092",
+                          "--format", "json"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert sorted(b["node_id"] for b in info["brokers"]) == [0, 1, 2], info
+    assert info["controller"] in (0, 1, 2), info
 
     # A broker asked for a partition it does not lead says so (NOT_LEADER_OR_FOLLOWER, 6).
     led, (leader, _, _) = next(iter(layouts[0].items()))

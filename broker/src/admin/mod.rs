@@ -122,7 +122,10 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str) -> Vec<u8> {
         }
         _ => {
             let snaps = stats::collect(shard).await;
-            let body = metrics::render(&stats::process_info(shard), &snaps);
+            let mut body = metrics::render(&stats::process_info(shard), &snaps);
+            if let Some(view) = &shard.quorum {
+                body.push_str(&metrics::render_cluster(&cluster_gauges(&view.load())));
+            }
             http::response(200, "text/plain; version=0.0.4", body.as_bytes(), None)
         }
     }
@@ -157,4 +160,22 @@ fn cluster_json(state: &crate::quorum::QuorumState) -> serde_json::Value {
         "applied_index": state.applied,
         "brokers": brokers,
     })
+}
+
+/// The cluster gauges of `/metrics` from the controller's committed view.
+fn cluster_gauges(state: &crate::quorum::QuorumState) -> metrics::ClusterGauges {
+    let image = &state.image;
+    let live = |n: i32| image.brokers.get(&n).is_some_and(|b| !b.fenced);
+    let partitions = image.topics.values().flat_map(|t| &t.partitions);
+    metrics::ClusterGauges {
+        node_id: state.node_id.0,
+        controller_id: state.controller_id(),
+        term: state.term,
+        applied_index: state.applied,
+        brokers_live: image.brokers.values().filter(|b| !b.fenced).count(),
+        brokers_fenced: image.brokers.values().filter(|b| b.fenced).count(),
+        partitions: partitions.clone().count(),
+        partitions_offline: partitions.clone().filter(|p| !live(p.leader)).count(),
+        partitions_led: partitions.filter(|p| p.leader == state.node_id.0).count(),
+    }
 }

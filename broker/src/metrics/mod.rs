@@ -14,7 +14,7 @@ use std::time::Duration;
 use kafka_protocol::messages::ApiKey;
 use strom_storage::metrics::LatencyHistogram;
 
-pub use render::{render, status_json};
+pub use render::{render, render_cluster, status_json, ClusterGauges};
 use stages::{RequestTrace, StageHistograms};
 
 /// Request counters of one API on one shard.

@@ -359,6 +359,78 @@ pub fn render(process: &ProcessInfo, snaps: &[Snapshot]) -> String {
     o.0
 }
 
+/// The cluster-mode gauges of `/metrics`, as this node sees the controller quorum.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterGauges {
+    /// This node.
+    pub node_id: i32,
+    /// The active controller, -1 while none.
+    pub controller_id: i32,
+    /// The controller quorum's Raft term.
+    pub term: u64,
+    /// Index of the last metadata command this node applied.
+    pub applied_index: u64,
+    /// Registered brokers that are unfenced.
+    pub brokers_live: usize,
+    /// Registered brokers that are fenced.
+    pub brokers_fenced: usize,
+    /// Partitions of the cluster.
+    pub partitions: usize,
+    /// Partitions without a live leader.
+    pub partitions_offline: usize,
+    /// Partitions this node leads.
+    pub partitions_led: usize,
+}
+
+/// The cluster-mode families of `/metrics`.
+pub fn render_cluster(c: &ClusterGauges) -> String {
+    let mut o = Out(String::new());
+    o.family(
+        "strom_cluster_controller_active",
+        "gauge",
+        "1 if this node is the active controller of the quorum, else 0.",
+    );
+    o.sample(
+        "strom_cluster_controller_active",
+        &[],
+        u8::from(c.controller_id == c.node_id),
+    );
+    o.family(
+        "strom_cluster_controller_id",
+        "gauge",
+        "Node id of the active controller as this node sees it; -1 while there is none.",
+    );
+    o.sample("strom_cluster_controller_id", &[], c.controller_id);
+    o.family(
+        "strom_cluster_raft_term",
+        "gauge",
+        "Raft term of the controller quorum; it grows with every election.",
+    );
+    o.sample("strom_cluster_raft_term", &[], c.term);
+    o.family(
+        "strom_cluster_metadata_applied_index",
+        "gauge",
+        "Index of the last cluster metadata command this node applied.",
+    );
+    o.sample("strom_cluster_metadata_applied_index", &[], c.applied_index);
+    o.family(
+        "strom_cluster_brokers",
+        "gauge",
+        "Registered brokers by state: live (unfenced) or fenced (missed heartbeats).",
+    );
+    o.sample("strom_cluster_brokers", &[("state", "live")], c.brokers_live);
+    o.sample("strom_cluster_brokers", &[("state", "fenced")], c.brokers_fenced);
+    o.family(
+        "strom_cluster_partitions",
+        "gauge",
+        "Partitions of the cluster: all, offline (no live leader), and led by this node.",
+    );
+    o.sample("strom_cluster_partitions", &[("state", "all")], c.partitions);
+    o.sample("strom_cluster_partitions", &[("state", "offline")], c.partitions_offline);
+    o.sample("strom_cluster_partitions", &[("state", "led_here")], c.partitions_led);
+    o.0
+}
+
 /// The `/v1/status` document: every topic of the metadata, with the gauges of the partitions
 /// whose shard answered (null otherwise, e.g. while it is still recovering).
 pub fn status_json(
