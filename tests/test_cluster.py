@@ -309,6 +309,22 @@ def test_partitions_stay_with_their_node_across_restarts_and_deletion(cluster):
     for i in range(NODES):
         assert "auto" not in AdminClient({"bootstrap.servers": f"{ip(i)}:9092"}).list_topics(
             timeout=10).topics
+    # Created again under the same name: a new topic, with none of the old records.
+    admin.create_topics([NewTopic("auto", 1, 1)])["auto"].result(timeout=20)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p.produce("auto", b"second")
+    assert p.flush(30) == 0
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "auto-readers-2",
+                  "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition("auto", 0, 0)])
+    values = []
+    deadline = time.monotonic() + 30
+    while not values and time.monotonic() < deadline:
+        m = c.poll(1.0)
+        if m is not None and m.error() is None:
+            values.append((m.offset(), m.value()))
+    c.close()
+    assert values == [(0, b"second")], values
 
 
 def test_producer_ids_are_unique_across_the_cluster(cluster):
@@ -378,3 +394,30 @@ def test_a_cluster_data_directory_is_refused_by_a_single_node(cluster, tmp_path)
                     "-o", "admin.listeners=127.0.1.1:9644")
     assert res.returncode != 0, res.stderr
     assert "data directory of a cluster node" in res.stderr, res.stderr
+
+
+def test_readme_cluster_block():
+    """The README's cluster commands exactly as a user types them, from the checkout: `up 3`
+    prints the bootstrap string, `status` shows three running nodes, `down` stops them."""
+    from test_readme import block, sh_commands
+
+    commands = sh_commands(block("A local cluster (in development)", "sh"))
+    assert [c.split("#")[0].split() for c in commands] == [
+        ["scripts/cluster.sh", "up", "3"], ["scripts/cluster.sh", "status"],
+        ["scripts/cluster.sh", "down"]], commands
+    env = dict(os.environ, NO_COLOR="1")
+    workdir = REPO / "strom-cluster"
+    try:
+        outputs = []
+        for cmd in commands:
+            res = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=900)
+            assert res.returncode == 0, f"{cmd}:\n{res.stdout}\n{res.stderr}"
+            outputs.append(res.stdout)
+        assert "bootstrap: 127.0.1.1:9092,127.0.1.2:9092,127.0.1.3:9092" in outputs[0], outputs[0]
+        assert outputs[1].count(": running, controller=") == 3, outputs[1]
+        assert outputs[2].startswith("cluster down: 3 node(s) stopped"), outputs[2]
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "down"], cwd=REPO, env=env, capture_output=True,
+                       timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -175,6 +175,31 @@ impl TopicRun {
     }
 }
 
+/// How long the end offsets must stay the same before the run takes them as final.
+const END_OFFSETS_SETTLE: Duration = Duration::from_millis(500);
+
+/// The topics' end offsets once every producer is done. An acks=1 answer comes before the
+/// records are durable, and consumers see (and ListOffsets reports) only durable records, so
+/// the last acknowledged records can be one group commit past the first reading: read until
+/// the offsets stop moving for `END_OFFSETS_SETTLE` (at most `CONSUMER_DRAIN`).
+fn settled_end_offsets(topics: &[TopicRun], brokers: &str) -> Result<Vec<Vec<i64>>, String> {
+    let read = || -> Result<Vec<Vec<i64>>, String> {
+        topics.iter().map(|t| t.end_offsets(brokers)).collect()
+    };
+    let started = Instant::now();
+    let mut last = read()?;
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < END_OFFSETS_SETTLE && started.elapsed() < CONSUMER_DRAIN {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = read()?;
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    Ok(last)
+}
+
 /// Runs `w` once against the broker.
 pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     w.validate()?;
@@ -312,12 +337,7 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
         let producers_done = producers.iter().all(Producer::is_finished);
         if window_end.is_some() && producers_done {
             if ends_at_stop.is_none() {
-                ends_at_stop = Some(
-                    topics
-                        .iter()
-                        .map(|t| t.end_offsets(&opts.brokers))
-                        .collect::<Result<Vec<_>, _>>()?,
-                );
+                ends_at_stop = Some(settled_end_offsets(&topics, &opts.brokers)?);
                 drain_deadline = Some(now + CONSUMER_DRAIN.as_nanos() as u64);
             }
             if caught_up || drain_deadline.is_some_and(|d| now >= d) || catch_up {

@@ -267,7 +267,8 @@ async fn follow_quorum(shard: Rc<Shard>, link: QuorumLink) {
             return;
         };
         match controller.adopt(&shard, link.node_id, &state.image).await {
-            Ok(()) => adopted = state.applied,
+            Ok(false) => adopted = state.applied,
+            Ok(true) => {}
             Err(e) => {
                 tracing::warn!(
                     "following the cluster metadata (applied index {}): {}; retrying",

@@ -88,7 +88,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     clippy::type_complexity,
     reason = "a node's endpoint or a Kafka error with its message, used once"
 )]
-fn coordinator(
+pub fn coordinator(
     ctx: &Ctx<'_>,
     group: &str,
 ) -> Option<Result<(i32, kafka_protocol::protocol::StrBytes, i32), (i16, String)>> {

@@ -16,7 +16,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.map(|s| s.to_string()),
     };
-    let refused = input::group_id_error(&group_id, false)
+    let refused = super::group_refused(ctx, &group_id, false)
         .or_else(|| input::member_id_is_unknown(&req.member_id).then_some(E::UnknownMemberId));
     let code = match refused {
         Some(e) => e.code(),

@@ -21,7 +21,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         .into_iter()
         .map(|p| (p.name.to_string(), p.metadata))
         .collect();
-    let refused = input::group_id_error(&group_id, false)
+    let refused = super::group_refused(ctx, &group_id, false)
         .or_else(|| input::member_id_is_unknown(&member_id).then_some(E::UnknownMemberId))
         .or_else(|| input::join_error(instance_id.as_deref(), &protocol_type, &protocols));
     let params = JoinParams {

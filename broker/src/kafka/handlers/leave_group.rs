@@ -25,7 +25,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     } else {
         vec![(req.member_id.to_string(), None)]
     };
-    if let Some(e) = input::group_id_error(&group_id, false) {
+    if let Some(e) = super::group_refused(ctx, &group_id, false) {
         let mut resp = LeaveGroupResponse::default();
         resp.error_code = e.code();
         ctx.note_error(resp.error_code);

@@ -148,6 +148,20 @@ impl Ctx<'_> {
     }
 }
 
+/// Why this node refuses a group request: an invalid group id (INVALID_GROUP_ID), or in
+/// cluster mode a group coordinated by another broker (NOT_COORDINATOR, so the client asks
+/// FindCoordinator again) or by one that is down (COORDINATOR_NOT_AVAILABLE).
+pub fn group_refused(ctx: &Ctx<'_>, group_id: &str, empty_allowed: bool) -> Option<ResponseError> {
+    if let Some(e) = input::group_id_error(group_id, empty_allowed) {
+        return Some(e);
+    }
+    match find_coordinator::coordinator(ctx, group_id)? {
+        Ok((node, _, _)) if node == ctx.shard.config.node_id => None,
+        Ok(_) => Some(ResponseError::NotCoordinator),
+        Err(_) => Some(ResponseError::CoordinatorNotAvailable),
+    }
+}
+
 /// Who leads a partition this node does not lead, in cluster mode: `(leader, leader_epoch)`,
 /// leader -1 when there is none (or the topic is not in the committed metadata). `None` when
 /// this node leads it, and always on a single node.
@@ -271,7 +285,7 @@ pub async fn per_group_owner<T>(
     let mut out: Vec<Result<T, i16>> = ids
         .iter()
         .map(|id| {
-            Err(input::group_id_error(id, true)
+            Err(group_refused(ctx, id, true)
                 .unwrap_or(ResponseError::CoordinatorNotAvailable)
                 .code())
         })
@@ -280,7 +294,7 @@ pub async fn per_group_owner<T>(
     for (i, id) in ids
         .iter()
         .enumerate()
-        .filter(|(_, id)| input::group_id_error(id, true).is_none())
+        .filter(|(_, id)| group_refused(ctx, id, true).is_none())
     {
         let owner = shard.group_owner(id);
         match by_owner.iter_mut().find(|(o, _)| *o == owner) {

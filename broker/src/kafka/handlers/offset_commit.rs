@@ -13,14 +13,14 @@ use kafka_protocol::ResponseError as E;
 
 use super::{codes_per_item, Ctx, HandlerResult};
 use crate::group::coordinator::CommitParams;
-use crate::group::{input, GroupOp, GroupReply};
+use crate::group::{GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: OffsetCommitRequest = ctx.decode(body)?;
     let group_id = req.group_id.to_string();
     let count = req.topics.iter().map(|t| t.partitions.len()).sum();
     // The empty group id is accepted, as by Kafka (offsets of old clients).
-    if let Some(e) = input::group_id_error(&group_id, true) {
+    if let Some(e) = super::group_refused(ctx, &group_id, true) {
         return Ok(respond(ctx, req.topics, vec![e.code(); count]));
     }
     let mut offsets = Vec::with_capacity(count);

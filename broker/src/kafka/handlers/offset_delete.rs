@@ -11,7 +11,7 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use kafka_protocol::ResponseError as E;
 
 use super::{codes_per_item, Ctx, HandlerResult};
-use crate::group::{input, GroupOp, GroupReply};
+use crate::group::{GroupOp, GroupReply};
 
 pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     let req: OffsetDeleteRequest = ctx.decode(body)?;
@@ -27,7 +27,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         })
         .collect();
     let count = partitions.len();
-    let (code, codes) = if let Some(e) = input::group_id_error(&group_id, false) {
+    let (code, codes) = if let Some(e) = super::group_refused(ctx, &group_id, false) {
         (e.code(), Vec::new())
     } else {
         let op = GroupOp::DeleteOffsets {

@@ -13,13 +13,13 @@ use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult};
 use crate::group::coordinator::FetchedOffset;
-use crate::group::{input, GroupOp, GroupReply};
+use crate::group::{GroupOp, GroupReply};
 
 type Wanted = Option<Vec<(Arc<str>, Vec<i32>)>>;
 
 async fn fetch_group(ctx: &Ctx<'_>, group_id: &str, topics: Wanted) -> (i16, Vec<FetchedOffset>) {
     // The empty group id is accepted, as by Kafka (offsets of old clients).
-    if let Some(e) = input::group_id_error(group_id, true) {
+    if let Some(e) = super::group_refused(ctx, group_id, true) {
         return (e.code(), Vec::new());
     }
     let op = GroupOp::FetchOffsets {

@@ -25,7 +25,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect(),
     };
-    let refused = input::group_id_error(&group_id, false)
+    let refused = super::group_refused(ctx, &group_id, false)
         .or_else(|| input::member_id_is_unknown(&params.member_id).then_some(E::UnknownMemberId))
         .or_else(|| input::sync_error(&params.assignments));
     let r = match refused {

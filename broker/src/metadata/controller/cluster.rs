@@ -201,13 +201,14 @@ impl Controller {
     /// Makes this node's metadata and logs follow `image`: topics it lacks are added, with the
     /// logs of the partitions this node holds a replica of; partitions added to a topic
     /// likewise; topics gone from the image are removed with their logs; changed configs are
-    /// given to the logs. Does nothing when they already agree.
+    /// given to the logs. Does nothing when they already agree. Returns whether another call is
+    /// needed (a topic deleted and created again under its name: its old logs go first).
     pub async fn adopt(
         &self,
         owners: &impl LogOwners,
         node: NodeId,
         image: &MetadataImage,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<bool, ControllerError> {
         let _permit = self
             .lock
             .acquire_permit(1)
@@ -219,11 +220,13 @@ impl Controller {
             topics: Vec::with_capacity(image.topics.len()),
         };
         let mut after: Vec<(ShardId, LogWork)> = Vec::new();
+        let mut again = false;
         for (name, topic) in &image.topics {
             let old = current.topics.iter().find(|t| t.name == *name);
             if old.is_some_and(|o| o.id != topic.topic_id) {
                 // Deleted and created again under the same name: the old logs go first (below),
-                // the new topic arrives with the next image.
+                // the new topic in the next call.
+                again = true;
                 continue;
             }
             let count = topic.partitions.len();
@@ -293,9 +296,10 @@ impl Controller {
             && next.topics.len() == current.topics.len()
             && next.topics.iter().zip(&current.topics).all(|(a, b)| a == b);
         if unchanged {
-            return Ok(());
+            return Ok(again);
         }
-        self.commit(owners, &current, next, after).await
+        self.commit(owners, &current, next, after).await?;
+        Ok(again)
     }
 
     /// The log work that opens `partitions` of `t`, grouped by owner.
