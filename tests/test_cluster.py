@@ -349,6 +349,31 @@ def test_producer_ids_are_unique_across_the_cluster(cluster):
     assert len({pid // 1000 for pid in seen}) == NODES + 1, seen
 
 
+def test_every_node_names_the_same_group_coordinator(cluster):
+    cluster.script("up", str(NODES))
+    cluster.wait_for(range(NODES), "three live brokers",
+                     lambda v: all(live(x) == [0, 1, 2] for x in v.values()))
+    for group in ("orders-readers", "audit", "g-17"):
+        answers = []
+        for i in range(NODES):
+            with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
+                answers.append(c.find_coordinator(group))
+        assert all(a["error_code"] == 0 for a in answers), answers
+        nodes = {a["node_id"] for a in answers}
+        assert len(nodes) == 1, answers
+        coordinator = nodes.pop()
+        assert answers[0]["host"] == ip(coordinator)
+        # Another broker refuses the group's requests, sending the client back to
+        # FindCoordinator (NOT_COORDINATOR, 16); the coordinator serves them.
+        for i in range(NODES):
+            with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
+                joined = c.join_group(group, protocols=[("range", b"")])
+            if i == coordinator:
+                assert joined["error_code"] in (0, 79), joined  # 79: MEMBER_ID_REQUIRED
+            else:
+                assert joined["error_code"] == 16, joined
+
+
 def run_strom(tmp_path, *args, timeout=30):
     return subprocess.run([str(strom_bin()), *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, NO_COLOR="1"))
