@@ -418,16 +418,36 @@ pub fn render_cluster(c: &ClusterGauges) -> String {
         "gauge",
         "Registered brokers by state: live (unfenced) or fenced (missed heartbeats).",
     );
-    o.sample("strom_cluster_brokers", &[("state", "live")], c.brokers_live);
-    o.sample("strom_cluster_brokers", &[("state", "fenced")], c.brokers_fenced);
+    o.sample(
+        "strom_cluster_brokers",
+        &[("state", "live")],
+        c.brokers_live,
+    );
+    o.sample(
+        "strom_cluster_brokers",
+        &[("state", "fenced")],
+        c.brokers_fenced,
+    );
     o.family(
         "strom_cluster_partitions",
         "gauge",
         "Partitions of the cluster: all, offline (no live leader), and led by this node.",
     );
-    o.sample("strom_cluster_partitions", &[("state", "all")], c.partitions);
-    o.sample("strom_cluster_partitions", &[("state", "offline")], c.partitions_offline);
-    o.sample("strom_cluster_partitions", &[("state", "led_here")], c.partitions_led);
+    o.sample(
+        "strom_cluster_partitions",
+        &[("state", "all")],
+        c.partitions,
+    );
+    o.sample(
+        "strom_cluster_partitions",
+        &[("state", "offline")],
+        c.partitions_offline,
+    );
+    o.sample(
+        "strom_cluster_partitions",
+        &[("state", "led_here")],
+        c.partitions_led,
+    );
     o.0
 }
 

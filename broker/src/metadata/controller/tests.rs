@@ -275,3 +275,64 @@ fn alter_configs_validates_then_reaches_every_owner() {
         assert_eq!(configs, 2, "{:?}", owners.calls.borrow());
     });
 }
+
+/// A cluster image with topic `name`: partition p led by `leaders[p]` (one replica each).
+fn image_with(topics: &[(&str, u8, &[i32])]) -> strom_cluster::controller::MetadataImage {
+    use strom_cluster::controller::{MetadataImage, PartitionRecord, TopicRecord as Cluster};
+    let mut image = MetadataImage::default();
+    for &(name, id, leaders) in topics {
+        image.topics.insert(
+            name.to_string(),
+            Cluster {
+                topic_id: [id; 16],
+                partitions: leaders
+                    .iter()
+                    .map(|&l| PartitionRecord::new(&[strom_cluster::NodeId(l)]))
+                    .collect(),
+                configs: BTreeMap::new(),
+            },
+        );
+    }
+    image
+}
+
+#[test]
+fn adopting_an_image_opens_only_this_nodes_replicas_and_follows_deletion_and_recreation() {
+    with_controller(async |c: &Controller, owners: &FakeOwners| {
+        let me = strom_cluster::NodeId(1);
+        // Partitions 1 and 3 of four are this node's.
+        let image = image_with(&[("t", 1, &[0, 1, 2, 1])]);
+        assert!(!c.adopt(owners, me, &image).await.unwrap());
+        assert_eq!(owners.dirs(), vec!["t-1", "t-3"]);
+        assert_eq!(
+            published_partitions(c, "t"),
+            Some(4),
+            "every partition is in the metadata"
+        );
+        assert_eq!(persisted_topics(&owners.data_dir), vec![("t".into(), 4)]);
+        // The same image again changes nothing.
+        let calls = owners.calls.borrow().len();
+        assert!(!c.adopt(owners, me, &image).await.unwrap());
+        assert_eq!(owners.calls.borrow().len(), calls);
+        // Two partitions more, one of them here.
+        let grown = image_with(&[("t", 1, &[0, 1, 2, 1, 1, 0])]);
+        assert!(!c.adopt(owners, me, &grown).await.unwrap());
+        assert_eq!(owners.dirs(), vec!["t-1", "t-3", "t-4"]);
+        // Deleted and created again under the same name (another id), with partition 0 here
+        // now: the old logs go first, the new topic comes with the next call.
+        let recreated = image_with(&[("t", 2, &[1, 0])]);
+        assert!(
+            c.adopt(owners, me, &recreated).await.unwrap(),
+            "a second call is needed"
+        );
+        assert!(owners.dirs().is_empty(), "{:?}", owners.dirs());
+        assert_eq!(published_partitions(c, "t"), None);
+        assert!(!c.adopt(owners, me, &recreated).await.unwrap());
+        assert_eq!(owners.dirs(), vec!["t-0"]);
+        assert_eq!(c.ctx.meta.load().topic("t").map(|t| t.id), Some([2; 16]));
+        // Gone from the image: gone here.
+        assert!(!c.adopt(owners, me, &image_with(&[])).await.unwrap());
+        assert!(owners.dirs().is_empty());
+        assert_eq!(persisted_topics(&owners.data_dir), vec![]);
+    });
+}
