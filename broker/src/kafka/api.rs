@@ -28,6 +28,9 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::Produce, 0, 3, 9),
     api(ApiKey::Fetch, 4, 4, 12),
     api(ApiKey::ListOffsets, 1, 1, 7),
+    // Where a leader epoch ends (KIP-101); Kafka 4 keeps v2+ (the current-epoch fencing of
+    // KIP-320).
+    api(ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
     api(ApiKey::Metadata, 0, 0, 12),
     api(ApiKey::FindCoordinator, 0, 0, 4),
     api(ApiKey::ApiVersions, 0, 0, 3),

@@ -78,6 +78,24 @@ pub struct OffsetAnswer {
     pub leader_epoch: i32,
 }
 
+/// OffsetForLeaderEpoch for one partition: where `leader_epoch` ends in its log.
+pub struct EpochQuery {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    /// The partition's current leader epoch.
+    pub current_epoch: i32,
+}
+
+/// The answer: the largest epoch at or below the one asked for, and where it ends (the log end
+/// for the latest epoch); -1 and -1 when nothing is known.
+#[derive(Debug, Clone)]
+pub struct EpochAnswer {
+    pub error: i16,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
+}
+
 /// Takes a client connection over on the shard it moved to.
 pub type Adoption = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
@@ -90,6 +108,7 @@ pub enum ShardOp {
         wait_ms: u64,
     },
     ListOffsets(Vec<OffsetQuery>),
+    EpochEnds(Vec<EpochQuery>),
     /// DeleteRecords: (topic, partition, delete before this offset; -1 = the high watermark).
     DeleteRecords(Vec<(Arc<str>, i32, i64)>),
     /// DescribeLogDirs: the size of each listed partition this shard owns (None: all of them).
@@ -122,6 +141,7 @@ pub enum ShardReply {
     Fetch(Vec<FetchResult>),
     Waited,
     ListOffsets(Vec<OffsetAnswer>),
+    EpochEnds(Vec<EpochAnswer>),
     /// Per partition, in request order: (error code, low watermark or -1).
     DeleteRecords(Vec<(i16, i64)>),
     /// (topic, partition, bytes of its segment files), user topics only.
@@ -160,6 +180,33 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             wait_for_data(shard, parts, wait_ms).await;
             ShardReply::Waited
         }
+        ShardOp::EpochEnds(qs) => ShardReply::EpochEnds(
+            qs.iter()
+                .map(|q| match shard.logs.get(&q.topic, q.partition) {
+                    // The current leader epoch ends at the log end, whether or not a batch
+                    // of it was appended yet (Kafka's leader records its epoch at the log end
+                    // when it takes over; a single node never takes over).
+                    Some(log) if q.leader_epoch == q.current_epoch => EpochAnswer {
+                        error: 0,
+                        leader_epoch: q.current_epoch,
+                        end_offset: log.log_end_offset().0,
+                    },
+                    Some(log) => {
+                        let (epoch, end) = log.epoch_end_offset(LeaderEpoch(q.leader_epoch));
+                        EpochAnswer {
+                            error: 0,
+                            leader_epoch: epoch.0,
+                            end_offset: end.0,
+                        }
+                    }
+                    None => EpochAnswer {
+                        error: E::UnknownTopicOrPartition.code(),
+                        leader_epoch: -1,
+                        end_offset: -1,
+                    },
+                })
+                .collect(),
+        ),
         ShardOp::ListOffsets(qs) => {
             let mut out = Vec::with_capacity(qs.len());
             for q in qs {

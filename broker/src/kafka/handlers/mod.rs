@@ -25,6 +25,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -213,6 +214,7 @@ pub async fn dispatch(
         ApiKey::Produce => produce::handle(&ctx, &mut body).await,
         ApiKey::Fetch => fetch::handle(&ctx, &mut body).await,
         ApiKey::ListOffsets => list_offsets::handle(&ctx, &mut body).await,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(&ctx, &mut body).await,
         ApiKey::CreateTopics => create_topics::handle(&ctx, &mut body).await,
         ApiKey::DeleteTopics => delete_topics::handle(&ctx, &mut body).await,
         ApiKey::CreatePartitions => create_partitions::handle(&ctx, &mut body).await,
