@@ -73,3 +73,46 @@ def test_librdkafka_consumes_from_committed_offsets_with_validation(broker):
     # The second consumer starts from the committed offset (with its leader epoch), which
     # librdkafka validates with OffsetForLeaderEpoch before fetching.
     assert read(10) == [b"v%d" % i for i in range(10, 20)]
+
+
+def fetch_error(conn, topic, partition, current_leader_epoch):
+    """Fetch v9 of one partition naming `current_leader_epoch`; its error code."""
+    w = kafka_raw.Writer().int32(-1).int32(0).int32(1).int32(1 << 20).int8(0).int32(0).int32(-1)
+    w.array([topic], lambda w, t: (w.string(t), w.array([partition], lambda w, p: (
+        w.int32(p).int32(current_leader_epoch).int64(0).int64(-1).int32(1 << 20)))))
+    w.array([], lambda w, t: None)  # forgotten topics
+    r = conn.request(1, 9, w.done())
+    r.int32()  # throttle
+    r.int16()  # top-level error
+    r.int32()  # session id
+    assert r.int32() == 1
+    r.string()
+    assert r.int32() == 1
+    assert r.int32() == partition
+    return r.int16()
+
+
+def list_offsets_error(conn, topic, partition, current_leader_epoch):
+    """ListOffsets v4 (latest) of one partition naming `current_leader_epoch`; its error code."""
+    w = kafka_raw.Writer().int32(-1).int8(0)
+    w.array([topic], lambda w, t: (w.string(t), w.array([partition], lambda w, p: (
+        w.int32(p).int32(current_leader_epoch).int64(-1)))))
+    r = conn.request(2, 4, w.done())
+    r.int32()
+    assert r.int32() == 1
+    r.string()
+    assert r.int32() == 1
+    assert r.int32() == partition
+    return r.int16()
+
+
+def test_fetch_and_list_offsets_fence_by_the_current_leader_epoch(broker):
+    """KIP-320: naming the current epoch (0) or none (-1) reads; a newer one is refused with
+    UNKNOWN_LEADER_EPOCH (75): this broker does not know that epoch yet."""
+    topic = unique("fenced")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=20)
+    with broker.conn() as c:
+        assert c.produce(topic, 0, kafka_raw.simple_batch([b"x"]), acks=-1)["error_code"] == 0
+        assert [fetch_error(c, topic, 0, e) for e in (-1, 0, 1)] == [0, 0, 75]
+        assert [list_offsets_error(c, topic, 0, e) for e in (-1, 0, 3)] == [0, 0, 75]

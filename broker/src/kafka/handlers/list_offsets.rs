@@ -35,6 +35,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         for (pi, p) in t.partitions.iter().enumerate() {
             if super::led_elsewhere(ctx, &name, p.partition_index).is_some() {
                 answers[ti][pi].error = E::NotLeaderOrFollower.code();
+            } else if let Some(e) =
+                super::epoch_fenced(&meta, &name, p.partition_index, p.current_leader_epoch)
+            {
+                answers[ti][pi].error = e.code();
             } else if let Some(owner) = meta.owner(&name, PartitionId(p.partition_index)) {
                 per_shard.entry(owner).or_default().push((
                     (ti, pi),

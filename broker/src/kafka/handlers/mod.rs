@@ -163,6 +163,31 @@ pub fn group_refused(ctx: &Ctx<'_>, group_id: &str, empty_allowed: bool) -> Opti
     }
 }
 
+/// KIP-320: a request naming the partition's current leader epoch (-1: none) is refused when
+/// that is older (FENCED_LEADER_EPOCH: the client's metadata is stale) or newer
+/// (UNKNOWN_LEADER_EPOCH: this broker's is) than the partition's.
+pub fn epoch_fenced(
+    meta: &crate::metadata::ClusterMeta,
+    topic: &str,
+    partition: i32,
+    current_leader_epoch: i32,
+) -> Option<ResponseError> {
+    if current_leader_epoch < 0 {
+        return None;
+    }
+    let epoch = meta
+        .topic(topic)?
+        .partitions
+        .get(usize::try_from(partition).ok()?)?
+        .leader_epoch
+        .0;
+    match current_leader_epoch.cmp(&epoch) {
+        std::cmp::Ordering::Less => Some(ResponseError::FencedLeaderEpoch),
+        std::cmp::Ordering::Greater => Some(ResponseError::UnknownLeaderEpoch),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
 /// Who leads a partition this node does not lead, in cluster mode: `(leader, leader_epoch)`,
 /// leader -1 when there is none (or the topic is not in the committed metadata). `None` when
 /// this node leads it, and always on a single node.

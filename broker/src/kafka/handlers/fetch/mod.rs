@@ -33,8 +33,9 @@ struct Wanted {
     offset: i64,
     max_bytes: u32,
     owner: Option<ShardId>,
-    /// Cluster mode: the partition is led by another node (NOT_LEADER_OR_FOLLOWER).
-    elsewhere: bool,
+    /// Answered without reading: led by another node (NOT_LEADER_OR_FOLLOWER), or the client's
+    /// current leader epoch is older or newer than the partition's (KIP-320).
+    refused: Option<E>,
 }
 
 fn error_result(code: E) -> FetchResult {
@@ -69,7 +70,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                 offset: p.fetch_offset,
                 max_bytes: (p.partition_max_bytes.max(0) as u32).min(response_max),
                 owner: meta.owner(&name, PartitionId(p.partition)),
-                elsewhere: super::led_elsewhere(ctx, &name, p.partition).is_some(),
+                refused: if super::led_elsewhere(ctx, &name, p.partition).is_some() {
+                    Some(E::NotLeaderOrFollower)
+                } else {
+                    super::epoch_fenced(&meta, &name, p.partition, p.current_leader_epoch)
+                },
             });
         }
     }
@@ -129,7 +134,9 @@ async fn read_round(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Vec<FetchResult> {
     let mut per_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (i, w) in wanted.iter().enumerate() {
         match w.owner {
-            _ if w.elsewhere => results[i] = Some(error_result(E::NotLeaderOrFollower)),
+            _ if w.refused.is_some() => {
+                results[i] = Some(error_result(w.refused.unwrap_or(E::NotLeaderOrFollower)));
+            }
             Some(s) => per_shard.entry(s).or_default().push(i),
             None => results[i] = Some(error_result(E::UnknownTopicOrPartition)),
         }
@@ -192,7 +199,7 @@ async fn wait_for_data(
 ) {
     let mut per_shard: BTreeMap<ShardId, Vec<(Arc<str>, i32, i64)>> = BTreeMap::new();
     for (w, r) in wanted.iter().zip(results) {
-        if let (Some(s), None, false) = (w.owner, &r.slice, w.elsewhere) {
+        if let (Some(s), None, None) = (w.owner, &r.slice, w.refused) {
             per_shard
                 .entry(s)
                 .or_default()
