@@ -243,6 +243,10 @@ impl Service {
     }
 
     fn heartbeat(&mut self, hb: Heartbeat) {
+        // Only registered brokers are tracked, so the table stays as small as the cluster.
+        if !self.node.image().brokers.contains_key(&hb.node_id) {
+            return;
+        }
         if self.node.is_leader() {
             self.liveness
                 .on_heartbeat(hb.node_id, hb.incarnation, now_ms());

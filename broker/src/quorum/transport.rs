@@ -2,7 +2,8 @@
 //! only sends, and the peers' connections to this node, on which it only receives.
 //!
 //! Sending never waits: a frame goes into the peer's queue, which holds at most
-//! `PEER_QUEUE_FRAMES_MAX` frames and drops the oldest beyond that (Raft resends what matters),
+//! `PEER_QUEUE_FRAMES_MAX` frames and `PEER_QUEUE_BYTES_MAX` bytes and drops the oldest beyond
+//! that (Raft resends what matters),
 //! and a writer task per peer connects, says `Hello`, and writes the queue out, reconnecting
 //! after a failure. Receiving accepts at most `PEER_CONNECTIONS_MAX` connections at a time, each
 //! of which must start with a `Hello` naming a voter.
@@ -20,6 +21,9 @@ use strom_cluster::NodeId;
 
 /// Frames queued for one peer; older ones are dropped beyond it.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 4096;
+/// Bytes queued for one peer; older frames are dropped beyond it (the newest is always kept,
+/// so a snapshot larger than this still goes out).
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Incoming peer connections open at once.
 pub const PEER_CONNECTIONS_MAX: usize = 32;
 /// How long a connection attempt to a peer may take.
@@ -33,6 +37,8 @@ const PEER_RECONNECT_MS: u64 = 100;
 pub struct PeerLink {
     peer: NodeId,
     queue: RefCell<VecDeque<Vec<u8>>>,
+    /// Bytes of the frames in `queue`.
+    queued_bytes: Cell<usize>,
     wake: event_listener::Event,
     /// Frames dropped because the queue was full.
     pub dropped: Cell<u64>,
@@ -51,6 +57,7 @@ impl PeerLink {
         let link = Rc::new(PeerLink {
             peer,
             queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
             wake: event_listener::Event::new(),
             dropped: Cell::new(0),
             connected: Cell::new(false),
@@ -63,12 +70,19 @@ impl PeerLink {
 
     /// Queues a message for the peer.
     pub fn send(&self, message: &PeerMessage) {
+        let frame = message.to_frame();
         let mut queue = self.queue.borrow_mut();
-        if queue.len() >= PEER_QUEUE_FRAMES_MAX {
-            queue.pop_front();
+        let mut bytes = self.queued_bytes.get() + frame.len();
+        while !queue.is_empty()
+            && (queue.len() >= PEER_QUEUE_FRAMES_MAX || bytes > PEER_QUEUE_BYTES_MAX)
+        {
+            if let Some(old) = queue.pop_front() {
+                bytes -= old.len();
+            }
             self.dropped.set(self.dropped.get() + 1);
         }
-        queue.push_back(message.to_frame());
+        queue.push_back(frame);
+        self.queued_bytes.set(bytes);
         drop(queue);
         self.wake.notify(1);
     }
@@ -85,6 +99,7 @@ impl PeerLink {
     async fn next_frame(&self) -> Vec<u8> {
         loop {
             if let Some(frame) = self.queue.borrow_mut().pop_front() {
+                self.queued_bytes.set(self.queued_bytes.get() - frame.len());
                 return frame;
             }
             let listener = self.wake.listen();
@@ -127,6 +142,7 @@ async fn writer(link: Rc<PeerLink>, me: Hello, addr: SocketAddr) {
                     "controller peer {} restarted; replacing our connection to it",
                     link.peer
                 );
+                link.queued_bytes.set(link.queued_bytes.get() + frame.len());
                 link.queue.borrow_mut().push_front(frame);
                 break;
             }
@@ -199,4 +215,43 @@ async fn read_peer(
         deliver(from, message);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> PeerLink {
+        PeerLink {
+            peer: NodeId(1),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            wake: event_listener::Event::new(),
+            dropped: Cell::new(0),
+            connected: Cell::new(false),
+            reconnect: Cell::new(false),
+            peer_session: Cell::new(None),
+        }
+    }
+
+    #[test]
+    fn a_peer_queue_keeps_the_newest_frames_within_its_limits() {
+        let l = link();
+        for i in 0..PEER_QUEUE_FRAMES_MAX + 10 {
+            l.send(&PeerMessage::Raft(vec![u8::try_from(i % 256).unwrap()]));
+        }
+        assert_eq!(l.queue.borrow().len(), PEER_QUEUE_FRAMES_MAX);
+        assert_eq!(l.dropped.get(), 10);
+        let big = vec![7u8; 1 << 20];
+        for _ in 0..100 {
+            l.send(&PeerMessage::Raft(big.clone()));
+        }
+        let queued: usize = l.queue.borrow().iter().map(Vec::len).sum();
+        assert_eq!(queued, l.queued_bytes.get());
+        assert!(queued <= PEER_QUEUE_BYTES_MAX, "{queued}");
+        assert!(queued > PEER_QUEUE_BYTES_MAX - (2 << 20), "{queued}");
+        // A frame larger than the byte limit still goes out, alone.
+        l.send(&PeerMessage::Raft(vec![1u8; PEER_QUEUE_BYTES_MAX + 1]));
+        assert_eq!(l.queue.borrow().len(), 1);
+    }
 }
