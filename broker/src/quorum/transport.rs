@@ -54,7 +54,13 @@ pub struct PeerLink {
 impl PeerLink {
     /// A link to `peer` at `addr`, and its writer task (runs until cancelled).
     pub fn spawn(me: Hello, peer: NodeId, addr: SocketAddr) -> (Rc<PeerLink>, glommio::Task<()>) {
-        let link = Rc::new(PeerLink {
+        let link = Rc::new(PeerLink::new(peer));
+        let task = glommio::spawn_local(writer(link.clone(), me, addr));
+        (link, task)
+    }
+
+    fn new(peer: NodeId) -> PeerLink {
+        PeerLink {
             peer,
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -63,9 +69,7 @@ impl PeerLink {
             connected: Cell::new(false),
             reconnect: Cell::new(false),
             peer_session: Cell::new(None),
-        });
-        let task = glommio::spawn_local(writer(link.clone(), me, addr));
-        (link, task)
+        }
     }
 
     /// Queues a message for the peer.
@@ -221,22 +225,9 @@ async fn read_peer(
 mod tests {
     use super::*;
 
-    fn link() -> PeerLink {
-        PeerLink {
-            peer: NodeId(1),
-            queue: RefCell::new(VecDeque::new()),
-            queued_bytes: Cell::new(0),
-            wake: event_listener::Event::new(),
-            dropped: Cell::new(0),
-            connected: Cell::new(false),
-            reconnect: Cell::new(false),
-            peer_session: Cell::new(None),
-        }
-    }
-
     #[test]
     fn a_peer_queue_keeps_the_newest_frames_within_its_limits() {
-        let l = link();
+        let l = PeerLink::new(NodeId(1));
         for i in 0..PEER_QUEUE_FRAMES_MAX + 10 {
             l.send(&PeerMessage::Raft(vec![u8::try_from(i % 256).unwrap()]));
         }

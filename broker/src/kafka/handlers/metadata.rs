@@ -66,11 +66,7 @@ pub const CLUSTER_OPERATIONS_ALL: i32 = 0x1fa0;
 
 pub fn topic_entry(ctx: &Ctx<'_>, t: &TopicMeta) -> MetadataResponseTopic {
     let node = BrokerId(ctx.shard.config.node_id);
-    let mut r = MetadataResponseTopic::default();
-    r.name = Some(TopicName(str_bytes(&t.name)));
-    r.topic_id = uuid::Uuid::from_bytes(t.id);
-    r.is_internal = t.name.starts_with("__");
-    r.topic_authorized_operations = i32::MIN;
+    let mut r = topic_head(&t.name, t.id);
     r.partitions = t
         .partitions
         .iter()
@@ -98,12 +94,18 @@ fn cluster_entry(ctx: &Ctx<'_>, name: &str) -> Option<MetadataResponseTopic> {
     Some(cluster_topic(&state, name, record))
 }
 
-fn cluster_topic(state: &QuorumState, name: &str, record: &ClusterTopic) -> MetadataResponseTopic {
+/// A topic entry without partitions: name, id, whether internal.
+fn topic_head(name: &str, id: [u8; 16]) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(TopicName(str_bytes(name)));
-    r.topic_id = uuid::Uuid::from_bytes(record.topic_id);
+    r.topic_id = uuid::Uuid::from_bytes(id);
     r.is_internal = name.starts_with("__");
     r.topic_authorized_operations = i32::MIN;
+    r
+}
+
+fn cluster_topic(state: &QuorumState, name: &str, record: &ClusterTopic) -> MetadataResponseTopic {
+    let mut r = topic_head(name, record.topic_id);
     let live = |n: &i32| state.image.brokers.get(n).is_some_and(|b| !b.fenced);
     r.partitions = record
         .partitions

@@ -303,7 +303,11 @@ impl Controller {
     }
 
     /// The log work that opens `partitions` of `t`, grouped by owner.
-    fn open_work_of(&self, t: &TopicRecord, partitions: &[usize]) -> Vec<(ShardId, LogWork)> {
+    pub(super) fn open_work_of(
+        &self,
+        t: &TopicRecord,
+        partitions: &[usize],
+    ) -> Vec<(ShardId, LogWork)> {
         if partitions.is_empty() {
             return Vec::new();
         }

@@ -573,28 +573,8 @@ impl Controller {
 
     /// The log work that opens partitions `from..` of `t`, grouped by owner.
     fn open_work(&self, t: &TopicRecord, from: usize) -> Vec<(ShardId, LogWork)> {
-        let config = self.ctx.topic_defaults.resolve(&t.overrides).log_config();
-        let topic: Arc<str> = Arc::from(t.name.as_str());
-        let mut by_shard: BTreeMap<ShardId, Vec<PartitionId>> = BTreeMap::new();
-        for (p, &s) in t.partition_shards.iter().enumerate().skip(from) {
-            by_shard
-                .entry(self.ctx.table.effective(s))
-                .or_default()
-                .push(PartitionId(p as i32));
-        }
-        by_shard
-            .into_iter()
-            .map(|(s, partitions)| {
-                (
-                    s,
-                    LogWork::Open {
-                        topic: topic.clone(),
-                        partitions,
-                        config: config.clone(),
-                    },
-                )
-            })
-            .collect()
+        let all: Vec<usize> = (from..t.partition_shards.len()).collect();
+        self.open_work_of(t, &all)
     }
 
     fn current(&self) -> MetadataSnapshot {
