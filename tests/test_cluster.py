@@ -268,7 +268,9 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
     other = next(i for i in range(NODES) if i != leader)
     with kafka_raw.KafkaConn(ip(other), 9092, timeout=15) as conn:
         res = conn.produce("orders", led, kafka_raw.simple_batch([b"x"]), acks=-1)
-    assert res["error_code"] == 6, res
+        assert res["error_code"] == 6, res
+        # DeleteRecords too: only the leader moves the log start.
+        assert conn.delete_records({("orders", led): 1})[("orders", led)]["error_code"] == 6
 
 
 def test_partitions_stay_with_their_node_across_restarts_and_deletion(cluster):

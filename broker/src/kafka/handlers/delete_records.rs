@@ -31,7 +31,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         let name: Arc<str> = Arc::from(t.name.0.as_str());
         answers.push(vec![unknown; t.partitions.len()]);
         for (pi, p) in t.partitions.iter().enumerate() {
-            if let Some(owner) = meta.owner(&name, PartitionId(p.partition_index)) {
+            if super::led_elsewhere(ctx, &name, p.partition_index).is_some() {
+                answers[ti][pi] = (E::NotLeaderOrFollower.code(), -1);
+            } else if let Some(owner) = meta.owner(&name, PartitionId(p.partition_index)) {
                 per_shard
                     .entry(owner)
                     .or_default()
