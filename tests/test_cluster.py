@@ -448,3 +448,61 @@ def test_readme_cluster_block():
         subprocess.run(["bash", str(SCRIPT), "down"], cwd=REPO, env=env, capture_output=True,
                        timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def produce_v10(host, topic, partition, batch):
+    """Produce v10 (flexible, KIP-951) of one batch with acks=all; returns the partition's
+    (error, current_leader tag or None) and the response's node endpoints tag."""
+    w = kafka_raw.VWriter(True)
+    w.str_(None).int16(-1).int32(10000)
+    w.arr([topic], lambda w, t: (w.str_(t), w.arr([partition], lambda w, p: (
+        w.int32(p).blob(batch).tags())), w.tags()))
+    w.tags()
+    with kafka_raw.KafkaConn(host, 9092, timeout=15) as c:
+        corr = c.send(0, 10, w.done(), header_version=2)
+        got, r = c.recv(1)
+        assert got == corr
+    out = {}
+
+    def tags(r):
+        found = {}
+        for _ in range(r.uvarint()):
+            tag = r.uvarint()
+            size = r.uvarint()
+            found[tag] = kafka_raw.Reader(bytes(r._take(size)))
+        return found
+
+    def part(r):
+        p, err = r.int32(), r.int16()
+        r.int64(), r.int64(), r.int64()  # base offset, append time, log start
+        r.compact_array(lambda r: (r.int32(), r.compact_string(), r.tagged_fields()))
+        r.compact_string()
+        leader = tags(r).get(0)
+        out[p] = (err, None if leader is None else (leader.int32(), leader.int32()))
+
+    r.compact_array(lambda r: (r.compact_string(), r.compact_array(part), r.tagged_fields()))
+    r.int32()  # throttle
+    endpoints = tags(r).get(0)
+    nodes = []
+    if endpoints is not None:
+        nodes = endpoints.compact_array(lambda e: (e.int32(), e.compact_string(), e.int32(),
+                                                   e.compact_string(), e.tagged_fields())[:3])
+    return out[partition], nodes
+
+
+def test_kip951_leader_hints_in_produce_v10(cluster):
+    """A Produce v10 sent to a broker that does not lead the partition answers
+    NOT_LEADER_OR_FOLLOWER with the leader, its epoch and its endpoint, so the client needs no
+    metadata round trip; the leader itself appends."""
+    cluster.script("up", str(NODES))
+    admin = AdminClient({"bootstrap.servers": f"{ip(0)}:9092"})
+    admin.create_topics([NewTopic("hinted", 3, 1)])["hinted"].result(timeout=20)
+    layout = leaders(f"{ip(0)}:9092", "hinted")
+    partition, (leader, _, _) = next(iter(layout.items()))
+    other = next(i for i in range(NODES) if i != leader)
+    batch = kafka_raw.simple_batch([b"x"])
+    (err, hint), nodes = produce_v10(ip(other), "hinted", partition, batch)
+    assert err == 6 and hint == (leader, 0), (err, hint)
+    assert nodes == [(leader, ip(leader), 9092)], nodes
+    (err, hint), nodes = produce_v10(ip(leader), "hinted", partition, batch)
+    assert (err, hint, nodes) == (0, None, []), (err, hint, nodes)

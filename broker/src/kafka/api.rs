@@ -25,7 +25,8 @@ const fn api(key: ApiKey, advertised_min: i16, decode_min: i16, max: i16) -> Api
 }
 
 pub const SUPPORTED_APIS: &[ApiSupport] = &[
-    api(ApiKey::Produce, 0, 3, 9),
+    // v10 adds the leader hints of KIP-951 to NOT_LEADER_OR_FOLLOWER answers.
+    api(ApiKey::Produce, 0, 3, 10),
     api(ApiKey::Fetch, 4, 4, 12),
     api(ApiKey::ListOffsets, 1, 1, 7),
     // Where a leader epoch ends (KIP-101); Kafka 4 keeps v2+ (the current-epoch fencing of
