@@ -22,8 +22,8 @@ use strom_cluster::controller::{
 use strom_cluster::NodeId;
 
 use super::{
-    apply_config_op, err, topic_config, unknown_topic, validate_topic_name, Controller,
-    ControllerError, ControllerOp, LogOwners, LogWork, TOPIC_PARTITIONS_MAX,
+    check_new_topic, check_partition_count, err, unknown_topic, Controller, ControllerError,
+    ControllerOp, LogOwners, LogWork,
 };
 use crate::ids::{PartitionId, ShardId};
 use crate::metadata::model::{MetadataSnapshot, TopicRecord};
@@ -62,17 +62,12 @@ impl Controller {
                 overrides,
                 validate_only,
             } => {
-                validate_topic_name(&name).map_err(|m| err(E::InvalidTopicException, m))?;
-                if image.topics.contains_key(&name) {
-                    return Err(err(
-                        E::TopicAlreadyExists,
-                        format!("Topic '{name}' already exists."),
-                    ));
-                }
-                check_partition_count(partitions)?;
-                for (k, v) in &overrides {
-                    topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
-                }
+                check_new_topic(
+                    &name,
+                    image.topics.contains_key(&name),
+                    partitions,
+                    &overrides,
+                )?;
                 let replicas = place(&image, 0, partitions)?;
                 if validate_only {
                     return Ok(());
@@ -140,17 +135,7 @@ impl Controller {
                 let Some(t) = image.topics.get(&name) else {
                     return Err(unknown_topic(&name));
                 };
-                let mut configs = if replace {
-                    BTreeMap::new()
-                } else {
-                    t.configs.clone()
-                };
-                for (key, kind, value) in ops {
-                    apply_config_op(&mut configs, &key, kind, value, &self.ctx.topic_defaults)?;
-                }
-                for (k, v) in &configs {
-                    topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
-                }
+                let configs = self.changed_overrides(&t.configs, ops, replace)?;
                 if validate_only {
                     return Ok(());
                 }
@@ -333,17 +318,6 @@ impl Controller {
                 )
             })
             .collect()
-    }
-}
-
-fn check_partition_count(partitions: i32) -> Result<(), ControllerError> {
-    if (1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
-        Ok(())
-    } else {
-        Err(err(
-            E::InvalidPartitions,
-            format!("Number of partitions must be in 1..={TOPIC_PARTITIONS_MAX}"),
-        ))
     }
 }
 

@@ -307,22 +307,8 @@ impl Controller {
                 overrides,
                 validate_only,
             } => {
-                validate_topic_name(&name).map_err(|m| err(E::InvalidTopicException, m))?;
-                if current.topics.iter().any(|t| t.name == name) {
-                    return Err(err(
-                        E::TopicAlreadyExists,
-                        format!("Topic '{name}' already exists."),
-                    ));
-                }
-                if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
-                    return Err(err(
-                        E::InvalidPartitions,
-                        format!("Number of partitions must be in 1..={TOPIC_PARTITIONS_MAX}"),
-                    ));
-                }
-                for (k, v) in &overrides {
-                    topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
-                }
+                let exists = current.topics.iter().any(|t| t.name == name);
+                check_new_topic(&name, exists, partitions, &overrides)?;
                 if validate_only {
                     return Ok(());
                 }
@@ -399,17 +385,7 @@ impl Controller {
                 let Some(t) = next.topics.iter_mut().find(|t| t.name == name) else {
                     return Err(unknown_topic(&name));
                 };
-                let mut overrides = if replace {
-                    BTreeMap::new()
-                } else {
-                    t.overrides.clone()
-                };
-                for (key, kind, value) in ops {
-                    apply_config_op(&mut overrides, &key, kind, value, &self.ctx.topic_defaults)?;
-                }
-                for (k, v) in &overrides {
-                    topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
-                }
+                let overrides = self.changed_overrides(&t.overrides, ops, replace)?;
                 if validate_only {
                     return Ok(());
                 }
@@ -615,6 +591,65 @@ enum LogWork {
         topic: Arc<str>,
         config: LogConfig,
     },
+}
+
+/// The checks of a new topic, on a single node and in a cluster: a valid name not in use, a
+/// partition count in `1..=TOPIC_PARTITIONS_MAX`, valid config overrides.
+fn check_new_topic(
+    name: &str,
+    exists: bool,
+    partitions: i32,
+    overrides: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    validate_topic_name(name).map_err(|m| err(E::InvalidTopicException, m))?;
+    if exists {
+        return Err(err(
+            E::TopicAlreadyExists,
+            format!("Topic '{name}' already exists."),
+        ));
+    }
+    check_partition_count(partitions)?;
+    validate_overrides(overrides)
+}
+
+fn check_partition_count(partitions: i32) -> Result<(), ControllerError> {
+    if (1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
+        Ok(())
+    } else {
+        Err(err(
+            E::InvalidPartitions,
+            format!("Number of partitions must be in 1..={TOPIC_PARTITIONS_MAX}"),
+        ))
+    }
+}
+
+fn validate_overrides(overrides: &BTreeMap<String, String>) -> Result<(), ControllerError> {
+    for (k, v) in overrides {
+        topic_config::validate(k, v).map_err(|m| err(E::InvalidConfig, m))?;
+    }
+    Ok(())
+}
+
+impl Controller {
+    /// A topic's config overrides after AlterConfigs (`replace`: the given set becomes the whole
+    /// set) or IncrementalAlterConfigs, validated.
+    fn changed_overrides(
+        &self,
+        current: &BTreeMap<String, String>,
+        ops: Vec<(String, ConfigOpKind, Option<String>)>,
+        replace: bool,
+    ) -> Result<BTreeMap<String, String>, ControllerError> {
+        let mut overrides = if replace {
+            BTreeMap::new()
+        } else {
+            current.clone()
+        };
+        for (key, kind, value) in ops {
+            apply_config_op(&mut overrides, &key, kind, value, &self.ctx.topic_defaults)?;
+        }
+        validate_overrides(&overrides)?;
+        Ok(overrides)
+    }
 }
 
 fn apply_config_op(
