@@ -202,11 +202,11 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
     bootstrap = ",".join(f"{ip(i)}:9092" for i in range(NODES))
     admin = AdminClient({"bootstrap.servers": f"{ip(1)}:9092"})
     admin.create_topics([NewTopic("orders", 6, 1)])["orders"].result(timeout=20)
-    # Replication is not there yet: more than one replica is refused, saying so.
-    fut = admin.create_topics([NewTopic("replicated", 1, 3)])["replicated"]
+    # More replicas than brokers is refused, saying so.
+    fut = admin.create_topics([NewTopic("replicated", 1, 4)])["replicated"]
     with pytest.raises(Exception) as err:
         fut.result(timeout=20)
-    assert "INVALID_REPLICATION_FACTOR" in str(err.value) and "cluster mode" in str(err.value)
+    assert "INVALID_REPLICATION_FACTOR" in str(err.value) and "3 available brokers" in str(err.value), err.value
     # Every node answers with the same layout: each broker leads two of the six partitions.
     layouts = [leaders(f"{ip(i)}:9092", "orders") for i in range(NODES)]
     assert layouts[0] == layouts[1] == layouts[2], layouts

@@ -126,3 +126,17 @@ const _: () = assert!(
         + i16::MAX as usize) as u64
         <= strom_storage::limits::BATCH_BYTES_MAX
 );
+
+/// Bytes of record data a follower asks a leader for in one Fetch, over all its partitions
+/// (Kafka's `replica.fetch.response.max.bytes`, 10 MiB). The leader may add one whole batch
+/// past it (KIP-74), so a follower reads at most this plus `BATCH_BYTES_MAX` per answer.
+pub const REPLICA_FETCH_RESPONSE_BYTES_MAX: usize = 10 << 20;
+
+/// How long a follower waits for a connection to its leader, and beyond its fetch's own wait
+/// for an answer, before it drops the connection and tries again.
+pub const REPLICA_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// How long a follower waits before it fetches again after an error or while it has nothing to
+/// fetch (Kafka's `replica.fetch.backoff.ms` is 1 s; Strom retries faster on loopback-scale
+/// clusters, bounded by the per-fetch wait on the leader).
+pub const REPLICA_RETRY_MS: u64 = 100;

@@ -160,6 +160,8 @@ fn encode_fetch_response(c: &mut Criterion) {
         last_stable_offset: 64,
         log_start_offset: 0,
         slice: Some(slice),
+        diverging_epoch: None,
+        current_leader: None,
     };
     let out = FetchOut {
         error_code: 0,

@@ -125,14 +125,15 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str) -> Vec<u8> {
             let mut body = metrics::render(&stats::process_info(shard), &snaps);
             if let Some(view) = &shard.quorum {
                 body.push_str(&metrics::render_cluster(&cluster_gauges(&view.load())));
+                body.push_str(&metrics::render_replication(&snaps));
             }
             http::response(200, "text/plain; version=0.0.4", body.as_bytes(), None)
         }
     }
 }
 
-/// The `cluster` part of `/v1/status` in cluster mode: the controller's view of the brokers and
-/// who leads the quorum.
+/// The `cluster` part of `/v1/status` in cluster mode: the controller's view of the brokers,
+/// who leads the quorum, and every partition's leader, epoch, replicas and ISR.
 fn cluster_json(state: &crate::quorum::QuorumState) -> serde_json::Value {
     use serde_json::json;
     let brokers: Vec<serde_json::Value> = state
@@ -153,12 +154,35 @@ fn cluster_json(state: &crate::quorum::QuorumState) -> serde_json::Value {
             })
         })
         .collect();
+    let topics: serde_json::Map<String, serde_json::Value> = state
+        .image
+        .topics
+        .iter()
+        .map(|(name, t)| {
+            let partitions: Vec<serde_json::Value> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    json!({
+                        "partition": i,
+                        "leader": p.leader,
+                        "leader_epoch": p.leader_epoch,
+                        "replicas": p.replicas,
+                        "isr": p.isr,
+                    })
+                })
+                .collect();
+            (name.clone(), serde_json::Value::Array(partitions))
+        })
+        .collect();
     json!({
         "node_id": state.node_id.0,
         "controller_id": state.controller_id(),
         "term": state.term,
         "applied_index": state.applied,
         "brokers": brokers,
+        "topics": topics,
     })
 }
 

@@ -53,7 +53,13 @@ pub struct Handoff {
 
 /// Serves a connection accepted on this shard.
 pub fn spawn(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
-    spawn_served(shard, stream, slot, BytesMut::new(), None);
+    spawn_served(shard, stream, slot, BytesMut::new(), None, false);
+}
+
+/// Serves a connection accepted on this shard's replication listener: a peer node's follower
+/// fetcher. Such a connection stays on this shard and may send replica fetches.
+pub fn spawn_peer(shard: Rc<Shard>, stream: TcpStream, slot: ConnectionSlot) {
+    spawn_served(shard, stream, slot, BytesMut::new(), None, true);
 }
 
 /// Serves a connection another shard handed over.
@@ -66,7 +72,14 @@ fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     } = handoff;
     // SAFETY: `fd` is a connected TCP socket the handoff owned; the stream takes it over.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    spawn_served(shard.clone(), stream, slot, buffered, Some(moved_at_ms));
+    spawn_served(
+        shard.clone(),
+        stream,
+        slot,
+        buffered,
+        Some(moved_at_ms),
+        false,
+    );
 }
 
 fn spawn_served(
@@ -75,11 +88,20 @@ fn spawn_served(
     slot: ConnectionSlot,
     buffered: BytesMut,
     moved_at_ms: Option<i64>,
+    from_peer: bool,
 ) {
     let open = &shard.metrics.connections_open;
     open.set(open.get() + 1);
     glommio::spawn_local(async move {
-        let moving = serve(shard.clone(), stream, slot, buffered, moved_at_ms).await;
+        let moving = serve(
+            shard.clone(),
+            stream,
+            slot,
+            buffered,
+            moved_at_ms,
+            from_peer,
+        )
+        .await;
         let open = &shard.metrics.connections_open;
         open.set(open.get() - 1);
         if let Some((to, handoff)) = moving {
@@ -113,6 +135,7 @@ async fn serve(
     slot: ConnectionSlot,
     buffered: BytesMut,
     moved_at_ms: Option<i64>,
+    from_peer: bool,
 ) -> Option<(ShardId, Handoff)> {
     let peer: Rc<str> = stream
         .peer_addr()
@@ -168,7 +191,7 @@ async fn serve(
         };
         // Between requests with nothing in flight, the connection may move (responses stay in
         // order: every earlier one is written before the handoff).
-        if shard.config.connection_migrate && inflight.get() == 0 {
+        if shard.config.connection_migrate && !from_peer && inflight.get() == 0 {
             if let Some(to) = affinity.target(now_ms()) {
                 moving_to = Some(to);
                 break;
@@ -201,8 +224,10 @@ async fn serve(
                 let affinity = affinity.clone();
                 glommio::spawn_local(async move {
                     trace.started();
-                    let (outcome, hint) =
-                        handlers::dispatch(&shard, api, version, header, &peer, body, &trace).await;
+                    let (outcome, hint) = handlers::dispatch(
+                        &shard, api, version, header, &peer, from_peer, body, &trace,
+                    )
+                    .await;
                     affinity.observe(hint);
                     trace.encoded();
                     drop(permit);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use kafka_protocol::messages::ApiKey;
 use strom_storage::metrics::LatencyHistogram;
 
-pub use render::{render, render_cluster, status_json, ClusterGauges};
+pub use render::{render, render_cluster, render_replication, status_json, ClusterGauges};
 use stages::{RequestTrace, StageHistograms};
 
 /// Request counters of one API on one shard.
@@ -159,6 +159,22 @@ pub struct PartitionGauges {
     pub size_bytes: u64,
 }
 
+/// A partition this shard leads in cluster mode, for the replication metrics.
+#[derive(Clone, Debug)]
+pub struct LeaderGauges {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Replicas of the partition.
+    pub replicas: usize,
+    /// Members of its committed ISR.
+    pub isr: usize,
+    /// Its `min.insync.replicas`.
+    pub min_insync: usize,
+    /// (follower node, messages it is behind the leader's log end as of its last fetch; -1
+    /// before its first fetch from this leader).
+    pub followers: Vec<(i32, i64)>,
+}
+
 /// A committed offset of a group this shard coordinates.
 #[derive(Clone, Debug)]
 pub struct CommittedOffset {
@@ -197,6 +213,13 @@ pub struct Snapshot {
     /// Logs of the shard (offsets logs included) that refuse writes after a failed fdatasync.
     pub logs_sync_failed: u64,
     pub stages: StageHistograms,
+    /// Cluster mode: the partitions this shard leads.
+    pub leaders: Vec<LeaderGauges>,
+    /// Cluster mode: the partitions this shard follows.
+    pub followed: u64,
+    /// Cluster mode: ISR shrinks and expansions this shard's leaders proposed.
+    pub isr_shrinks: u64,
+    pub isr_expands: u64,
 }
 
 /// Process-wide values rendered alongside the shard snapshots.

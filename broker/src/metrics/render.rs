@@ -451,6 +451,84 @@ pub fn render_cluster(c: &ClusterGauges) -> String {
     o.0
 }
 
+/// The replication families of `/metrics` (cluster mode), from every shard's leaders and
+/// followers.
+pub fn render_replication(snaps: &[Snapshot]) -> String {
+    let mut o = Out(String::new());
+    let leaders: Vec<&super::LeaderGauges> = snaps.iter().flat_map(|s| &s.leaders).collect();
+    let sum = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    o.family(
+        "strom_cluster_under_replicated_partitions",
+        "gauge",
+        "Partitions this node leads whose ISR is smaller than their replica set.",
+    );
+    o.sample(
+        "strom_cluster_under_replicated_partitions",
+        &[],
+        leaders.iter().filter(|l| l.isr < l.replicas).count(),
+    );
+    o.family(
+        "strom_cluster_under_min_isr_partitions",
+        "gauge",
+        "Partitions this node leads whose ISR is below min.insync.replicas: acks=all is refused and the high watermark stops.",
+    );
+    o.sample(
+        "strom_cluster_under_min_isr_partitions",
+        &[],
+        leaders.iter().filter(|l| l.isr < l.min_insync).count(),
+    );
+    o.family(
+        "strom_cluster_followed_partitions",
+        "gauge",
+        "Partitions this node holds a follower replica of.",
+    );
+    o.sample(
+        "strom_cluster_followed_partitions",
+        &[],
+        sum(|s| s.followed),
+    );
+    o.family(
+        "strom_cluster_isr_shrinks_total",
+        "counter",
+        "ISR shrinks this node's leaders proposed to the controller (a follower fell behind for replica.lag.time.max.ms).",
+    );
+    o.sample(
+        "strom_cluster_isr_shrinks_total",
+        &[],
+        sum(|s| s.isr_shrinks),
+    );
+    o.family(
+        "strom_cluster_isr_expands_total",
+        "counter",
+        "ISR expansions this node's leaders proposed to the controller (a follower caught up).",
+    );
+    o.sample(
+        "strom_cluster_isr_expands_total",
+        &[],
+        sum(|s| s.isr_expands),
+    );
+    o.family(
+        "strom_cluster_replica_lag_messages",
+        "gauge",
+        "Per follower of a partition this node leads: offsets between the leader's log end and the follower's durable end at its last fetch; -1 before its first fetch.",
+    );
+    for l in &leaders {
+        let partition = l.partition.to_string();
+        for (node, lag) in &l.followers {
+            o.sample(
+                "strom_cluster_replica_lag_messages",
+                &[
+                    ("topic", &l.topic),
+                    ("partition", &partition),
+                    ("replica", &node.to_string()),
+                ],
+                *lag,
+            );
+        }
+    }
+    o.0
+}
+
 /// The `/v1/status` document: every topic of the metadata, with the gauges of the partitions
 /// whose shard answered (null otherwise, e.g. while it is still recovering).
 pub fn status_json(

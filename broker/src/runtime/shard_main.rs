@@ -134,6 +134,11 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
                         node_id: start.setup.node_id,
                         view: start.view.clone(),
                         handle: q.handle.clone(),
+                        default_replication_factor: ctx
+                            .config
+                            .cluster
+                            .as_ref()
+                            .map_or(1, |c| c.default_replication_factor),
                     }),
                     _ => None,
                 },
@@ -164,6 +169,11 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         ),
         mesh: Rc::new(Mesh::new(senders)),
         quorum: ctx.quorum.as_ref().map(|q| q.view.clone()),
+        replicas: ctx.config.cluster.as_ref().map(|c| {
+            Rc::new(crate::shard::replication::Replicas::new(
+                strom_cluster::NodeId(c.node_id),
+            ))
+        }),
     });
     // Before recovery, so that readiness can be asked while the logs are being opened.
     if let (0, Some(listener)) = (id, &ctx.admin_listener) {
@@ -209,7 +219,30 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         shard.clone(),
         listener,
         ctx.connection_limiter.clone(),
+        false,
     ));
+    // Cluster mode: followers of this shard's partitions on other nodes fetch from this
+    // shard's own replication port, and this shard follows its partitions led elsewhere.
+    let mut replication_tasks = Vec::new();
+    if let (Some(settings), Some(replicas)) = (&ctx.config.cluster, &shard.replicas) {
+        let addr = settings.replication_listen_of_shard(id);
+        let listener = TcpListener::bind(addr).map_err(|e| ShardError::Bind {
+            addr,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tracing::info!(shard = id, "replication listener on {addr}");
+        replication_tasks.push(glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            ctx.connection_limiter.clone(),
+            true,
+        )));
+        replication_tasks.push(glommio::spawn_local(crate::shard::replication::run(
+            shard.clone(),
+            replicas.clone(),
+            ctx.shutdown.clone(),
+        )));
+    }
     // Retention and compaction yield the core to request handling: their own task queue with
     // few shares, so under contention they get about a tenth of what request handling gets.
     let queue = glommio::executor().create_task_queue(
@@ -238,6 +271,9 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
         }
     }
     drop(acceptor);
+    for task in replication_tasks {
+        drop(task);
+    }
     if let Some(quorum) = quorum {
         quorum.stop().await;
     }
@@ -315,6 +351,7 @@ async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
     limiter: Arc<strom_net::ConnectionLimiter>,
+    peers: bool,
 ) {
     loop {
         match listener.accept().await {
@@ -340,7 +377,11 @@ async fn accept_loop(
                     .stats
                     .connections
                     .set(shard.stats.connections.get() + 1);
-                crate::kafka::connection::spawn(shard.clone(), stream, slot);
+                if peers {
+                    crate::kafka::connection::spawn_peer(shard.clone(), stream, slot);
+                } else {
+                    crate::kafka::connection::spawn(shard.clone(), stream, slot);
+                }
             }
             Err(e) => {
                 tracing::warn!(shard = shard.id.0, "accept failed: {e}");

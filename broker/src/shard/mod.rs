@@ -10,6 +10,7 @@
 
 mod groups;
 pub mod ops;
+pub mod replication;
 pub mod stats;
 
 use std::cell::Cell;
@@ -67,6 +68,8 @@ pub struct Shard {
     pub(crate) mesh: Rc<Mesh<Shard>>,
     /// In cluster mode, the controller's committed metadata (`None` on a single node).
     pub quorum: Option<Arc<crate::quorum::QuorumView>>,
+    /// In cluster mode, this shard's partition replicas (`None` on a single node).
+    pub replicas: Option<Rc<replication::Replicas>>,
 }
 
 impl Shard {

@@ -25,6 +25,8 @@ pub struct ProducePart {
     pub partition: i32,
     pub records: Option<Bytes>,
     pub acks: i16,
+    /// The request's `timeout_ms`: how long an acks=all produce waits for replication.
+    pub timeout_ms: i32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,6 +64,12 @@ pub struct FetchResult {
     pub log_start_offset: i64,
     /// The records: a byte range of a segment file, sent with sendfile.
     pub slice: Option<ReadSlice>,
+    /// A follower replica's log diverges from the leader's (Fetch v12+ `DivergingEpoch`):
+    /// (epoch, end offset) of its last epoch on the leader.
+    pub diverging_epoch: Option<(i32, i64)>,
+    /// NOT_LEADER_OR_FOLLOWER in cluster mode: the leader and its epoch (Fetch v12+
+    /// `CurrentLeader`, KIP-951).
+    pub current_leader: Option<(i32, i32)>,
 }
 
 pub struct OffsetQuery {
@@ -128,6 +136,15 @@ pub enum ShardOp {
         config: LogConfig,
     },
     Controller(ControllerOp),
+    /// A follower's fetch (cluster mode) for partitions this shard leads; waits up to
+    /// `wait_ms` for records.
+    ReplicaFetch {
+        node: i32,
+        parts: Vec<super::replication::ReplicaFetchPart>,
+        wait_ms: u64,
+    },
+    /// Shard 0: proposes a partition leader's ISR change to the controller quorum.
+    ProposeIsr(Box<strom_cluster::controller::AlterIsr>),
     Group(GroupOp),
     /// This shard's metrics snapshot (for the admin server on shard 0).
     Metrics,
@@ -229,7 +246,14 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
             partitions,
             config,
             fresh,
-        } => ShardReply::Done(open_logs(shard, &topic, &partitions, config, fresh).await),
+        } => {
+            let opened = open_logs(shard, &topic, &partitions, config, fresh).await;
+            if let Some(replicas) = &shard.replicas {
+                // Their replicas take their roles now rather than at the next tick.
+                replicas.wake.notify(usize::MAX);
+            }
+            ShardReply::Done(opened)
+        }
         ShardOp::RemoveLogs { topic, partitions } => {
             let mut res = Ok(());
             for p in partitions {
@@ -247,6 +271,26 @@ pub async fn execute(shard: &Rc<Shard>, op: ShardOp) -> ShardReply {
                 }
             }
             ShardReply::Done(Ok(()))
+        }
+        ShardOp::ReplicaFetch {
+            node,
+            parts,
+            wait_ms,
+        } => ShardReply::Fetch(
+            super::replication::serve_replica_fetch(shard, node, parts, wait_ms).await,
+        ),
+        ShardOp::ProposeIsr(change) => {
+            match shard.controller.as_ref().and_then(|c| c.quorum_link()) {
+                Some(link) => {
+                    let outcome = link
+                        .handle
+                        .propose(strom_cluster::controller::Command::AlterIsr(*change))
+                        .await;
+                    tracing::debug!("ISR change: {outcome:?}");
+                    ShardReply::Done(Ok(()))
+                }
+                None => ShardReply::Unavailable,
+            }
         }
         ShardOp::Group(op) => ShardReply::Group(super::groups::execute(shard, op).await),
         ShardOp::Metrics => ShardReply::Metrics(Box::new(super::stats::snapshot(shard))),
@@ -335,7 +379,7 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         return fail(E::UnknownTopicOrPartition, "unknown topic or partition");
     };
     let config = &topic.config;
-    let Some(records) = p.records else {
+    let Some(records) = p.records.clone() else {
         return fail(E::InvalidRecord, "null records");
     };
     if records.len() > config.max_message_bytes {
@@ -354,6 +398,9 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         let (code, msg) = produce_error(&StorageError::InvalidBatch(e));
         return refused(code, msg, Vec::new());
     }
+    if let Some(replicas) = &shard.replicas {
+        return produce_replicated(shard, replicas, &p, &log, &records).await;
+    }
     if p.acks == -1 && config.min_insync_replicas > 1 {
         return fail(
             E::NotEnoughReplicas,
@@ -369,33 +416,9 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         .map_or(LeaderEpoch(0), |m| m.leader_epoch);
     let info = match log.append(&records, epoch, now_ms()).await {
         Ok(info) => info,
-        Err(e) => {
-            let (code, msg) = produce_error(&e);
-            if matches!(e, StorageError::Producer(_) | StorageError::InvalidBatch(_)) {
-                tracing::debug!("refused batch for {}-{}: {e}", p.topic, p.partition);
-            } else {
-                tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
-            }
-            let record_errors = match &e {
-                StorageError::InvalidBatch(BatchError::KeylessRecords { indexes }) => {
-                    indexes.clone()
-                }
-                _ => Vec::new(),
-            };
-            return refused(code, msg, record_errors);
-        }
+        Err(e) => return append_failed(&p, &e),
     };
-    if !info.duplicate {
-        shard.metrics.add_bytes_in(&p.topic, records.len() as u64);
-    }
-    if info.duplicate {
-        tracing::debug!(
-            "{}-{}: retried batch already stored at offset {}",
-            p.topic,
-            p.partition,
-            info.base_offset.0
-        );
-    }
+    count_appended(shard, &p, &info, records.len());
     let must_flush = (p.acks == -1 && config.flush_on_ack) || log.needs_flush(now_ms());
     if must_flush {
         if let Err(e) = log.flush().await {
@@ -406,6 +429,11 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
         // Readable only once durable (design.md): start the group commit, answer now.
         log.flush_in_background();
     }
+    appended(&info)
+}
+
+/// The answer to a produce whose batch is stored at `info`.
+fn appended(info: &strom_storage::AppendInfo) -> ProduceResult {
     ProduceResult {
         error: 0,
         message: None,
@@ -417,7 +445,100 @@ async fn produce(shard: &Rc<Shard>, p: ProducePart) -> ProduceResult {
     }
 }
 
-fn read_error(e: &StorageError) -> i16 {
+/// The answer to a produce the log refused.
+fn append_failed(p: &ProducePart, e: &StorageError) -> ProduceResult {
+    let (code, msg) = produce_error(e);
+    if matches!(e, StorageError::Producer(_) | StorageError::InvalidBatch(_)) {
+        tracing::debug!("refused batch for {}-{}: {e}", p.topic, p.partition);
+    } else {
+        tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);
+    }
+    let record_errors = match e {
+        StorageError::InvalidBatch(BatchError::KeylessRecords { indexes }) => indexes.clone(),
+        _ => Vec::new(),
+    };
+    refused(code, msg, record_errors)
+}
+
+/// Counts the bytes of a new batch; notes a retried one.
+fn count_appended(shard: &Shard, p: &ProducePart, info: &strom_storage::AppendInfo, len: usize) {
+    if info.duplicate {
+        tracing::debug!(
+            "{}-{}: retried batch already stored at offset {}",
+            p.topic,
+            p.partition,
+            info.base_offset.0
+        );
+    } else {
+        shard.metrics.add_bytes_in(&p.topic, len as u64);
+    }
+}
+
+/// How long a produce waits for this node to take over a partition the controller just made it
+/// leader of, before it answers NOT_LEADER_OR_FOLLOWER.
+const LEADER_ROLE_WAIT_MS: u64 = 1_000;
+
+/// Produce to a partition in cluster mode: only its leader appends, stamping its leader epoch;
+/// the batch becomes readable once every ISR member holds it durably (the high watermark),
+/// and acks=all is answered then. acks=all is refused while the ISR is below
+/// `min.insync.replicas` (NOT_ENOUGH_REPLICAS), and fails with
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR falls below it before the batch is replicated.
+async fn produce_replicated(
+    shard: &Rc<Shard>,
+    replicas: &super::replication::Replicas,
+    p: &ProducePart,
+    log: &Rc<strom_storage::PartitionLog>,
+    records: &Bytes,
+) -> ProduceResult {
+    use super::replication::AckOutcome;
+    let leader = replicas
+        .leader_soon(shard, &p.topic, p.partition, LEADER_ROLE_WAIT_MS)
+        .await;
+    let Some(leader) = leader else {
+        return fail(
+            E::NotLeaderOrFollower,
+            "this node does not lead the partition (right now)",
+        );
+    };
+    if let Err(e) = leader.state.borrow().check_produce(p.acks == -1) {
+        return fail(E::NotEnoughReplicas, e.to_string());
+    }
+    let epoch = leader.state.borrow().leader_epoch();
+    let info = match log.append_as_leader(records, epoch, now_ms()).await {
+        Ok(info) => info,
+        Err(e) => return append_failed(p, &e),
+    };
+    count_appended(shard, p, &info, records.len());
+    leader.sync();
+    if p.acks != -1 {
+        // The leader's own copy must be durable before the high watermark passes it.
+        log.flush_in_background();
+        return appended(&info);
+    }
+    if let Err(e) = log.flush().await {
+        tracing::error!("flush of {}-{} failed: {e}", p.topic, p.partition);
+        return fail(E::KafkaStorageError, e.to_string());
+    }
+    let timeout_ms = u64::try_from(p.timeout_ms).unwrap_or(0);
+    let end = Offset(info.last_offset.0 + 1);
+    match super::replication::wait_for_ack(replicas, &leader, end, timeout_ms).await {
+        AckOutcome::Done => appended(&info),
+        AckOutcome::NotEnoughReplicasAfterAppend => fail(
+            E::NotEnoughReplicasAfterAppend,
+            "the ISR fell below min.insync.replicas before the batch was replicated",
+        ),
+        AckOutcome::NotLeader => fail(
+            E::NotLeaderOrFollower,
+            "this node stopped leading the partition before the batch was replicated",
+        ),
+        AckOutcome::TimedOut => fail(
+            E::RequestTimedOut,
+            format!("the batch was not replicated to the ISR within {timeout_ms} ms"),
+        ),
+    }
+}
+
+pub(crate) fn read_error(e: &StorageError) -> i16 {
     match e {
         StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         _ => E::KafkaStorageError.code(),
@@ -432,6 +553,8 @@ async fn fetch(shard: &Rc<Shard>, p: FetchPart) -> FetchResult {
             last_stable_offset: -1,
             log_start_offset: -1,
             slice: None,
+            diverging_epoch: None,
+            current_leader: None,
         };
     };
     let hw = log.high_watermark().0;
@@ -441,6 +564,8 @@ async fn fetch(shard: &Rc<Shard>, p: FetchPart) -> FetchResult {
         last_stable_offset: hw,
         log_start_offset: log.log_start_offset().0,
         slice: None,
+        diverging_epoch: None,
+        current_leader: None,
     };
     match log
         .read(Offset(p.offset), p.max_bytes, p.min_one_batch)

@@ -4,7 +4,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::{Shard, ShardOp, ShardReply};
-use crate::metrics::{PartitionGauges, ProcessInfo, Snapshot};
+use crate::metrics::{LeaderGauges, PartitionGauges, ProcessInfo, Snapshot};
 
 /// This shard's snapshot (runs on the shard).
 pub fn snapshot(shard: &Shard) -> Snapshot {
@@ -56,6 +56,52 @@ pub fn snapshot(shard: &Shard) -> Snapshot {
         sync_failures: strom_storage::metrics::sync_failures(),
         logs_sync_failed,
         stages: counters.stages,
+        ..replication_gauges(shard)
+    }
+}
+
+/// The replication part of the snapshot (cluster mode; empty on a single node).
+fn replication_gauges(shard: &Shard) -> Snapshot {
+    let Some(replicas) = &shard.replicas else {
+        return Snapshot::default();
+    };
+    let mut leaders = Vec::new();
+    let mut followed = 0;
+    for ((topic, partition), role) in replicas.roles() {
+        match role {
+            super::replication::Role::Leader(l) => {
+                let state = l.state.borrow();
+                let end = l.log.log_end_offset().0;
+                let assignment = state.assignment();
+                leaders.push(LeaderGauges {
+                    topic,
+                    partition,
+                    replicas: assignment.replicas.len(),
+                    isr: assignment.isr.len(),
+                    min_insync: state.config().min_insync_replicas,
+                    followers: assignment
+                        .replicas
+                        .iter()
+                        .filter(|&&n| Some(n) != assignment.leader)
+                        .map(|&n| {
+                            let lag = state
+                                .follower_fetch_offset(n)
+                                .map_or(-1, |o| (end - o.0).max(0));
+                            (n.0, lag)
+                        })
+                        .collect(),
+                });
+            }
+            super::replication::Role::Follower(_) => followed += 1,
+        }
+    }
+    leaders.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Snapshot {
+        leaders,
+        followed,
+        isr_shrinks: replicas.isr_shrinks.get(),
+        isr_expands: replicas.isr_expands.get(),
+        ..Snapshot::default()
     }
 }
 

@@ -10,7 +10,13 @@
 //!   waiting acks=all produces and for advancing the high watermark. A proposed expansion does
 //!   not count until committed (the controller may refuse it), and a proposed shrink only makes
 //!   the committed ISR an over-estimate for as long as the shrinking member still counts in the
-//!   high watermark, so acknowledged data is on that member anyway.
+//!   high watermark, so acknowledged data is on that member anyway;
+//! - acks=all admission and waiting produces also look at the pending proposal: once the leader
+//!   has proposed an ISR whose members in common with the committed one are fewer than
+//!   `min.insync.replicas`, new acks=all produces are refused and waiting ones fail. Refusing
+//!   is always safe, and the controller may be unable to commit the shrink at all (the failure
+//!   that took the followers may have taken the controller's majority too, when every node is
+//!   a voter), which would otherwise leave producers waiting until their timeout.
 
 use std::collections::BTreeMap;
 
@@ -165,6 +171,18 @@ impl LeaderPartition {
         }
     }
 
+    /// New settings (a topic's `min.insync.replicas` changed); the high watermark may move.
+    /// Returns whether it moved.
+    pub fn set_config(&mut self, config: ReplicationConfig) -> bool {
+        self.config = config;
+        self.maybe_advance_high_watermark()
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> ReplicationConfig {
+        self.config
+    }
+
     /// The committed assignment this leader acts on.
     pub fn assignment(&self) -> &PartitionAssignment {
         &self.assignment
@@ -199,6 +217,26 @@ impl LeaderPartition {
     /// Whether the committed ISR is below `min.insync.replicas`.
     fn under_min_isr(&self) -> bool {
         self.assignment.isr.len() < self.config.min_insync_replicas
+    }
+
+    /// The committed ISR members that the pending proposal (if any) keeps: the replicas known
+    /// to be in sync whatever the controller decides.
+    fn sure_isr_len(&self) -> usize {
+        match &self.pending {
+            Some(p) => self
+                .assignment
+                .isr
+                .iter()
+                .filter(|n| p.request.new_isr.contains(n))
+                .count(),
+            None => self.assignment.isr.len(),
+        }
+    }
+
+    /// Whether acks=all produces are refused (or fail while waiting): the committed ISR, or
+    /// what a pending proposal keeps of it, is below `min.insync.replicas`.
+    fn refuses_acks_all(&self) -> bool {
+        self.sure_isr_len() < self.config.min_insync_replicas
     }
 
     /// The broker appended to the local log, which now ends at `log_end`.
@@ -403,12 +441,12 @@ impl LeaderPartition {
         LeaderUpdate::Applied
     }
 
-    /// Produce admission: acks=all is refused while the committed ISR is below
-    /// `min.insync.replicas`.
+    /// Produce admission: acks=all is refused while the committed ISR, or what a pending
+    /// proposal keeps of it, is below `min.insync.replicas`.
     pub fn check_produce(&self, acks_all: bool) -> Result<(), ProduceError> {
-        if acks_all && self.under_min_isr() {
+        if acks_all && self.refuses_acks_all() {
             return Err(ProduceError::NotEnoughReplicas {
-                isr: self.assignment.isr.len(),
+                isr: self.sure_isr_len(),
                 min_insync: self.config.min_insync_replicas,
             });
         }
@@ -420,11 +458,12 @@ impl LeaderPartition {
     /// at least `min.insync.replicas` members). Unlike Kafka, which answers
     /// NOT_ENOUGH_REPLICAS_AFTER_APPEND for a batch the high watermark has passed if the ISR is
     /// small *now*, a committed batch is reported done; the error is for a batch that is not
-    /// committed while the committed ISR is too small to commit it.
+    /// committed while the committed ISR (or what a pending proposal keeps of it) is too small
+    /// to commit it.
     pub fn ack_status(&self, batch_end: Offset) -> AckStatus {
         if self.high_watermark >= batch_end {
             AckStatus::Done
-        } else if self.under_min_isr() {
+        } else if self.refuses_acks_all() {
             AckStatus::NotEnoughReplicasAfterAppend
         } else {
             AckStatus::Wait

@@ -38,6 +38,19 @@ impl PartitionLog {
         self.epochs.borrow().latest_epoch()
     }
 
+    /// A new leader records that its epoch starts at the log end offset (Kafka's leader does
+    /// this when it takes over), so that the epoch is known, and ends at the log end, before
+    /// its first batch. Nothing happens if the latest epoch is already `epoch` or newer.
+    pub async fn begin_epoch(&self, epoch: LeaderEpoch) -> Result<(), StorageError> {
+        let _permit = self.append_lock.lock().await;
+        self.check_writable()?;
+        if self.latest_epoch().is_some_and(|latest| latest >= epoch) {
+            return Ok(());
+        }
+        self.assign_epochs(std::iter::once((epoch.0, self.log_end.get())))
+            .await
+    }
+
     /// The leader-epoch cache entries (epoch, start offset), oldest first.
     pub fn leader_epochs(&self) -> Vec<(LeaderEpoch, Offset)> {
         self.epochs.borrow().entries()

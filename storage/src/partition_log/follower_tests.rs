@@ -439,3 +439,68 @@ fn a_power_loss_after_truncation_does_not_bring_records_back() {
         });
     }
 }
+
+#[test]
+fn a_leader_append_leaves_the_high_watermark_to_replication() {
+    run(|dir| async move {
+        let log = open(&dir, 1 << 20).await;
+        let appended = log.listen_append();
+        let info = log
+            .append_as_leader(&pbatch(-1, 0, 3, 10), e(4), 0)
+            .await
+            .expect("append");
+        assert_eq!((info.base_offset, info.last_offset), (o(0), o(2)));
+        appended.await;
+        log.flush().await.expect("flush");
+        assert_eq!(log.durable_end_offset(), o(3));
+        assert_eq!(
+            log.high_watermark(),
+            o(0),
+            "neither the append nor its sync moves the high watermark"
+        );
+        assert!(
+            log.read(o(0), 1 << 20, true).await.expect("read").is_none(),
+            "consumers see nothing past the high watermark"
+        );
+        // Followers read past it, up to the log end.
+        let slice = log
+            .read_to_log_end(o(0), 1 << 20)
+            .await
+            .expect("read")
+            .expect("records");
+        assert_eq!(slice.first_offset, o(0));
+        assert!(log
+            .read_to_log_end(o(3), 1 << 20)
+            .await
+            .expect("read")
+            .is_none());
+        log.set_high_watermark(o(3));
+        let read = log.read(o(0), 1 << 20, true).await.expect("read");
+        assert_eq!(read.map(|s| s.len), Some(slice.len));
+        assert_eq!(log.leader_epochs(), vec![(e(4), o(0))]);
+    });
+}
+
+#[test]
+fn a_new_leader_records_its_epoch_at_the_log_end() {
+    run(|dir| async move {
+        let log = open(&dir, 1 << 20).await;
+        log.append_as_leader(&pbatch(-1, 0, 2, 10), e(1), 0)
+            .await
+            .expect("append");
+        log.begin_epoch(e(3)).await.expect("begin epoch");
+        assert_eq!(log.latest_epoch(), Some(e(3)));
+        assert_eq!(log.leader_epochs(), vec![(e(1), o(0)), (e(3), o(2))]);
+        assert_eq!(log.epoch_end_offset(e(1)), (e(1), o(2)));
+        assert_eq!(log.epoch_end_offset(e(3)), (e(3), o(2)));
+        // The same or an older epoch changes nothing.
+        log.begin_epoch(e(3)).await.expect("same epoch");
+        log.begin_epoch(e(2)).await.expect("older epoch");
+        assert_eq!(log.leader_epochs(), vec![(e(1), o(0)), (e(3), o(2))]);
+        log.append_as_leader(&pbatch(-1, 0, 1, 11), e(3), 0)
+            .await
+            .expect("append");
+        assert_eq!(log.leader_epochs(), vec![(e(1), o(0)), (e(3), o(2))]);
+        assert_eq!(log.epoch_end_offset(e(3)), (e(3), o(3)));
+    });
+}

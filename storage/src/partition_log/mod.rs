@@ -105,6 +105,8 @@ pub struct PartitionLog {
     size_bytes: Cell<u64>,
     commit: GroupCommit,
     hw_event: Event,
+    /// Fires after every append (a leader's followers wait on it for records past their end).
+    append_event: Event,
     /// Offset below which everything is fdatasynced (the durable end offset).
     /// with where it lies: (offset, base of its segment, synced bytes of that segment).
     durable_end: Cell<(i64, i64, u64)>,
@@ -203,6 +205,7 @@ impl PartitionLog {
             max_timestamp: Cell::new(max_timestamp),
             commit: GroupCommit::default(),
             hw_event: Event::new(),
+            append_event: Event::new(),
             // A clean close synced everything; an unclean open synced what recovery kept.
             durable_end: Cell::new((log_end, active.base_offset(), active.size())),
             durable_event: Event::new(),
@@ -277,6 +280,18 @@ impl PartitionLog {
     ) -> Result<AppendInfo, StorageError> {
         // Single node: the high watermark follows the log end offset.
         self.append_with(batch, leader_epoch, now_ms, true).await
+    }
+
+    /// A replicated partition's leader appends: as `append`, but the high watermark stays where
+    /// it is, now and when the batch becomes durable; replication moves it with
+    /// `set_high_watermark` once the in-sync replicas hold the batch.
+    pub async fn append_as_leader(
+        &self,
+        batch: &[u8],
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_with(batch, leader_epoch, now_ms, false).await
     }
 
     /// `append`, optionally leaving the high watermark where it is (replication will advance it
@@ -386,6 +401,7 @@ impl PartitionLog {
         let (base_offset, last_offset) = (stamped.base_offset, stamped.last_offset());
         assert!(last_offset + 1 > self.log_end.get(), "offsets only grow");
         self.log_end.set(last_offset + 1);
+        self.append_event.notify(usize::MAX);
         self.size_bytes
             .set(self.size_bytes.get() + stamped.total_bytes());
         self.commit
@@ -563,11 +579,37 @@ impl PartitionLog {
         max_bytes: u32,
         min_one_batch: bool,
     ) -> Result<Option<ReadSlice>, StorageError> {
+        self.read_up_to(offset, max_bytes, min_one_batch, false)
+            .await
+    }
+
+    /// `read` for a follower replica: up to the log end offset, past the high watermark (the
+    /// leader sends followers what it has appended, durable or not).
+    pub async fn read_to_log_end(
+        &self,
+        offset: Offset,
+        max_bytes: u32,
+    ) -> Result<Option<ReadSlice>, StorageError> {
+        self.read_up_to(offset, max_bytes, true, true).await
+    }
+
+    async fn read_up_to(
+        &self,
+        offset: Offset,
+        max_bytes: u32,
+        min_one_batch: bool,
+        to_log_end: bool,
+    ) -> Result<Option<ReadSlice>, StorageError> {
         self.check_open()?;
         if offset.0 < self.log_start.get() || offset.0 > self.log_end.get() {
             return Err(self.out_of_range(offset));
         }
-        if offset.0 >= self.high_watermark.get() {
+        let end = if to_log_end {
+            self.log_end.get()
+        } else {
+            self.high_watermark.get()
+        };
+        if offset.0 >= end {
             return Ok(None);
         }
         let chunk_bytes = self.read_chunk_bytes();
@@ -588,7 +630,11 @@ impl PartitionLog {
                     None => return Ok(None),
                 }
             }
-            let limit = self.read_limit(&segment);
+            let limit = if to_log_end {
+                segment.size()
+            } else {
+                self.read_limit(&segment)
+            };
             let range = segment
                 .read_range(offset.0, max_bytes, min_one_batch, limit, chunk_bytes)
                 .await?;
@@ -662,6 +708,12 @@ impl PartitionLog {
     /// checking the high watermark to not miss an advance.
     pub fn listen(&self) -> EventListener {
         self.hw_event.listen()
+    }
+
+    /// A listener that fires on the next append. Create it before checking
+    /// `log_end_offset` to not miss one.
+    pub fn listen_append(&self) -> EventListener {
+        self.append_event.listen()
     }
 
     /// Replaces the configuration; takes effect from the next append.

@@ -31,25 +31,31 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             ctx.note_error(r.error_code);
             r.error_message = Some(str_bytes(&msg));
         };
-        let cluster = ctx.shard.config.cluster.is_some();
-        if t.replication_factor > 1 {
-            let msg = if cluster {
-                format!(
-                    "Replication factor {}: partitions are not replicated in cluster mode yet \
-                     (each has one replica); use 1",
-                    t.replication_factor
-                )
-            } else {
-                format!(
-                    "Replication factor {} is larger than the 1 available broker",
-                    t.replication_factor
-                )
-            };
+        let cluster = ctx.shard.config.cluster.as_ref();
+        if cluster.is_none() && t.replication_factor > 1 {
+            let msg = format!(
+                "Replication factor {} is larger than the 1 available broker",
+                t.replication_factor
+            );
             fail(&mut r, E::InvalidReplicationFactor, msg);
             resp.topics.push(r);
             continue;
         }
-        if cluster && !t.assignments.is_empty() {
+        if t.replication_factor == 0 || t.replication_factor < -1 {
+            let msg = format!(
+                "Replication factor must be larger than 0, or -1 to use the default; got {}",
+                t.replication_factor
+            );
+            fail(&mut r, E::InvalidReplicationFactor, msg);
+            resp.topics.push(r);
+            continue;
+        }
+        let replication_factor = match (cluster, t.replication_factor) {
+            (Some(c), -1) => c.default_replication_factor,
+            (Some(_), rf) => rf,
+            (None, _) => 1,
+        };
+        if cluster.is_some() && !t.assignments.is_empty() {
             fail(
                 &mut r,
                 E::InvalidReplicaAssignment,
@@ -100,13 +106,14 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         let op = ControllerOp::CreateTopic {
             name: name.clone(),
             partitions,
+            replication_factor,
             overrides,
             validate_only: req.validate_only,
         };
         match ctx.controller(op).await {
             Ok(()) => {
                 r.num_partitions = partitions;
-                r.replication_factor = 1;
+                r.replication_factor = replication_factor;
                 let meta = ctx.shard.meta();
                 if let Some(tm) = meta.topic(&name) {
                     r.topic_id = uuid::Uuid::from_bytes(tm.id);

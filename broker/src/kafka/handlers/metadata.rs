@@ -238,6 +238,7 @@ async fn lookup_or_create(ctx: &Ctx<'_>, name: &str, allow_create: bool) -> Meta
     let op = ControllerOp::CreateTopic {
         name: name.to_string(),
         partitions: ctx.shard.config.num_partitions,
+        replication_factor: -1,
         overrides: BTreeMap::new(),
         validate_only: false,
     };

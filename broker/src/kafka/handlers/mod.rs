@@ -66,6 +66,8 @@ pub struct Ctx<'a> {
     pub header: RequestHeader,
     /// The client's address, `ip:port`.
     pub peer: &'a str,
+    /// The connection came in on the replication listener (a peer node, not a client).
+    pub from_peer: bool,
     /// Set when the response carries an error code (for `strom_request_errors_total`).
     failed: Cell<bool>,
     /// The request's stage stamps.
@@ -215,6 +217,7 @@ pub async fn dispatch(
     version: i16,
     header: RequestHeader,
     peer: &str,
+    from_peer: bool,
     mut body: Bytes,
     trace: &RequestTrace,
 ) -> (Outcome, Hint) {
@@ -229,6 +232,7 @@ pub async fn dispatch(
         version,
         header,
         peer,
+        from_peer,
         failed: Cell::new(false),
         trace,
         hint: Cell::new(Hint::None),

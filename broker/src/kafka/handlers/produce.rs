@@ -51,6 +51,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                         partition: part.index,
                         records: part.records.clone(),
                         acks,
+                        timeout_ms: req.timeout_ms,
                     },
                 ));
             } else {

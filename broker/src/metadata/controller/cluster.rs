@@ -45,6 +45,8 @@ pub struct QuorumLink {
     pub view: Arc<QuorumView>,
     /// Proposals go here.
     pub handle: QuorumHandle,
+    /// `default.replication.factor`: replicas of a topic created without a factor.
+    pub default_replication_factor: i16,
 }
 
 impl Controller {
@@ -59,6 +61,7 @@ impl Controller {
             ControllerOp::CreateTopic {
                 name,
                 partitions,
+                replication_factor,
                 overrides,
                 validate_only,
             } => {
@@ -68,7 +71,11 @@ impl Controller {
                     partitions,
                     &overrides,
                 )?;
-                let replicas = place(&image, 0, partitions)?;
+                let factor = match replication_factor {
+                    -1 => link.default_replication_factor,
+                    rf => rf,
+                };
+                let replicas = place(&image, 0, partitions, factor)?;
                 if validate_only {
                     return Ok(());
                 }
@@ -109,7 +116,10 @@ impl Controller {
                     ));
                 }
                 check_partition_count(count)?;
-                let replicas = place(&image, have, count - have)?;
+                // New partitions get as many replicas as the topic's first one has.
+                let factor = t.partitions.first().map_or(1, |p| p.replicas.len());
+                let factor = i16::try_from(factor).unwrap_or(i16::MAX);
+                let replicas = place(&image, have, count - have, factor)?;
                 if validate_only {
                     return Ok(());
                 }
@@ -321,13 +331,20 @@ impl Controller {
     }
 }
 
-/// Replicas for partitions `first..first + count` over the live brokers. Until partitions
-/// replicate, each has one replica.
+/// `factor` replicas for each of the partitions `first..first + count`, over the live brokers
+/// (Kafka's rack-aware assignment). INVALID_REPLICATION_FACTOR if fewer brokers are live.
 fn place(
     image: &MetadataImage,
     first: i32,
     count: i32,
+    factor: i16,
 ) -> Result<Vec<Vec<NodeId>>, ControllerError> {
+    if factor < 1 {
+        return Err(err(
+            E::InvalidReplicationFactor,
+            format!("Replication factor must be larger than 0; got {factor}"),
+        ));
+    }
     let brokers: Vec<Candidate> = image
         .brokers
         .values()
@@ -342,7 +359,7 @@ fn place(
         &brokers,
         usize::try_from(first).unwrap_or(0),
         usize::try_from(count).unwrap_or(0),
-        1,
+        usize::try_from(factor).unwrap_or(1),
         start,
     )
     .map_err(|e| err(E::InvalidReplicationFactor, e.to_string()))

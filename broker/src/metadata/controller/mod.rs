@@ -151,6 +151,9 @@ pub enum ControllerOp {
     CreateTopic {
         name: String,
         partitions: i32,
+        /// Replicas per partition; -1 for `default.replication.factor` (cluster mode only: a
+        /// single node has one replica of everything).
+        replication_factor: i16,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
     },
@@ -306,6 +309,7 @@ impl Controller {
                 partitions,
                 overrides,
                 validate_only,
+                ..
             } => {
                 let exists = current.topics.iter().any(|t| t.name == name);
                 check_new_topic(&name, exists, partitions, &overrides)?;

@@ -122,6 +122,7 @@ fn create(name: &str, partitions: i32) -> ControllerOp {
     ControllerOp::CreateTopic {
         name: name.into(),
         partitions,
+        replication_factor: -1,
         overrides: BTreeMap::new(),
         validate_only: false,
     }

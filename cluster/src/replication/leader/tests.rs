@@ -403,7 +403,11 @@ fn a_waiting_produce_is_done_at_the_high_watermark_or_fails_when_the_isr_shrinks
     assert_eq!(l.ack_status(o(30)), AckStatus::Wait);
     // Both followers stop; the ISR shrinks to the leader alone while the produce waits.
     assert!(l.tick(LAG_MS + 1).is_some());
-    assert_eq!(l.ack_status(o(30)), AckStatus::Wait, "not committed yet");
+    assert_eq!(
+        l.ack_status(o(30)),
+        AckStatus::NotEnoughReplicasAfterAppend,
+        "the proposed shrink leaves the ISR below min ISR: fail now, commit or not"
+    );
     assert_eq!(
         l.apply_assignment(assignment(&[L], 2, 6)),
         LeaderUpdate::Applied
@@ -414,4 +418,39 @@ fn a_waiting_produce_is_done_at_the_high_watermark_or_fails_when_the_isr_shrinks
         AckStatus::Done,
         "committed data stays done"
     );
+}
+
+#[test]
+fn a_proposed_shrink_below_min_isr_refuses_acks_all_before_it_commits() {
+    let (mut l, cache) = leader(&[L, F1, F2], 20);
+    fetch(&mut l, &cache, F1, 20, 0);
+    assert_eq!(l.check_produce(true), Ok(()));
+    // F2 lags: [L, F1] keeps 2 of the committed ISR, enough for min ISR 2.
+    let request = l.tick(LAG_MS + 1).expect("F2 lags");
+    assert_eq!(request.new_isr, vec![L, F1]);
+    assert_eq!(l.check_produce(true), Ok(()));
+    assert_eq!(
+        l.apply_assignment(assignment(&[L, F1], 2, 6)),
+        LeaderUpdate::Applied
+    );
+    // F1 lags too (the leader appended past it): the proposal [L] is not committed (the
+    // controller may have no majority), yet acks=all is refused from now on.
+    l.on_local_append(o(30));
+    let request = l.tick(3 * LAG_MS).expect("F1 lags");
+    assert_eq!(request.new_isr, vec![L]);
+    assert_eq!(
+        l.check_produce(true),
+        Err(ProduceError::NotEnoughReplicas {
+            isr: 1,
+            min_insync: 2
+        })
+    );
+    assert_eq!(l.check_produce(false), Ok(()), "acks=1 still appends");
+    // F1 fetches again and the controller refuses the stale proposal with a newer record
+    // that keeps F1: acks=all is admitted again.
+    assert_eq!(
+        l.apply_assignment(assignment(&[L, F1], 2, 7)),
+        LeaderUpdate::Applied
+    );
+    assert_eq!(l.check_produce(true), Ok(()));
 }

@@ -75,6 +75,30 @@ impl Writer {
         }
     }
 
+    /// The partition's tagged fields (v12+): `DivergingEpoch` (tag 0) and `CurrentLeader`
+    /// (tag 1) when set.
+    fn partition_tags(&mut self, r: &FetchResult) {
+        if !self.flexible {
+            return;
+        }
+        let count = u64::from(r.diverging_epoch.is_some()) + u64::from(r.current_leader.is_some());
+        self.uvarint(count);
+        if let Some((epoch, end_offset)) = r.diverging_epoch {
+            self.uvarint(0);
+            self.uvarint(4 + 8 + 1);
+            self.buf.put_i32(epoch);
+            self.buf.put_i64(end_offset);
+            self.uvarint(0);
+        }
+        if let Some((leader, epoch)) = r.current_leader {
+            self.uvarint(1);
+            self.uvarint(4 + 4 + 1);
+            self.buf.put_i32(leader);
+            self.buf.put_i32(epoch);
+            self.uvarint(0);
+        }
+    }
+
     fn records(&mut self, r: &FetchResult) {
         let len = r.slice.as_ref().map_or(0, |s| s.len);
         // Never null: librdkafka rejects a null record set ("invalid MessageSetSize -1").
@@ -136,7 +160,7 @@ pub fn encode(version: i16, correlation_id: i32, out: &FetchOut) -> Vec<OutChunk
                 w.buf.put_i32(-1); // preferred_read_replica
             }
             w.records(r);
-            w.tags();
+            w.partition_tags(r);
         }
         w.tags();
     }
@@ -206,13 +230,17 @@ mod tests {
                 last_stable_offset: 42,
                 log_start_offset: 3,
                 slice: Some(slice.clone()),
+                diverging_epoch: Some((4, 17)),
+                current_leader: None,
             };
             let empty = FetchResult {
-                error: 1,
+                error: 6,
                 high_watermark: -1,
                 last_stable_offset: -1,
                 log_start_offset: -1,
                 slice: None,
+                diverging_epoch: None,
+                current_leader: Some((2, 9)),
             };
             let out = FetchOut {
                 error_code: 0,
@@ -255,8 +283,28 @@ mod tests {
             if version >= 5 {
                 assert_eq!(p0.log_start_offset, 3);
             }
+            if version >= 12 {
+                let d = &p0.diverging_epoch;
+                assert_eq!(
+                    (d.epoch, d.end_offset),
+                    (4, 17),
+                    "v{version} diverging epoch"
+                );
+            }
             let p1 = &resp.responses[0].partitions[1];
-            assert_eq!((p1.partition_index, p1.error_code), (3, 1));
+            assert_eq!((p1.partition_index, p1.error_code), (3, 6));
+            if version >= 12 {
+                let c = &p1.current_leader;
+                assert_eq!(
+                    (c.leader_id.0, c.leader_epoch),
+                    (2, 9),
+                    "v{version} current leader"
+                );
+                assert_eq!(
+                    p1.diverging_epoch.epoch, -1,
+                    "v{version} no diverging epoch"
+                );
+            }
             assert_eq!(
                 p1.records.as_deref(),
                 Some(&[][..]),

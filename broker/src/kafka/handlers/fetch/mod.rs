@@ -21,6 +21,7 @@ use kafka_protocol::ResponseError as E;
 use super::{Ctx, HandlerResult, Outcome};
 use crate::ids::{PartitionId, ShardId};
 use crate::shard::ops::{FetchPart, FetchResult};
+use crate::shard::replication::ReplicaFetchPart;
 use crate::shard::{ShardOp, ShardReply};
 use encode::{FetchOut, PartitionOut, TopicOut};
 
@@ -45,6 +46,8 @@ fn error_result(code: E) -> FetchResult {
         last_stable_offset: -1,
         log_start_offset: -1,
         slice: None,
+        diverging_epoch: None,
+        current_leader: None,
     }
 }
 
@@ -57,6 +60,9 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     } else {
         req.max_bytes as u32
     };
+    if req.replica_id.0 >= 0 {
+        return Ok(replica_fetch(ctx, &req, wait, response_max).await);
+    }
     let meta = ctx.shard.meta();
     let mut wanted = Vec::new();
     let mut shape: Vec<(String, usize)> = Vec::new();
@@ -78,7 +84,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             });
         }
     }
-    let results = loop {
+    let mut results = loop {
         let mut results = read_round(ctx, &wanted).await;
         let bytes = apply_response_limit(&mut results, response_max);
         let any_error = results.iter().any(|r| r.error != 0);
@@ -94,13 +100,28 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             break results;
         }
     };
-    for (w, r) in wanted.iter().zip(&results) {
+    for (w, r) in wanted.iter_mut().zip(results.iter_mut()) {
         ctx.note_error(r.error);
         if let Some(s) = &r.slice {
             ctx.shard.metrics.add_bytes_out(&w.topic, u64::from(s.len));
         }
+        if r.error == E::NotLeaderOrFollower.code() {
+            r.current_leader = super::led_elsewhere(ctx, &w.topic, w.partition);
+        }
     }
-    let mut it = wanted.iter().zip(results);
+    let parts = wanted.iter().map(|w| w.partition).collect();
+    Ok(respond(ctx, &req, shape, parts, results))
+}
+
+/// The response: `results` in request order, shaped as the request's topics.
+fn respond(
+    ctx: &Ctx<'_>,
+    req: &FetchRequest,
+    shape: Vec<(String, usize)>,
+    partitions: Vec<i32>,
+    results: Vec<FetchResult>,
+) -> Outcome {
+    let mut it = partitions.into_iter().zip(results);
     let topics = shape
         .into_iter()
         .map(|(name, n)| TopicOut {
@@ -108,10 +129,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
             partitions: it
                 .by_ref()
                 .take(n)
-                .map(|(w, result)| PartitionOut {
-                    partition: w.partition,
-                    result,
-                })
+                .map(|(partition, result)| PartitionOut { partition, result })
                 .collect(),
         })
         .collect();
@@ -121,11 +139,92 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
         read_committed: req.isolation_level == 1,
         topics,
     };
-    Ok(Outcome::Respond(encode::encode(
-        ctx.version,
-        ctx.header.correlation_id,
-        &out,
-    )))
+    Outcome::Respond(encode::encode(ctx.version, ctx.header.correlation_id, &out))
+}
+
+/// A follower replica's fetch (`replica_id` set): accepted only on the replication listener,
+/// where peers connect; anywhere else every partition gets TOPIC_AUTHORIZATION_FAILED, as Kafka
+/// answers a replica fetch without the cluster permission, so a client cannot pose as a
+/// replica and move the high watermark or the ISR. Each owning shard answers its partitions
+/// (replicas of a partition use the same shard on every node, so this is the shard the
+/// connection is on) and long-polls for records.
+async fn replica_fetch(
+    ctx: &Ctx<'_>,
+    req: &FetchRequest,
+    wait: Duration,
+    response_max: u32,
+) -> Outcome {
+    let meta = ctx.shard.meta();
+    let allowed = ctx.from_peer && ctx.shard.replicas.is_some();
+    if !allowed {
+        tracing::warn!(
+            "{}: refusing a replica fetch (replica_id {}) outside the replication listener",
+            ctx.peer,
+            req.replica_id.0
+        );
+    }
+    let mut shape = Vec::new();
+    let mut partitions = Vec::new();
+    let mut results: Vec<Option<FetchResult>> = Vec::new();
+    let mut per_shard: BTreeMap<ShardId, Vec<(usize, ReplicaFetchPart)>> = BTreeMap::new();
+    for t in &req.topics {
+        let name: Arc<str> = Arc::from(t.topic.0.as_str());
+        shape.push((name.to_string(), t.partitions.len()));
+        for p in &t.partitions {
+            let i = results.len();
+            partitions.push(p.partition);
+            results.push(None);
+            if !allowed {
+                results[i] = Some(error_result(E::TopicAuthorizationFailed));
+                continue;
+            }
+            let Some(owner) = meta.owner(&name, PartitionId(p.partition)) else {
+                results[i] = Some(error_result(E::UnknownTopicOrPartition));
+                continue;
+            };
+            per_shard.entry(owner).or_default().push((
+                i,
+                ReplicaFetchPart {
+                    topic: name.clone(),
+                    partition: p.partition,
+                    offset: p.fetch_offset,
+                    last_fetched_epoch: p.last_fetched_epoch,
+                    current_leader_epoch: p.current_leader_epoch,
+                    max_bytes: (p.partition_max_bytes.max(0) as u32).min(response_max),
+                },
+            ));
+        }
+    }
+    let node = req.replica_id.0;
+    let wait_ms = wait.as_millis() as u64;
+    let calls = per_shard.into_iter().map(|(s, parts)| async move {
+        let (idx, parts): (Vec<usize>, Vec<ReplicaFetchPart>) = parts.into_iter().unzip();
+        let op = ShardOp::ReplicaFetch {
+            node,
+            parts,
+            wait_ms,
+        };
+        (idx, ctx.call_owner(s, op).await)
+    });
+    for (idx, reply) in futures::future::join_all(calls).await {
+        let mut answers = match reply {
+            ShardReply::Fetch(rs) => rs.into_iter().map(Some).collect(),
+            _ => Vec::new(),
+        };
+        answers.resize(idx.len(), None);
+        for (i, r) in idx.into_iter().zip(answers) {
+            results[i] = Some(r.unwrap_or_else(|| error_result(E::NotLeaderOrFollower)));
+        }
+    }
+    let mut results: Vec<FetchResult> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| error_result(E::UnknownServerError)))
+        .collect();
+    apply_response_limit(&mut results, response_max);
+    for r in &results {
+        ctx.note_error(r.error);
+    }
+    respond(ctx, req, shape, partitions, results)
 }
 
 /// Reads every wanted partition once, on its owner, in parallel across shards.
