@@ -356,11 +356,19 @@ impl LeaderPartition {
     }
 
     /// Whether a follower outside the ISR may join it (Kafka's `isFollowerInSync`): it holds
-    /// durably the high watermark and everything this leader had when its epoch began.
-    fn may_join_isr(&self, state: &FollowerState) -> bool {
-        state
-            .fetch_offset
-            .is_some_and(|o| o >= self.high_watermark && o >= self.epoch_start_offset)
+    /// durably the high watermark and everything this leader had when its epoch began, and it
+    /// is alive: it fetched within `replica.lag.time.max.ms`. Kafka only considers an expansion
+    /// when the follower fetches; without the last condition a dead follower whose last fetch
+    /// reached the high watermark (which stops while the ISR is below min ISR) would be added
+    /// back, dropped again once the leader appends, and so on.
+    fn may_join_isr(&self, state: &FollowerState, now_ms: i64) -> bool {
+        let alive = state
+            .last_fetch
+            .is_some_and(|(_, at)| now_ms - at <= self.config.replica_lag_time_max_ms);
+        alive
+            && state
+                .fetch_offset
+                .is_some_and(|o| o >= self.high_watermark && o >= self.epoch_start_offset)
     }
 
     /// Periodic work: proposes an ISR change (lagging members out, caught-up replicas in) if
@@ -389,7 +397,7 @@ impl LeaderPartition {
                 if self.assignment.isr.contains(&r) {
                     self.is_caught_up(state, now_ms)
                 } else {
-                    self.may_join_isr(state)
+                    self.may_join_isr(state, now_ms)
                 }
             })
             .collect();

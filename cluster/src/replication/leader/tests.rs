@@ -454,3 +454,28 @@ fn a_proposed_shrink_below_min_isr_refuses_acks_all_before_it_commits() {
     );
     assert_eq!(l.check_produce(true), Ok(()));
 }
+
+#[test]
+fn a_follower_that_stopped_fetching_is_not_added_back() {
+    let (mut l, cache) = leader(&[L, F1, F2], 20);
+    fetch(&mut l, &cache, F1, 20, 0);
+    fetch(&mut l, &cache, F2, 20, 0);
+    l.on_local_append(o(30));
+    // Both followers die at their last fetch (20); the leader drops them.
+    let request = l.tick(LAG_MS + 1).expect("both lag");
+    assert_eq!(request.new_isr, vec![L]);
+    assert_eq!(
+        l.apply_assignment(assignment(&[L], 2, 6)),
+        LeaderUpdate::Applied
+    );
+    // Below min ISR the high watermark stays at 20, which the dead followers hold: still they
+    // are not proposed back, however often the leader ticks.
+    assert_eq!(l.high_watermark(), o(20));
+    for now in [LAG_MS + 2, 2 * LAG_MS, 10 * LAG_MS] {
+        assert_eq!(l.tick(now), None, "at {now}");
+    }
+    // F1 comes back and fetches: it is proposed back.
+    fetch(&mut l, &cache, F1, 30, 10 * LAG_MS + 1);
+    let request = l.tick(10 * LAG_MS + 2).expect("F1 is back");
+    assert_eq!(request.new_isr, vec![L, F1]);
+}
