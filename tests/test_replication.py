@@ -350,7 +350,14 @@ def fetch_v12(host, topic, partition, offset, replica_id=-1, max_wait_ms=0,
         p["preferred_read_replica"] = r.int32()
         n = r.uvarint()
         p["records"] = None if n == 0 else bytes(r._take(n - 1))
-        r.tagged_fields()
+        # Tagged fields: DivergingEpoch (0) and CurrentLeader (1, KIP-951).
+        for _ in range(r.uvarint()):
+            tag, size = r.uvarint(), r.uvarint()
+            t = kafka_raw.Reader(bytes(r._take(size)))
+            if tag == 0:
+                p["diverging_epoch"] = (t.int32(), t.int64())
+            elif tag == 1:
+                p["current_leader"] = (t.int32(), t.int32())
         out["partitions"][p["partition"]] = p
 
     r.compact_array(lambda r: (r.compact_string(), r.compact_array(part), r.tagged_fields()))
@@ -815,3 +822,22 @@ def test_a_client_posing_as_a_replica_changes_neither_isr_nor_high_watermark(mak
     assert all(refused(a, 0) for a in answers), [a for a in answers if not refused(a, 0)][:2]
     print(f"{len(answers)} fetches posing as the dead follower, all refused: {codes(answers)}")
     assert high_watermark(leader, topic, 0) == end
+
+
+def test_a_fetch_sent_to_a_follower_names_the_leader(make_cluster):
+    """Fetch v12 to a replica that does not lead the partition: NOT_LEADER_OR_FOLLOWER with
+    the leader and its epoch (KIP-951 `current_leader`), so a client needs no Metadata round
+    trip; sent to the leader, the records and no hint."""
+    make_cluster(3)
+    topic = unique("hint")
+    lay = new_topic([0, 1, 2], 0, topic, 1)
+    leader, epoch = lay[0].leader, 0  # a new partition: its first leader, epoch 0
+    with kafka_raw.KafkaConn(ip(leader), 9092, timeout=15) as conn:
+        assert produce_raw(conn, topic, 0, [b"x"], acks=-1)["error_code"] == 0
+    follower = next(r for r in lay[0].replicas if r != leader)
+    res = fetch_v12(ip(follower), topic, 0, 0)
+    p = res["partitions"][0]
+    assert (p["error_code"], p.get("current_leader")) == (6, (leader, epoch)), p
+    res = fetch_v12(ip(leader), topic, 0, 0)
+    p = res["partitions"][0]
+    assert p["error_code"] == 0 and p["records"] and "current_leader" not in p, p

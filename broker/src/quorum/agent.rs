@@ -29,6 +29,7 @@ pub(super) async fn run(handle: QuorumHandle, setup: QuorumSetup, view: Arc<Quor
             }
         }
     }
+    view.set_registered();
     let leader = view.load().leader.map_or(-1, |l| l.0);
     tracing::info!(
         "broker {node_id} registered (incarnation {incarnation:x}); active controller: {leader}"

@@ -97,9 +97,24 @@ pub struct QuorumView {
     pub state: ArcSwap<QuorumState>,
     /// Notified after every new state.
     pub changed: event_listener::Event,
+    /// Set once this process's registration is applied: from then on the image's leader epochs
+    /// are the ones this incarnation leads in (a restarted leader's registration bumps them).
+    registered: std::sync::atomic::AtomicBool,
 }
 
 impl QuorumView {
+    /// Whether this process's broker registration is applied.
+    pub fn registered(&self) -> bool {
+        self.registered.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that this process's registration is applied, and wakes the waiters.
+    pub fn set_registered(&self) {
+        self.registered
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify(usize::MAX);
+    }
+
     /// The latest state.
     pub fn load(&self) -> Arc<QuorumState> {
         self.state.load_full()

@@ -245,6 +245,26 @@ impl MetadataImage {
             Command::RegisterBroker(broker) => {
                 let mut broker = broker.clone();
                 broker.fenced = false;
+                let restarted = self
+                    .brokers
+                    .get(&broker.node_id)
+                    .is_some_and(|old| old.incarnation != broker.incarnation);
+                if restarted {
+                    // A restarted broker may have lost what it had not synced: it leads its
+                    // partitions again in a new leader epoch, so that followers holding more of
+                    // the old epoch find their divergence and truncate (Kafka elects anew, with
+                    // a new epoch, when a broker comes back).
+                    for p in self
+                        .topics
+                        .values_mut()
+                        .flat_map(|t| t.partitions.iter_mut())
+                    {
+                        if p.leader == broker.node_id {
+                            p.leader_epoch += 1;
+                            p.partition_epoch += 1;
+                        }
+                    }
+                }
                 self.brokers.insert(broker.node_id, broker);
                 Applied::Ok
             }

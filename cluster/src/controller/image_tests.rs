@@ -225,3 +225,27 @@ fn commands_and_images_round_trip_and_garbage_is_an_error() {
     assert!(Command::decode(b"not an archive").is_err());
     assert!(MetadataImage::decode(&[0xff; 64]).is_err());
 }
+
+#[test]
+fn a_restarted_leader_leads_again_in_a_new_epoch() {
+    let mut image = cluster();
+    let epochs = |image: &MetadataImage| {
+        let p = image.partition("t", 0).unwrap();
+        (p.leader, p.leader_epoch, p.partition_epoch)
+    };
+    // The same incarnation registering again (a retried proposal) changes nothing.
+    assert_eq!(image.apply(&broker(0, 7)), Applied::Ok);
+    assert_eq!(epochs(&image), (0, 0, 0));
+    // A follower restarts: the leader's epoch stays.
+    assert_eq!(image.apply(&broker(1, 8)), Applied::Ok);
+    assert_eq!(epochs(&image), (0, 0, 0));
+    // The leader restarts: same leader, next epoch, so that followers ahead of what it kept
+    // find their divergence.
+    assert_eq!(image.apply(&broker(0, 9)), Applied::Ok);
+    assert_eq!(epochs(&image), (0, 1, 1));
+    assert_eq!(
+        image.apply(&alter(0, 0, 1, &[0, 1])),
+        Applied::Refused(FENCED_LEADER_EPOCH),
+        "the old epoch is fenced"
+    );
+}

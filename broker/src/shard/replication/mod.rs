@@ -284,7 +284,10 @@ fn end_role(role: &Role) {
 async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataImage) -> bool {
     let me = replicas.me;
     let meta = shard.meta();
-    let mut incomplete = false;
+    // Until this process is registered, the image may still show the leader epochs of its
+    // previous incarnation, which its registration bumps: it leads nothing before that.
+    let registered = shard.quorum.as_ref().is_some_and(|v| v.registered());
+    let mut incomplete = !registered;
     let mut seen = HashSet::new();
     let mut follower_changed = false;
     for (name, topic) in &image.topics {
@@ -307,7 +310,10 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
             };
             let key: PartKey = (Arc::from(name.as_str()), p);
             seen.insert(key.clone());
-            let assignment = record.assignment();
+            let mut assignment = record.assignment();
+            if !registered && assignment.leader == Some(me) {
+                assignment.leader = None;
+            }
             let config = config_of(shard, name);
             let existing = replicas.roles.borrow().get(&key).cloned();
             // A log replaced under the same name (topic deleted and created again) starts over.
@@ -347,13 +353,15 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
                 }
                 Some(Role::Follower(f)) => {
                     let update = f.state.borrow_mut().apply_assignment(assignment.clone());
+                    // A follower held back only until this process registered leads now.
+                    let lead = assignment.leader == Some(me);
                     match update {
-                        FollowerUpdate::Stale => continue,
+                        FollowerUpdate::Stale if !lead => continue,
                         FollowerUpdate::Applied => {
                             follower_changed = true;
                             continue;
                         }
-                        FollowerUpdate::BecomeLeader => {
+                        FollowerUpdate::Stale | FollowerUpdate::BecomeLeader => {
                             f.removed.set(true);
                             follower_changed = true;
                             become_leader(shard, replicas, &key, log, assignment, config).await
