@@ -352,24 +352,46 @@ def test_producer_ids_are_unique_across_the_cluster(cluster):
 
 
 def test_every_node_names_the_same_group_coordinator(cluster):
+    """A group's coordinator is the leader of its partition of the replicated offsets topic,
+    created on the first FindCoordinator (COORDINATOR_NOT_AVAILABLE, 15, until then): every node
+    names the same one, the others refuse the group's requests."""
     cluster.script("up", str(NODES))
     cluster.wait_for(range(NODES), "three live brokers",
                      lambda v: all(live(x) == [0, 1, 2] for x in v.values()))
+
+    def find(i, group):
+        with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
+            return c.find_coordinator(group)
+
+    first = find(0, "orders-readers")
+    assert first["error_code"] in (0, 15), first
+    deadline = time.monotonic() + 20
+    while find(0, "orders-readers")["error_code"] != 0:
+        assert time.monotonic() < deadline, "the offsets topic was not created"
+        time.sleep(0.05)
+    md = AdminClient({"bootstrap.servers": f"{ip(0)}:9092"}).list_topics(timeout=10)
+    offsets = md.topics["__consumer_offsets"].partitions
+    assert len(offsets) == 50 and all(len(p.replicas) == 3 for p in offsets.values()), offsets
+    leaders = {p.id: p.leader for p in offsets.values()}
     for group in ("orders-readers", "audit", "g-17"):
-        answers = []
-        for i in range(NODES):
-            with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
-                answers.append(c.find_coordinator(group))
+        answers = [find(i, group) for i in range(NODES)]
         assert all(a["error_code"] == 0 for a in answers), answers
         nodes = {a["node_id"] for a in answers}
         assert len(nodes) == 1, answers
         coordinator = nodes.pop()
         assert answers[0]["host"] == ip(coordinator)
+        assert coordinator in leaders.values()
         # Another broker refuses the group's requests, sending the client back to
-        # FindCoordinator (NOT_COORDINATOR, 16); the coordinator serves them.
+        # FindCoordinator (NOT_COORDINATOR, 16); the coordinator serves them once it has loaded
+        # the partition (COORDINATOR_LOAD_IN_PROGRESS, 14, until then).
         for i in range(NODES):
-            with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
-                joined = c.join_group(group, protocols=[("range", b"")])
+            deadline = time.monotonic() + 10
+            while True:
+                with kafka_raw.KafkaConn(ip(i), 9092, timeout=15) as c:
+                    joined = c.join_group(group, protocols=[("range", b"")])
+                if joined["error_code"] != 14 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             if i == coordinator:
                 assert joined["error_code"] in (0, 79), joined  # 79: MEMBER_ID_REQUIRED
             else:

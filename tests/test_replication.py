@@ -24,7 +24,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaProducer
 
@@ -639,6 +639,13 @@ def test_idempotent_producer_across_a_follower_kill_writes_each_record_once(make
     victim = next((n for n in idle if n != controller), idle[0])
     alive = [n for n in range(3) if n != victim]
     bootstrap = c.bootstrap()
+    # The offsets topic (replication factor 3) is created on the first FindCoordinator, while
+    # all three brokers are up: like Kafka's, it is not created with fewer brokers than that.
+    def coordinator_known():
+        with kafka_raw.KafkaConn(ip(0), 9092, timeout=10) as conn:
+            found = conn.find_coordinator("exactly-warm-up")
+        return found["error_code"] == 0, found
+    wait_until("the offsets topic", coordinator_known, timeout=20)
 
     keys = [b"key-%d" % k for k in range(12)]
     total = 1500
@@ -841,3 +848,89 @@ def test_a_fetch_sent_to_a_follower_names_the_leader(make_cluster):
     res = fetch_v12(ip(leader), topic, 0, 0)
     p = res["partitions"][0]
     assert p["error_code"] == 0 and p["records"] and "current_leader" not in p, p
+
+
+def test_committed_offsets_live_in_the_replicated_offsets_topic(make_cluster):
+    """A group's offsets go to its partition of `__consumer_offsets` (replication factor 3),
+    led by its coordinator: every replica holds the same bytes, a follower's death does not
+    stop commits, and a coordinator that restarts serves them from its replica."""
+    c = make_cluster(3)
+    topic = unique("tracked")
+    new_topic([0, 1, 2], 0, topic, 1)
+    group = unique("readers")
+
+    def coordinator():
+        with kafka_raw.KafkaConn(ip(0), 9092, timeout=10) as conn:
+            found = conn.find_coordinator(group)
+        return found["error_code"] == 0, found
+
+    coord = wait_until("the group's coordinator", coordinator, timeout=20)["node_id"]
+    partition = kafka_raw.crc32c(group.encode()) % 50
+    lay = wait_layout([0, 1, 2], "__consumer_offsets", fully_replicated(3), "the offsets topic")
+    assert lay[partition].leader == coord, (partition, lay[partition], coord)
+    followers = [r for r in lay[partition].replicas if r != coord]
+    bootstrap = c.bootstrap()
+
+    def commit(offset):
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+        finally:
+            consumer.close()
+
+    def committed():
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        try:
+            return consumer.committed([TopicPartition(topic, 0)], timeout=20)[0].offset
+        finally:
+            consumer.close()
+
+    commit(11)
+    assert committed() == 11
+    c.kill(followers[0])
+    commit(22)  # acks=all on the offsets topic: waits out the ISR shrink, then succeeds
+    assert committed() == 22
+
+    def offsets_logs_equal():
+        logs = {}
+        for n in lay[partition].replicas:
+            files = sorted(c.partition_dir(n, "__consumer_offsets", partition).glob("*.log"),
+                           key=lambda f: int(f.stem))
+            logs[n] = b"".join(f.read_bytes() for f in files)
+        return len(set(logs.values())) == 1 and len(logs[coord]) > 0, {n: len(b) for n, b in logs.items()}
+
+    c.up()
+    wait_layout([0, 1, 2], "__consumer_offsets",
+                lambda lay: len(lay[partition].isr) == 3, "the follower back in the offsets ISR")
+    wait_until("byte-identical replicas of the group's offsets partition", offsets_logs_equal)
+    # The coordinator restarts: it loads the group's offsets from its replica.
+    c.kill(coord)
+    c.up()
+    assert committed() == 22
+
+
+def test_strom_bench_routes_each_partition_to_its_leader(make_cluster, tmp_path):
+    """strom-bench given the bootstrap list sends each partition's Produce, Fetch and ListOffsets
+    to its leader: every record produced to three partitions led by three nodes is consumed,
+    with no error."""
+    make_cluster(3)
+    topic = unique("bench")
+    lay = new_topic([0, 1, 2], 0, topic, 3)
+    assert len({p.leader for p in lay.values()}) > 1, lay
+    report = tmp_path / "bench.json"
+    bench = strom_bin().parent / "strom-bench"
+    res = subprocess.run([str(bench), "run", "-b", ",".join(f"{ip(i)}:9092" for i in range(3)),
+                          "--topic", topic, "--producers", "1", "--consumers", "1",
+                          "--consume-from", "earliest", "--rate", "2000", "--acks", "-1",
+                          "--message-bytes", "100", "--max-messages", "3000", "--warmup-s", "0",
+                          "--duration-s", "10", "--quiet", "--json-out", str(report)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads(report.read_text())["result"]
+    produced, consumed = r["produced"], r["consumed"]
+    print(f"\nproduced {produced['messages']}, consumed {consumed['messages']}")
+    assert (produced["messages"], produced["errors"]) == (3000, 0), produced
+    assert (consumed["messages"], consumed["errors"]) == (3000, 0), consumed
+    ends = sum(high_watermark(p.leader, topic, i) for i, p in lay.items())
+    assert ends == 3000, ends

@@ -1,6 +1,7 @@
 //! `strom-bench`: a Kafka-wire load generator. It speaks the protocol directly (no client
 //! library in between, so it is not the bottleneck), and works against any Kafka-compatible
-//! broker.
+//! broker or cluster: `--brokers` is one address or a bootstrap list, Metadata names each
+//! partition's leader, and every partition's requests go to its leader.
 //!
 //! - `run`: a workload of producers and consumers (flags or a TOML file) with fixed-rate or
 //!   maximal load, publish and end-to-end latency, a JSON report and an SVG chart;
@@ -15,6 +16,7 @@ mod limits;
 mod report;
 mod run;
 mod sysinfo;
+use strom_client::cluster::parse_bootstrap;
 use strom_client::conn as wire;
 
 use std::path::PathBuf;
@@ -29,7 +31,9 @@ use run::{BrokerPid, RunOptions};
 #[derive(Parser, Debug)]
 #[command(name = "strom-bench", about = "Kafka-wire load generator")]
 struct Cli {
-    /// Broker address.
+    /// Broker address, or a comma-separated bootstrap list of a cluster's brokers
+    /// (host:port,host:port,...). Metadata gives every partition's leader; each partition's
+    /// Produce, Fetch and ListOffsets requests go to its leader.
     #[arg(short, long, default_value = "127.0.0.1:9092", global = true)]
     brokers: String,
     #[command(subcommand)]
@@ -145,7 +149,7 @@ struct RunArgs {
     fractions: String,
 
     /// Broker process for CPU and memory figures (default: the local process listening on the
-    /// broker's port, if any).
+    /// address of --brokers, or of its first entry for a list, if any).
     #[arg(long)]
     broker_pid: Option<u32>,
     /// A `strom-bench limits --json-out` file: the report then states throughput as a share of
@@ -242,16 +246,18 @@ fn main() {
 
 fn run(brokers: &str, args: &RunArgs) -> Result<(), String> {
     let w = args.workload()?;
+    let bootstrap = parse_bootstrap(brokers).map_err(|e| format!("--brokers: {e}"))?;
     let broker_pid = match args.broker_pid {
         Some(pid) => BrokerPid::Pid(pid),
         None => BrokerPid::Find,
     };
     let pid = match &broker_pid {
         BrokerPid::Pid(p) => Some(*p),
-        _ => sysinfo::BrokerProcess::find(brokers).map(|p| p.pid),
+        _ => sysinfo::BrokerProcess::find(&bootstrap[0]).map(|p| p.pid),
     };
     let opts = RunOptions {
         brokers: brokers.to_string(),
+        bootstrap,
         broker_pid,
         progress: !args.quiet,
     };

@@ -1,6 +1,7 @@
 //! Facts for reports: the machine, this build's git revision, and the broker process's CPU
 //! time and memory when it runs on this machine.
 
+use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -90,10 +91,16 @@ impl BrokerProcess {
         p.sample().map(|_| p)
     }
 
-    /// The local process listening on `addr`'s port, if any.
+    /// The local process listening on `addr` (host:port), if any: preferably the socket bound
+    /// to that very address (several brokers of a local cluster share a port on different
+    /// loopback addresses), else one bound to every address, else any on that port.
     pub fn find(addr: &str) -> Option<BrokerProcess> {
         let port: u16 = addr.rsplit(':').next()?.parse().ok()?;
-        let inode = listening_inode(port)?;
+        let ips: Vec<IpAddr> = addr
+            .to_socket_addrs()
+            .map(|it| it.map(|a| a.ip()).collect())
+            .unwrap_or_default();
+        let inode = listening_inode(port, &ips)?;
         let target = format!("socket:[{inode}]");
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry
@@ -130,8 +137,10 @@ impl BrokerProcess {
     }
 }
 
-/// The socket inode of a TCP socket listening on `port` (IPv4 or IPv6).
-fn listening_inode(port: u16) -> Option<u64> {
+/// The socket inode of a TCP socket listening on `port` (IPv4 or IPv6): one bound to one of
+/// `ips` if there is one, else one bound to the unspecified address, else the first.
+fn listening_inode(port: u16, ips: &[IpAddr]) -> Option<u64> {
+    let mut listeners: Vec<(Option<IpAddr>, u64)> = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -141,16 +150,48 @@ fn listening_inode(port: u16) -> Option<u64> {
             let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
                 continue;
             };
-            let local_port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if *state == "0A" && local_port == Some(port) {
-                return inode.parse().ok();
+            let Some((ip, local_port)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if *state == "0A" && u16::from_str_radix(local_port, 16).ok() == Some(port) {
+                if let Ok(inode) = inode.parse() {
+                    listeners.push((proc_net_ip(ip), inode));
+                }
             }
         }
     }
-    None
+    listeners
+        .iter()
+        .find(|(ip, _)| ip.is_some_and(|ip| ips.contains(&ip)))
+        .or_else(|| {
+            listeners
+                .iter()
+                .find(|(ip, _)| ip.is_some_and(|ip| ip.is_unspecified()))
+        })
+        .or(listeners.first())
+        .map(|&(_, inode)| inode)
+}
+
+/// An address as /proc/net/tcp{,6} prints it: the bytes of each 32-bit word in host order, in
+/// hex.
+fn proc_net_ip(hex: &str) -> Option<IpAddr> {
+    let word = |i: usize| {
+        hex.get(i * 8..i * 8 + 8)
+            .and_then(|w| u32::from_str_radix(w, 16).ok())
+            .map(u32::to_ne_bytes)
+    };
+    match hex.len() {
+        8 => Some(IpAddr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            let v6 = Ipv6Addr::from(b);
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        }
+        _ => None,
+    }
 }
 
 /// CPU seconds this process has used (user + system).
@@ -166,6 +207,25 @@ pub fn own_cpu_s() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_proc_net_addresses() {
+        let ip = |s: &str| proc_net_ip(s).map(|ip| ip.to_string());
+        if cfg!(target_endian = "little") {
+            assert_eq!(ip("0100007F").as_deref(), Some("127.0.0.1"));
+            assert_eq!(ip("0201007F").as_deref(), Some("127.0.1.2"));
+            assert_eq!(
+                ip("00000000000000000000000001000000").as_deref(),
+                Some("::1")
+            );
+            assert_eq!(
+                ip("0000000000000000FFFF00000100007F").as_deref(),
+                Some("127.0.0.1")
+            );
+        }
+        assert_eq!(ip("00000000").as_deref(), Some("0.0.0.0"));
+        assert_eq!(ip("zz"), None);
+    }
 
     #[test]
     fn finds_a_process_listening_on_a_port_and_samples_it() {

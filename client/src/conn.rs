@@ -32,6 +32,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
+use crate::cluster::Metadata;
+
 const PRODUCE_V: i16 = 7;
 const FETCH_V: i16 = 11;
 const LIST_OFFSETS_V: i16 = 1;
@@ -364,6 +366,28 @@ impl Conn {
         partitions: &[i32],
         timestamp: i64,
     ) -> Result<Vec<(i32, i64)>, String> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for (partition, error, offset) in self.list_offsets_codes(topic, partitions, timestamp)? {
+            if error != 0 {
+                return Err(format!(
+                    "ListOffsets {topic}/{partition}: {}",
+                    code_name(error)
+                ));
+            }
+            out.push((partition, offset));
+        }
+        Ok(out)
+    }
+
+    /// ListOffsets for `partitions` at `timestamp` (-1 latest, -2 earliest), with each
+    /// partition's error code: (partition, error, offset). Fails only if the request does, or
+    /// if the answer does not cover every partition asked for.
+    pub fn list_offsets_codes(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<Vec<(i32, i16, i64)>, String> {
         let mut t = ListOffsetsTopic::default();
         t.name = topic_name(topic);
         t.partitions = partitions
@@ -380,18 +404,17 @@ impl Conn {
         req.topics = vec![t];
         let id = self.send(ApiKey::ListOffsets, LIST_OFFSETS_V, &req)?;
         let resp: ListOffsetsResponse = self.recv(ApiKey::ListOffsets, LIST_OFFSETS_V, id)?;
-        let mut out = Vec::with_capacity(partitions.len());
-        for p in resp.topics.iter().flat_map(|t| &t.partitions) {
-            if p.error_code != 0 {
-                return Err(format!(
-                    "ListOffsets {topic}/{}: {}",
-                    p.partition_index,
-                    code_name(p.error_code)
-                ));
-            }
-            out.push((p.partition_index, p.offset));
-        }
+        let out: Vec<(i32, i16, i64)> = resp
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| (p.partition_index, p.error_code, p.offset))
+            .collect();
         if out.len() != partitions.len() {
+            // A partition error says more than the count does.
+            if let Some((p, e, _)) = out.iter().find(|(_, e, _)| *e != 0) {
+                return Err(format!("ListOffsets {topic}/{p}: {}", code_name(*e)));
+            }
             return Err(format!(
                 "ListOffsets {topic}: asked for {} partitions, got {}",
                 partitions.len(),
@@ -399,6 +422,25 @@ impl Conn {
             ));
         }
         Ok(out)
+    }
+
+    /// Metadata for `topics` (without creating any): the brokers, and each partition's leader.
+    pub fn metadata(&mut self, topics: &[&str]) -> Result<Metadata, String> {
+        let mut req = MetadataRequest::default();
+        req.topics = Some(
+            topics
+                .iter()
+                .map(|topic| {
+                    let mut t = MetadataRequestTopic::default();
+                    t.name = Some(topic_name(topic));
+                    t
+                })
+                .collect(),
+        );
+        req.allow_auto_topic_creation = false;
+        let id = self.send(ApiKey::Metadata, METADATA_V, &req)?;
+        let resp: MetadataResponse = self.recv(ApiKey::Metadata, METADATA_V, id)?;
+        Ok(Metadata::from_response(&resp))
     }
 
     /// The partition count of `topic` from Metadata.
@@ -428,6 +470,26 @@ impl Conn {
         partition_max_bytes: i32,
         max_bytes: i32,
     ) -> Result<Vec<(i32, i16, Bytes)>, String> {
+        let id = self.send_fetch(
+            topic,
+            positions,
+            max_wait_ms,
+            partition_max_bytes,
+            max_bytes,
+        )?;
+        self.recv_fetch(id)
+    }
+
+    /// Writes one Fetch request for `positions` (partition, offset) of `topic` without waiting;
+    /// returns its correlation id for [`Conn::recv_fetch`].
+    pub fn send_fetch(
+        &mut self,
+        topic: &str,
+        positions: &[(i32, i64)],
+        max_wait_ms: i32,
+        partition_max_bytes: i32,
+        max_bytes: i32,
+    ) -> Result<i32, String> {
         let mut t = FetchTopic::default();
         t.topic = topic_name(topic);
         t.partitions = positions
@@ -447,7 +509,11 @@ impl Conn {
         req.max_bytes = max_bytes;
         req.session_epoch = -1;
         req.topics = vec![t];
-        let id = self.send(ApiKey::Fetch, FETCH_V, &req)?;
+        self.send(ApiKey::Fetch, FETCH_V, &req)
+    }
+
+    /// Reads the answer to the Fetch request `id`: (partition, error, records).
+    pub fn recv_fetch(&mut self, id: i32) -> Result<Vec<(i32, i16, Bytes)>, String> {
         let resp: FetchResponse = self.recv(ApiKey::Fetch, FETCH_V, id)?;
         if resp.error_code != 0 {
             return Err(format!("Fetch: {}", code_name(resp.error_code)));
@@ -667,5 +733,13 @@ impl Conn {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsRawFd for Conn {
+    /// The socket, for waiting on several connections at once (poll).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
     }
 }

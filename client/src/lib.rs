@@ -2,6 +2,7 @@
 //! tools and the `strom-bench` load generator.
 
 pub mod batch;
+pub mod cluster;
 pub mod conn;
 pub mod member;
 pub mod partitioner;

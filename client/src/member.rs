@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::cluster::{connect_any, join_host_port, parse_bootstrap};
 use crate::conn::{code, code_name, Conn, JoinParams};
 
 const PROTOCOL_TYPE: &str = "consumer";
@@ -21,6 +22,8 @@ const CONSUMER_PROTOCOL_V: i16 = 3;
 const MAX_JOIN_ATTEMPTS: u32 = 100;
 /// Pause before retrying while a coordinator loads.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// The client id of the member's connections.
+const CLIENT_ID: &str = "strom-bench";
 
 /// Timeouts a member announces in JoinGroup.
 #[derive(Clone, Copy)]
@@ -40,7 +43,8 @@ pub enum Heartbeat {
     Rejoin,
 }
 
-/// A group member consuming one topic, with its own connection to the coordinator.
+/// A group member consuming one topic, with its own connection to the coordinator (group
+/// requests and committed offsets; records are fetched from each partition's leader).
 pub struct Member {
     conn: Conn,
     group: String,
@@ -53,8 +57,9 @@ pub struct Member {
 }
 
 impl Member {
-    /// Connects to `brokers`, looks up the group's coordinator and checks that it is that same
-    /// broker (this client talks to no other address).
+    /// Connects to `brokers` (an address, or a comma-separated bootstrap list of which the
+    /// first that accepts is used), looks up the group's coordinator and, when that is another
+    /// broker, connects to the coordinator instead.
     pub fn connect(
         brokers: &str,
         group: &str,
@@ -63,8 +68,10 @@ impl Member {
         timeouts: GroupTimeouts,
         deadline: Instant,
     ) -> Result<Member, String> {
+        let bootstrap = parse_bootstrap(brokers)?;
+        let (conn, addr) = connect_any(&bootstrap, remaining(deadline), CLIENT_ID)?;
         let mut m = Member {
-            conn: Conn::connect(brokers)?,
+            conn,
             group: group.to_string(),
             topic: topic.to_string(),
             partitions,
@@ -74,34 +81,35 @@ impl Member {
             assigned: Vec::new(),
         };
         m.bound_io(deadline)?;
-        m.check_coordinator(brokers, deadline)?;
+        m.find_coordinator(&addr, deadline)?;
         Ok(m)
     }
 
     /// Lets no socket read or write outlast `deadline`.
     fn bound_io(&self, deadline: Instant) -> Result<(), String> {
-        self.conn.set_timeout(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        )
+        self.conn.set_timeout(remaining(deadline))
     }
 
-    fn check_coordinator(&mut self, brokers: &str, deadline: Instant) -> Result<(), String> {
+    /// Asks the broker at `connected` for the group's coordinator and moves the member's
+    /// connection there unless it is that broker.
+    fn find_coordinator(&mut self, connected: &str, deadline: Instant) -> Result<(), String> {
         loop {
             deadline_check(deadline, "finding the group coordinator")?;
             let c = self.conn.find_coordinator(&self.group)?;
             match c.error {
                 0 => {
-                    let coordinator = format!("{}:{}", c.host, c.port);
-                    if same_address(&coordinator, brokers) {
+                    let coordinator = join_host_port(&c.host, c.port);
+                    if same_address(&coordinator, connected) {
                         return Ok(());
                     }
-                    return Err(format!(
-                        "the coordinator of group {} is node {} at {coordinator}, not {brokers}; \
-                         this member only talks to the given broker, so point it at the coordinator",
-                        self.group, c.node_id
-                    ));
+                    self.conn = Conn::connect_timeout(&coordinator, remaining(deadline), CLIENT_ID)
+                        .map_err(|e| {
+                            format!(
+                                "the coordinator of group {} is node {} at {coordinator}: {e}",
+                                self.group, c.node_id
+                            )
+                        })?;
+                    return self.bound_io(deadline);
                 }
                 code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS => {
                     std::thread::sleep(RETRY_BACKOFF);
@@ -111,7 +119,8 @@ impl Member {
         }
     }
 
-    /// The member's connection to the coordinator, for fetches and offset requests.
+    /// The member's connection to the coordinator, for committed offsets (OffsetFetch,
+    /// OffsetCommit).
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
@@ -265,6 +274,13 @@ impl Member {
         s.generation_id = self.generation;
         encode_versioned(&s, CONSUMER_PROTOCOL_V)
     }
+}
+
+/// The time left until `deadline`, at least 1 ms (a zero socket timeout would mean none).
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 /// Fails with what was being waited for once `deadline` has passed.

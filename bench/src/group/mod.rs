@@ -16,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kafka_protocol::records::Compression;
 
 use crate::run::{self, records::PendingBatch};
-use crate::wire::{self, Conn};
+use crate::wire;
 use member::{GroupTimeouts, Heartbeat, Member};
 use report::Report;
+use strom_client::cluster::{connect_any, parse_bootstrap, Cluster, Router};
 
 /// Records produced to each partition before measuring, so a consumer always finds data.
 const SETUP_RECORDS_PER_PARTITION: usize = 100;
@@ -64,11 +65,11 @@ pub fn run(args: &GroupArgs) -> Result<(), String> {
             "--partitions, --rounds, --heartbeat-ms and --timeout-s must be at least 1".into(),
         );
     }
-    let partitions =
+    let (partitions, mut router) =
         setup_topic(args).map_err(|e| format!("setup of topic {}: {e}", args.topic))?;
     let mut report = Report::new(&args.topic, partitions, args.rounds, args.heartbeat)?;
     for round in 0..args.rounds {
-        let s = first_record_round(args, partitions, round)
+        let s = first_record_round(args, partitions, round, &mut router)
             .map_err(|e| round_error("join-to-first-record", round, args, &e))?;
         report
             .join_to_first_record
@@ -95,13 +96,15 @@ fn round_error(scenario: &str, round: u32, args: &GroupArgs, e: &str) -> String 
 }
 
 /// Creates the topic (or reuses it, at its real partition count) and writes records to every
-/// partition. Returns the partition count.
-fn setup_topic(args: &GroupArgs) -> Result<i32, String> {
+/// partition. Returns the partition count, and a router with a connection to each partition's
+/// leader (for the rounds' ListOffsets and Fetch requests).
+fn setup_topic(args: &GroupArgs) -> Result<(i32, Router), String> {
     let deadline = Instant::now() + args.timeout;
-    let mut conn = Conn::connect(&args.brokers)?;
+    let bootstrap = parse_bootstrap(&args.brokers).map_err(|e| format!("--brokers: {e}"))?;
+    let (mut conn, _) = connect_any(&bootstrap, args.timeout, run::CLIENT_ID)?;
     conn.set_timeout(args.timeout)?;
     conn.create_topic(&args.topic, args.partitions, &[])?;
-    let partitions = conn.partition_count(&args.topic)?;
+    let partitions = run::wait_for_leaders(&mut conn, &args.topic, deadline)?;
     if partitions != args.partitions {
         eprintln!(
             "strom-bench: topic {} already exists with {partitions} partitions (not {}); using {partitions}",
@@ -124,20 +127,23 @@ fn setup_topic(args: &GroupArgs) -> Result<i32, String> {
         now_ms,
         Compression::None,
     )?;
+    let topics = [args.topic.clone()];
+    let cluster = Cluster::discover(&bootstrap, &topics, run::CONNECT_TIMEOUT, run::CLIENT_ID)?;
+    let mut router = Router::new(cluster, args.timeout);
     for p in 0..partitions {
         deadline_check(deadline, "producing the setup records")?;
-        let id = conn.send_produce_parts(&args.topic, vec![(p, batch.clone())], 1)?;
-        for (partition, error) in conn.recv_produce_errors(id)? {
-            if error != 0 {
-                return Err(format!(
-                    "producing setup records to {}/{partition}: {}",
-                    args.topic,
-                    wire::code_name(error)
-                ));
-            }
+        let error = router.produce_one(&args.topic, p, &batch, 1)?;
+        if error != 0 {
+            return Err(format!(
+                "producing setup records to {}/{p}: {}",
+                args.topic,
+                wire::code_name(error)
+            ));
         }
     }
-    Ok(partitions)
+    let all: Vec<i32> = (0..partitions).collect();
+    router.connect_leaders(&args.topic, &all)?;
+    Ok((partitions, router))
 }
 
 /// A group id no earlier run or round used.
@@ -158,6 +164,7 @@ fn first_record_round(
     args: &GroupArgs,
     partitions: i32,
     round: u32,
+    router: &mut Router,
 ) -> Result<FirstRecord, String> {
     let deadline = Instant::now() + args.timeout;
     let group = unique_group("join", round);
@@ -177,8 +184,8 @@ fn first_record_round(
             "the only member of group {group} was assigned no partitions"
         ));
     }
-    let positions = start_positions(&mut m, &args.topic)?;
-    wait_first_record(m.conn(), &args.topic, &positions, deadline)?;
+    let positions = start_positions(&mut m, router, &args.topic)?;
+    wait_first_record(router, &args.topic, &positions, deadline)?;
     let first = Instant::now();
     m.leave()?;
     Ok(FirstRecord {
@@ -187,9 +194,13 @@ fn first_record_round(
     })
 }
 
-/// Where a consumer starts on its assigned partitions: the committed offset, or the earliest
-/// one where the group has none.
-fn start_positions(m: &mut Member, topic: &str) -> Result<Vec<(i32, i64)>, String> {
+/// Where a consumer starts on its assigned partitions: the committed offset (from the
+/// coordinator), or the earliest one (from the partition's leader) where the group has none.
+fn start_positions(
+    m: &mut Member,
+    router: &mut Router,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, String> {
     let assigned = m.assigned().to_vec();
     let group = m.group().to_string();
     let committed = m.conn().offset_fetch(&group, topic, &assigned)?;
@@ -201,7 +212,7 @@ fn start_positions(m: &mut Member, topic: &str) -> Result<Vec<(i32, i64)>, Strin
     if missing.is_empty() {
         return Ok(committed);
     }
-    let earliest = m.conn().list_offsets(topic, &missing, -2)?;
+    let earliest = router.list_offsets(topic, &missing, -2)?;
     Ok(committed
         .into_iter()
         .filter(|&(_, o)| o >= 0)
@@ -209,29 +220,39 @@ fn start_positions(m: &mut Member, topic: &str) -> Result<Vec<(i32, i64)>, Strin
         .collect())
 }
 
+/// Fetches `positions` from their leaders (one leader after the other) until a record comes.
 fn wait_first_record(
-    conn: &mut Conn,
+    router: &mut Router,
     topic: &str,
     positions: &[(i32, i64)],
     deadline: Instant,
 ) -> Result<(), String> {
+    let partitions: Vec<i32> = positions.iter().map(|&(p, _)| p).collect();
+    let groups = router.cluster.meta.by_leader(topic, &partitions)?;
     loop {
-        deadline_check(deadline, &format!("fetching the first record of {topic}"))?;
-        for (partition, error, set) in conn.fetch_sets(
-            topic,
-            positions,
-            FETCH_MAX_WAIT_MS,
-            FETCH_PARTITION_MAX_BYTES,
-            FETCH_MAX_BYTES,
-        )? {
-            if error != 0 {
-                return Err(format!(
-                    "Fetch {topic}/{partition}: {}",
-                    wire::code_name(error)
-                ));
-            }
-            if run::records::walk(&set, |_| {})?.records > 0 {
-                return Ok(());
+        for (&node, parts) in &groups {
+            deadline_check(deadline, &format!("fetching the first record of {topic}"))?;
+            let asked: Vec<(i32, i64)> = positions
+                .iter()
+                .filter(|(p, _)| parts.contains(p))
+                .copied()
+                .collect();
+            for (partition, error, set) in router.conn(node)?.fetch_sets(
+                topic,
+                &asked,
+                FETCH_MAX_WAIT_MS,
+                FETCH_PARTITION_MAX_BYTES,
+                FETCH_MAX_BYTES,
+            )? {
+                if error != 0 {
+                    return Err(format!(
+                        "Fetch {topic}/{partition} from node {node}: {}",
+                        wire::code_name(error)
+                    ));
+                }
+                if run::records::walk(&set, |_| {})?.records > 0 {
+                    return Ok(());
+                }
             }
         }
     }

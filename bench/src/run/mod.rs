@@ -1,6 +1,6 @@
-//! `strom-bench run`: a workload of producers and consumers against one broker, with publish
-//! and end-to-end latency, a live progress line, and a result the report module prints, saves
-//! as JSON and charts.
+//! `strom-bench run`: a workload of producers and consumers against a broker or a cluster
+//! (each partition's requests go to its leader), with publish and end-to-end latency, a live
+//! progress line, and a result the report module prints, saves as JSON and charts.
 
 pub mod consumer;
 pub mod findmax;
@@ -22,6 +22,7 @@ use crate::wire::Conn;
 use consumer::{Consumer, ConsumerControl, ConsumerPlan};
 use meter::{histogram, Clock, Meter, Window};
 use producer::{Producer, ProducerPlan};
+use strom_client::cluster::{connect_any, Cluster, Router};
 use workload::{Rate, Workload};
 
 /// Latency percentiles in microseconds.
@@ -126,7 +127,10 @@ pub enum BrokerPid {
 }
 
 pub struct RunOptions {
+    /// `--brokers` as given (for the report and the group members' bootstrap).
     pub brokers: String,
+    /// Its addresses.
+    pub bootstrap: Vec<String>,
     pub broker_pid: BrokerPid,
     /// Print a progress line every second.
     pub progress: bool,
@@ -135,15 +139,23 @@ pub struct RunOptions {
 /// How long consumers may take to catch up with the producers after they stop.
 const CONSUMER_DRAIN: Duration = Duration::from_secs(10);
 
-/// Creates `topic` with `configs` if needed and returns its partition count.
+/// Client id of every connection.
+pub const CLIENT_ID: &str = "strom-bench";
+/// Bounds connecting, and each Metadata request.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds each read and write of the setup and ListOffsets requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates `topic` with `configs` if needed (asking the first bootstrap address that accepts)
+/// and returns its partition count once every partition has a leader.
 pub fn prepare_topic(
-    brokers: &str,
+    bootstrap: &[String],
     topic: &str,
     partitions: i32,
     configs: &BTreeMap<String, String>,
 ) -> Result<i32, String> {
-    let mut conn = Conn::connect(brokers)?;
-    conn.set_timeout(Duration::from_secs(30))?;
+    let (mut conn, _) = connect_any(bootstrap, REQUEST_TIMEOUT, CLIENT_ID)?;
+    conn.set_timeout(REQUEST_TIMEOUT)?;
     let configs: Vec<(String, String)> = configs
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -151,13 +163,19 @@ pub fn prepare_topic(
     if !conn.create_topic(topic, partitions, &configs)? && !configs.is_empty() {
         eprintln!("strom-bench: topic {topic} exists already; it keeps its own configs (--topic-config applies to new topics)");
     }
-    // A new topic shows up in Metadata once every shard knows it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_for_leaders(&mut conn, topic, Instant::now() + Duration::from_secs(10))
+}
+
+/// The partition count of `topic` once Metadata shows it with a leader for every partition (a
+/// new topic shows up once every shard knows it; in a cluster, leaders follow); the reason it
+/// is not ready when `deadline` passes.
+pub fn wait_for_leaders(conn: &mut Conn, topic: &str, deadline: Instant) -> Result<i32, String> {
     loop {
-        match conn.partition_count(topic) {
-            Ok(n) if n > 0 => return Ok(n),
+        let ready = conn.metadata(&[topic]).and_then(|meta| meta.ready(topic));
+        match ready {
+            Ok(n) => return Ok(n),
             Err(e) if Instant::now() > deadline => return Err(e),
-            _ => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
@@ -170,8 +188,8 @@ struct TopicRun {
 }
 
 impl TopicRun {
-    fn end_offsets(&self, brokers: &str) -> Result<Vec<i64>, String> {
-        end_offsets(brokers, &self.name, self.partitions)
+    fn end_offsets(&self, router: &mut Router) -> Result<Vec<i64>, String> {
+        end_offsets(router, &self.name, self.partitions)
     }
 }
 
@@ -182,9 +200,10 @@ const END_OFFSETS_SETTLE: Duration = Duration::from_millis(500);
 /// records are durable, and consumers see (and ListOffsets reports) only durable records, so
 /// the last acknowledged records can be one group commit past the first reading: read until
 /// the offsets stop moving for `END_OFFSETS_SETTLE` (at most `CONSUMER_DRAIN`).
-fn settled_end_offsets(topics: &[TopicRun], brokers: &str) -> Result<Vec<Vec<i64>>, String> {
-    let read = || -> Result<Vec<Vec<i64>>, String> {
-        topics.iter().map(|t| t.end_offsets(brokers)).collect()
+fn settled_end_offsets(topics: &[TopicRun], cluster: &Cluster) -> Result<Vec<Vec<i64>>, String> {
+    let mut router = Router::new(cluster.clone(), REQUEST_TIMEOUT);
+    let mut read = || -> Result<Vec<Vec<i64>>, String> {
+        topics.iter().map(|t| t.end_offsets(&mut router)).collect()
     };
     let started = Instant::now();
     let mut last = read()?;
@@ -205,17 +224,25 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     w.validate()?;
     let mut topics = Vec::new();
     for name in w.topic_names() {
-        let partitions = prepare_topic(&opts.brokers, &name, w.partitions, &w.topic_configs)?;
+        let partitions = prepare_topic(&opts.bootstrap, &name, w.partitions, &w.topic_configs)?;
         topics.push(TopicRun {
             name,
             partitions,
             control: Arc::new(ConsumerControl::new(partitions)),
         });
     }
+    // Where every partition's leader is; producers and consumers start from this.
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let cluster = Arc::new(Cluster::discover(
+        &opts.bootstrap,
+        &names,
+        CONNECT_TIMEOUT,
+        CLIENT_ID,
+    )?);
     let controls: Vec<Arc<ConsumerControl>> = topics.iter().map(|t| t.control.clone()).collect();
     let rate = w.rate()?;
     let broker = match opts.broker_pid {
-        BrokerPid::Find => BrokerProcess::find(&opts.brokers),
+        BrokerPid::Find => opts.bootstrap.first().and_then(|a| BrokerProcess::find(a)),
         BrokerPid::Pid(pid) => {
             Some(BrokerProcess::new(pid).ok_or_else(|| format!("no process {pid}"))?)
         }
@@ -230,6 +257,7 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     for (ti, topic) in topics.iter().enumerate() {
         let cplan = Arc::new(ConsumerPlan {
             brokers: opts.brokers.clone(),
+            cluster: cluster.clone(),
             topic: topic.name.clone(),
             partitions: topic.partitions,
             consumers: w.consumers,
@@ -264,10 +292,11 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
         }
     }
     let ends_at_start = if catch_up {
+        let mut router = Router::new(cluster.as_ref().clone(), REQUEST_TIMEOUT);
         Some(
             topics
                 .iter()
-                .map(|t| t.end_offsets(&opts.brokers))
+                .map(|t| t.end_offsets(&mut router))
                 .collect::<Result<Vec<_>, _>>()?,
         )
     } else {
@@ -284,7 +313,7 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
     let producers_total = w.producers * topics.len() as u32;
     for topic in topics.iter().filter(|_| w.producers > 0) {
         let pplan = Arc::new(ProducerPlan {
-            brokers: opts.brokers.clone(),
+            cluster: cluster.clone(),
             topic: topic.name.clone(),
             partitions: topic.partitions,
             acks: w.acks,
@@ -337,7 +366,7 @@ pub fn run_once(w: &Workload, opts: &RunOptions) -> Result<RunResult, String> {
         let producers_done = producers.iter().all(Producer::is_finished);
         if window_end.is_some() && producers_done {
             if ends_at_stop.is_none() {
-                ends_at_stop = Some(settled_end_offsets(&topics, &opts.brokers)?);
+                ends_at_stop = Some(settled_end_offsets(&topics, &cluster)?);
                 drain_deadline = Some(now + CONSUMER_DRAIN.as_nanos() as u64);
             }
             if caught_up || drain_deadline.is_some_and(|d| now >= d) || catch_up {
@@ -461,13 +490,11 @@ fn process_use(
     }
 }
 
-/// The latest offset of every partition of `topic`.
-fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<i64>, String> {
-    let mut conn = Conn::connect(brokers)?;
-    conn.set_timeout(Duration::from_secs(30))?;
+/// The latest offset of every partition of `topic`, each asked of its leader.
+fn end_offsets(router: &mut Router, topic: &str, partitions: i32) -> Result<Vec<i64>, String> {
     let all: Vec<i32> = (0..partitions).collect();
     let mut ends = vec![0; partitions as usize];
-    for (p, o) in conn.list_offsets(topic, &all, -1)? {
+    for (p, o) in router.list_offsets(topic, &all, -1)? {
         if let Some(slot) = ends.get_mut(p as usize) {
             *slot = o;
         }

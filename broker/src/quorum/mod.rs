@@ -100,12 +100,34 @@ pub struct QuorumView {
     /// Set once this process's registration is applied: from then on the image's leader epochs
     /// are the ones this incarnation leads in (a restarted leader's registration bumps them).
     registered: std::sync::atomic::AtomicBool,
+    /// Partitions of the offsets topic whose groups a shard of this node has loaded (it leads
+    /// them): group requests for the others are refused here.
+    offsets_loaded: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl QuorumView {
     /// Whether this process's broker registration is applied.
     pub fn registered(&self) -> bool {
         self.registered.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this node coordinates the groups of offsets partition `partition` (it leads the
+    /// partition and has loaded its groups).
+    pub fn offsets_loaded(&self, partition: u32) -> bool {
+        self.offsets_loaded
+            .lock()
+            .is_ok_and(|set| set.contains(&partition))
+    }
+
+    /// Records that this node took over (or gave up) offsets partition `partition`.
+    pub fn set_offsets_loaded(&self, partition: u32, loaded: bool) {
+        if let Ok(mut set) = self.offsets_loaded.lock() {
+            if loaded {
+                set.insert(partition);
+            } else {
+                set.remove(&partition);
+            }
+        }
     }
 
     /// Records that this process's registration is applied, and wakes the waiters.

@@ -175,6 +175,14 @@ pub(crate) async fn run(ctx: ShardContext) -> Result<(), ShardError> {
             ))
         }),
     });
+    if shard.replicas.is_some() {
+        // Cluster mode: the offsets log is the replicated offsets topic.
+        shard
+            .groups
+            .use_offsets_topic(Rc::new(crate::shard::replication::ShardOffsets(
+                Rc::downgrade(&shard),
+            )));
+    }
     // Before recovery, so that readiness can be asked while the logs are being opened.
     if let (0, Some(listener)) = (id, &ctx.admin_listener) {
         crate::admin::spawn(&shard, listener).map_err(ShardError::Admin)?;

@@ -115,8 +115,16 @@ impl Shard {
         self.meta.load_full()
     }
 
-    /// The shard that coordinates `group_id`.
+    /// The shard that coordinates `group_id`: in cluster mode the one that holds its partition
+    /// of the offsets topic.
     pub fn group_owner(&self, group_id: &str) -> ShardId {
+        if self.replicas.is_some() {
+            let p = crate::group::store::partition_of(group_id, self.groups.partitions());
+            let topic = crate::group::store::OFFSETS_TOPIC;
+            if let Some(owner) = self.meta().owner(topic, crate::ids::PartitionId(p as i32)) {
+                return owner;
+            }
+        }
         crate::group::owner(group_id, self.groups.partitions(), self.table.shards())
     }
 

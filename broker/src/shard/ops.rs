@@ -483,7 +483,7 @@ const LEADER_ROLE_WAIT_MS: u64 = 1_000;
 /// and acks=all is answered then. acks=all is refused while the ISR is below
 /// `min.insync.replicas` (NOT_ENOUGH_REPLICAS), and fails with
 /// NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR falls below it before the batch is replicated.
-async fn produce_replicated(
+pub(crate) async fn produce_replicated(
     shard: &Rc<Shard>,
     replicas: &super::replication::Replicas,
     p: &ProducePart,

@@ -1,4 +1,5 @@
-//! Loading: the owned partitions of the offsets log replayed into groups and offsets at startup.
+//! Loading: the owned partitions of the offsets log replayed into groups and offsets at startup,
+//! or (cluster mode) a partition of the replicated offsets topic when this shard takes it over.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use super::GroupCoordinator;
 use crate::clock::{mono_ms, now_ms};
 use crate::group::state::{Committed, Group};
-use crate::group::store::{GroupRecord, LogRecord, ReplayError};
+use crate::group::store::{replay_log, GroupRecord, LogRecord, ReplayError};
 use crate::metadata::ClusterMeta;
 
 impl GroupCoordinator {
@@ -18,39 +19,31 @@ impl GroupCoordinator {
         owned: &[u32],
         meta: &ClusterMeta,
     ) -> Result<(), ReplayError> {
-        let mut offsets: HashMap<String, HashMap<(Arc<str>, i32), Committed>> = HashMap::new();
-        let mut records: HashMap<String, GroupRecord> = HashMap::new();
-        let count = self
-            .store
-            .replay(owned, |r| match r {
-                LogRecord::Offset {
-                    group,
-                    topic,
-                    partition,
-                    value,
-                } => match value {
-                    Some(c) => {
-                        offsets
-                            .entry(group)
-                            .or_default()
-                            .insert((topic, partition), c);
-                    }
-                    None => {
-                        if let Some(m) = offsets.get_mut(&group) {
-                            m.remove(&(topic, partition));
-                        }
-                    }
-                },
-                LogRecord::Group { group, value } => match value {
-                    Some(v) => {
-                        records.insert(group, v);
-                    }
-                    None => {
-                        records.remove(&group);
-                    }
-                },
-            })
-            .await?;
+        let mut loaded = Loaded::default();
+        let count = self.store.replay(owned, |r| loaded.apply(r)).await?;
+        self.install(loaded, count, meta).await;
+        Ok(())
+    }
+
+    /// Cluster mode: this shard took over offsets partition `partition` (it leads it in the
+    /// replicated topic): its groups and offsets are read from `log`.
+    pub async fn load_partition(
+        self: &Rc<Self>,
+        partition: u32,
+        log: &strom_storage::PartitionLog,
+        meta: &ClusterMeta,
+    ) -> Result<(), ReplayError> {
+        let mut loaded = Loaded::default();
+        let count = replay_log(log.dir(), log, &mut |r| loaded.apply(r)).await?;
+        tracing::info!(partition, "offsets partition taken over");
+        self.install(loaded, count, meta).await;
+        Ok(())
+    }
+
+    /// Puts replayed groups and offsets in place. Offsets of topics that no longer exist are
+    /// dropped (and deleted from the log).
+    async fn install(self: &Rc<Self>, loaded: Loaded, count: usize, meta: &ClusterMeta) {
+        let Loaded { offsets, records } = loaded;
         let (now, wall) = (mono_ms(), now_ms());
         let mut stale = Vec::new();
         {
@@ -91,6 +84,45 @@ impl GroupCoordinator {
             );
             self.write_each_group(stale).await;
         }
-        Ok(())
+    }
+}
+
+/// Groups and offsets read back from the offsets log, the newest record per key winning.
+#[derive(Default)]
+struct Loaded {
+    offsets: HashMap<String, HashMap<(Arc<str>, i32), Committed>>,
+    records: HashMap<String, GroupRecord>,
+}
+
+impl Loaded {
+    fn apply(&mut self, r: LogRecord) {
+        match r {
+            LogRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            } => match value {
+                Some(c) => {
+                    self.offsets
+                        .entry(group)
+                        .or_default()
+                        .insert((topic, partition), c);
+                }
+                None => {
+                    if let Some(m) = self.offsets.get_mut(&group) {
+                        m.remove(&(topic, partition));
+                    }
+                }
+            },
+            LogRecord::Group { group, value } => match value {
+                Some(v) => {
+                    self.records.insert(group, v);
+                }
+                None => {
+                    self.records.remove(&group);
+                }
+            },
+        }
     }
 }

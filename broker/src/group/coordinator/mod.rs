@@ -166,6 +166,11 @@ impl GroupCoordinator {
         self.store.partitions
     }
 
+    /// Cluster mode: the offsets log's partitions are those of the replicated offsets topic.
+    pub fn use_offsets_topic(&self, topic: Rc<dyn crate::group::store::OffsetsTopic>) {
+        self.store.use_topic(topic);
+    }
+
     /// The open partitions of the offsets log (compacted by the shard's cleaner).
     pub fn offsets_logs(&self) -> Vec<Rc<strom_storage::PartitionLog>> {
         self.store.logs()

@@ -366,6 +366,25 @@ pub fn load_partition_count(data_dir: &Path, configured: u32) -> std::io::Result
     }
 }
 
+/// Kafka's name for the offsets log as a topic: in cluster mode the offsets log is that topic,
+/// replicated like any other.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Cluster mode: the offsets log's partitions are the partitions of [`OFFSETS_TOPIC`], which
+/// replication owns. The shard that leads a partition gives its log and stores writes through
+/// its leader (appended, then acknowledged once the ISR holds them, as an acks=all produce).
+pub trait OffsetsTopic {
+    /// The log of offsets partition `partition` if this shard leads it.
+    fn log(&self, partition: u32) -> Option<Rc<PartitionLog>>;
+
+    /// Appends `batch` as the leader of `partition` and waits until the ISR holds it.
+    fn append<'a>(
+        &'a self,
+        partition: u32,
+        batch: &'a [u8],
+    ) -> futures::future::LocalBoxFuture<'a, Result<(), String>>;
+}
+
 /// A queued write: records plus where to send the outcome.
 struct Pending {
     records: Vec<LogRecord>,
@@ -375,6 +394,10 @@ struct Pending {
 /// The single writer of one offsets-log partition.
 pub struct PartitionWriter {
     dir: PathBuf,
+    /// The offsets partition.
+    partition: u32,
+    /// Cluster mode: the replicated topic that holds the partition.
+    topic: Option<Rc<dyn OffsetsTopic>>,
     log: RefCell<Option<Rc<PartitionLog>>>,
     queue: RefCell<Vec<Pending>>,
     ready: Event,
@@ -382,9 +405,16 @@ pub struct PartitionWriter {
 }
 
 impl PartitionWriter {
-    fn new(dir: PathBuf, log: Option<Rc<PartitionLog>>) -> Rc<PartitionWriter> {
+    fn new(
+        dir: PathBuf,
+        partition: u32,
+        topic: Option<Rc<dyn OffsetsTopic>>,
+        log: Option<Rc<PartitionLog>>,
+    ) -> Rc<PartitionWriter> {
         Rc::new(PartitionWriter {
             dir,
+            partition,
+            topic,
             log: RefCell::new(log),
             queue: RefCell::new(Vec::new()),
             ready: Event::new(),
@@ -408,6 +438,14 @@ impl PartitionWriter {
     }
 
     async fn open(&self, config: &LogConfig) -> Result<Rc<PartitionLog>, StoreError> {
+        if let Some(topic) = &self.topic {
+            return topic.log(self.partition).ok_or_else(|| {
+                StoreError::Log(format!(
+                    "this node does not lead partition {} of {OFFSETS_TOPIC}",
+                    self.partition
+                ))
+            });
+        }
         if let Some(log) = self.log.borrow().clone() {
             return Ok(log);
         }
@@ -560,6 +598,13 @@ async fn append(
     bytes: &[u8],
     now: i64,
 ) -> Result<(), StoreError> {
+    if let Some(topic) = &writer.topic {
+        // Replicated: durable on the ISR when this returns.
+        return topic.append(writer.partition, bytes).await.map_err(|e| {
+            tracing::warn!("appending to {OFFSETS_TOPIC}-{}: {e}", writer.partition);
+            StoreError::Log(e)
+        });
+    }
     let log = writer.open(config).await?;
     log.append(bytes, LeaderEpoch(0), now)
         .await
@@ -574,6 +619,10 @@ async fn append(
 }
 
 async fn flush_log(writer: &PartitionWriter, config: &LogConfig) -> Result<(), StoreError> {
+    if writer.topic.is_some() {
+        // The replicated append waited for the ISR's fdatasyncs already.
+        return Ok(());
+    }
     let log = writer.open(config).await?;
     log.flush().await.map_err(|e| {
         tracing::error!("flushing {}: {e}", writer.dir.display());
@@ -590,6 +639,8 @@ pub struct OffsetsStore {
     writers: RefCell<HashMap<u32, Rc<PartitionWriter>>>,
     /// Partitions whose writer task runs.
     started: RefCell<HashSet<u32>>,
+    /// Cluster mode: the replicated topic that holds the partitions (set once at startup).
+    topic: RefCell<Option<Rc<dyn OffsetsTopic>>>,
 }
 
 impl OffsetsStore {
@@ -619,6 +670,7 @@ impl OffsetsStore {
             flush,
             writers: RefCell::new(HashMap::new()),
             started: RefCell::new(HashSet::new()),
+            topic: RefCell::new(None),
         }
     }
 
@@ -644,6 +696,36 @@ impl OffsetsStore {
                     dir: dir.clone(),
                     source,
                 })?;
+            count += replay_log(&dir, &log, &mut apply).await?;
+            self.writers
+                .borrow_mut()
+                .insert(p, PartitionWriter::new(dir, p, None, Some(log)));
+        }
+        Ok(count)
+    }
+
+    /// Cluster mode: the offsets log's partitions live in the replicated topic `topic`.
+    pub fn use_topic(&self, topic: Rc<dyn OffsetsTopic>) {
+        *self.topic.borrow_mut() = Some(topic);
+    }
+
+    /// Whether the partitions live in the replicated topic (cluster mode).
+    pub fn replicated(&self) -> bool {
+        self.topic.borrow().is_some()
+    }
+}
+
+/// Reads `log` (of `dir`) from its start to its high watermark, oldest record first, giving each
+/// record to `apply`; returns how many it gave.
+pub async fn replay_log(
+    dir: &Path,
+    log: &PartitionLog,
+    apply: &mut impl FnMut(LogRecord),
+) -> Result<usize, ReplayError> {
+    let dir = dir.to_path_buf();
+    let mut count = 0;
+    {
+        {
             let mut offset = log.log_start_offset().0;
             while offset < log.high_watermark().0 {
                 let Some(slice) = log
@@ -656,7 +738,8 @@ impl OffsetsStore {
                 else {
                     break;
                 };
-                // Startup only: a blocking read before the shard serves anything.
+                // A blocking read: at startup before the shard serves anything, or (cluster
+                // mode) when this shard takes over an offsets partition, which is small.
                 let bytes = slice
                     .read_blocking()
                     .map_err(|source| ReplayError::ReadFile {
@@ -697,15 +780,18 @@ impl OffsetsStore {
                     pos = end;
                 }
             }
-            self.writers
-                .borrow_mut()
-                .insert(p, PartitionWriter::new(dir, Some(log)));
         }
-        Ok(count)
     }
+    Ok(count)
+}
 
+impl OffsetsStore {
     /// The open partition logs (for the shard's cleaner).
     pub fn logs(&self) -> Vec<Rc<PartitionLog>> {
+        if self.replicated() {
+            // The topic's partitions are the shard's own logs, maintained with the others.
+            return Vec::new();
+        }
         self.writers
             .borrow()
             .values()
@@ -719,7 +805,9 @@ impl OffsetsStore {
         let mut writers = self.writers.borrow_mut();
         let writer = writers
             .entry(p)
-            .or_insert_with(|| PartitionWriter::new(self.partition_dir(p), None))
+            .or_insert_with(|| {
+                PartitionWriter::new(self.partition_dir(p), p, self.topic.borrow().clone(), None)
+            })
             .clone();
         drop(writers);
         if self.started.borrow_mut().insert(p) {

@@ -141,7 +141,7 @@ fn a_write_that_cannot_be_encoded_fails_alone() {
     let data = dir.path().to_path_buf();
     let path = data.join(GROUPS_DIR).join("offsets-0");
     let (outcomes, stored) = strom_storage::testing::run_local(move || async move {
-        let writer = PartitionWriter::new(path.clone(), None);
+        let writer = PartitionWriter::new(path.clone(), 0, None, None);
         let config = LogConfig {
             cleanup: CleanupPolicy {
                 delete: false,

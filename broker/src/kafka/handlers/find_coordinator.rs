@@ -1,5 +1,5 @@
 //! FindCoordinator (key 10): on a single node, this broker coordinates every group; in a
-//! cluster, one registered broker per group (see `coordinator`).
+//! cluster, the leader of the group's partition of the offsets topic (see `coordinator`).
 //!
 //! Advertising it also matters beyond groups: librdkafka enables LZ4 compression only when the
 //! broker advertises FindCoordinator (`rdkafka_feature.c`).
@@ -10,6 +10,9 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use kafka_protocol::ResponseError as E;
 
 use super::{str_bytes, Ctx, HandlerResult};
+use crate::group::store::OFFSETS_TOPIC;
+use crate::metadata::controller::ControllerOp;
+use crate::shard::{ShardOp, ShardReply};
 
 /// `key_type` of consumer groups; transactional ids (1) have no coordinator until transactions
 /// are supported.
@@ -80,10 +83,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
     Ok(ctx.respond(&resp))
 }
 
-/// In cluster mode, the group's coordinator: the registered broker at the group's offsets
-/// partition modulo the number of registered brokers (sorted by id), so every node names the
-/// same one and it stays put while that broker is down (COORDINATOR_NOT_AVAILABLE then; its
-/// committed offsets live on it). `None` on a single node.
+/// In cluster mode, the group's coordinator: the leader of the group's partition of the
+/// replicated offsets topic (`__consumer_offsets`, created on first use with
+/// `offsets.topic.num.partitions` partitions and `offsets.topic.replication.factor` replicas,
+/// COORDINATOR_NOT_AVAILABLE until it exists), COORDINATOR_NOT_AVAILABLE while that leader is
+/// fenced. `None` on a single node.
 #[allow(
     clippy::type_complexity,
     reason = "a node's endpoint or a Kafka error with its message, used once"
@@ -95,15 +99,15 @@ pub fn coordinator(
     let view = ctx.shard.quorum.as_ref()?;
     let settings = ctx.shard.config.cluster.as_ref()?;
     let state = view.load();
-    let registered: Vec<i32> = state.image.brokers.keys().copied().collect();
-    if registered.is_empty() {
+    let partition = crate::group::store::partition_of(group, ctx.shard.groups.partitions());
+    let Some(record) = state.image.partition(OFFSETS_TOPIC, partition as i32) else {
+        request_offsets_topic(ctx);
         return Some(Err((
             E::CoordinatorNotAvailable.code(),
-            "no broker has registered with the controller yet".into(),
+            format!("the offsets topic {OFFSETS_TOPIC} is being created"),
         )));
-    }
-    let partition = crate::group::store::partition_of(group, ctx.shard.groups.partitions());
-    let node = registered[partition as usize % registered.len()];
+    };
+    let node = record.leader;
     Some(
         state
             .live_brokers(&settings.client_listener)
@@ -113,8 +117,57 @@ pub fn coordinator(
             .ok_or_else(|| {
                 (
                     E::CoordinatorNotAvailable.code(),
-                    format!("the coordinator of this group, broker {node}, is not available"),
+                    format!(
+                        "the coordinator of this group, the leader of {OFFSETS_TOPIC}-{partition} \
+                         (broker {node}), is not available"
+                    ),
                 )
             }),
     )
+}
+
+/// Asks the controller to create the offsets topic (at most once a second per shard; creating
+/// it twice is refused harmlessly).
+fn request_offsets_topic(ctx: &Ctx<'_>) {
+    const RETRY_MS: i64 = 1_000;
+    let (Some(replicas), Some(settings)) = (&ctx.shard.replicas, &ctx.shard.config.cluster) else {
+        return;
+    };
+    let now = crate::clock::now_ms();
+    if now - replicas.offsets_topic_requested_ms.get() < RETRY_MS {
+        return;
+    }
+    replicas.offsets_topic_requested_ms.set(now);
+    let groups = &ctx.shard.config.groups;
+    let overrides = [
+        ("cleanup.policy", "compact".to_string()),
+        ("segment.bytes", groups.offsets_segment_bytes.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let op = ControllerOp::CreateTopic {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: i32::try_from(ctx.shard.groups.partitions()).unwrap_or(i32::MAX),
+        replication_factor: settings.offsets_replication_factor,
+        overrides,
+        validate_only: false,
+    };
+    let shard = ctx.shard.clone();
+    glommio::spawn_local(async move {
+        match shard
+            .call(crate::ids::ShardId(0), ShardOp::Controller(op))
+            .await
+        {
+            ShardReply::Controller(Ok(_)) => {
+                tracing::info!("created the offsets topic {OFFSETS_TOPIC}");
+            }
+            ShardReply::Controller(Err(e)) if e.code == E::TopicAlreadyExists.code() => {}
+            ShardReply::Controller(Err(e)) => {
+                tracing::warn!("creating the offsets topic {OFFSETS_TOPIC}: {}", e.message);
+            }
+            _ => {}
+        }
+    })
+    .detach();
 }

@@ -159,7 +159,17 @@ pub fn group_refused(ctx: &Ctx<'_>, group_id: &str, empty_allowed: bool) -> Opti
         return Some(e);
     }
     match find_coordinator::coordinator(ctx, group_id)? {
-        Ok((node, _, _)) if node == ctx.shard.config.node_id => None,
+        Ok((node, _, _)) if node == ctx.shard.config.node_id => {
+            // This node leads the group's offsets partition: it answers once a shard has
+            // loaded the partition's groups.
+            let p = crate::group::store::partition_of(group_id, ctx.shard.groups.partitions());
+            let loaded = ctx
+                .shard
+                .quorum
+                .as_ref()
+                .is_some_and(|v| v.offsets_loaded(p));
+            (!loaded).then_some(ResponseError::CoordinatorLoadInProgress)
+        }
         Ok(_) => Some(ResponseError::NotCoordinator),
         Err(_) => Some(ResponseError::CoordinatorNotAvailable),
     }

@@ -18,6 +18,7 @@
 
 mod fetcher;
 mod leader;
+mod offsets;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,9 +39,11 @@ use strom_storage::PartitionLog;
 
 use super::Shard;
 use crate::clock::now_ms;
+use crate::group::store::OFFSETS_TOPIC;
 use crate::ids::PartitionId;
 
 pub use leader::{serve_replica_fetch, wait_for_ack, AckOutcome, ReplicaFetchPart};
+pub use offsets::ShardOffsets;
 
 /// How often roles are checked against the image, ISR changes proposed and fetchers started.
 pub const REPLICATION_TICK_MS: u64 = 50;
@@ -133,6 +136,8 @@ pub struct Replicas {
     /// The image index the roles were last made to match, and whether some replica still
     /// lacked its log then (checked again at the next tick).
     reconciled: Cell<(u64, bool)>,
+    /// When this shard last asked the controller to create the offsets topic (ms).
+    pub offsets_topic_requested_ms: Cell<i64>,
     /// Counters for the metrics.
     pub isr_shrinks: Cell<u64>,
     pub isr_expands: Cell<u64>,
@@ -149,6 +154,7 @@ impl Replicas {
             wake: Event::new(),
             fetchers: RefCell::new(HashSet::new()),
             reconciled: Cell::new((0, true)),
+            offsets_topic_requested_ms: Cell::new(0),
             isr_shrinks: Cell::new(0),
             isr_expands: Cell::new(0),
         }
@@ -258,11 +264,40 @@ pub async fn run(shard: Rc<Shard>, replicas: Rc<Replicas>, shutdown: Arc<AtomicB
     }
     // Fetchers and waiters end on their own; resign everything so that waiting produces
     // answer now.
-    for (_, role) in replicas.roles.borrow_mut().drain() {
-        end_role(&role);
+    let roles: Vec<(PartKey, Role)> = replicas.roles.borrow_mut().drain().collect();
+    for (key, role) in roles {
+        release(&shard, &key, &role);
     }
     replicas.changed.notify(usize::MAX);
     replicas.isr_changed.notify(usize::MAX);
+}
+
+/// This shard leads a partition of the offsets topic now: it loads the partition's groups and
+/// offsets, then coordinates them.
+async fn take_over_offsets(shard: &Rc<Shard>, partition: i32, log: &Rc<PartitionLog>) {
+    let Ok(p) = u32::try_from(partition) else {
+        return;
+    };
+    match shard.groups.load_partition(p, log, &shard.meta()).await {
+        Ok(()) => {
+            if let Some(view) = &shard.quorum {
+                view.set_offsets_loaded(p, true);
+            }
+        }
+        Err(e) => tracing::error!("loading {OFFSETS_TOPIC}-{partition}: {e}"),
+    }
+}
+
+/// Ends `role` of `key`; a leader of an offsets partition stops coordinating its groups.
+fn release(shard: &Shard, key: &PartKey, role: &Role) {
+    end_role(role);
+    if let (Role::Leader(_), Some(view)) = (role, &shard.quorum) {
+        if &*key.0 == OFFSETS_TOPIC {
+            if let Ok(p) = u32::try_from(key.1) {
+                view.set_offsets_loaded(p, false);
+            }
+        }
+    }
 }
 
 fn same_log(role: &Role, log: &Rc<PartitionLog>) -> bool {
@@ -320,7 +355,7 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
             let current = match existing {
                 Some(r) if same_log(&r, &log) => Some(r),
                 Some(r) => {
-                    end_role(&r);
+                    release(shard, &key, &r);
                     None
                 }
                 None => None,
@@ -340,7 +375,7 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
                             continue;
                         }
                         LeaderUpdate::Resign => {
-                            l.resigned.set(true);
+                            release(shard, &key, &Role::Leader(l.clone()));
                             replicas.isr_changed.notify(usize::MAX);
                             follower_changed = true;
                             if assignment.leader == Some(me) {
@@ -379,8 +414,22 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
             };
             match next {
                 Some(role) => {
-                    replicas.roles.borrow_mut().insert(key, role);
+                    let offsets_log = match &role {
+                        Role::Leader(l) if &*key.0 == OFFSETS_TOPIC => Some(l.log.clone()),
+                        _ => None,
+                    };
+                    replicas.roles.borrow_mut().insert(key.clone(), role);
                     replicas.roles_added.notify(usize::MAX);
+                    if let Some(log) = offsets_log {
+                        // A task: loading may write (offsets of deleted topics go), and a
+                        // replicated write must not wait on this loop.
+                        let shard = shard.clone();
+                        let partition = key.1;
+                        glommio::spawn_local(async move {
+                            take_over_offsets(&shard, partition, &log).await;
+                        })
+                        .detach();
+                    }
                 }
                 None => {
                     replicas.roles.borrow_mut().remove(&key);
@@ -397,8 +446,9 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
         .cloned()
         .collect();
     for key in gone {
-        if let Some(role) = replicas.roles.borrow_mut().remove(&key) {
-            end_role(&role);
+        let removed = replicas.roles.borrow_mut().remove(&key);
+        if let Some(role) = removed {
+            release(shard, &key, &role);
             follower_changed = true;
         }
     }
