@@ -81,6 +81,9 @@ install_system_packages() {
     fi
     command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
     command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+    # The replication tests run every node in a private network namespace.
+    command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
+    command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         echo "installing: ${pkgs[*]}"
         apt_install "${pkgs[@]}" || return 1
