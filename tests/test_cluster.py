@@ -447,12 +447,15 @@ def test_a_cluster_data_directory_is_refused_by_a_single_node(cluster, tmp_path)
 
 def test_readme_cluster_block():
     """The README's cluster commands exactly as a user types them, from the checkout: `up 3`
-    prints the bootstrap string, `status` shows three running nodes, `down` stops them."""
+    prints the bootstrap string, a topic with three replicas is created and described with its
+    replicas and ISR, `status` shows three running nodes, `down` stops them."""
     from test_readme import block, sh_commands
 
     commands = sh_commands(block("A local cluster (in development)", "sh"))
+    cli = ["target/release/strom", "topic", "-b", "127.0.1.1:9092"]
     assert [c.split("#")[0].split() for c in commands] == [
-        ["scripts/cluster.sh", "up", "3"], ["scripts/cluster.sh", "status"],
+        ["scripts/cluster.sh", "up", "3"], cli + ["create", "orders", "-p", "3", "-r", "3"],
+        cli + ["describe", "orders"], ["scripts/cluster.sh", "status"],
         ["scripts/cluster.sh", "down"]], commands
     env = dict(os.environ, NO_COLOR="1")
     workdir = REPO / "strom-cluster"
@@ -464,8 +467,15 @@ def test_readme_cluster_block():
             assert res.returncode == 0, f"{cmd}:\n{res.stdout}\n{res.stderr}"
             outputs.append(res.stdout)
         assert "bootstrap: 127.0.1.1:9092,127.0.1.2:9092,127.0.1.3:9092" in outputs[0], outputs[0]
-        assert outputs[1].count(": running, controller=") == 3, outputs[1]
-        assert outputs[2].startswith("cluster down: 3 node(s) stopped"), outputs[2]
+        assert "orders" in outputs[1] and "created" in outputs[1], outputs[1]
+        rows = [line.split() for line in outputs[2].splitlines() if line[:1].isdigit()]
+        partitions = [r for r in rows if len(r) >= 9]  # PARTITION LEADER EPOCH [a, b, c] [a, b, c] ...
+        assert len(partitions) == 3, outputs[2]
+        for r in partitions:
+            replicas = " ".join(r[3:6])
+            assert replicas.count(",") == 2 and " ".join(r[6:9]) == replicas, outputs[2]
+        assert outputs[3].count(": running, controller=") == 3, outputs[3]
+        assert outputs[4].startswith("cluster down: 3 node(s) stopped"), outputs[4]
     finally:
         subprocess.run(["bash", str(SCRIPT), "down"], cwd=REPO, env=env, capture_output=True,
                        timeout=60)

@@ -766,6 +766,29 @@ def test_topic_describe_shows_replicas_and_isr(make_cluster):
         assert sorted(part["replicas"]) == [0, 1, 2] and sorted(part["isr"]) == [0, 1, 2], part
         assert part["high_watermark"] == 10, part
 
+    # `strom cluster info`: every broker holds a replica of each of the three partitions and
+    # leads one; none is under-replicated. With a follower gone, its partitions are.
+    def info(node):
+        res = run_cli("cluster", "info", "-b", f"{ip(node)}:9092", "--format", "json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    got = info(0)
+    assert got["under_replicated_partitions"] == 0 and got["offline_partitions"] == 0, got
+    assert got["replicas"] == {"0": 3, "1": 3, "2": 3}, got
+    assert sorted(got["leaders"].values()) == [1, 1, 1], got
+    res = run_cli("cluster", "info", "-b", f"{ip(0)}:9092", "--no-api-versions")
+    assert "UNDER-REPLICATED" in res.stdout and "LEADERS" in res.stdout, res.stdout
+    leader = lay[0].leader
+    follower = next(n for n in range(3) if n != leader)
+    c.kill(follower)
+    reports, left = produce_confluent(c.bootstrap(), topic, [b"more-%d" % n for n in range(6)],
+                                      lambda n: 0)
+    assert left == 0 and not acked_of(reports)[1]
+    wait_until("partition 0 under-replicated in cluster info",
+               lambda: (lambda g: (g["under_replicated_partitions"] >= 1, g))(info(leader)),
+               timeout=20)
+
 
 def test_a_client_posing_as_a_replica_changes_neither_isr_nor_high_watermark(make_cluster):
     """Fetch with replica_id set, on the client listener: answered with an error (or the
@@ -934,3 +957,23 @@ def test_strom_bench_routes_each_partition_to_its_leader(make_cluster, tmp_path)
     assert (consumed["messages"], consumed["errors"]) == (3000, 0), consumed
     ends = sum(high_watermark(p.leader, topic, i) for i, p in lay.items())
     assert ends == 3000, ends
+
+
+def test_kafkajs_round_trip_over_replicated_partitions(make_cluster):
+    """kafkajs creates a topic with replication factor 3, produces (idempotent, acks=all) and
+    reads every record back once with a consumer group."""
+    make_cluster(3)
+    topic = unique("kafkajs")
+    node_dir = Path(__file__).parent / "node"
+    env = dict(os.environ, STROM_BOOTSTRAP=",".join(f"{ip(i)}:9092" for i in range(3)),
+               STROM_TOPIC=topic, STROM_COUNT="300", NODE_PATH=str(node_dir / "node_modules"))
+    res = subprocess.run(["node", str(node_dir / "cluster_roundtrip.js")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert all(len(p["replicas"]) == 3 and len(p["isr"]) == 3 for p in out["partitions"]), out
+    values = sorted(v for _, _, v in out["read"])
+    assert values == sorted(f"v{i}" for i in range(300)), values[:10]
+    for p in {p for p, _, _ in out["read"]}:
+        offsets = sorted(o for q, o, _ in out["read"] if q == p)
+        assert offsets == list(range(len(offsets))), (p, offsets[:10])

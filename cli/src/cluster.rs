@@ -1,4 +1,5 @@
-//! `strom cluster info`: brokers, controller, topic count and the API versions spoken.
+//! `strom cluster info`: brokers (with the partitions each leads and holds), controller, topic
+//! and partition counts (under-replicated and offline ones too) and the API versions spoken.
 
 use kafka_protocol::messages::ApiKey;
 use serde_json::json;
@@ -46,6 +47,19 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
         .map(|s| s.to_string())
         .unwrap_or_default();
     let controller = m.controller_id.0;
+    // Over every partition, internal topics too: replicas and leaders per broker, partitions
+    // whose ISR lacks a replica, partitions without a leader.
+    let all = || m.topics.iter().flat_map(|t| t.partitions.iter());
+    let under_replicated = all()
+        .filter(|p| p.isr_nodes.len() < p.replica_nodes.len())
+        .count();
+    let offline = all().filter(|p| p.leader_id.0 < 0).count();
+    let led = |node: i32| all().filter(|p| p.leader_id.0 == node).count();
+    let held = |node: i32| {
+        all()
+            .filter(|p| p.replica_nodes.iter().any(|r| r.0 == node))
+            .count()
+    };
     let apis: Vec<(String, i16, i16)> = c
         .api_versions()
         .iter()
@@ -67,6 +81,10 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
             "topics": topics,
             "internal_topics": internal,
             "partitions": partitions,
+            "under_replicated_partitions": under_replicated,
+            "offline_partitions": offline,
+            "leaders": m.brokers.iter().map(|b| (b.node_id.0.to_string(), json!(led(b.node_id.0)))).collect::<serde_json::Map<_, _>>(),
+            "replicas": m.brokers.iter().map(|b| (b.node_id.0.to_string(), json!(held(b.node_id.0)))).collect::<serde_json::Map<_, _>>(),
             "api_versions": apis.iter().map(|(n, lo, hi)| (n.clone(), json!({"min": lo, "max": hi}))).collect::<serde_json::Map<_, _>>(),
         })),
         Format::Table => {
@@ -77,6 +95,8 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
                     "BROKERS",
                     "TOPICS",
                     "PARTITIONS",
+                    "UNDER-REPLICATED",
+                    "OFFLINE",
                 ],
                 &[vec![
                     cluster_id,
@@ -84,11 +104,21 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
                     m.brokers.len().to_string(),
                     topics.to_string(),
                     partitions.to_string(),
+                    under_replicated.to_string(),
+                    offline.to_string(),
                 ]],
             );
             println!();
             print_table(
-                &["ID", "HOST", "PORT", "RACK", "CONTROLLER"],
+                &[
+                    "ID",
+                    "HOST",
+                    "PORT",
+                    "RACK",
+                    "CONTROLLER",
+                    "LEADERS",
+                    "REPLICAS",
+                ],
                 &m.brokers
                     .iter()
                     .map(|b| {
@@ -102,6 +132,8 @@ pub fn run(cmd: ClusterCmd) -> Result<(), String> {
                             } else {
                                 "no".into()
                             },
+                            led(b.node_id.0).to_string(),
+                            held(b.node_id.0).to_string(),
                         ]
                     })
                     .collect::<Vec<_>>(),

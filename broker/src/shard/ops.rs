@@ -72,6 +72,21 @@ pub struct FetchResult {
     pub current_leader: Option<(i32, i32)>,
 }
 
+impl FetchResult {
+    /// A result without error or records yet, for a log with this high watermark and start.
+    pub fn at(high_watermark: i64, log_start_offset: i64) -> FetchResult {
+        FetchResult {
+            error: 0,
+            high_watermark,
+            last_stable_offset: high_watermark,
+            log_start_offset,
+            slice: None,
+            diverging_epoch: None,
+            current_leader: None,
+        }
+    }
+}
+
 pub struct OffsetQuery {
     pub topic: Arc<str>,
     pub partition: i32,
@@ -557,16 +572,7 @@ async fn fetch(shard: &Rc<Shard>, p: FetchPart) -> FetchResult {
             current_leader: None,
         };
     };
-    let hw = log.high_watermark().0;
-    let mut r = FetchResult {
-        error: 0,
-        high_watermark: hw,
-        last_stable_offset: hw,
-        log_start_offset: log.log_start_offset().0,
-        slice: None,
-        diverging_epoch: None,
-        current_leader: None,
-    };
+    let mut r = FetchResult::at(log.high_watermark().0, log.log_start_offset().0);
     match log
         .read(Offset(p.offset), p.max_bytes, p.min_one_batch)
         .await

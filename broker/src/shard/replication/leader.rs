@@ -119,15 +119,7 @@ async fn read_for_follower(
     leader.publish_high_watermark();
     let log = &leader.log;
     let hw = leader.state.borrow().high_watermark().0;
-    let mut r = FetchResult {
-        error: 0,
-        high_watermark: hw,
-        last_stable_offset: hw,
-        log_start_offset: log.log_start_offset().0,
-        slice: None,
-        diverging_epoch: None,
-        current_leader: None,
-    };
+    let mut r = FetchResult::at(hw, log.log_start_offset().0);
     match decision {
         FetchDecision::Read { from, .. } => match log.read_to_log_end(from, p.max_bytes).await {
             Ok(slice) => r.slice = slice,
