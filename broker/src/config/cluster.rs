@@ -20,11 +20,6 @@ pub struct Voter {
     /// Its controller listener's port.
     pub port: u16,
 }
-
-#[allow(
-    dead_code,
-    reason = "read once the node runs replication and the controller quorum"
-)]
 impl Voter {
     /// The voter's controller address. A host name is looked up with the system's blocking
     /// resolver, so call this at startup or on a thread that may block, never on a shard.
@@ -59,10 +54,6 @@ pub struct AdvertisedListener {
 
 /// The settings of a node in a multi-node cluster (Kafka's names in the comments).
 #[derive(Clone, Debug)]
-#[allow(
-    dead_code,
-    reason = "read once the node runs replication and the controller quorum"
-)]
 pub struct ClusterSettings {
     /// `node.id`: this node, one of the voters.
     pub node_id: i32,
@@ -71,6 +62,10 @@ pub struct ClusterSettings {
     /// Name of the client listener (the one named PLAINTEXT, or else the first other one).
     pub client_listener: String,
     /// Name of the controller listener (the first of `controller.listener.names`).
+    #[allow(
+        dead_code,
+        reason = "the quorum binds `controller_listen`; the name is checked by the config tests"
+    )]
     pub controller_listener: String,
     /// Where the controller's Raft traffic is served.
     pub controller_listen: SocketAddr,
@@ -99,11 +94,6 @@ pub struct ClusterSettings {
     /// `broker.session.timeout.ms`: a node without a heartbeat for this long is fenced.
     pub session_timeout_ms: u64,
 }
-
-#[allow(
-    dead_code,
-    reason = "read once the node runs replication and the controller quorum"
-)]
 impl ClusterSettings {
     /// Where shard `shard` serves replication: a partition's replicas use the same shard on
     /// every node, so shard i of each node talks only to shard i of its peers, each on its own
@@ -114,13 +104,16 @@ impl ClusterSettings {
         addr
     }
 
-    /// The advertised listener named `name`.
+    /// The advertised listener named `name`. (Peers find a node's replication address in its
+    /// registration, `shard/replication/fetcher.rs`; the tests check it here.)
+    #[cfg(test)]
     pub fn advertised_listener(&self, name: &str) -> Option<&AdvertisedListener> {
         self.advertised.iter().find(|a| a.name == name)
     }
 
     /// Where peers reach shard `shard` of this node for replication (the advertised
     /// replication port + `shard`).
+    #[cfg(test)]
     pub fn replication_advertised_of_shard(&self, shard: usize) -> (&str, u16) {
         let a = self
             .advertised_listener(&self.replication_listener)
@@ -130,10 +123,6 @@ impl ClusterSettings {
 }
 
 /// `base + shard`; load checked that the range of every shard fits.
-#[allow(
-    dead_code,
-    reason = "read once the node runs replication and the controller quorum"
-)]
 fn port_of_shard(base: u16, shard: usize) -> u16 {
     u16::try_from(shard)
         .ok()

@@ -335,10 +335,6 @@ pub struct BrokerConfig {
     pub log: LogSettings,
     /// The node's place in a multi-node cluster; `None` in single-node mode (an empty
     /// `controller.quorum.voters`).
-    #[allow(
-        dead_code,
-        reason = "read once the node runs replication and the controller quorum"
-    )]
     pub cluster: Option<ClusterSettings>,
     /// Warnings found while loading (unknown keys, test faults on), logged once logging is up.
     pub warnings: Vec<String>,
