@@ -10,6 +10,7 @@
 
 mod groups;
 pub mod ops;
+pub(crate) mod produce;
 pub mod replication;
 pub mod stats;
 

@@ -8,7 +8,8 @@ use futures::future::LocalBoxFuture;
 use strom_storage::PartitionLog;
 
 use crate::group::store::{OffsetsTopic, OFFSETS_TOPIC};
-use crate::shard::ops::{produce_replicated, ProducePart};
+use crate::shard::ops::ProducePart;
+use crate::shard::produce::produce_replicated;
 use crate::shard::Shard;
 
 /// How long a group write waits for the ISR (Kafka's `offsets.commit.timeout.ms`).
