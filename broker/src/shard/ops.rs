@@ -598,12 +598,13 @@ fn done(owner: ShardId, reply: ShardReply) -> Result<(), OwnerError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use super::*;
 
-    fn io_error() -> StorageError {
+    /// A storage error that is neither a range nor a batch problem (shared with `produce.rs`).
+    pub(crate) fn io_error() -> StorageError {
         StorageError::Io {
             op: "fdatasync",
             path: PathBuf::from("t-0/00000000000000000000.log"),

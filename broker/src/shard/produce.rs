@@ -218,17 +218,8 @@ pub(crate) async fn produce_replicated(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-
-    fn io_error() -> StorageError {
-        StorageError::Io {
-            op: "fdatasync",
-            path: PathBuf::from("t-0/00000000000000000000.log"),
-            source: std::io::Error::from_raw_os_error(libc::EIO),
-        }
-    }
+    use crate::shard::ops::tests::io_error;
 
     #[test]
     fn each_append_failure_gets_the_code_kafka_clients_act_on() {
