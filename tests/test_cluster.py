@@ -8,6 +8,7 @@ brokers (one replica each until partitions replicate), clients produce to and co
 leaders, and a node that restarts keeps its partitions.
 """
 
+import gc
 import json
 import os
 import re
@@ -85,6 +86,10 @@ class Cluster:
             time.sleep(0.02)
 
     def teardown(self):
+        # Clients the test left unreferenced go now: a librdkafka client that lives on keeps
+        # reconnecting to these addresses and would auto-create its topics in the next test's
+        # cluster.
+        gc.collect()
         subprocess.run(["bash", str(SCRIPT), "down"], cwd=self.workdir, env=self.env,
                        capture_output=True, timeout=60)
         for i in range(NODES):
@@ -201,14 +206,14 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
     cluster.script("up", str(NODES))
     bootstrap = ",".join(f"{ip(i)}:9092" for i in range(NODES))
     admin = AdminClient({"bootstrap.servers": f"{ip(1)}:9092"})
-    admin.create_topics([NewTopic("orders", 6, 1)])["orders"].result(timeout=20)
+    admin.create_topics([NewTopic("spread", 6, 1)])["spread"].result(timeout=20)
     # More replicas than brokers is refused, saying so.
     fut = admin.create_topics([NewTopic("replicated", 1, 4)])["replicated"]
     with pytest.raises(Exception) as err:
         fut.result(timeout=20)
     assert "INVALID_REPLICATION_FACTOR" in str(err.value) and "3 available brokers" in str(err.value), err.value
     # Every node answers with the same layout: each broker leads two of the six partitions.
-    layouts = [leaders(f"{ip(i)}:9092", "orders") for i in range(NODES)]
+    layouts = [leaders(f"{ip(i)}:9092", "spread") for i in range(NODES)]
     assert layouts[0] == layouts[1] == layouts[2], layouts
     per_node = {}
     for leader, replicas, isr in layouts[0].values():
@@ -219,7 +224,7 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
     acked = []
     for n in range(300):
-        p.produce("orders", key=b"k%d" % (n % 17), value=b"v%d" % n,
+        p.produce("spread", key=b"k%d" % (n % 17), value=b"v%d" % n,
                   on_delivery=lambda e, m: acked.append((e, m.partition(), m.offset(), m.value())))
     assert p.flush(30) == 0
     assert all(e is None for e, *_ in acked), [e for e, *_ in acked if e][:3]
@@ -227,7 +232,7 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cluster-readers",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe(["orders"])
+    c.subscribe(["spread"])
     got = {}
     deadline = time.monotonic() + 60
     while len(got) < 300 and time.monotonic() < deadline:
@@ -240,7 +245,7 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
 
     # Debian's kcat reads a partition from its leader, whichever broker it bootstraps from.
     if KCAT:
-        res = subprocess.run([KCAT, "-C", "-b", f"{ip(0)}:9092", "-t", "orders", "-p", "1",
+        res = subprocess.run([KCAT, "-C", "-b", f"{ip(0)}:9092", "-t", "spread", "-p", "1",
                               "-o", "beginning", "-e", "-q", "-f", "%s\n"],
                              capture_output=True, text=True, timeout=30)
         assert res.returncode == 0, res.stderr
@@ -248,7 +253,7 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
             v.decode() for _, part, _, v in acked if part == 1)
 
     # The command-line tools follow the leaders too.
-    res = subprocess.run([str(strom_bin()), "topic", "describe", "orders", "-b", f"{ip(2)}:9092",
+    res = subprocess.run([str(strom_bin()), "topic", "describe", "spread", "-b", f"{ip(2)}:9092",
                           "--format", "json"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     described = json.loads(res.stdout)
@@ -267,10 +272,10 @@ def test_topics_are_spread_over_the_nodes_and_every_record_comes_back(cluster):
     led, (leader, _, _) = next(iter(layouts[0].items()))
     other = next(i for i in range(NODES) if i != leader)
     with kafka_raw.KafkaConn(ip(other), 9092, timeout=15) as conn:
-        res = conn.produce("orders", led, kafka_raw.simple_batch([b"x"]), acks=-1)
+        res = conn.produce("spread", led, kafka_raw.simple_batch([b"x"]), acks=-1)
         assert res["error_code"] == 6, res
         # DeleteRecords too: only the leader moves the log start.
-        assert conn.delete_records({("orders", led): 1})[("orders", led)]["error_code"] == 6
+        assert conn.delete_records({("spread", led): 1})[("spread", led)]["error_code"] == 6
 
 
 def test_partitions_stay_with_their_node_across_restarts_and_deletion(cluster):
