@@ -19,6 +19,9 @@ const CLIENT_ID: &str = "strom-cli";
 const METADATA: (i16, i16) = (1, 12);
 /// Pause between retries while a coordinator loads.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// How long ListOffsets answers that a partition is not served yet (unknown, no leader, not the
+/// leader) are asked again.
+const OFFSETS_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A tool's connections to a cluster, with the API versions the bootstrap broker accepts.
 pub struct Client {
@@ -219,11 +222,29 @@ impl Client {
             if leader < 0 {
                 return Err(format!("{topic}: partitions {parts:?} have no leader"));
             }
-            for (p, o) in self
-                .conn_to_node(leader)?
-                .list_offsets(topic, &parts, timestamp)?
-            {
-                out.insert(p, o);
+            // A partition created a moment ago may not be open on its leader yet (in a
+            // cluster, the leader adopts the new topic a little after the controller): the
+            // retriable answers are asked again for a bounded time, as Kafka's clients do.
+            let deadline = Instant::now() + OFFSETS_RETRY_MAX;
+            let mut pending = parts;
+            while !pending.is_empty() {
+                let answers = self
+                    .conn_to_node(leader)?
+                    .list_offsets_codes(topic, &pending, timestamp)?;
+                let mut again = Vec::new();
+                for (p, error, offset) in answers {
+                    match error {
+                        0 => {
+                            out.insert(p, offset);
+                        }
+                        3 | 5 | 6 if Instant::now() < deadline => again.push(p),
+                        e => return Err(format!("ListOffsets {topic}/{p}: {}", code_name(e))),
+                    }
+                }
+                if !again.is_empty() {
+                    std::thread::sleep(RETRY_BACKOFF);
+                }
+                pending = again;
             }
         }
         Ok(out)
