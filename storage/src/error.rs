@@ -72,6 +72,16 @@ pub enum StorageError {
         /// The partition directory.
         dir: PathBuf,
     },
+    /// A leader append in an epoch that is over: the log follows a newer leader now.
+    #[error("log {} follows leader epoch {current}; an append of leader epoch {epoch} is refused", dir.display())]
+    FencedLeaderEpoch {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The epoch of the refused append.
+        epoch: i32,
+        /// The epoch the log follows.
+        current: i32,
+    },
     /// An earlier fdatasync failed; the kernel may have dropped dirty pages, so nothing written
     /// since the last good sync can be trusted until the log is reopened (and recovered).
     #[error("log {} failed to sync earlier and refuses further writes until reopened", dir.display())]

@@ -93,6 +93,16 @@ pub struct ClusterSettings {
     pub heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms`: a node without a heartbeat for this long is fenced.
     pub session_timeout_ms: u64,
+    /// `auto.leader.rebalance.enable`: the controller gives partitions back to their preferred
+    /// leader (first replica) once it is live and in sync again.
+    pub auto_leader_rebalance: bool,
+    /// `leader.imbalance.check.interval.seconds`, in ms: how often the controller looks.
+    pub leader_imbalance_check_interval_ms: u64,
+    /// `controlled.shutdown.enable`: SIGTERM or SIGINT first moves this node's leaderships
+    /// to other in-sync replicas, then stops.
+    pub controlled_shutdown: bool,
+    /// `controlled.shutdown.timeout.ms`: the longest a stop waits for that.
+    pub controlled_shutdown_timeout_ms: u64,
 }
 impl ClusterSettings {
     /// Where shard `shard` serves replication: a partition's replicas use the same shard on
@@ -282,6 +292,11 @@ pub(super) fn load(
             ),
         ));
     }
+    let auto_leader_rebalance: bool = parse(raw, "auto.leader.rebalance.enable")?;
+    let leader_imbalance_check_interval_s: u64 =
+        positive(raw, "leader.imbalance.check.interval.seconds")?;
+    let controlled_shutdown: bool = parse(raw, "controlled.shutdown.enable")?;
+    let controlled_shutdown_timeout_ms: u64 = positive(raw, "controlled.shutdown.timeout.ms")?;
     let rack = Some(raw["broker.rack"].trim())
         .filter(|r| !r.is_empty())
         .map(str::to_string);
@@ -457,6 +472,10 @@ pub(super) fn load(
         replica_fetch_max_bytes,
         heartbeat_interval_ms,
         session_timeout_ms,
+        auto_leader_rebalance,
+        leader_imbalance_check_interval_ms: leader_imbalance_check_interval_s.saturating_mul(1000),
+        controlled_shutdown,
+        controlled_shutdown_timeout_ms,
     }))
 }
 

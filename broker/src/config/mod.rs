@@ -104,6 +104,15 @@ const BROKER_KEYS: &[(&str, &str)] = &[
     // A node without a heartbeat for this long is fenced (Kafka: 9000). Ten heartbeats, so a few
     // late ones do not fence a live node; must be greater than the heartbeat interval.
     ("broker.session.timeout.ms", "1000"),
+    // The controller gives each partition back to its preferred leader (first replica) once
+    // that replica is live and in sync again, after a restart or failover. Kafka checks every
+    // 300 s; Strom every 5 s, so that a rolling restart ends with leadership spread as before.
+    ("auto.leader.rebalance.enable", "true"),
+    ("leader.imbalance.check.interval.seconds", "5"),
+    // A stop (SIGTERM, SIGINT) of a cluster node first has its leaderships moved to other
+    // in-sync replicas and waits for that, at most `controlled.shutdown.timeout.ms`.
+    ("controlled.shutdown.enable", "true"),
+    ("controlled.shutdown.timeout.ms", "10000"),
     // Electing a leader outside the ISR can lose acknowledged records: only false is accepted,
     // here and as a topic config.
     ("unclean.leader.election.enable", "false"),

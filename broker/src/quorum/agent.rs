@@ -38,6 +38,7 @@ pub(super) async fn run(handle: QuorumHandle, setup: QuorumSetup, view: Arc<Quor
         handle.send(Event::Heartbeat(Heartbeat {
             node_id,
             incarnation,
+            shutting_down: view.shutting_down(),
         }));
         glommio::timer::sleep(Duration::from_millis(setup.heartbeat_interval_ms)).await;
     }

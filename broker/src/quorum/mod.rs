@@ -8,6 +8,7 @@
 
 mod agent;
 pub mod service;
+mod stop;
 pub mod transport;
 
 #[cfg(test)]
@@ -25,6 +26,7 @@ use strom_cluster::controller::{BrokerRecord, Hello, MetadataImage, PeerMessage}
 use strom_cluster::NodeId;
 
 pub use service::{Event, QuorumHandle};
+pub use stop::ControlledShutdown;
 
 /// Milliseconds per Raft tick: the leader heartbeats every 2 ticks (100 ms) and a follower
 /// campaigns after 10 to 20 ticks without one (0.5 to 1 s), so a lost controller is replaced in
@@ -52,6 +54,10 @@ pub struct QuorumSetup {
     pub heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms`.
     pub session_timeout_ms: u64,
+    /// How often the active controller gives partitions back to their preferred leaders
+    /// (`leader.imbalance.check.interval.seconds`); `None` when `auto.leader.rebalance.enable`
+    /// is false.
+    pub preferred_leader_check_ms: Option<u64>,
     /// This broker's registration (its incarnation is chosen at start).
     pub registration: BrokerRecord,
 }
@@ -100,6 +106,9 @@ pub struct QuorumView {
     /// Set once this process's registration is applied: from then on the image's leader epochs
     /// are the ones this incarnation leads in (a restarted leader's registration bumps them).
     registered: std::sync::atomic::AtomicBool,
+    /// Set when this node is stopping: its heartbeats ask the controller to fence it now
+    /// (controlled shutdown).
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Partitions of the offsets topic whose groups a shard of this node has loaded (it leads
     /// them): group requests for the others are refused here.
     offsets_loaded: std::sync::Mutex<std::collections::BTreeSet<u32>>,
@@ -109,6 +118,18 @@ impl QuorumView {
     /// Whether this process's broker registration is applied.
     pub fn registered(&self) -> bool {
         self.registered.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this node is stopping (controlled shutdown).
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks this node as stopping: its next heartbeat asks to be fenced.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether this node coordinates the groups of offsets partition `partition` (it leads the
@@ -227,6 +248,9 @@ impl QuorumSetup {
             heartbeat_ticks: 2,
             heartbeat_interval_ms: settings.heartbeat_interval_ms,
             session_timeout_ms: settings.session_timeout_ms,
+            preferred_leader_check_ms: settings
+                .auto_leader_rebalance
+                .then_some(settings.leader_imbalance_check_interval_ms),
             registration: BrokerRecord {
                 node_id: settings.node_id,
                 incarnation: 0,

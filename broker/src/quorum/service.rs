@@ -26,6 +26,8 @@ pub const PROPOSALS_PENDING_MAX: usize = 4096;
 pub const PROPOSAL_TIMEOUT_MS: i64 = 5_000;
 /// The controller log's file name in its directory.
 pub const LOG_FILE_NAME: &str = "raft.log";
+/// How long a stopping controller waits for a leadership transfer before asking again.
+const HAND_OVER_RETRY_MS: i64 = 500;
 
 /// An input of the loop.
 pub enum Event {
@@ -105,6 +107,10 @@ struct Service {
     forwarded: HashMap<u64, Pending>,
     next_request: u64,
     liveness: Liveness,
+    /// A stopping controller's next attempt to hand over the quorum (ms).
+    hand_over_after_ms: i64,
+    /// When the active controller next looks for preferred-leader elections.
+    next_preferred_check_ms: Option<i64>,
     view: Arc<QuorumView>,
     published: (u64, Option<NodeId>, u64),
 }
@@ -154,6 +160,8 @@ pub async fn run(
         .map_err(|e| QuorumError::Log(e.to_string()))?;
     let mut service = Service {
         liveness: Liveness::new(setup.session_timeout_ms as i64),
+        next_preferred_check_ms: None,
+        hand_over_after_ms: 0,
         setup,
         node,
         file,
@@ -209,6 +217,52 @@ impl Service {
             tracing::info!("controller: {command:?}");
             let _ = self.node.propose(&command);
         }
+        self.elect_preferred(now);
+        self.hand_over_if_stopping(now);
+    }
+
+    /// An active controller that is stopping hands the quorum to another voter once its own
+    /// fence is applied, so that the others see the fence committed and elect nobody by
+    /// timeout (retried every `HAND_OVER_RETRY_MS` until it no longer leads).
+    fn hand_over_if_stopping(&mut self, now: i64) {
+        if !self.view.shutting_down() || !self.node.is_leader() || now < self.hand_over_after_ms {
+            return;
+        }
+        let me = self.setup.node_id.0;
+        if !self.node.image().brokers.get(&me).is_some_and(|b| b.fenced) {
+            return;
+        }
+        self.hand_over_after_ms = now + HAND_OVER_RETRY_MS;
+        if let Some(to) = self.node.transfer_leadership() {
+            tracing::info!("controller: stopping; handing the quorum to node {to}");
+        }
+    }
+    /// Every `leader.imbalance.check.interval.seconds`, the active controller gives partitions
+    /// back to their preferred leaders where they are live and in sync.
+    fn elect_preferred(&mut self, now: i64) {
+        let Some(interval) = self.setup.preferred_leader_check_ms else {
+            return;
+        };
+        if !self.node.is_leader() {
+            self.next_preferred_check_ms = None;
+            return;
+        }
+        // A new controller waits one interval: brokers it has not heard from yet may be gone.
+        let due = *self
+            .next_preferred_check_ms
+            .get_or_insert(now + interval as i64);
+        if now < due {
+            return;
+        }
+        self.next_preferred_check_ms = Some(now + interval as i64);
+        let moves = self.node.image().preferred_elections();
+        if !moves.is_empty() {
+            tracing::info!(
+                "controller: preferred leaders for {} partition(s)",
+                moves.len()
+            );
+            let _ = self.node.propose(&Command::ElectPreferred(moves));
+        }
     }
 
     fn on_peer(&mut self, from: NodeId, message: PeerMessage) {
@@ -249,7 +303,7 @@ impl Service {
         }
         if self.node.is_leader() {
             self.liveness
-                .on_heartbeat(hb.node_id, hb.incarnation, now_ms());
+                .on_heartbeat(hb.node_id, hb.incarnation, now_ms(), hb.shutting_down);
         } else if let Some(link) = self.node.leader().and_then(|l| self.links.get(&l)) {
             link.send(&PeerMessage::Heartbeat(hb));
         }

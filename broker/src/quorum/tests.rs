@@ -46,6 +46,7 @@ fn setup(id: i32, voters: &[(NodeId, SocketAddr)], dir: &std::path::Path) -> Quo
         heartbeat_ticks: 2,
         heartbeat_interval_ms: 50,
         session_timeout_ms: 600,
+        preferred_leader_check_ms: Some(1000),
         registration: BrokerRecord {
             node_id: id,
             incarnation: 0,

@@ -135,8 +135,34 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), BrokerError> {
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    // A cluster node stops in two steps (controlled shutdown): the signal asks the controller
+    // to move this node's leaderships away, and the shards stop once that is done.
+    let controlled = match (&config.cluster, &quorum) {
+        (Some(settings), Some(q)) if settings.controlled_shutdown => Some((
+            q.view.clone(),
+            settings.node_id,
+            settings.controlled_shutdown_timeout_ms,
+        )),
+        _ => None,
+    };
+    let signalled = match &controlled {
+        Some(_) => Arc::new(AtomicBool::new(false)),
+        None => shutdown.clone(),
+    };
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone()).map_err(BrokerError::Signals)?;
+        signal_hook::flag::register(sig, signalled.clone()).map_err(BrokerError::Signals)?;
+    }
+    if let Some((view, node_id, timeout_ms)) = controlled {
+        let stop = crate::quorum::ControlledShutdown {
+            view,
+            node_id,
+            timeout: Duration::from_millis(timeout_ms),
+        };
+        let (signalled, shutdown) = (signalled.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("strom-stop".into())
+            .spawn(move || stop.run(&signalled, &shutdown))
+            .map_err(BrokerError::Start)?;
     }
     let watchdog = watchdog::Watchdog::new(config.cores, TICK_MS);
     let watchdog_stop = Arc::new(AtomicBool::new(false));

@@ -29,6 +29,8 @@ fn produce_error(e: &StorageError) -> (i16, String) {
             (E::InvalidTxnState.code(), e.to_string())
         }
         StorageError::InvalidBatch(_) => (E::InvalidRecord.code(), e.to_string()),
+        // Leadership moved while the batch waited to be appended: nothing was written.
+        StorageError::FencedLeaderEpoch { .. } => (E::NotLeaderOrFollower.code(), e.to_string()),
         _ => (E::KafkaStorageError.code(), e.to_string()),
     }
 }
@@ -126,7 +128,12 @@ fn appended(info: &strom_storage::AppendInfo) -> ProduceResult {
 /// The answer to a produce the log refused.
 fn append_failed(p: &ProducePart, e: &StorageError) -> ProduceResult {
     let (code, msg) = produce_error(e);
-    if matches!(e, StorageError::Producer(_) | StorageError::InvalidBatch(_)) {
+    if matches!(
+        e,
+        StorageError::Producer(_)
+            | StorageError::InvalidBatch(_)
+            | StorageError::FencedLeaderEpoch { .. }
+    ) {
         tracing::debug!("refused batch for {}-{}: {e}", p.topic, p.partition);
     } else {
         tracing::error!("append to {}-{} failed: {e}", p.topic, p.partition);

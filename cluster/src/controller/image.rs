@@ -94,6 +94,13 @@ impl PartitionRecord {
         }
     }
 
+    /// A leader change: `leader` (-1 for none) leads in the next leader epoch.
+    fn set_leader(&mut self, leader: i32) {
+        self.leader = leader;
+        self.leader_epoch += 1;
+        self.partition_epoch += 1;
+    }
+
     /// The typed view.
     pub fn assignment(&self) -> PartitionAssignment {
         PartitionAssignment {
@@ -201,6 +208,38 @@ pub enum Command {
     AlterIsr(AlterIsr),
     /// Hand out producer ids to a broker.
     AllocateProducerIds(AllocateProducerIds),
+    /// Preferred-leader election: each named partition whose first replica is live, in the
+    /// ISR and not leading gets it back as leader (Kafka's `auto.leader.rebalance.enable`).
+    /// A partition for which that no longer holds when the command applies is left alone.
+    ElectPreferred(Vec<PartitionRef>),
+}
+
+/// A partition, by topic name and index.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PartitionRef {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+}
+
+fn is_live(brokers: &BTreeMap<i32, BrokerRecord>, node: i32) -> bool {
+    brokers.get(&node).is_some_and(|b| !b.fenced)
+}
+
+/// The first ISR member in replica order (preferred first) that is live.
+fn live_isr_member(p: &PartitionRecord, brokers: &BTreeMap<i32, BrokerRecord>) -> Option<i32> {
+    p.replicas
+        .iter()
+        .copied()
+        .find(|&n| p.isr.contains(&n) && is_live(brokers, n))
+}
+
+/// The preferred leader, if it should take over: live, in the ISR, not leading.
+fn preferred_move(p: &PartitionRecord, brokers: &BTreeMap<i32, BrokerRecord>) -> Option<i32> {
+    let preferred = *p.replicas.first()?;
+    (p.leader != preferred && p.isr.contains(&preferred) && is_live(brokers, preferred))
+        .then_some(preferred)
 }
 
 /// A block of producer ids `[start, start + count)`.
@@ -266,10 +305,23 @@ impl MetadataImage {
                     }
                 }
                 self.brokers.insert(broker.node_id, broker);
+                self.elect_leaderless();
                 Applied::Ok
             }
-            Command::FenceBroker(f) => self.set_fenced(f.node_id, f.incarnation, true),
-            Command::UnfenceBroker(f) => self.set_fenced(f.node_id, f.incarnation, false),
+            Command::FenceBroker(f) => {
+                let applied = self.set_fenced(f.node_id, f.incarnation, true);
+                if applied == Applied::Ok {
+                    self.fail_over(f.node_id);
+                }
+                applied
+            }
+            Command::UnfenceBroker(f) => {
+                let applied = self.set_fenced(f.node_id, f.incarnation, false);
+                if applied == Applied::Ok {
+                    self.elect_leaderless();
+                }
+                applied
+            }
             Command::CreateTopic(CreateTopic { name, topic }) => {
                 if self.topics.contains_key(name) {
                     return Applied::Refused(errors::TOPIC_ALREADY_EXISTS);
@@ -317,6 +369,80 @@ impl MetadataImage {
                 let start = self.next_producer_id;
                 self.next_producer_id = start.saturating_add(count);
                 Applied::ProducerIds(IdBlock { start, count })
+            }
+            Command::ElectPreferred(partitions) => {
+                for PartitionRef { topic, partition } in partitions {
+                    let Some(record) = usize::try_from(*partition)
+                        .ok()
+                        .and_then(|i| self.topics.get_mut(topic)?.partitions.get_mut(i))
+                    else {
+                        continue;
+                    };
+                    if let Some(preferred) = preferred_move(record, &self.brokers) {
+                        record.set_leader(preferred);
+                    }
+                }
+                Applied::Ok
+            }
+        }
+    }
+
+    /// The partitions whose preferred leader (first replica) is live, in the ISR and not
+    /// leading: what an [`Command::ElectPreferred`] would move now.
+    pub fn preferred_elections(&self) -> Vec<PartitionRef> {
+        let mut out = Vec::new();
+        for (name, topic) in &self.topics {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                if preferred_move(p, &self.brokers).is_some() {
+                    out.push(PartitionRef {
+                        topic: name.clone(),
+                        partition: i as i32,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// A fenced broker (dead, paused, cut off, or shutting down) leaves every ISR it is in,
+    /// unless it is the last member (what it holds may be all there is), and every partition
+    /// it led gets a new leader from the remaining ISR in a new leader epoch, or none (-1,
+    /// offline) when no live ISR member is left. Never a replica outside the ISR: it may lack
+    /// acknowledged records.
+    fn fail_over(&mut self, node: i32) {
+        let brokers = &self.brokers;
+        for p in self
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            let mut changed = false;
+            if p.isr.len() > 1 && p.isr.contains(&node) {
+                p.isr.retain(|&n| n != node);
+                changed = true;
+            }
+            if p.leader == node {
+                let next = live_isr_member(p, brokers).unwrap_or(-1);
+                p.set_leader(next);
+            } else if changed {
+                p.partition_epoch += 1;
+            }
+        }
+    }
+
+    /// Partitions without a leader get the first live ISR member in replica order (a broker
+    /// that came back, when it was the last in sync).
+    fn elect_leaderless(&mut self) {
+        let brokers = &self.brokers;
+        for p in self
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            if p.leader < 0 {
+                if let Some(next) = live_isr_member(p, brokers) {
+                    p.set_leader(next);
+                }
             }
         }
     }
@@ -386,7 +512,14 @@ impl MetadataImage {
         if record.partition_epoch != partition_epoch {
             return Applied::Refused(errors::INVALID_UPDATE_VERSION);
         }
-        if !new_isr.contains(&leader) || new_isr.iter().any(|n| !record.replicas.contains(n)) {
+        // A fenced broker may not join (KIP-841): it is dead, cut off or shutting down.
+        let fenced_joins = new_isr
+            .iter()
+            .any(|n| !record.isr.contains(n) && self.brokers.get(n).is_none_or(|b| b.fenced));
+        if !new_isr.contains(&leader)
+            || new_isr.iter().any(|n| !record.replicas.contains(n))
+            || fenced_joins
+        {
             return Applied::Refused(errors::INELIGIBLE_REPLICA);
         }
         let mut isr = new_isr.to_vec();

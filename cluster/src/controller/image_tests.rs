@@ -249,3 +249,129 @@ fn a_restarted_leader_leads_again_in_a_new_epoch() {
         "the old epoch is fenced"
     );
 }
+
+fn fence(node_id: i32, incarnation: u64) -> Command {
+    Command::FenceBroker(BrokerFence {
+        node_id,
+        incarnation,
+    })
+}
+
+fn unfence(node_id: i32, incarnation: u64) -> Command {
+    Command::UnfenceBroker(BrokerFence {
+        node_id,
+        incarnation,
+    })
+}
+
+/// (leader, ISR, leader epoch, partition epoch) of t-0.
+fn state(image: &MetadataImage) -> (i32, Vec<i32>, i32, i32) {
+    let p = image.partition("t", 0).unwrap();
+    (p.leader, p.isr.clone(), p.leader_epoch, p.partition_epoch)
+}
+
+#[test]
+fn a_fenced_leader_is_replaced_by_the_next_live_isr_member_in_a_new_epoch() {
+    let mut image = cluster();
+    assert_eq!(image.apply(&fence(0, 7)), Applied::Ok);
+    assert_eq!(state(&image), (1, vec![1, 2], 1, 1));
+    // The old leader's ISR change in its epoch is fenced.
+    assert_eq!(
+        image.apply(&alter(0, 0, 1, &[0, 1])),
+        Applied::Refused(NOT_LEADER_OR_FOLLOWER)
+    );
+    // A fenced follower leaves the ISR; the leader and its epoch stay.
+    assert_eq!(image.apply(&fence(2, 7)), Applied::Ok);
+    assert_eq!(state(&image), (1, vec![1], 1, 2));
+    // The last ISR member stays in it when fenced: the partition is offline, not given to a
+    // replica that may lack acknowledged records.
+    assert_eq!(image.apply(&fence(1, 7)), Applied::Ok);
+    assert_eq!(state(&image), (-1, vec![1], 2, 3));
+    assert_eq!(image.partition("t", 0).unwrap().assignment().leader, None);
+    // Brokers outside the ISR coming back do not lead it.
+    assert_eq!(image.apply(&unfence(0, 7)), Applied::Ok);
+    assert_eq!(image.apply(&broker(2, 8)), Applied::Ok);
+    assert_eq!(state(&image).0, -1, "never elected outside the ISR");
+    // The last ISR member coming back leads, in a new epoch (as an unfenced or a restarted
+    // broker alike).
+    let mut restarted = image.clone();
+    assert_eq!(image.apply(&unfence(1, 7)), Applied::Ok);
+    assert_eq!(state(&image), (1, vec![1], 3, 4));
+    assert_eq!(restarted.apply(&broker(1, 9)), Applied::Ok);
+    assert_eq!(state(&restarted), (1, vec![1], 3, 4));
+}
+
+#[test]
+fn a_stale_fence_moves_nothing() {
+    let mut image = cluster();
+    assert_eq!(
+        image.apply(&fence(0, 6)),
+        Applied::Refused(STALE_BROKER_EPOCH)
+    );
+    assert_eq!(state(&image), (0, vec![0, 1, 2], 0, 0));
+}
+
+#[test]
+fn the_preferred_leader_gets_its_partitions_back_once_live_and_in_sync() {
+    let mut image = cluster();
+    let elect = |image: &MetadataImage| Command::ElectPreferred(image.preferred_elections());
+    assert!(image.preferred_elections().is_empty());
+    assert_eq!(image.apply(&fence(0, 7)), Applied::Ok);
+    assert!(
+        image.preferred_elections().is_empty(),
+        "a fenced preferred leader waits"
+    );
+    assert_eq!(image.apply(&unfence(0, 7)), Applied::Ok);
+    assert_eq!(state(&image), (1, vec![1, 2], 1, 1));
+    assert!(
+        image.preferred_elections().is_empty(),
+        "out of the ISR: it may lack records"
+    );
+    assert!(matches!(
+        image.apply(&alter(1, 1, 1, &[0, 1, 2])),
+        Applied::Partition(_)
+    ));
+    let moves = image.preferred_elections();
+    assert_eq!(
+        moves,
+        vec![PartitionRef {
+            topic: "t".into(),
+            partition: 0
+        }]
+    );
+    // Applied after the preferred leader was fenced again: nothing moves.
+    let mut later = image.clone();
+    assert_eq!(later.apply(&fence(0, 7)), Applied::Ok);
+    let before = state(&later);
+    assert_eq!(
+        later.apply(&Command::ElectPreferred(moves.clone())),
+        Applied::Ok
+    );
+    assert_eq!(state(&later), before);
+    // Applied as proposed: the preferred leader leads in a new epoch.
+    assert_eq!(image.apply(&elect(&image)), Applied::Ok);
+    assert_eq!(state(&image), (0, vec![0, 1, 2], 2, 3));
+    assert!(image.preferred_elections().is_empty());
+    // Unknown partitions in the command are skipped.
+    let unknown = Command::ElectPreferred(vec![PartitionRef {
+        topic: "nope".into(),
+        partition: 3,
+    }]);
+    assert_eq!(image.apply(&unknown), Applied::Ok);
+}
+
+#[test]
+fn a_fenced_broker_may_not_join_an_isr() {
+    let mut image = cluster();
+    assert_eq!(image.apply(&fence(2, 7)), Applied::Ok);
+    assert_eq!(state(&image), (0, vec![0, 1], 0, 1));
+    assert_eq!(
+        image.apply(&alter(0, 0, 1, &[0, 1, 2])),
+        Applied::Refused(INELIGIBLE_REPLICA)
+    );
+    assert_eq!(image.apply(&unfence(2, 7)), Applied::Ok);
+    assert!(matches!(
+        image.apply(&alter(0, 0, 1, &[0, 1, 2])),
+        Applied::Partition(_)
+    ));
+}

@@ -6,6 +6,10 @@
 //! that just took over has seen no heartbeats yet, so every broker gets one full session
 //! timeout from that moment before it can be fenced. A command already proposed for a broker is
 //! not proposed again for one session timeout (it may be committing).
+//!
+//! A broker whose heartbeats say it is shutting down is fenced at once and never unfenced
+//! while it says so: fencing moves its leaderships to other ISR members (controlled shutdown).
+//! Its next start registers a new incarnation, which is unfenced.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +19,8 @@ use super::image::{BrokerFence, Command, MetadataImage};
 #[derive(Debug, Clone)]
 pub struct Liveness {
     session_timeout_ms: i64,
-    /// node -> (incarnation, time of its last heartbeat).
-    last_seen: BTreeMap<i32, (u64, i64)>,
+    /// node -> (incarnation, time of its last heartbeat, whether it is shutting down).
+    last_seen: BTreeMap<i32, (u64, i64, bool)>,
     /// When this node became the active controller; `None` while it is not.
     leader_since_ms: Option<i64>,
     /// node -> time before which no new command is proposed for it.
@@ -35,8 +39,17 @@ impl Liveness {
     }
 
     /// Records a heartbeat.
-    pub fn on_heartbeat(&mut self, node_id: i32, incarnation: u64, now_ms: i64) {
-        self.last_seen.insert(node_id, (incarnation, now_ms));
+    pub fn on_heartbeat(&mut self, node_id: i32, incarnation: u64, now_ms: i64, stopping: bool) {
+        let was_stopping = self
+            .last_seen
+            .get(&node_id)
+            .is_some_and(|&(i, _, s)| i == incarnation && s);
+        if stopping && !was_stopping {
+            // Asked now: not held back by an earlier proposal's quiet time.
+            self.quiet_until.remove(&node_id);
+        }
+        self.last_seen
+            .insert(node_id, (incarnation, now_ms, stopping));
     }
 
     /// Called on every tick with whether this node is the active controller; returns the fence
@@ -52,13 +65,14 @@ impl Liveness {
             if self.quiet_until.get(&node_id).is_some_and(|&t| now_ms < t) {
                 continue;
             }
-            let heard = self
+            let seen = self
                 .last_seen
                 .get(&node_id)
-                .filter(|(incarnation, _)| *incarnation == broker.incarnation)
-                .map(|&(_, at)| at);
+                .filter(|(incarnation, _, _)| *incarnation == broker.incarnation);
+            let heard = seen.map(|&(_, at, _)| at);
+            let stopping = seen.is_some_and(|&(_, _, stopping)| stopping);
             let last = heard.unwrap_or(since).max(since);
-            let expired = now_ms - last > self.session_timeout_ms;
+            let expired = stopping || now_ms - last > self.session_timeout_ms;
             let fence = BrokerFence {
                 node_id,
                 incarnation: broker.incarnation,
@@ -105,10 +119,10 @@ mod tests {
             "a new controller gives everyone a session"
         );
         for t in (0..=1000).step_by(100) {
-            l.on_heartbeat(0, 5, t);
+            l.on_heartbeat(0, 5, t, false);
             assert!(l.due(true, &image, t).is_empty(), "t={t}");
         }
-        l.on_heartbeat(0, 5, 1100);
+        l.on_heartbeat(0, 5, 1100, false);
         let fence = Command::FenceBroker(BrokerFence {
             node_id: 1,
             incarnation: 5,
@@ -120,8 +134,8 @@ mod tests {
         );
         assert_eq!(image.apply(&fence), Applied::Ok);
         // Node 1 comes back.
-        l.on_heartbeat(0, 5, 2050);
-        l.on_heartbeat(1, 5, 2050);
+        l.on_heartbeat(0, 5, 2050, false);
+        l.on_heartbeat(1, 5, 2050, false);
         assert_eq!(
             l.due(true, &image, 2100),
             vec![Command::UnfenceBroker(BrokerFence {
@@ -136,7 +150,7 @@ mod tests {
         let image = image_with(&[0]);
         let mut l = Liveness::new(1000);
         l.due(true, &image, 0);
-        l.on_heartbeat(0, 4, 900);
+        l.on_heartbeat(0, 4, 900, false);
         assert_eq!(l.due(true, &image, 1001).len(), 1);
     }
 
@@ -148,5 +162,37 @@ mod tests {
         assert!(l.due(true, &image, 6000).is_empty());
         assert!(l.due(true, &image, 7000).is_empty());
         assert_eq!(l.due(true, &image, 7001).len(), 1);
+    }
+
+    #[test]
+    fn a_broker_shutting_down_is_fenced_at_once_and_stays_fenced() {
+        let mut image = image_with(&[0, 1]);
+        let mut l = Liveness::new(1000);
+        l.due(true, &image, 0);
+        l.on_heartbeat(1, 5, 100, false);
+        assert!(l.due(true, &image, 100).is_empty());
+        l.on_heartbeat(1, 5, 200, true);
+        let fence = Command::FenceBroker(BrokerFence {
+            node_id: 1,
+            incarnation: 5,
+        });
+        assert_eq!(l.due(true, &image, 200), vec![fence.clone()]);
+        assert_eq!(image.apply(&fence), Applied::Ok);
+        for t in (300..5000).step_by(100) {
+            l.on_heartbeat(0, 5, t, false);
+            l.on_heartbeat(1, 5, t, true);
+            assert!(l.due(true, &image, t).is_empty(), "t={t}: no unfence");
+        }
+        // A proposal lost to a controller change is made again after the quiet time.
+        let mut l = Liveness::new(1000);
+        let image = image_with(&[0, 1]);
+        l.due(true, &image, 0);
+        l.on_heartbeat(1, 5, 100, true);
+        assert_eq!(l.due(true, &image, 100).len(), 1);
+        l.on_heartbeat(1, 5, 600, true);
+        assert!(l.due(true, &image, 600).is_empty());
+        l.on_heartbeat(0, 5, 1200, false);
+        l.on_heartbeat(1, 5, 1200, true);
+        assert_eq!(l.due(true, &image, 1200).len(), 1);
     }
 }

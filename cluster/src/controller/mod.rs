@@ -24,7 +24,7 @@ mod sim_tests;
 pub use image::{
     AllocateProducerIds, AlterConfigs, AlterIsr, Applied, BrokerFence, BrokerRecord, Command,
     CreatePartitions, CreateTopic, EndpointRecord, IdBlock, MetadataImage, PartitionRecord,
-    TopicRecord,
+    PartitionRef, TopicRecord,
 };
 pub use liveness::Liveness;
 pub use node::{

@@ -231,6 +231,25 @@ impl ControllerNode {
         }
     }
 
+    /// Hands leadership to the other voter that holds most of the log (the active controller
+    /// is stopping). Returns that voter, or None if this node does not lead or is alone.
+    pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = raft_id(self.config.node_id);
+        let to = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, progress)| progress.matched)
+            .map(|(id, _)| *id)?;
+        self.raw.transfer_leader(to);
+        node_of(to)
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         match self.raw.raft.leader_id {

@@ -40,6 +40,9 @@ pub struct Heartbeat {
     pub node_id: i32,
     /// Its incarnation (from its registration).
     pub incarnation: u64,
+    /// The broker is stopping (SIGTERM): it asks to be fenced now, so that its partitions get
+    /// new leaders before it goes (Kafka's controlled shutdown, `WantShutDown`).
+    pub shutting_down: bool,
 }
 
 /// The first message on a connection: who is sending, and which start of that node.
@@ -128,6 +131,7 @@ mod tests {
             PeerMessage::Heartbeat(Heartbeat {
                 node_id: 1,
                 incarnation: 77,
+                shutting_down: true,
             }),
         ];
         for m in messages {

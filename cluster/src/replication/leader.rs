@@ -127,6 +127,9 @@ pub struct LeaderPartition {
     high_watermark: Offset,
     /// Every replica but this one.
     followers: BTreeMap<NodeId, FollowerState>,
+    /// Replicas the controller would refuse into the ISR (fenced brokers: dead, cut off or
+    /// shutting down), however well they fetch.
+    ineligible: Vec<NodeId>,
 }
 
 impl LeaderPartition {
@@ -168,7 +171,13 @@ impl LeaderPartition {
             epoch_start_offset: log_end,
             high_watermark: high_watermark.min(durable_end),
             followers,
+            ineligible: Vec::new(),
         }
+    }
+
+    /// The replicas that may not join the ISR now (the controller's fenced brokers).
+    pub fn set_ineligible(&mut self, nodes: Vec<NodeId>) {
+        self.ineligible = nodes;
     }
 
     /// New settings (a topic's `min.insync.replicas` changed); the high watermark may move.
@@ -397,7 +406,7 @@ impl LeaderPartition {
                 if self.assignment.isr.contains(&r) {
                     self.is_caught_up(state, now_ms)
                 } else {
-                    self.may_join_isr(state, now_ms)
+                    !self.ineligible.contains(&r) && self.may_join_isr(state, now_ms)
                 }
             })
             .collect();

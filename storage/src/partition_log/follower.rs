@@ -12,7 +12,7 @@ use crate::limits::BATCH_BYTES_MAX;
 use crate::recovery::{cut_segment, recovery_point_of};
 use crate::segment::Segment;
 use crate::segment_set::max_timestamp_of;
-use crate::types::Offset;
+use crate::types::{LeaderEpoch, Offset};
 
 use super::load_producer_state;
 
@@ -51,6 +51,19 @@ fn split_batches(bytes: &[u8]) -> Result<Vec<(usize, BatchHeaderInfo)>, StorageE
 }
 
 impl PartitionLog {
+    /// The log follows the leader of `epoch` from now on: leader appends of older epochs are
+    /// refused (`StorageError::FencedLeaderEpoch`), also those already waiting for the append
+    /// lock. Returns once the appends ahead of this call are written and everything appended
+    /// is durable, so that the follower starts from a log that no old-epoch append changes.
+    pub async fn follow_epoch(&self, epoch: LeaderEpoch) -> Result<(), StorageError> {
+        if epoch.0 > self.leader_appends_from.get() {
+            self.leader_appends_from.set(epoch.0);
+        }
+        // The lock is FIFO: holding it once means every append queued before is done.
+        drop(self.append_lock.lock().await);
+        self.flush().await
+    }
+
     /// Follower append: writes `batches` (one or more whole record batches exactly as the
     /// leader sent them in a Fetch response) byte for byte, keeping the leader's base offsets,
     /// leader epochs and timestamps. Every batch is validated (framing, CRC-32C) and the first
@@ -128,7 +141,8 @@ impl PartitionLog {
     /// Removes every record at or after `offset` (a follower cutting what the leader does not
     /// have), on a batch boundary: the batch holding `offset` goes whole, so the log may end
     /// below `offset` (Kafka's follower truncation does the same). Returns the new log end
-    /// offset. A no-op at or above the log end offset; below the log start offset it is
+    /// offset. At or above the log end offset only epochs that start at the log end (and so
+    /// have no records) leave the leader-epoch cache; below the log start offset it is
     /// `StorageError::OffsetOutOfRange`.
     ///
     /// Segments past the cut are deleted, the segment holding it is cut and fdatasynced with
@@ -146,8 +160,13 @@ impl PartitionLog {
         if offset.0 < self.log_start.get() {
             return Err(self.out_of_range(offset));
         }
-        if offset.0 >= self.log_end.get() {
-            return Ok(Offset(self.log_end.get()));
+        let end = Offset(self.log_end.get());
+        if offset >= end {
+            // No record goes, but an epoch this log began without a record of it (a leader's
+            // `begin_epoch` at its log end) does: the leader does not know it, and a follower
+            // that kept it would ask with it, and diverge at the same offset, forever.
+            self.edit_epochs(|c| c.truncate_from_end(end)).await?;
+            return Ok(end);
         }
         let segment = self
             .segments

@@ -504,3 +504,54 @@ fn a_new_leader_records_its_epoch_at_the_log_end() {
         assert_eq!(log.epoch_end_offset(e(3)), (e(3), o(3)));
     });
 }
+
+#[test]
+fn a_leadership_without_records_goes_when_the_follower_truncates_at_its_end() {
+    run(|dir| async move {
+        let log = open(&dir, 1 << 20).await;
+        log.append_as_leader(&pbatch(-1, 0, 2, 10), e(1), 0)
+            .await
+            .expect("append");
+        // This node led epoch 3 without appending, then follows a leader of epoch 4 that
+        // diverges from it at offset 2.
+        log.begin_epoch(e(3)).await.expect("begin epoch");
+        assert_eq!(log.truncate_to(o(2), 0).await.expect("truncate"), o(2));
+        assert_eq!(log.leader_epochs(), vec![(e(1), o(0))]);
+        assert_eq!(log.latest_epoch(), Some(e(1)));
+        let on_disk = std::fs::read(dir.join("leader-epoch-checkpoint")).unwrap();
+        assert_eq!(
+            EpochCache::decode(&on_disk).unwrap().entries(),
+            vec![(e(1), o(0))]
+        );
+    });
+}
+
+#[test]
+fn a_log_that_follows_a_newer_epoch_refuses_older_leader_appends() {
+    run(|dir| async move {
+        let log = open(&dir, 1 << 20).await;
+        log.append_as_leader(&pbatch(-1, 0, 2, 10), e(1), 0)
+            .await
+            .expect("append");
+        log.follow_epoch(e(2)).await.expect("follow");
+        assert_eq!(log.durable_end_offset(), o(2));
+        let refused = log.append_as_leader(&pbatch(-1, 0, 1, 11), e(1), 0).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StorageError::FencedLeaderEpoch {
+                    epoch: 1,
+                    current: 2,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(log.log_end_offset(), o(2));
+        // The new epoch's leader (this node again, later) appends.
+        log.begin_epoch(e(2)).await.expect("begin");
+        log.append_as_leader(&pbatch(-1, 0, 1, 12), e(2), 0)
+            .await
+            .expect("append in the followed epoch");
+    });
+}

@@ -143,6 +143,9 @@ pub struct PartitionLog {
     /// Counts truncations (`truncate_to`): a sync that started before one must not move the
     /// durable end afterwards.
     truncations: Cell<u64>,
+    /// Leader appends (`append_as_leader`) of an older leader epoch are refused: the log
+    /// follows a newer leader (`follow_epoch`).
+    leader_appends_from: Cell<i32>,
 }
 
 impl fmt::Debug for PartitionLog {
@@ -225,6 +228,7 @@ impl PartitionLog {
             epochs: RefCell::new(epochs),
             epoch_file_lock: FifoLock::default(),
             truncations: Cell::new(0),
+            leader_appends_from: Cell::new(i32::MIN),
         };
         // A crash between persisting a new log start and deleting the segments below it leaves
         // them behind; they go now.
@@ -314,6 +318,13 @@ impl PartitionLog {
         }
         let _permit = self.append_lock.lock().await;
         self.check_writable()?;
+        if !advance_high_watermark && leader_epoch.0 < self.leader_appends_from.get() {
+            return Err(StorageError::FencedLeaderEpoch {
+                dir: self.dir.clone(),
+                epoch: leader_epoch.0,
+                current: self.leader_appends_from.get(),
+            });
+        }
         // Checked under the append lock, so pipelined batches of one producer are checked in the
         // order they are appended.
         let producer = (header.producer_id >= 0

@@ -35,9 +35,26 @@ impl GroupCoordinator {
     ) -> Result<(), ReplayError> {
         let mut loaded = Loaded::default();
         let count = replay_log(log.dir(), log, &mut |r| loaded.apply(r)).await?;
+        // What was kept from an earlier leadership of the partition is stale: the log is
+        // what counts.
+        self.unload_partition(partition);
         tracing::info!(partition, "offsets partition taken over");
         self.install(loaded, count, meta).await;
         Ok(())
+    }
+
+    /// Cluster mode: this shard no longer leads offsets partition `partition`; its groups
+    /// leave memory (their new coordinator loads them from the log). Requests waiting on
+    /// them get COORDINATOR_NOT_AVAILABLE-style answers and clients find the new coordinator.
+    pub fn unload_partition(&self, partition: u32) {
+        let partitions = self.store.partitions;
+        let mut groups = self.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| crate::group::store::partition_of(id, partitions) != partition);
+        let dropped = before - groups.len();
+        if dropped > 0 {
+            tracing::info!(partition, groups = dropped, "offsets partition given up");
+        }
     }
 
     /// Puts replayed groups and offsets in place. Offsets of topics that no longer exist are

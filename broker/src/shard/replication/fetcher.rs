@@ -352,26 +352,34 @@ async fn apply(wanted: &[(Rc<FollowerReplica>, PartFetch)], response: FetchRespo
                         .on_local_append(f.log.log_end_offset(), epoch);
                     appended.push(f.clone());
                 }
-                FollowerAction::Truncate { to } => match f.log.truncate_to(to, now_ms()).await {
-                    Ok(end) => {
-                        tracing::info!(
-                            "{}-{}: truncated to {} to match the leader",
-                            f.key.0,
-                            f.key.1,
-                            end.0
-                        );
-                        f.state.borrow_mut().on_truncated(end, f.log.latest_epoch());
+                FollowerAction::Truncate { to } => {
+                    let before = (f.log.log_end_offset(), f.log.latest_epoch());
+                    match f.log.truncate_to(to, now_ms()).await {
+                        Ok(end) => {
+                            if (end, f.log.latest_epoch()) == before {
+                                // Nothing changed: asking again now would diverge again. Wait for
+                                // the next assignment or the retry pause.
+                                any_error = true;
+                            }
+                            tracing::info!(
+                                "{}-{}: truncated to {} to match the leader",
+                                f.key.0,
+                                f.key.1,
+                                end.0
+                            );
+                            f.state.borrow_mut().on_truncated(end, f.log.latest_epoch());
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "{}-{}: truncating to {} failed: {e}",
+                                f.key.0,
+                                f.key.1,
+                                to.0
+                            );
+                            any_error = true;
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(
-                            "{}-{}: truncating to {} failed: {e}",
-                            f.key.0,
-                            f.key.1,
-                            to.0
-                        );
-                        any_error = true;
-                    }
-                },
+                }
                 FollowerAction::Backoff
                 | FollowerAction::AwaitAssignment
                 | FollowerAction::Stale => {}

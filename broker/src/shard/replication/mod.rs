@@ -295,6 +295,7 @@ fn release(shard: &Shard, key: &PartKey, role: &Role) {
         if &*key.0 == OFFSETS_TOPIC {
             if let Ok(p) = u32::try_from(key.1) {
                 view.set_offsets_loaded(p, false);
+                shard.groups.unload_partition(p);
             }
         }
     }
@@ -325,6 +326,13 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
     let mut incomplete = !registered;
     let mut seen = HashSet::new();
     let mut follower_changed = false;
+    // Fenced brokers may not join an ISR (the controller refuses them): not proposed.
+    let fenced: Vec<NodeId> = image
+        .brokers
+        .values()
+        .filter(|b| b.fenced)
+        .map(|b| NodeId(b.node_id))
+        .collect();
     for (name, topic) in &image.topics {
         for (p, record) in topic.partitions.iter().enumerate() {
             if !record.replicas.contains(&me.0) {
@@ -365,6 +373,7 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
                     let update = l.state.borrow_mut().apply_assignment(assignment.clone());
                     match update {
                         LeaderUpdate::Stale | LeaderUpdate::Applied => {
+                            l.state.borrow_mut().set_ineligible(fenced.clone());
                             if l.state.borrow().config() != config {
                                 l.state.borrow_mut().set_config(config);
                             }
@@ -381,7 +390,7 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
                             if assignment.leader == Some(me) {
                                 become_leader(shard, replicas, &key, log, assignment, config).await
                             } else {
-                                follow(me, &key, log, assignment)
+                                follow(me, &key, log, assignment).await
                             }
                         }
                     }
@@ -408,12 +417,15 @@ async fn reconcile(shard: &Rc<Shard>, replicas: &Rc<Replicas>, image: &MetadataI
                     if assignment.leader == Some(me) {
                         become_leader(shard, replicas, &key, log, assignment, config).await
                     } else {
-                        follow(me, &key, log, assignment)
+                        follow(me, &key, log, assignment).await
                     }
                 }
             };
             match next {
                 Some(role) => {
+                    if let Role::Leader(l) = &role {
+                        l.state.borrow_mut().set_ineligible(fenced.clone());
+                    }
                     let offsets_log = match &role {
                         Role::Leader(l) if &*key.0 == OFFSETS_TOPIC => Some(l.log.clone()),
                         _ => None,
@@ -508,12 +520,19 @@ async fn become_leader(
     Some(Role::Leader(leader))
 }
 
-fn follow(
+/// Follows a partition with its log as it stands, once no append of an earlier leadership of
+/// this node can change it any more and all of it is durable (the follower fetches from its
+/// durable end). None if the log cannot be synced (it is closed or failed).
+async fn follow(
     me: NodeId,
     key: &PartKey,
     log: Rc<PartitionLog>,
     assignment: strom_cluster::PartitionAssignment,
 ) -> Option<Role> {
+    if let Err(e) = log.follow_epoch(assignment.leader_epoch).await {
+        tracing::error!("{}-{}: cannot follow: {e}", key.0, key.1);
+        return None;
+    }
     let state = FollowerPartition::new(
         me,
         assignment,

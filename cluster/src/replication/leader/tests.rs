@@ -479,3 +479,15 @@ fn a_follower_that_stopped_fetching_is_not_added_back() {
     let request = l.tick(10 * LAG_MS + 2).expect("F1 is back");
     assert_eq!(request.new_isr, vec![L, F1]);
 }
+
+#[test]
+fn a_fenced_follower_is_not_proposed_into_the_isr_however_well_it_fetches() {
+    let (mut l, cache) = leader(&[L, F1], 20);
+    fetch(&mut l, &cache, F1, 20, 0);
+    l.set_ineligible(vec![F2]);
+    fetch(&mut l, &cache, F2, 20, 1);
+    assert_eq!(l.tick(1), None, "fenced: dead, cut off or shutting down");
+    l.set_ineligible(Vec::new());
+    fetch(&mut l, &cache, F2, 20, 2);
+    assert_eq!(l.tick(2).expect("unfenced").new_isr, vec![L, F1, F2]);
+}
