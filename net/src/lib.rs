@@ -26,4 +26,4 @@ pub use conn_limit::{ConnectionLimiter, ConnectionSlot, Refused};
 pub use error::NetError;
 pub use frame::FrameReader;
 pub use sender::{OutChunk, ResponseSender};
-pub use sys::{set_nodelay, set_nonblocking};
+pub use sys::{set_nodelay, set_nonblocking, set_user_timeout};

@@ -38,6 +38,27 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `TCP_USER_TIMEOUT`: data unacknowledged for `ms` aborts the connection, so that a
+/// connection across a network partition fails within `ms` instead of after the kernel's
+/// retransmission backoff (many seconds), and is replaced by a new one once the network heals.
+pub fn set_user_timeout(fd: RawFd, ms: u32) -> io::Result<()> {
+    let value: libc::c_uint = ms;
+    // SAFETY: the option value points to a live c_uint of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&value as *const libc::c_uint).cast::<libc::c_void>(),
+            size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `dup(2)`: a second descriptor of the same open socket, so the writer can outlive the reader.
 pub fn dup(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

@@ -210,6 +210,9 @@ impl Service {
                 }
             }
         }
+        for (node, link) in &self.links {
+            self.liveness.on_connect_refused(node.0, link.refused.get());
+        }
         let due = self
             .liveness
             .due(self.node.is_leader(), self.node.image(), now);

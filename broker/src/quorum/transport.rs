@@ -30,6 +30,10 @@ pub const PEER_CONNECTIONS_MAX: usize = 32;
 const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// How long one write to a peer may block before the connection is given up.
 const PEER_WRITE_TIMEOUT_MS: u64 = 2_000;
+/// Data a peer has not acknowledged for this long ends the connection (`TCP_USER_TIMEOUT`):
+/// across a network partition the writer then reconnects, and is connected again soon after
+/// the partition heals, instead of waiting out TCP's retransmission backoff.
+const PEER_UNACKED_TIMEOUT_MS: u32 = 1_500;
 /// Pause before connecting again after a failure.
 const PEER_RECONNECT_MS: u64 = 100;
 
@@ -44,6 +48,10 @@ pub struct PeerLink {
     pub dropped: Cell<u64>,
     /// Whether the writer is connected now.
     pub connected: Cell<bool>,
+    /// Whether the last connection attempt was refused: nothing listens on the peer's
+    /// controller port, so its process is gone (a partition times out instead). The active
+    /// controller fences such a broker without waiting out its session.
+    pub refused: Cell<bool>,
     /// Set when the peer opened a new connection to us: it restarted (or a partition healed),
     /// so our connection to it is probably stale and is replaced before the next write.
     reconnect: Cell<bool>,
@@ -67,6 +75,7 @@ impl PeerLink {
             wake: event_listener::Event::new(),
             dropped: Cell::new(0),
             connected: Cell::new(false),
+            refused: Cell::new(false),
             reconnect: Cell::new(false),
             peer_session: Cell::new(None),
         }
@@ -123,12 +132,23 @@ async fn writer(link: Rc<PeerLink>, me: Hello, addr: SocketAddr) {
         let mut stream = match connected {
             Ok(stream) => stream,
             Err(e) => {
+                let refused = matches!(&e, glommio::GlommioError::IoError(io)
+                    if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                if refused && !link.refused.get() {
+                    tracing::info!("controller peer {} at {addr}: connection refused", link.peer);
+                }
+                link.refused.set(refused);
                 tracing::debug!("controller peer {} at {addr}: connect: {e}", link.peer);
                 glommio::timer::sleep(Duration::from_millis(PEER_RECONNECT_MS)).await;
                 continue;
             }
         };
+        link.refused.set(false);
         let _ = stream.set_nodelay(true);
+        let _ = strom_net::set_user_timeout(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            PEER_UNACKED_TIMEOUT_MS,
+        );
         // A peer that stopped reading (paused, or gone without a reset) must not hold the
         // writer forever: the write fails, the connection is replaced, the queue drops the
         // oldest frames meanwhile.

@@ -7,6 +7,11 @@
 //! timeout from that moment before it can be fenced. A command already proposed for a broker is
 //! not proposed again for one session timeout (it may be committing).
 //!
+//! A broker whose process is known to be gone (the controller's connection to it was refused:
+//! nothing listens on its port any more) is fenced at once too: waiting out the session would
+//! only delay its partitions' new leaders. A network partition never looks like this (packets
+//! are lost, not refused), so it still takes the session timeout.
+//!
 //! A broker whose heartbeats say it is shutting down is fenced at once and never unfenced
 //! while it says so: fencing moves its leaderships to other ISR members (controlled shutdown).
 //! Its next start registers a new incarnation, which is unfenced.
@@ -25,6 +30,8 @@ pub struct Liveness {
     leader_since_ms: Option<i64>,
     /// node -> time before which no new command is proposed for it.
     quiet_until: BTreeMap<i32, i64>,
+    /// Nodes whose controller port refuses connections now.
+    refused: BTreeMap<i32, bool>,
 }
 
 impl Liveness {
@@ -35,6 +42,16 @@ impl Liveness {
             last_seen: BTreeMap::new(),
             leader_since_ms: None,
             quiet_until: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        }
+    }
+
+    /// Whether connecting to `node`'s controller port is refused now (its process is gone).
+    pub fn on_connect_refused(&mut self, node_id: i32, refused: bool) {
+        let was = self.refused.insert(node_id, refused).unwrap_or(false);
+        if refused && !was {
+            // Known now: not held back by an earlier proposal's quiet time.
+            self.quiet_until.remove(&node_id);
         }
     }
 
@@ -72,7 +89,8 @@ impl Liveness {
             let heard = seen.map(|&(_, at, _)| at);
             let stopping = seen.is_some_and(|&(_, _, stopping)| stopping);
             let last = heard.unwrap_or(since).max(since);
-            let expired = stopping || now_ms - last > self.session_timeout_ms;
+            let gone = self.refused.get(&node_id).copied().unwrap_or(false);
+            let expired = stopping || gone || now_ms - last > self.session_timeout_ms;
             let fence = BrokerFence {
                 node_id,
                 incarnation: broker.incarnation,
@@ -194,5 +212,26 @@ mod tests {
         l.on_heartbeat(0, 5, 1200, false);
         l.on_heartbeat(1, 5, 1200, true);
         assert_eq!(l.due(true, &image, 1200).len(), 1);
+    }
+
+    #[test]
+    fn a_broker_whose_port_refuses_connections_is_fenced_without_waiting_its_session() {
+        let mut image = image_with(&[0, 1]);
+        let mut l = Liveness::new(1000);
+        // Even a controller that just took over (which gives everyone a session) fences it.
+        l.on_heartbeat(1, 5, 0, false);
+        l.on_connect_refused(1, true);
+        let fence = Command::FenceBroker(BrokerFence {
+            node_id: 1,
+            incarnation: 5,
+        });
+        assert_eq!(l.due(true, &image, 10), vec![fence.clone()]);
+        assert_eq!(image.apply(&fence), Applied::Ok);
+        // The node starts again: its port accepts, it registers and heartbeats, and is
+        // unfenced.
+        l.on_connect_refused(1, false);
+        l.on_heartbeat(0, 5, 1500, false);
+        l.on_heartbeat(1, 5, 1500, false);
+        assert_eq!(l.due(true, &image, 1500).len(), 1, "unfenced");
     }
 }

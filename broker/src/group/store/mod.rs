@@ -726,10 +726,13 @@ pub async fn replay_log(
     let mut count = 0;
     {
         {
+            // To the log end, past the high watermark: a coordinator that just took over
+            // may not know the high watermark its predecessor reached yet, and as the leader
+            // its log is the one that counts (Kafka loads to the log end too).
             let mut offset = log.log_start_offset().0;
-            while offset < log.high_watermark().0 {
+            while offset < log.log_end_offset().0 {
                 let Some(slice) = log
-                    .read(Offset(offset), REPLAY_READ_BYTES, true)
+                    .read_to_log_end(Offset(offset), REPLAY_READ_BYTES)
                     .await
                     .map_err(|source| ReplayError::Read {
                         dir: dir.clone(),
