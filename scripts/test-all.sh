@@ -84,6 +84,7 @@ install_system_packages() {
     # The replication tests run every node in a private network namespace.
     command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
     command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+    command -v nft >/dev/null 2>&1 || pkgs+=(nftables)
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         echo "installing: ${pkgs[*]}"
         apt_install "${pkgs[@]}" || return 1
