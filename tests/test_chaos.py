@@ -295,7 +295,7 @@ def test_the_proxy_delays_and_stalls():
 # A short chaos pass
 
 SEED = 20261207
-FAULTS = 20
+FAULTS = 22
 MAX_FAULT_S = 6.0
 BUDGET_S = 190.0  # for the faults; setup, final heal and read add about a minute
 

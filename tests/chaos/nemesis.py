@@ -8,6 +8,9 @@ controller) are resolved against the cluster when the fault starts and recorded.
 
 Faults:
   kill-leader, kill-follower, kill-controller  SIGKILL, down for the duration, start again
+  restart-kill-leader  SIGKILL a follower, start it again, and SIGKILL the leader as soon as the
+                   follower is registered (before it has caught up and rejoined the ISR): the
+                   next leader must come from the ISR, never the follower that lacks records
   pause            SIGSTOP for the duration, then SIGCONT
   isolate          nftables: every packet between the node and its peers dropped (clients
                    still reach it)
@@ -42,14 +45,18 @@ from test_crash import DAMAGE, valid_end
 from chaos.cluster import ChaosCluster
 
 KINDS = ("kill-leader", "kill-follower", "kill-controller", "pause", "isolate", "one-way",
-         "slow-link", "stalled-link", "power-loss", "corrupt-tail")
+         "slow-link", "stalled-link", "power-loss", "corrupt-tail", "restart-kill-leader")
+KILL_KINDS = ("kill-leader", "kill-follower", "kill-controller", "power-loss", "corrupt-tail")
+# How long restart-kill-leader's follower stays down, and waits to be registered again.
+RESTART_DOWN_S = 1.0
+REGISTER_WAIT_S = 10.0
 NETWORK_KINDS = ("isolate", "one-way")
 # (shortest, longest) seconds a fault lasts before its heal; for kills, the time the node is down.
 DURATION_S = {
     "kill-leader": (1.0, 5.0), "kill-follower": (1.0, 5.0), "kill-controller": (1.0, 5.0),
     "pause": (3.0, 12.0), "isolate": (3.0, 8.0), "one-way": (3.0, 8.0),
     "slow-link": (3.0, 8.0), "stalled-link": (2.0, 6.0),
-    "power-loss": (1.0, 3.0), "corrupt-tail": (1.0, 3.0),
+    "power-loss": (1.0, 3.0), "corrupt-tail": (1.0, 3.0), "restart-kill-leader": (2.0, 5.0),
 }
 DELAY_MS = (50, 300)
 CORRUPT_MODES = ("garbage", "bad-crc-copy", "zero-tail", "huge-length", "cut")
@@ -104,6 +111,7 @@ def schedule(seed: int, count: int, nodes: int = 3, partitions: int = 3,
             "stalled-link": {"node": node},
             "power-loss": {"node": node, "damage_seed": damage_seed},
             "corrupt-tail": {"partition": partition, "rank": rank, "mode": mode, "damage_seed": damage_seed},
+            "restart-kill-leader": {"partition": partition, "rank": rank},
         }[kind]
         out.append(FaultSpec(i, kind, duration, params))
     return out
@@ -295,7 +303,7 @@ class Nemesis:
             return [], f"network faults unavailable: {self.nft.reason}"
         if spec.kind == "kill-controller":
             return ([controller], "") if controller >= 0 else ([], "no active controller")
-        if spec.kind in ("kill-leader", "kill-follower", "corrupt-tail"):
+        if spec.kind in ("kill-leader", "kill-follower", "corrupt-tail", "restart-kill-leader"):
             part = layout.get(p["partition"])
             if part is None or part["leader"] < 0:
                 return [], f"partition {p['partition']} has no leader"
@@ -304,7 +312,10 @@ class Nemesis:
             followers = sorted(r for r in part["replicas"] if r != part["leader"])
             if not followers:
                 return [], f"partition {p['partition']} has no follower"
-            return [followers[p["rank"] % len(followers)]], ""
+            follower = followers[p["rank"] % len(followers)]
+            if spec.kind == "restart-kill-leader":
+                return [follower, part["leader"]], ""
+            return [follower], ""
         if spec.kind == "one-way":
             return [p["from"], p["to"]], ""
         return [p["node"]], ""
@@ -343,6 +354,12 @@ class Nemesis:
         v = victims[0]
         if spec.kind in ("kill-leader", "kill-follower", "kill-controller"):
             c.kill(v)
+        elif spec.kind == "restart-kill-leader":
+            c.kill(v)
+            time.sleep(RESTART_DOWN_S)
+            c.start(v)
+            rec["follower_registered"] = self.wait_registered(v, victims[1])
+            c.kill(victims[1])
         elif spec.kind == "pause":
             c.pause(v)
         elif spec.kind == "isolate":
@@ -372,11 +389,24 @@ class Nemesis:
         else:
             raise ValueError(f"unknown fault kind {spec.kind!r}")
 
+    def wait_registered(self, node: int, via: int) -> bool:
+        """Waits until `via` shows `node` registered and unfenced (at most REGISTER_WAIT_S)."""
+        deadline = time.monotonic() + REGISTER_WAIT_S
+        while time.monotonic() < deadline:
+            view = self.cluster.status(via) or {}
+            brokers = (view.get("cluster") or {}).get("brokers", [])
+            if any(b.get("node_id") == node and not b.get("fenced") for b in brokers):
+                return True
+            time.sleep(0.02)
+        return False
+
     def heal(self, spec: FaultSpec, victims: List[int]):
         c = self.cluster
         v = victims[0]
-        if spec.kind in ("kill-leader", "kill-follower", "kill-controller", "power-loss", "corrupt-tail"):
+        if spec.kind in KILL_KINDS:
             c.start(v)
+        elif spec.kind == "restart-kill-leader":
+            c.start(victims[1])
         elif spec.kind == "pause":
             c.resume(v)
         elif spec.kind in NETWORK_KINDS:
