@@ -135,7 +135,10 @@ async fn writer(link: Rc<PeerLink>, me: Hello, addr: SocketAddr) {
                 let refused = matches!(&e, glommio::GlommioError::IoError(io)
                     if io.kind() == std::io::ErrorKind::ConnectionRefused);
                 if refused && !link.refused.get() {
-                    tracing::info!("controller peer {} at {addr}: connection refused", link.peer);
+                    tracing::info!(
+                        "controller peer {} at {addr}: connection refused",
+                        link.peer
+                    );
                 }
                 link.refused.set(refused);
                 tracing::debug!("controller peer {} at {addr}: connect: {e}", link.peer);

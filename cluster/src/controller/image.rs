@@ -329,7 +329,9 @@ impl MetadataImage {
                 if let Some(code) = self.check_partitions(&topic.partitions) {
                     return Applied::Refused(code);
                 }
-                self.topics.insert(name.clone(), topic.clone());
+                let mut topic = topic.clone();
+                self.lead_live(&mut topic.partitions);
+                self.topics.insert(name.clone(), topic);
                 Applied::Ok
             }
             Command::DeleteTopic(name) => match self.topics.remove(name) {
@@ -343,9 +345,11 @@ impl MetadataImage {
                 if let Some(code) = self.check_partitions(partitions) {
                     return Applied::Refused(code);
                 }
+                let mut partitions = partitions.clone();
+                self.lead_live(&mut partitions);
                 match self.topics.get_mut(name) {
                     Some(topic) => {
-                        topic.partitions.extend(partitions.iter().cloned());
+                        topic.partitions.extend(partitions);
                         Applied::Ok
                     }
                     None => Applied::Refused(errors::UNKNOWN_TOPIC_OR_PARTITION),
@@ -426,6 +430,16 @@ impl MetadataImage {
                 p.set_leader(next);
             } else if changed {
                 p.partition_epoch += 1;
+            }
+        }
+    }
+
+    /// New partitions whose proposed leader was fenced before they committed start with the
+    /// first live ISR member instead, or none.
+    fn lead_live(&self, partitions: &mut [PartitionRecord]) {
+        for p in partitions {
+            if p.leader >= 0 && !is_live(&self.brokers, p.leader) {
+                p.leader = live_isr_member(p, &self.brokers).unwrap_or(-1);
             }
         }
     }

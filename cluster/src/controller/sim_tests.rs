@@ -256,9 +256,43 @@ impl Sim {
         }
     }
 
+    /// Every node's image: a partition's leader is a live member of its ISR (an election never
+    /// picks a replica outside it, which may lack acknowledged records), and its ISR is within
+    /// its replicas.
+    fn check_elections(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(node) = &self.nodes[i].node else {
+                continue;
+            };
+            let image = node.image();
+            for (name, topic) in &image.topics {
+                for (p, record) in topic.partitions.iter().enumerate() {
+                    let fenced = image.brokers.get(&record.leader).is_none_or(|b| b.fenced);
+                    if record.leader >= 0 && (!record.isr.contains(&record.leader) || fenced) {
+                        self.fail(&format!(
+                            "node {i}: {name}-{p} led by {} (fenced: {fenced}), ISR {:?}",
+                            record.leader, record.isr
+                        ));
+                    }
+                    if record.isr.iter().any(|n| !record.replicas.contains(n)) {
+                        self.fail(&format!(
+                            "node {i}: {name}-{p}: ISR {:?} beyond its replicas",
+                            record.isr
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     fn random_command(&mut self, image: &MetadataImage) -> Command {
         let node_id = self.rng.gen_range(0..NODES);
-        match self.rng.gen_range(0..6) {
+        match self.rng.gen_range(0..8) {
+            6 => Command::UnfenceBroker(BrokerFence {
+                node_id,
+                incarnation: self.rng.gen_range(1..4),
+            }),
+            7 => Command::ElectPreferred(image.preferred_elections()),
             0 => Command::RegisterBroker(BrokerRecord {
                 node_id,
                 incarnation: self.rng.gen_range(1..4),
@@ -400,6 +434,7 @@ impl Sim {
             self.drain(i);
         }
         self.check_leaders();
+        self.check_elections();
     }
 
     /// Stops the faults and runs until every node applied everything and agrees.

@@ -127,8 +127,15 @@ pub async fn handle(ctx: &Ctx<'_>, body: &mut Bytes) -> HandlerResult {
                     p.log_append_time_ms = r.log_append_time_ms;
                     p.log_start_offset = r.log_start_offset;
                     p.error_message = r.message.as_deref().map(str_bytes);
-                    // KIP-951: a client sent to the wrong broker learns the leader at once.
-                    if let Some((leader, epoch)) = r.current_leader.filter(|_| ctx.version >= 10) {
+                    // KIP-951: a client sent to the wrong broker learns the leader at once,
+                    // also when leadership moved while the batch was on its way here.
+                    let current_leader = r.current_leader.or_else(|| {
+                        (r.error == E::NotLeaderOrFollower.code())
+                            .then(|| super::led_elsewhere(ctx, &topic.name.0, part.index))
+                            .flatten()
+                            .filter(|&(leader, _)| leader >= 0)
+                    });
+                    if let Some((leader, epoch)) = current_leader.filter(|_| ctx.version >= 10) {
                         p.current_leader.leader_id = BrokerId(leader);
                         p.current_leader.leader_epoch = epoch;
                         hinted.insert(leader);
