@@ -423,6 +423,8 @@ impl MetadataImage {
             let mut changed = false;
             if p.isr.len() > 1 && p.isr.contains(&node) {
                 p.isr.retain(|&n| n != node);
+                // Sorted, as an AlterIsr leaves it.
+                p.isr.sort_unstable();
                 changed = true;
             }
             if p.leader == node {
