@@ -156,7 +156,7 @@ def test_limits_measures_disk_and_loopback_and_a_run_relates_to_them(broker, tmp
     assert not list(tmp_path.glob(".strom-limits-*")), "temporary files are removed"
     out = tmp_path / "run.json"
     bench("-b", broker.bootstrap, "run", "--topic", unique("bench"), "--consumers", 1, "--rate", 2000,
-          "--warmup-s", 0, "--duration-s", 1, "--limits", limits, "--quiet", "--json-out", out)
+          "--warmup-s", 1, "--duration-s", 2, "--limits", limits, "--quiet", "--json-out", out)
     r = load(out)
     assert r["limits"]["direct_write_mb_s"] == l["direct_write_mb_s"]
     assert r["fraction_of_limits"]["produce_vs_direct_write"] > 0
